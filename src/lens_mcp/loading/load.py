@@ -1,0 +1,118 @@
+"""Load a resolved spec into a TransformerBridge in compatibility mode (HookedTransformer numerics)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lens_mcp.errors import LensError
+from lens_mcp.loading.devices import dtype_name, resolve_device, resolve_dtype
+from lens_mcp.loading.gguf_cache import load_gguf
+from lens_mcp.loading.hub import hub_host_and_port, hub_reachable, in_local_cache
+from lens_mcp.loading.specs import ModelSpec
+from lens_mcp.progress import ProgressReporter, no_progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """One loaded model and the facts about how it was loaded."""
+
+    spec: ModelSpec
+    bridge: Any  # transformer_lens.TransformerBridge
+    device: str
+    dtype: torch.dtype
+    load_seconds: float
+    from_cache: bool | None = None
+
+    @property
+    def cfg(self) -> Any:
+        return self.bridge.cfg
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.bridge.tokenizer
+
+    @property
+    def dtype_name(self) -> str:
+        return dtype_name(self.dtype)
+
+
+def load_model(
+    spec: ModelSpec,
+    device: str | None = None,
+    dtype: str | None = None,
+    *,
+    device_map: str | None = None,
+    n_devices: int | None = None,
+    trust_remote_code: bool = False,
+    progress: ProgressReporter = no_progress,
+) -> LoadedModel:
+    """Load `spec`; raises LensError saying why and what to try when it cannot be loaded."""
+    torch_dtype = resolve_dtype(dtype)
+    placement: dict[str, Any]
+    if device_map is not None or n_devices is not None:
+        placement = {"device_map": device_map, "n_devices": n_devices}
+        device_name = f"device_map={device_map}" if device_map else f"n_devices={n_devices}"
+    else:
+        device_name = resolve_device(device)
+        placement = {"device": device_name}
+    started = time.perf_counter()
+    progress(0, 3, f"loading {spec.name}")
+    # Libraries print progress bars and notices; stdout belongs to the protocol.
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            bridge, from_cache = _boot(spec, torch_dtype, placement, trust_remote_code, progress)
+            progress(2, 3, "enabling TransformerLens compatibility mode")
+            bridge.enable_compatibility_mode()
+        except LensError:
+            raise
+        except Exception as exc:  # every loader failure becomes an actionable message
+            raise LensError(_explain_failure(spec, exc)) from exc
+    bridge.eval()
+    progress(3, 3, f"loaded {spec.name}")
+    return LoadedModel(spec, bridge, device_name, torch_dtype, time.perf_counter() - started, from_cache)
+
+
+def _boot(spec: ModelSpec, dtype: torch.dtype, placement: dict[str, Any], trust_remote_code: bool,
+          progress: ProgressReporter) -> tuple[Any, bool | None]:
+    from transformer_lens import TransformerBridge
+
+    if spec.gguf_file is not None:
+        progress(1, 3, "reading GGUF (the first load dequantizes and caches it)")
+        hf_model, tokenizer, cache_dir, from_cache = load_gguf(spec.location, spec.gguf_file)
+        bridge = TransformerBridge.boot_transformers(
+            str(cache_dir), hf_model=hf_model, tokenizer=tokenizer, dtype=dtype, **placement)
+        return bridge, from_cache
+    if spec.source == "hub" and not in_local_cache(spec.location) and not hub_reachable():
+        host, _ = hub_host_and_port()
+        raise LensError(f"could not load {spec.name!r}: it is not in the local Hugging Face cache and the Hub "
+                        f"({host}) cannot be reached from this machine (offline, or HF_HUB_OFFLINE is set). "
+                        "Load it where there is a network, or pass a folder saved with save_pretrained, a .gguf "
+                        "file, or a builtin (smollm2-135m, toy-induction).")
+    progress(1, 3, f"reading weights from {spec.source} {spec.location}")
+    bridge = TransformerBridge.boot_transformers(
+        spec.location, dtype=dtype, trust_remote_code=trust_remote_code, **placement)
+    return bridge, None
+
+
+def _explain_failure(spec: ModelSpec, exc: Exception) -> str:
+    reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:400]
+    if spec.source == "hub":
+        return (f"could not load {spec.name!r} from the Hugging Face Hub ({reason}). If this machine is "
+                "offline, the name must already be in the local HF cache; otherwise pass a folder saved "
+                "with save_pretrained, a .gguf file, or a builtin (smollm2-135m, toy-induction). "
+                "Check the spelling of the name (e.g. gpt2, EleutherAI/pythia-70m).")
+    if "trust_remote_code" in str(exc):
+        return (f"could not load {spec.name!r}: it needs custom code from the model repository ({reason}). "
+                "Restart the server with --trust-remote-code only if you trust that code.")
+    return (f"could not load {spec.name!r} from {spec.location} ({reason}). Check that the folder holds a "
+            "complete save_pretrained model and tokenizer of an architecture TransformerLens supports, or "
+            "load a builtin (smollm2-135m, toy-induction).")

@@ -1,0 +1,136 @@
+"""The model host: loads one model (in the background at start-up), keeps it, and serializes every
+use of it. Tool calls arrive concurrently on worker threads; the model is not thread-safe."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from lens_mcp.errors import LensError
+from lens_mcp.limits import Limits
+from lens_mcp.loading import LoadedModel, load_model, resolve_spec
+from lens_mcp.progress import ProgressReporter, no_progress
+
+log = logging.getLogger(__name__)
+_WAIT_SLICE_S = 0.5
+
+
+def count_hooks(bridge: Any) -> int:
+    """Hook functions currently attached to the model's hook points (aliases counted once)."""
+    points = {id(point): point for point in bridge.hook_dict.values()}.values()
+    return sum(len(point.fwd_hooks) + len(point.bwd_hooks) for point in points)
+
+
+class ModelHost:
+    """Holds the one loaded model. `use()` waits for it and holds the lock while a tool runs."""
+
+    def __init__(self, limits: Limits | None = None, *, trust_remote_code: bool = False,
+                 device_map: str | None = None, n_devices: int | None = None) -> None:
+        self.limits = limits or Limits()
+        self.trust_remote_code = trust_remote_code
+        self.device_map = device_map
+        self.n_devices = n_devices
+        self._model_lock = threading.Lock()  # held while the model runs
+        self._load_lock = threading.Lock()  # one load at a time
+        self._state_changed = threading.Condition()
+        self._model: LoadedModel | None = None
+        self._baseline_hooks = 0
+        self._loading: str | None = None
+        self._load_error: str | None = None
+
+    # ---- state -------------------------------------------------------------------------------
+    @property
+    def model(self) -> LoadedModel | None:
+        return self._model
+
+    @property
+    def loading(self) -> str | None:
+        return self._loading
+
+    @property
+    def load_error(self) -> str | None:
+        return self._load_error
+
+    # ---- loading -----------------------------------------------------------------------------
+    def load(self, spec_text: str, device: str | None = None, dtype: str | None = None,
+             progress: ProgressReporter = no_progress) -> LoadedModel:
+        """Load a model and swap it in. On failure the previous model stays loaded and usable."""
+        spec = resolve_spec(spec_text)
+        with self._load_lock:
+            with self._state_changed:
+                self._loading = spec.name
+            try:
+                loaded = load_model(spec, device, dtype, device_map=self.device_map, n_devices=self.n_devices,
+                                    trust_remote_code=self.trust_remote_code, progress=progress)
+            except BaseException as exc:
+                with self._state_changed:
+                    self._loading = None
+                    if self._model is None:
+                        self._load_error = str(exc) if isinstance(exc, LensError) else f"{type(exc).__name__}: {exc}"
+                    self._state_changed.notify_all()
+                raise
+            with self._model_lock, self._state_changed:
+                previous, self._model = self._model, loaded
+                self._baseline_hooks = count_hooks(loaded.bridge)
+                self._loading = None
+                self._load_error = None
+                self._state_changed.notify_all()
+            del previous
+            return loaded
+
+    def load_in_background(self, spec_text: str, device: str | None = None, dtype: str | None = None) -> None:
+        """Start loading without blocking (server start-up); tools wait for it."""
+        with self._state_changed:
+            self._loading = spec_text
+
+        def run() -> None:
+            try:
+                self.load(spec_text, device, dtype)
+                log.info("model %s loaded", spec_text)
+            except BaseException as exc:
+                with self._state_changed:
+                    self._loading = None
+                    self._load_error = str(exc)
+                    self._state_changed.notify_all()
+                log.error("loading model %s failed: %s", spec_text, exc)
+
+        threading.Thread(target=run, name="lens-mcp-model-load", daemon=True).start()
+
+    def wait_until_ready(self, progress: ProgressReporter = no_progress) -> LoadedModel:
+        """Block until a model is loaded; report progress while waiting (which also checks cancellation)."""
+        waited = 0.0
+        while True:
+            with self._state_changed:
+                if self._model is not None and self._loading is None:
+                    return self._model
+                if self._model is None and self._loading is None:
+                    raise LensError(
+                        f"no model is loaded: {self._load_error or 'none was requested'}. "
+                        "Call load_model with a model that is available here (e.g. smollm2-135m or toy-induction).")
+                self._state_changed.wait(_WAIT_SLICE_S)
+                loading = self._loading
+            waited += _WAIT_SLICE_S
+            progress(0, None, f"waiting for model {loading} to finish loading ({waited:.0f}s)")
+
+    # ---- use ---------------------------------------------------------------------------------
+    @contextmanager
+    def use(self, progress: ProgressReporter = no_progress) -> Iterator[LoadedModel]:
+        """Wait for the model, hold it exclusively, and make sure no hook outlives the call."""
+        self.wait_until_ready(progress)
+        while not self._model_lock.acquire(timeout=_WAIT_SLICE_S):
+            progress(0, None, "waiting for another tool call to finish with the model")
+        try:
+            model = self._model
+            assert model is not None
+            try:
+                yield model
+            finally:
+                leaked = count_hooks(model.bridge) - self._baseline_hooks
+                if leaked > 0:
+                    log.error("a tool left %d hooks on the model; removing them", leaked)
+                    model.bridge.reset_hooks(including_permanent=False)
+        finally:
+            self._model_lock.release()

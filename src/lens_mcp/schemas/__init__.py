@@ -1,0 +1,1 @@
+"""Pydantic request/response models: what each tool returns to the agent, compact and rounded."""

@@ -1,0 +1,1 @@
+"""The MCP adapter: server construction, tool registration, transports and the command line."""
