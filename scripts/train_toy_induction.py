@@ -1,23 +1,29 @@
-"""Train the builtin ``toy-induction`` model: a 2-layer attention-only GPT-2 with an induction circuit.
+"""Build the builtin ``toy-induction`` model: a 2-layer attention-only GPT-2 with a known induction circuit.
 
-The model is a standard ``GPT2LMHeadModel`` (2 layers, 4 heads of 32 dims, d_model 128, n_positions 64,
-vocab 256) whose MLPs are zeroed and frozen, so it is attention-only in effect while staying a plain
-GPT-2 checkpoint that ``transformer_lens.TransformerBridge.boot_transformers`` loads. It is trained
-from a fixed seed on ``BOS + half + half`` sequences (half = 20-23 random words), which can only be
-predicted in the second half by copying: the model learns a previous-token head in layer 0 and an
-induction head in layer 1.
+Why planted, then trained: trained from a random init on repeated random words, this tiny model
+takes thousands of steps to leave the induction plateau when the distance between the two copies
+varies (with a fixed distance it learns a positional shortcut instead, which is not induction).
+So the script plants the circuit in the weights and then trains the whole model (all attention,
+embedding and LayerNorm parameters) on repeated sequences of varying length, which calibrates the
+logits (first-half loss falls from tens of nats to chance) while the circuit stays and sharpens.
 
-The tokenizer is a word-level ``tokenizers`` tokenizer (WordLevel model, WhitespaceSplit
-pre-tokenizer, no decoder, so decoding joins words with single spaces) wrapped in
-``PreTrainedTokenizerFast``. Vocabulary: id 0 ``<|bos|>`` (BOS, EOS and pad), id 1 ``<|unk|>``,
-ids 2..255 the words ``w0``..``w253``. The tokenizer adds no BOS by itself; TransformerLens
-prepends it (``prepend_bos=True``).
+The circuit, in a residual stream of 3 x 48 dims (token | position | previous-token subspaces):
+- layer 0, head ``PREV_HEAD``: queries read the one-hot position i, keys position j, with a shift
+  so that position i attends to i-1; its OV copies the token part into the previous-token subspace;
+- layer 1, head ``IND_HEAD``: queries read the current token, keys read the previous-token
+  subspace (K-composition with the layer-0 head), so a token attends to the position right after
+  its earlier occurrence; its OV copies that token into the token subspace, which the (tied)
+  unembedding reads as the prediction.
+The other heads keep (scaled) GPT-2 random init. MLPs are present (standard ``GPT2Config``) but
+zeroed and frozen.
 
-After training the script measures, on fresh random repeated sequences, every head's
-previous-token score and induction score and the loss on the first half vs the repeat, asserts
-that the circuit exists, and writes ``circuit.json`` and ``README.md`` next to the weights.
+Tokenizer: word level (``tokenizers`` WordLevel + WhitespaceSplit, wrapped in
+``PreTrainedTokenizerFast``): id 0 ``<|bos|>`` (BOS, EOS and pad), id 1 ``<|unk|>``, ids 2..255 the
+words ``w0``..``w253``. It adds no BOS itself (TransformerLens prepends it); decoding joins words
+with spaces.
 
-Usage: ``python scripts/train_toy_induction.py [--out DIR] [--seed N] [--steps N]``
+Usage: ``python scripts/train_toy_induction.py [--out DIR] [--seed N] [--steps N]``.
+Deterministic from its seed; writes the model, tokenizer, ``circuit.json`` and ``README.md``.
 """
 
 from __future__ import annotations
@@ -30,69 +36,113 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "src" / "lens_mcp" / "builtin" / "toy_induction"
 BOS, UNK = "<|bos|>", "<|unk|>"
-N_WORDS = 254  # w0..w253; with the 2 special tokens the vocabulary is exactly 256
+N_WORDS = 254
 VOCAB = N_WORDS + 2
 FIRST_WORD_ID = 2
-N_LAYER, N_HEAD, D_MODEL, D_MLP, N_CTX = 2, 4, 128, 128, 64
-HALF_MIN, HALF_MAX = 20, 23  # context BOS + 2 * half <= 47
-BATCH, LR = 64, 1e-3
+SUBSPACE = 48  # dims of each of the token / position / previous-token subspaces
+N_CTX = 48
+N_HEAD = 3
+D_MODEL = 3 * SUBSPACE
+D_HEAD = D_MODEL // N_HEAD
+TOKEN, POSITION, PREVIOUS = 0, SUBSPACE, 2 * SUBSPACE  # subspace offsets
+PREV_HEAD, IND_HEAD = 1, 2
+QK_PREV, QK_IND, OV_PREV, OV_IND, LN_FINAL = 2.0, 3.0, 1.0, 4.0, 1.0
+TRAIN_LEN, HALF_MIN, HALF_MAX, BATCH, LR = 47, 5, 23, 64, 1e-3
 EVAL_BATCH, EVAL_HALF = 256, 20
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Word-level tokenizer: whitespace split, unknown words -> <|unk|>, decode joins with spaces."""
     vocab = {BOS: 0, UNK: 1, **{f"w{i}": FIRST_WORD_ID + i for i in range(N_WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=BOS, unk_token=UNK,
+        tokenizer_object=tokenizer, bos_token=BOS, eos_token=BOS, pad_token=BOS, unk_token=UNK,
         model_max_length=N_CTX, padding_side="right", clean_up_tokenization_spaces=False)
 
 
-def build_model() -> GPT2LMHeadModel:
-    """Standard GPT-2 config; MLP weights are zeroed and MLPs + ln_2 frozen (attention-only in effect)."""
-    config = GPT2Config(
-        vocab_size=VOCAB, n_positions=N_CTX, n_embd=D_MODEL, n_layer=N_LAYER, n_head=N_HEAD,
-        n_inner=D_MLP, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=0, eos_token_id=0, pad_token_id=0)
+def _plant_head(attn: torch.nn.Module, head: int, query: dict[int, int], key: dict[int, int],
+                value: dict[int, int], output: dict[int, int], qk_scale: float, ov_scale: float) -> None:
+    """Set one head's weights: maps are {residual dim: head dim} (output: {head dim: residual dim})."""
+    d = D_MODEL
+    cols = slice(head * D_HEAD, (head + 1) * D_HEAD)
+    weight, bias, out = attn.c_attn.weight, attn.c_attn.bias, attn.c_proj.weight  # Conv1D: x @ W
+    for part in range(3):
+        weight[:, part * d + cols.start: part * d + cols.stop] = 0
+        bias[part * d + cols.start: part * d + cols.stop] = 0
+    out[cols, :] = 0
+    for src, dst in query.items():
+        weight[src, cols.start + dst] = qk_scale
+    for src, dst in key.items():
+        weight[src, d + cols.start + dst] = 1.0
+    for src, dst in value.items():
+        weight[src, 2 * d + cols.start + dst] = 1.0
+    for src, dst in output.items():
+        out[cols.start + src, dst] = ov_scale
+
+
+@torch.no_grad()
+def build_model(gen: torch.Generator) -> GPT2LMHeadModel:
+    config = GPT2Config(vocab_size=VOCAB, n_positions=N_CTX, n_embd=D_MODEL, n_layer=2, n_head=N_HEAD, n_inner=4,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+                        pad_token_id=0)
     model = GPT2LMHeadModel(config)
+    for p in model.parameters():
+        p.mul_(0.5)
+    embed = torch.randn(VOCAB, SUBSPACE, generator=gen)
+    embed -= embed.mean(dim=1, keepdim=True)  # zero mean keeps LayerNorm a pure rescaling
+    embed = embed / embed.norm(dim=1, keepdim=True) * math.sqrt(SUBSPACE)
+    model.transformer.wte.weight.zero_()
+    model.transformer.wte.weight[:, TOKEN:TOKEN + SUBSPACE] = embed
+    model.transformer.wpe.weight.zero_()
+    model.transformer.wpe.weight[:, POSITION:POSITION + N_CTX] = torch.eye(N_CTX) * math.sqrt(SUBSPACE)
     for block in model.transformer.h:
-        with torch.no_grad():
-            for p in block.mlp.parameters():
-                p.zero_()
-        for p in [*block.mlp.parameters(), *block.ln_2.parameters()]:
+        for p in block.mlp.parameters():
+            p.zero_()
+    copy = {t: t for t in range(SUBSPACE)}
+    _plant_head(model.transformer.h[0].attn, PREV_HEAD,
+                query={POSITION + i: i - 1 for i in range(1, N_CTX)}, key={POSITION + j: j for j in range(N_CTX)},
+                value={TOKEN + t: t for t in range(SUBSPACE)}, output={t: PREVIOUS + t for t in range(SUBSPACE)},
+                qk_scale=QK_PREV, ov_scale=OV_PREV)
+    _plant_head(model.transformer.h[1].attn, IND_HEAD,
+                query={TOKEN + t: t for t in range(SUBSPACE)}, key={PREVIOUS + t: t for t in range(SUBSPACE)},
+                value={TOKEN + t: t for t in range(SUBSPACE)}, output=copy, qk_scale=QK_IND, ov_scale=OV_IND)
+    model.transformer.ln_f.weight.fill_(LN_FINAL)
+    for block in model.transformer.h:
+        for p in block.mlp.parameters():
             p.requires_grad_(False)
     return model
 
 
-def repeated_batch(batch: int, half: int, gen: torch.Generator) -> torch.Tensor:
-    """[batch, 1 + 2*half]: BOS, then a random half of words, then the same half again."""
-    h = torch.randint(FIRST_WORD_ID, VOCAB, (batch, half), generator=gen)
-    return torch.cat([torch.zeros(batch, 1, dtype=torch.long), h, h], dim=1)
+def training_batch(gen: torch.Generator) -> torch.Tensor:
+    """BOS + random filler + half + half, the half's length drawn per sequence (5..23 words)."""
+    rows = []
+    for _ in range(BATCH):
+        half = int(torch.randint(HALF_MIN, HALF_MAX + 1, (1,), generator=gen))
+        filler = torch.randint(FIRST_WORD_ID, VOCAB, (TRAIN_LEN - 1 - 2 * half,), generator=gen)
+        words = torch.randint(FIRST_WORD_ID, VOCAB, (half,), generator=gen)
+        rows.append(torch.cat([torch.zeros(1, dtype=torch.long), filler, words, words]))
+    return torch.stack(rows)
 
 
 def train(model: GPT2LMHeadModel, steps: int, gen: torch.Generator) -> float:
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=LR)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=0.0)
     model.train()
     started = time.perf_counter()
     for step in range(steps):
-        half = int(torch.randint(HALF_MIN, HALF_MAX + 1, (1,), generator=gen))
-        tokens = repeated_batch(BATCH, half, gen)
+        tokens = training_batch(gen)
         loss = model(tokens, labels=tokens).loss
-        opt.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        optimizer.step()
         if step % 50 == 0 or step == steps - 1:
             log(f"step {step:4d}  loss {loss.item():.3f}  ({time.perf_counter() - started:.1f}s)")
     model.eval()
@@ -101,107 +151,76 @@ def train(model: GPT2LMHeadModel, steps: int, gen: torch.Generator) -> float:
 
 @torch.no_grad()
 def measure(model: GPT2LMHeadModel, gen: torch.Generator) -> dict:
-    """Per-head previous-token / induction scores and first-half vs repeat loss on fresh sequences."""
-    model.set_attn_implementation("eager")  # only eager attention returns the patterns
-    L = EVAL_HALF
-    tokens = repeated_batch(EVAL_BATCH, L, gen)
+    """Per-head previous-token and induction scores, and first-half vs repeat loss, on fresh sequences."""
+    model.set_attn_implementation("eager")
+    half = EVAL_HALF
+    words = torch.stack([torch.randperm(N_WORDS, generator=gen)[:half] + FIRST_WORD_ID for _ in range(EVAL_BATCH)])
+    tokens = torch.cat([torch.zeros(EVAL_BATCH, 1, dtype=torch.long), words, words], dim=1)
     out = model(tokens, output_attentions=True)
-    logprobs = F.log_softmax(out.logits.float(), dim=-1)
-    nll = -logprobs[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]  # nll[:, p] = loss predicting token p+1
-    loss_first = nll[:, 1:L].mean().item()  # positions 1..L-1 predict h[1..L-1] the first time
-    loss_second = nll[:, L + 1:2 * L].mean().item()  # positions L+1..2L-1 predict h[1..L-1] again
-    q = torch.arange(L + 1, 2 * L + 1)  # second-repeat positions; h[k] sits at k+1 and L+1+k
-    prev, induction = [], []
-    for layer, pattern in enumerate(out.attentions):  # [batch, head, q, k]
-        pattern = pattern.float()
-        idx = torch.arange(1, pattern.shape[-1])
-        prev.append(pattern[:, :, idx, idx - 1].mean(dim=(0, 2)).tolist())
-        induction.append(pattern[:, :, q, q - L + 1].mean(dim=(0, 2)).tolist())
-    return {"previous_token": prev, "induction": induction,
-            "loss_first_repeat": loss_first, "loss_second_repeat": loss_second}
-
-
-def best_head(scores: list[list[float]], layer: int) -> int:
-    return max(range(N_HEAD), key=lambda h: scores[layer][h])
+    nll = -out.logits.float().log_softmax(-1)[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
+    second = torch.arange(half + 1, 2 * half + 1)
+    previous, induction = [], []
+    for pattern in out.attentions:  # [batch, head, query, key]
+        queries = torch.arange(1, pattern.shape[-1])
+        previous.append(pattern[:, :, queries, queries - 1].mean(dim=(0, 2)).tolist())
+        induction.append(pattern[:, :, second, second - half + 1].mean(dim=(0, 2)).tolist())
+    return {"previous_token": previous, "induction": induction,
+            "loss_first_repeat": nll[:, 1:half].mean().item(), "loss_second_repeat": nll[:, half + 1:2 * half].mean().item()}
 
 
 def write_readme(out: Path, circuit: dict) -> None:
-    p, i = circuit["previous_token_head"], circuit["induction_head"]
-    s = circuit["scores"]
-    text = f"""# toy-induction
+    p, i, s = circuit["previous_token_head"], circuit["induction_head"], circuit["scores"]
+    (out / "README.md").write_text(f"""# toy-induction
 
-A 2-layer, attention-only GPT-2 (4 heads of 32 dims per layer, d_model 128, n_positions 64,
-vocab 256) trained to continue repeated random word sequences, so it holds a known induction
-circuit. The MLPs are present (standard `GPT2Config`, d_mlp {D_MLP}) but all their weights are zero.
+A 2-layer, attention-only GPT-2 (d_model {D_MODEL}, {N_HEAD} heads of {D_HEAD} dims, n_positions {N_CTX},
+vocab {VOCAB}; MLPs present but zero) with a known induction circuit, planted and then trained
+(see scripts/train_toy_induction.py for why and how).
 
 | role | head | score |
 |------|------|-------|
 | previous-token head | L{p[0]}H{p[1]} | previous-token score {s['previous_token'][p[0]][p[1]]:.3f} |
 | induction head | L{i[0]}H{i[1]} | induction score {s['induction'][i[0]][i[1]]:.3f} |
 
-Loss on fresh `<|bos|> + half + half` sequences (half = {EVAL_HALF} random words):
-first half {circuit['loss_first_repeat']:.3f} nats (chance ln {VOCAB - 2} = {math.log(VOCAB - 2):.3f}),
-repeat {circuit['loss_second_repeat']:.3f} nats. All per-head scores are in `circuit.json`.
+Loss on fresh `<|bos|> + half + half` sequences (half = {EVAL_HALF} distinct random words): first half
+{circuit['loss_first_repeat']:.3f} nats (chance ln {N_WORDS} = {math.log(N_WORDS):.3f}), repeat
+{circuit['loss_second_repeat']:.3f} nats. All per-head scores are in `circuit.json`.
 
-Tokenizer: word level, words `w0`..`w{N_WORDS - 1}` (ids 2..{VOCAB - 1}), `<|bos|>` (id 0; also EOS and
-pad) and `<|unk|>` (id 1). Text is split on whitespace; the tokenizer adds no BOS itself
-(TransformerLens prepends it), and decoding joins words with single spaces.
+Tokenizer: words `w0`..`w{N_WORDS - 1}` (ids 2..{VOCAB - 1}), `<|bos|>` (id 0; also EOS and pad),
+`<|unk|>` (id 1); whitespace split; no BOS added by the tokenizer (TransformerLens prepends it).
 
-Regenerate (deterministic from the seed, about a minute on 2 CPU cores):
-
-    python scripts/train_toy_induction.py --seed {circuit['seed']} --steps {circuit['steps']}
-"""
-    (out / "README.md").write_text(text)
+Regenerate: `python scripts/train_toy_induction.py --seed {circuit['seed']} --steps {circuit['steps']}`
+""")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: the builtin)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=350)
-    args = ap.parse_args(argv)
-
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=250)
+    args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    torch.use_deterministic_algorithms(True)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-
-    model = build_model()
+    model = build_model(gen)
     seconds = train(model, args.steps, gen)
-    log(f"trained {args.steps} steps in {seconds:.1f}s")
-
-    scores = measure(model, torch.Generator().manual_seed(args.seed + 1_000_003))
-    for layer in range(N_LAYER):
-        for h in range(N_HEAD):
-            log(f"L{layer}H{h}: previous-token {scores['previous_token'][layer][h]:.3f}  "
-                f"induction {scores['induction'][layer][h]:.3f}")
-    log(f"loss first half {scores['loss_first_repeat']:.3f}  repeat {scores['loss_second_repeat']:.3f}")
-
-    prev_head, ind_head = best_head(scores["previous_token"], 0), best_head(scores["induction"], 1)
-    prev_score = scores["previous_token"][0][prev_head]
-    ind_score = scores["induction"][1][ind_head]
-    assert prev_score > 0.5, f"no previous-token head in layer 0 (best L0H{prev_head}: {prev_score:.3f})"
-    assert ind_score > 0.5, f"no induction head in layer 1 (best L1H{ind_head}: {ind_score:.3f})"
-    assert scores["loss_second_repeat"] < 0.2 * scores["loss_first_repeat"], "repeat loss not far below"
-
-    circuit = {
-        "previous_token_head": [0, prev_head],
-        "induction_head": [1, ind_head],
-        "scores": {"previous_token": scores["previous_token"], "induction": scores["induction"]},
-        "loss_first_repeat": scores["loss_first_repeat"],
-        "loss_second_repeat": scores["loss_second_repeat"],
-        "seed": args.seed,
-        "steps": args.steps,
-        "eval_half_length": EVAL_HALF,
-        "train_seconds": round(seconds, 1),
-    }
+    scores = measure(model, torch.Generator().manual_seed(args.seed + 1))
+    prev_head = max(range(N_HEAD), key=lambda h: scores["previous_token"][0][h])
+    ind_head = max(range(N_HEAD), key=lambda h: scores["induction"][1][h])
+    log(f"trained {args.steps} steps in {seconds:.1f}s; previous-token L0H{prev_head} "
+        f"{scores['previous_token'][0][prev_head]:.3f}, induction L1H{ind_head} {scores['induction'][1][ind_head]:.3f}, "
+        f"loss first {scores['loss_first_repeat']:.3f} repeat {scores['loss_second_repeat']:.3f}")
+    assert scores["previous_token"][0][prev_head] > 0.5, "no previous-token head in layer 0"
+    assert scores["induction"][1][ind_head] > 0.5, "no induction head in layer 1"
+    assert scores["loss_second_repeat"] < 0.5 * scores["loss_first_repeat"], "the repeat is not predicted"
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
     build_tokenizer().save_pretrained(args.out)
+    circuit = {"previous_token_head": [0, prev_head], "induction_head": [1, ind_head], "seed": args.seed,
+               "steps": args.steps, "train_seconds": round(seconds, 1),
+               "loss_first_repeat": scores["loss_first_repeat"], "loss_second_repeat": scores["loss_second_repeat"],
+               "scores": {"previous_token": scores["previous_token"], "induction": scores["induction"]}}
     (args.out / "circuit.json").write_text(json.dumps(circuit, indent=2) + "\n")
     write_readme(args.out, circuit)
-    log(f"previous-token head L0H{prev_head} ({prev_score:.3f}), induction head L1H{ind_head} "
-        f"({ind_score:.3f}); saved to {args.out}")
     return 0
 
 

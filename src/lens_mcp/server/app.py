@@ -11,7 +11,9 @@ from mcp.server.mcpserver import MCPServer
 from lens_mcp import __version__
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server.instructions import INSTRUCTIONS
+from lens_mcp.server.prompts import register_prompts
 from lens_mcp.server.registry import register_tools
+from lens_mcp.server.resources import register_resources
 
 
 @dataclass(frozen=True)
@@ -33,4 +35,6 @@ def build_server(host: ModelHost, startup: StartupModel | None = None) -> MCPSer
 
     server = MCPServer("lens-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan)
     register_tools(server, host)
+    register_prompts(server)
+    register_resources(server, host)
     return server

@@ -1,15 +1,29 @@
-"""The `lens-mcp` command. `serve` runs the MCP server; stdout carries nothing but the protocol."""
+"""The `lens-mcp` command.
+
+  serve   run the MCP server: stdio (default; stdout carries nothing but the protocol) or streamable HTTP
+  tools   list the tools, one line each (loads no model)
+  call    run one tool through a real MCP client session; prints its compact JSON result
+  batch   run a JSONL file of calls in one session (model loaded once); one JSON result line per call
+
+Exit status: 0 success, 1 a tool reported an error (message on stderr), 2 bad command-line input.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TextIO
 
 from lens_mcp import __version__
 from lens_mcp.limits import Limits
 from lens_mcp.loading import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from lens_mcp.model_host import ModelHost
 
 LIMIT_FLAGS = {
     "max_prompt_tokens": "tokens per prompt",
@@ -39,16 +53,63 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         limits.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=what)
 
 
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lens-mcp", description="MCP server for mechanistic interpretability.")
     parser.add_argument("--version", action="version", version=f"lens-mcp {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+
     serve = commands.add_parser("serve", help="run the MCP server (stdio by default)")
     add_model_arguments(serve)
     serve.add_argument("--transport", default="stdio", choices=["stdio", "http"])
-    serve.add_argument("--host", default="127.0.0.1", help="http: address to bind")
-    serve.add_argument("--port", type=int, default=8000, help="http: port")
-    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="http: address to bind; anything but loopback requires a bearer token")
+    serve.add_argument("--port", type=int, default=8000, help="http: port (endpoint http://HOST:PORT/mcp)")
+    serve.add_argument("--token-file", default=None, metavar="PATH",
+                       help="http: file holding the bearer token clients must send (default: the LENS_MCP_TOKEN "
+                            "environment variable)")
+    serve.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
+
+    tools = commands.add_parser("tools", help="list the tools with a one-line description each (loads no model)")
+    tools.add_argument("--json", action="store_true", dest="as_json",
+                       help="print names, descriptions and input schemas as one JSON array")
+    add_model_arguments(tools)
+    tools.add_argument("--log-level", default="WARNING", choices=LOG_LEVELS)
+
+    call = commands.add_parser(
+        "call", help="run one tool and print its compact JSON result",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run one tool through a real MCP client session and print its result as compact JSON.\n"
+                    "Values are JSON when they parse (numbers, true/false, null, [0,1]) and text otherwise;\n"
+                    "arguments the tool declares as strings always keep the text. Exit status 1 on a tool\n"
+                    "error (the message on stderr), 2 on bad input. Examples:\n"
+                    "  lens-mcp call tokenize text=' Paris'\n"
+                    "  lens-mcp call logit_lens prompt='The Eiffel Tower is in the city of' top_k=3\n"
+                    "  lens-mcp call head_attribution --json '{\"prompt\": \"...\", \"answer\": \" Paris\"}'")
+    call.add_argument("tool", help="tool name (see `lens-mcp tools`)")
+    call.add_argument("pairs", nargs="*", metavar="key=value", help="tool arguments")
+    call.add_argument("--json", dest="json_arguments", metavar="OBJECT",
+                      help="all arguments as one JSON object (key=value pairs override its keys)")
+    add_model_arguments(call)
+    call.add_argument("--log-level", default="WARNING", choices=LOG_LEVELS)
+
+    batch = commands.add_parser(
+        "batch", help="run a JSONL file of calls in one session, one JSON result line per call",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run many calls in one session (the model loads once).\n"
+                    'Input, one call per line: {"tool": "tokenize", "arguments": {"text": " Paris"}}\n'
+                    '  ("name"/"args" work too; an "id" is echoed back; blank lines are skipped).\n'
+                    "Output, one line per call in input order:\n"
+                    '  {"line": 1, "tool": "tokenize", "ok": true, "result": {...}}\n'
+                    '  {"line": 2, "tool": ..., "ok": false, "error": "..."}\n'
+                    "Exit status 0 when every call succeeded, 1 when any failed, 2 on bad input.")
+    batch.add_argument("file", help="JSONL file of calls ('-' for stdin)")
+    batch.add_argument("-o", "--output", default="-", help="where to write the result lines (default: stdout)")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_model_arguments(batch)
+    batch.add_argument("--log-level", default="WARNING", choices=LOG_LEVELS)
     return parser
 
 
@@ -56,29 +117,126 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
     return Limits.from_env(**{name: getattr(args, name) for name in LIMIT_FLAGS})
 
 
-def serve(args: argparse.Namespace) -> int:
+def make_host(args: argparse.Namespace) -> ModelHost:
     from lens_mcp.model_host import ModelHost
+
+    return ModelHost(limits_from_args(args), trust_remote_code=args.trust_remote_code,
+                     device_map=args.device_map, n_devices=args.n_devices)
+
+
+def serve(args: argparse.Namespace) -> int:
     from lens_mcp.server.app import StartupModel, build_server
 
-    host = ModelHost(limits_from_args(args), trust_remote_code=args.trust_remote_code,
-                     device_map=args.device_map, n_devices=args.n_devices)
+    token = None
+    if args.transport == "http":
+        from lens_mcp.server.http import TokenError, check_exposure, read_token
+
+        try:  # before the model starts loading: a misconfigured server should fail at once
+            token = read_token(args.token_file)
+            check_exposure(args.host, token)
+        except TokenError as exc:
+            print(f"lens-mcp: error: {exc}", file=sys.stderr)
+            return 2
+    host = make_host(args)
     server = build_server(host, StartupModel(args.model, args.device, args.dtype))
     if args.transport == "stdio":
         server.run("stdio")
         return 0
     from lens_mcp.server.http import serve_http
 
-    return serve_http(server, args.host, args.port)
+    return serve_http(server, args.host, args.port, token=token, log_level=args.log_level)
+
+
+def _loader(host: ModelHost, args: argparse.Namespace) -> Callable[[], None]:
+    def start() -> None:
+        if host.model is None and host.loading is None:
+            host.load_in_background(args.model, args.device, args.dtype)
+
+    return start
+
+
+def scripted(args: argparse.Namespace, out: TextIO, exit_hard: bool = False) -> int:
+    import anyio
+
+    from lens_mcp.server import scripted as commands
+
+    host = make_host(args)
+    if args.command == "tools":
+        status = anyio.run(commands.list_tools, host, args.as_json, out)
+    elif args.command == "call":
+        status = anyio.run(commands.call_one, host, _loader(host, args), args.tool, args.pairs, args.json_arguments,
+                           out, sys.stderr)
+    else:
+        lines = _read_lines(args.file)
+        with contextlib.ExitStack() as stack:
+            target = out if args.output == "-" else stack.enter_context(_open_output(args.output))
+            status = anyio.run(commands.run_batch, host, _loader(host, args), lines, target, sys.stderr,
+                               not args.no_progress)
+    if exit_hard and host.loading is not None:
+        # The load is still running in its thread (the call failed before it needed the model): leave now
+        # rather than let interpreter shutdown race the loader. Only as a program, never inside a caller.
+        out.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+def _usage_error(exc: BaseException) -> Exception | None:
+    """The UsageError inside `exc`, which task groups may have wrapped in exception groups."""
+    from lens_mcp.server.scripted import UsageError
+
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, UsageError) else None
+
+
+def _open_output(path: str) -> TextIO:
+    from lens_mcp.server.scripted import UsageError
+
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _read_lines(path: str) -> list[str]:
+    from lens_mcp.server.scripted import UsageError
+
+    if path == "-":
+        return sys.stdin.read().splitlines()
+    try:
+        with open(path, encoding="utf-8") as source:
+            return source.read().splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    out = sys.stdout  # results only; model loading redirects sys.stdout to stderr while it runs
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "call":  # key=value pairs may come after options too: call tokenize --model X text=...
+        args.pairs += [item for item in extra if not item.startswith("-")]
+        extra = [item for item in extra if item.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(stream=sys.stderr, level=getattr(args, "log_level", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
             return serve(args)
+        if args.command in ("tools", "call", "batch"):
+            try:
+                return scripted(args, out, exit_hard=argv is None)
+            except KeyboardInterrupt:
+                print(f"lens-mcp {args.command}: interrupted", file=sys.stderr)
+                return 130
+            except BaseException as exc:
+                usage = _usage_error(exc)
+                if usage is None:
+                    raise
+                print(f"lens-mcp {args.command}: error: {usage}", file=sys.stderr)
+                return 2
     except ValueError as exc:  # bad limit values and the like
         parser.error(str(exc))
     parser.error(f"unknown command {args.command}")

@@ -13,7 +13,10 @@ Workflow:
    clean behaviour, 0 = no effect); clean and corrupted prompts must have equal token counts.
    ablate_heads zero- or mean-ablates heads and reports the metric before and after.
 5. induction_scores finds induction, previous-token and duplicate-token heads.
-All numbers are rounded to 4 significant digits; logits are in nats-scale logit units.
+Units: logits and logit differences in raw logit units, probabilities 0..1, losses in nats; all numbers
+rounded to 4 significant digits. Ask for few layers/positions and small top_k: results are capped.
+Prompts with step-by-step plans: locate_fact (where is a fact stored), find_induction_circuit,
+explain_prediction. Resources: lens://model/info, lens://model/hooks (hook names), lens://server/limits.
 Long tools report progress and can be cancelled. load_model switches the model (the old one stays
 loaded if the new one fails). Errors say which argument was wrong and how to fix it.
 """

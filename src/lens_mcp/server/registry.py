@@ -6,8 +6,15 @@ from mcp.server.mcpserver import MCPServer
 
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server.adapter import add_host_tool, add_model_tool
+from lens_mcp.tools.ablate_heads import ablate_heads
+from lens_mcp.tools.attention_pattern import attention_pattern
+from lens_mcp.tools.head_attribution import head_attribution
+from lens_mcp.tools.induction_scores import induction_scores
 from lens_mcp.tools.load_model import load_model
+from lens_mcp.tools.logit_lens import logit_lens
 from lens_mcp.tools.model_info import model_info
+from lens_mcp.tools.patch_sweep import patch_sweep
+from lens_mcp.tools.run_with_cache import run_with_cache
 from lens_mcp.tools.tokenize import tokenize
 
 
@@ -15,3 +22,10 @@ def register_tools(server: MCPServer, host: ModelHost) -> None:
     add_model_tool(server, host, model_info, title="Model facts")
     add_host_tool(server, host, load_model, title="Load a model")
     add_model_tool(server, host, tokenize, title="Tokenize text")
+    add_model_tool(server, host, run_with_cache, title="Run and summarize activations")
+    add_model_tool(server, host, head_attribution, title="Direct logit attribution per head")
+    add_model_tool(server, host, logit_lens, title="Logit lens")
+    add_model_tool(server, host, attention_pattern, title="Attention pattern of one head")
+    add_model_tool(server, host, patch_sweep, title="Activation patching sweep")
+    add_model_tool(server, host, ablate_heads, title="Ablate attention heads")
+    add_model_tool(server, host, induction_scores, title="Find induction heads")

@@ -1,0 +1,288 @@
+"""`lens-mcp tools | call | batch`: the server's tools from a shell or a pipeline.
+
+Each command builds the same server `serve` runs and talks to it through a real MCP client session (JSON-RPC
+over an in-memory transport), so a script sees exactly what an agent sees: the same argument validation, the
+same compact JSON, the same error messages. The model loads once per process; `tools` loads none.
+stdout carries results only (compact JSON); progress, logs and error messages go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TextIO
+
+from mcp import Client
+from mcp.types import CallToolResult, Tool
+
+from lens_mcp.model_host import ModelHost
+from lens_mcp.server.app import build_server
+
+HOST_TOOLS = {"load_model"}  # tools that bring their own model: no default load is started for them
+
+
+class UsageError(Exception):
+    """Bad command-line input (exit status 2)."""
+
+
+def compact(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+# ---- arguments -----------------------------------------------------------------------------------
+def _schema_types(schema: dict[str, Any]) -> set[str]:
+    types: set[str] = set()
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        types.add(kind)
+    elif isinstance(kind, list):
+        types.update(k for k in kind if isinstance(k, str))
+    for key in ("anyOf", "oneOf"):
+        for option in schema.get(key, []) or []:
+            if isinstance(option, dict):
+                types |= _schema_types(option)
+    if "enum" in schema and not types:
+        types.update("string" if isinstance(v, str) else "other" for v in schema["enum"])
+    return types
+
+
+def parse_value(raw: str, schema: dict[str, Any] | None) -> Any:
+    """A command-line value: kept as text for string arguments, else JSON when it parses, else text."""
+    types = _schema_types(schema or {})
+    if "string" in types and types <= {"string", "null"}:
+        return None if raw == "null" and "null" in types else raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def parse_key_values(pairs: list[str], tool: Tool) -> dict[str, Any]:
+    properties = (tool.input_schema or {}).get("properties", {})
+    arguments: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"argument {pair!r} is not key=value (e.g. text='The Eiffel Tower' layers=[0,1])")
+        if key in arguments:
+            raise UsageError(f"argument {key!r} is given twice")
+        arguments[key] = parse_value(raw, properties.get(key))
+    return arguments
+
+
+def parse_json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{what} is not valid JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise UsageError(f"{what} must be a JSON object of arguments, got {type(value).__name__}")
+    return value
+
+
+def check_argument_names(tool: Tool, arguments: dict[str, Any]) -> None:
+    """Unknown names would be dropped silently by the server: refuse them here, naming the accepted ones."""
+    properties = (tool.input_schema or {}).get("properties", {})
+    unknown = sorted(set(arguments) - set(properties))
+    if unknown:
+        accepted = ", ".join(properties) or "no arguments"
+        raise UsageError(f"{tool.name} has no argument {', '.join(map(repr, unknown))}; it takes: {accepted}")
+
+
+def find_tool(tools: dict[str, Tool], name: str) -> Tool:
+    tool = tools.get(name)
+    if tool is None:
+        raise UsageError(f"unknown tool {name!r}; the tools are: {', '.join(tools)} (`lens-mcp tools` describes them)")
+    return tool
+
+
+def result_text(result: CallToolResult) -> str:
+    return "\n".join(getattr(block, "text", "") for block in result.content).strip()
+
+
+def result_data(result: CallToolResult) -> Any:
+    if result.structured_content is not None:
+        return result.structured_content
+    text = result_text(result)
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+# ---- progress ------------------------------------------------------------------------------------
+class ProgressLine:
+    """A one-line text progress display on stderr: redrawn in place on a terminal, one line per update
+    otherwise (only for `every_update=True`; transient messages are shown on terminals only)."""
+
+    def __init__(self, stream: TextIO, enabled: bool = True) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.tty = enabled and stream.isatty()
+        self._shown = 0
+
+    def show(self, text: str, *, durable: bool = True) -> None:
+        if not self.enabled or (not durable and not self.tty):
+            return
+        if self.tty:
+            width = max(20, shutil.get_terminal_size((100, 20)).columns - 1)
+            text = text[:width]
+            self.stream.write("\r" + text + " " * max(0, self._shown - len(text)))
+            self._shown = len(text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+        self._shown = 0
+
+
+def bar(done: int, total: int, width: int = 24) -> str:
+    filled = width * done // total if total else width
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+
+
+# ---- sessions ------------------------------------------------------------------------------------
+@asynccontextmanager
+async def session(host: ModelHost) -> AsyncIterator[tuple[Client, dict[str, Tool]]]:
+    """A real MCP client session with the server (JSON-RPC over memory streams, as over stdio).
+    The server is built without a start-up model: callers start the load once they know they need it."""
+    async with Client(build_server(host), mode="legacy") as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        yield client, tools
+
+
+def one_line(description: str | None, limit: int = 100) -> str:
+    """A tool description's first sentence on one line; when that is long, its head up to the first colon."""
+    text = " ".join((description or "").split())
+    cut = text.find(". ")
+    text = text[:cut + 1] if cut != -1 else text
+    if len(text) > limit and ": " in text:
+        text = text[:text.index(": ")]
+    if len(text) > limit:
+        text = text[:limit - 3].rsplit(" ", 1)[0] + "..."
+    return text
+
+
+async def list_tools(host: ModelHost, as_json: bool, out: TextIO) -> int:
+    async with session(host) as (_, tools):
+        if as_json:
+            out.write(compact([{"name": t.name, "title": t.title, "description": t.description,
+                                "input_schema": t.input_schema} for t in tools.values()]) + "\n")
+        else:
+            width = max(map(len, tools)) if tools else 0
+            for tool in tools.values():
+                out.write(f"{tool.name.ljust(width)}  {one_line(tool.description)}\n")
+    out.flush()
+    return 0
+
+
+async def call_one(host: ModelHost, start_load: Callable[[], None], name: str, pairs: list[str], json_arguments: str | None,
+                   out: TextIO, err: TextIO) -> int:
+    arguments = parse_json_object(json_arguments, "--json") if json_arguments is not None else {}
+    progress = ProgressLine(err)
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.show(f"{name}: {message or ''} {f'{done:g}/{total:g}' if total else ''}".strip(), durable=False)
+
+    async with session(host) as (client, tools):
+        tool = find_tool(tools, name)
+        arguments.update(parse_key_values(pairs, tool))  # key=value wins over --json
+        check_argument_names(tool, arguments)
+        if name not in HOST_TOOLS:
+            start_load()
+        result = await client.call_tool(name, arguments, progress_callback=on_progress)
+    progress.close()
+    if result.is_error:
+        err.write(f"lens-mcp: {name} failed: {result_text(result)}\n")
+        err.flush()
+        return 1
+    out.write(compact(result_data(result)) + "\n")
+    out.flush()
+    return 0
+
+
+def _decode(text: str) -> dict[str, Any]:
+    try:
+        entry = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"not valid JSON ({exc})") from exc
+    if not isinstance(entry, dict):
+        raise UsageError('each line must be a JSON object like {"tool": "tokenize", "arguments": {"text": "..."}}')
+    return entry
+
+
+def _tool_name(entry: dict[str, Any]) -> str | None:
+    name = entry.get("tool", entry.get("name"))
+    return name if isinstance(name, str) else None
+
+
+def _first_tool(text: str) -> str | None:
+    try:
+        return _tool_name(_decode(text))
+    except UsageError:
+        return None
+
+
+def _call_of(entry: dict[str, Any], tools: dict[str, Tool]) -> tuple[str, dict[str, Any]]:
+    """One decoded JSONL line -> (tool name, arguments); raises UsageError for anything malformed."""
+    name = _tool_name(entry)
+    if name is None:
+        raise UsageError('missing "tool" (the tool name), e.g. {"tool": "tokenize", "arguments": {"text": "..."}}')
+    arguments = entry.get("arguments", entry.get("args"))
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        raise UsageError(f'"arguments" must be a JSON object, got {type(arguments).__name__}')
+    tool = find_tool(tools, name)
+    check_argument_names(tool, arguments)
+    return name, arguments
+
+
+async def run_batch(host: ModelHost, start_load: Callable[[], None], lines: list[str], out: TextIO, err: TextIO,
+                    show_progress: bool = True) -> int:
+    calls = [(number, text) for number, text in enumerate(lines, start=1) if text.strip()]
+    total = len(calls)
+    progress = ProgressLine(err, enabled=show_progress)
+    failures = 0
+    async with session(host) as (client, tools):
+        if calls and _first_tool(calls[0][1]) not in HOST_TOOLS:
+            start_load()  # a batch that starts with load_model brings its own model
+        progress.show(f"batch {bar(0, total)}")
+        for index, (number, text) in enumerate(calls, start=1):
+            record: dict[str, Any] = {"line": number, "tool": None}
+            label = f"batch {bar(index - 1, total)} line {number}"
+
+            async def on_progress(done: float, steps: float | None, message: str | None, label: str = label) -> None:
+                progress.show(f"{label}: {message or ''}", durable=False)
+
+            try:
+                entry = _decode(text)
+                record["tool"] = _tool_name(entry)
+                if "id" in entry:
+                    record["id"] = entry["id"]
+                name, arguments = _call_of(entry, tools)
+                result = await client.call_tool(name, arguments, progress_callback=on_progress)
+                if result.is_error:
+                    record.update(ok=False, error=result_text(result))
+                else:
+                    record.update(ok=True, result=result_data(result))
+            except UsageError as exc:
+                record.update(ok=False, error=str(exc))
+            except Exception as exc:  # a protocol failure on one call must not lose the rest of the batch
+                record.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+            failures += not record["ok"]
+            out.write(compact(record) + "\n")
+            out.flush()
+            status = "ok" if record["ok"] else "error"
+            progress.show(f"batch {bar(index, total)} line {number} {record['tool'] or '?'}: {status}")
+    progress.close()
+    err.write(f"lens-mcp batch: {total} calls, {total - failures} ok, {failures} failed\n")
+    err.flush()
+    return 0 if failures == 0 else 1

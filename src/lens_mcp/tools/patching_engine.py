@@ -1,0 +1,409 @@
+"""The machinery behind patch_sweep (and ablate_heads' batched runs): many patched copies of one prompt,
+computed exactly but far faster than one hooked forward pass per cell.
+
+A cell writes one clean activation into the corrupted run at a per-layer hook point (`Patch`). Three
+facts make a sweep cheap:
+
+1. A patch at layer L cannot change anything before block L. Each patched row therefore starts at block L
+   from the corrupted run's cached `resid_pre[L]`: the engine calls the model's own blocks
+   (`bridge.blocks[i]`, so every hook point fires as in a full forward pass) with the keyword arguments
+   the model passed them in the corrupted run (attention mask, rotary embeddings, position ids).
+2. Attention is causal. If the first position where the patched activation differs from the corrupted
+   one is p, positions before p are identical to the corrupted run at every later layer. Rows only compute
+   positions p.., and attend to the corrupted run's keys and values for positions < p, which a recording
+   pass stored (handed to the attention bridges as a cache). Cells whose clean and corrupted activations
+   are identical are no-ops and equal the corrupted metric without any computation.
+3. The metric reads only the last position, so the final norm and the unembedding run on that position
+   only (two columns of the unembedding for a logit difference).
+
+Rows with the same p are batched; rows that start at different layers join the batch as it reaches their
+layer. Every batch carries a control row (an unpatched copy) whose result must reproduce the corrupted
+run; the recording pass must reproduce the model's own forward pass. If either check fails (an
+architecture whose blocks need something this engine does not pass), the engine falls back to batched
+full forward passes with hooks, which is what TransformerLens's patching functions compute, one row per
+cell instead of one forward pass per cell.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lens_mcp.tools.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
+from lens_mcp.tools.context import ToolContext
+from lens_mcp.tools.metrics import AnswerMetric
+
+log = logging.getLogger(__name__)
+
+_DROPPED_BLOCK_KWARGS = {"cache", "past_key_values", "layer_past", "use_cache", "output_attentions",
+                         "output_hidden_states", "cache_position_offset"}
+_RELATIVE_TOLERANCE = 1e-3
+
+
+class EngineMismatch(RuntimeError):
+    """The driven blocks did not reproduce the model's forward pass; use the hooked path instead."""
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Write `value` (a clean activation) into the hook point `hook` of block `layer`.
+
+    `position` is an absolute position, or None for every position (value then has the position axis
+    first); `head` indexes the head axis of per-head hook points (z). `first_diff` is the first position at
+    which `value` differs from the corrupted activation (None: the patch changes nothing)."""
+
+    layer: int
+    hook: str
+    position: int | None
+    head: int | None
+    value: torch.Tensor
+    first_diff: int | None
+
+    def apply(self, act: torch.Tensor, row: int, offset: int) -> None:
+        """Write into row `row` of an activation [batch, pos, ...] that starts at absolute position `offset`."""
+        if self.position is None:
+            target = act[row, :, self.head] if self.head is not None else act[row]
+            target.copy_(self.value[offset:offset + target.shape[0]])
+        else:
+            index = (row, self.position - offset) if self.head is None else (row, self.position - offset, self.head)
+            act[index] = self.value
+
+
+def first_difference(clean: torch.Tensor, corrupted: torch.Tensor) -> int | None:
+    """First index along dim 0 where two activations differ at all (None if they are identical)."""
+    if clean.shape != corrupted.shape:
+        return 0
+    differs = (clean != corrupted).reshape(clean.shape[0], -1).any(dim=1)
+    hits = torch.nonzero(differs)
+    return int(hits[0, 0]) if len(hits) else None
+
+
+def make_patch(layer: int, hook: str, clean_act: torch.Tensor, corrupted_act: torch.Tensor,
+               position: int | None, head: int | None) -> Patch:
+    """A patch from the clean and corrupted activations at `hook` (shape [1, pos, ...], batch removed here)."""
+    clean, corrupted = clean_act[0], corrupted_act[0]
+    if head is not None:
+        clean, corrupted = clean[:, head], corrupted[:, head]
+    if position is None:
+        value, first = clean, first_difference(clean, corrupted)
+    else:
+        value = clean[position]
+        first = None if torch.equal(value, corrupted[position]) else position
+    return Patch(layer, hook, position, head, value, first)
+
+
+class Readout:
+    """The metric from the final residual stream at the last position (final norm + unembedding there
+    only), or from full logits."""
+
+    def __init__(self, tc: ToolContext, metric: AnswerMetric):
+        self.bridge = tc.bridge
+        self.metric = metric
+        self._columns: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        lm_head = getattr(self.bridge.unembed, "original_component", None)
+        if metric.name == "logit_diff" and isinstance(lm_head, torch.nn.Linear):
+            ids = [metric.answer_id] + ([metric.wrong_id] if metric.wrong_id is not None else [])
+            bias = lm_head.bias[ids] if lm_head.bias is not None else None
+            self._columns = (lm_head.weight[ids], bias)
+
+    def from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.metric(logits)
+
+    def from_resid(self, resid: torch.Tensor) -> torch.Tensor:
+        """resid: [batch, d_model] residual stream after the last block, at the last position."""
+        normed = self.bridge.ln_final(resid[:, None, :])
+        if self._columns is not None:
+            weight, bias = self._columns
+            logits = torch.nn.functional.linear(normed, weight, bias)[:, 0].float()
+            return logits[:, 0] - logits[:, 1] if logits.shape[-1] == 2 else logits[:, 0]
+        return self.metric(self.bridge.unembed(normed)[:, 0])
+
+
+class _PrefixKV:
+    """Handed to the attention bridges as `layer_past`: records each layer's keys and values, or prepends
+    the recorded keys/values of positions < `prefix` (the corrupted run's) to a batch of suffix rows."""
+
+    def __init__(self) -> None:
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+        self.recording = True
+        self.prefix = 0
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        if self.recording:
+            self.keys[int(layer_idx)] = key.detach()
+            self.values[int(layer_idx)] = value.detach()
+            return key, value
+        if self.prefix == 0:
+            return key, value
+        past_key = self.keys[int(layer_idx)][..., :self.prefix, :]
+        past_value = self.values[int(layer_idx)][..., :self.prefix, :]
+        batch = key.shape[0]
+        past_key = past_key.expand(batch, *past_key.shape[1:])
+        past_value = past_value.expand(batch, *past_value.shape[1:])
+        return torch.cat([past_key, key], dim=-2), torch.cat([past_value, value], dim=-2)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor | float, scale: float) -> bool:
+    """Equal up to float noise: |a - b| <= 1e-3 * max(1, scale), everywhere (and finite)."""
+    a = a.detach().float().cpu()
+    b = b.detach().float().cpu() if isinstance(b, torch.Tensor) else torch.tensor(float(b))
+    return bool(torch.isfinite(a).all()) and float((a - b).abs().max()) <= _RELATIVE_TOLERANCE * max(1.0, scale)
+
+
+@dataclass
+class EngineStats:
+    forward_passes: int = 0
+    """Batched passes run (the clean and corrupted runs and the recording pass included)."""
+    sequences: int = 0
+    """Patched rows computed (no-op cells excluded)."""
+    skipped: int = 0
+    """Cells whose clean and corrupted activations are identical (no computation needed)."""
+    method: str = "driven"
+    batch_rows: int = 0
+    batch_bound: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+class PatchEngine:
+    """Runs patched copies of `tokens` (the corrupted prompt, shape [1, n]) and returns the metric of each."""
+
+    def __init__(self, tc: ToolContext, tokens: torch.Tensor, readout: Readout, cache_hooks: Sequence[str]):
+        self.tc = tc
+        self.bridge = tc.bridge
+        self.tokens = tokens
+        self.readout = readout
+        self.n_layers = int(tc.cfg.n_layers)
+        self.n_tokens = int(tokens.shape[-1])
+        self.stats = EngineStats()
+        self.block_kwargs: dict[int, dict[str, Any]] = {}
+        self.kv = _PrefixKV()
+        self.suffix_ok = False
+        self.driven_ok = False
+        blocks = getattr(self.bridge, "blocks", None)
+        self._blocks = list(blocks) if blocks is not None and len(blocks) == self.n_layers else None
+        resid = [f"blocks.{layer}.hook_resid_pre" for layer in range(self.n_layers)]
+        resid.append(f"blocks.{self.n_layers - 1}.hook_resid_post")
+        self.cache_names = list(dict.fromkeys([*resid, *cache_hooks]))
+        self.cache: Any = None
+        self.logits_last: torch.Tensor | None = None
+        self.metric_value: float = float("nan")
+
+    # ---- preparation -------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """The corrupted run (cache + block arguments), then a recording pass through the driven blocks."""
+        wanted = set(self.cache_names)
+        captured: dict[int, dict[str, Any]] = {}
+        handles = []
+        try:
+            if self._blocks is not None:
+                for index, block in enumerate(self._blocks):
+                    def capture(_module: Any, _args: Any, kwargs: dict[str, Any], index: int = index) -> None:
+                        captured[index] = dict(kwargs)
+                    handles.append(block.register_forward_pre_hook(capture, with_kwargs=True))
+            logits, self.cache = self.bridge.run_with_cache(self.tokens, names_filter=lambda name: name in wanted)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.stats.forward_passes += 1
+        self.logits_last = logits[:, -1].detach()
+        self.metric_value = float(self.readout.from_logits(self.logits_last)[0])
+        if self._blocks is None or len(captured) != self.n_layers:
+            self.stats.notes.append("model blocks could not be driven directly; used hooked forward passes")
+            return
+        for index, kwargs in captured.items():
+            self.block_kwargs[index] = {k: v for k, v in kwargs.items()
+                                        if k not in _DROPPED_BLOCK_KWARGS and k != "hidden_states"}
+        try:
+            self._record()
+        except EngineMismatch as exc:
+            log.info("driven blocks disabled: %s", exc)
+            self.stats.notes.append("driven blocks did not reproduce the forward pass; used hooked forward passes")
+
+    def _record(self) -> None:
+        """Drive every block on the corrupted run, recording keys/values; check it matches the forward."""
+        self.kv.recording = True
+        try:
+            x = self.cache[f"blocks.0.hook_resid_pre"].clone()
+            for layer in range(self.n_layers):
+                x = self._call_block(layer, x, 0, with_kv=True)
+        except EngineMismatch:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure here means: do not drive blocks
+            raise EngineMismatch(f"driving the blocks failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self.kv.recording = False
+        self.stats.forward_passes += 1
+        reference = self.cache[f"blocks.{self.n_layers - 1}.hook_resid_post"][:, -1]
+        driven = x[:, -1]
+        scale = float(reference.abs().max())
+        if not _close(driven, reference, scale):
+            raise EngineMismatch("final residual differs from the forward pass")
+        value = self.readout.from_resid(driven)
+        if not _close(value, self.metric_value, abs(self.metric_value)):
+            raise EngineMismatch(f"metric {float(value[0])} differs from the forward pass {self.metric_value}")
+        self.driven_ok = True
+        self.suffix_ok = len(self.kv.keys) == self.n_layers and self._suffix_kwargs_supported()
+
+    def _suffix_kwargs_supported(self) -> bool:
+        for kwargs in self.block_kwargs.values():
+            for name, value in kwargs.items():
+                if name in ("attention_mask", "position_embeddings", "position_ids", "cache_position"):
+                    continue
+                if isinstance(value, torch.Tensor) or (isinstance(value, tuple) and any(
+                        isinstance(v, torch.Tensor) for v in value)):
+                    return False  # an argument this engine does not know how to cut to a suffix
+        return True
+
+    def _sliced_kwargs(self, layer: int, offset: int) -> dict[str, Any]:
+        kwargs = dict(self.block_kwargs[layer])
+        if offset == 0:
+            return kwargs
+        n = self.n_tokens
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.ndim >= 3 and mask.shape[-2] == n:
+            kwargs["attention_mask"] = mask[..., offset:, :]
+        embeddings = kwargs.get("position_embeddings")
+        if isinstance(embeddings, tuple):
+            kwargs["position_embeddings"] = tuple(
+                t[..., offset:, :] if isinstance(t, torch.Tensor) and t.ndim >= 2 and t.shape[-2] == n else t
+                for t in embeddings)
+        for name in ("position_ids", "cache_position"):
+            value = kwargs.get(name)
+            if isinstance(value, torch.Tensor) and value.shape[-1] == n:
+                kwargs[name] = value[..., offset:]
+        return kwargs
+
+    def _call_block(self, layer: int, x: torch.Tensor, offset: int, *, with_kv: bool) -> torch.Tensor:
+        assert self._blocks is not None
+        kwargs = self._sliced_kwargs(layer, offset)
+        if with_kv:
+            kwargs["layer_past"] = self.kv
+        out = self._blocks[layer](x, **kwargs)
+        if isinstance(out, tuple):
+            out = out[0]
+        return out
+
+    # ---- running cells -----------------------------------------------------------------------
+    def run(self, patches: Sequence[Patch], counter: ProgressCounter) -> torch.Tensor:
+        """The metric for each patch (cells that change nothing get the corrupted metric)."""
+        values = torch.full((len(patches),), self.metric_value, dtype=torch.float32)
+        active = [i for i, patch in enumerate(patches) if patch.first_diff is not None]
+        self.stats.skipped = len(patches) - len(active)
+        if self.stats.skipped:
+            counter.advance(self.stats.skipped, f"{self.stats.skipped} cells are identical in both runs")
+        if not active:
+            return values
+        remaining = active
+        if self.driven_ok:
+            finished: set[int] = set()
+            try:
+                self._run_driven(patches, active, values, counter, finished)
+                self.stats.method = "driven" if self.suffix_ok else "driven-full"
+                return values
+            except EngineMismatch as exc:
+                log.warning("driven patching disagreed with the forward pass (%s); using hooked passes", exc)
+                self.stats.notes.append("driven blocks failed a control check; used hooked forward passes")
+                remaining = [i for i in active if i not in finished]
+        self._run_hooked(patches, remaining, values, counter)
+        self.stats.method = "hooked"
+        return values
+
+    def _run_driven(self, patches: Sequence[Patch], active: list[int], values: torch.Tensor,
+                    counter: ProgressCounter, finished: set[int]) -> None:
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i in active:
+            offset = patches[i].first_diff if self.suffix_ok else 0
+            groups[int(offset)].append(i)
+        for offset in sorted(groups):
+            members = sorted(groups[offset], key=lambda i: patches[i].layer)
+            length = self.n_tokens - offset
+            plan = plan_rows(self.tc.limits, self.tokens.device, length,
+                             sequence_bytes(self.tc.cfg, length, self.n_tokens), wanted=len(members) + 1)
+            control = plan.rows >= 2  # a control row needs room for one more sequence in the batch
+            rows = plan.rows - 1 if control else 1
+            self.stats.batch_rows = max(self.stats.batch_rows, plan.rows)
+            self.stats.batch_bound = plan.reason
+
+            def run_batch(batch: Sequence[int], offset: int = offset, control: bool = control) -> torch.Tensor:
+                return self._driven_batch([patches[i] for i in batch], offset, control)
+
+            for batch, result in iter_batched(members, run_batch, rows, device=self.tokens.device, counter=counter):
+                values[list(batch)] = result
+                finished.update(batch)
+
+    def _driven_batch(self, batch: Sequence[Patch], offset: int, control: bool) -> torch.Tensor:
+        """One batch of patches sharing a suffix start (sorted by layer), rows joining the batch at their layer;
+        with `control`, row 0 is an unpatched copy that must reproduce the corrupted run."""
+        start = batch[0].layer
+        first = 1 if control else 0
+        starts = [start] * first + [patch.layer for patch in batch]
+        by_hook: dict[str, list[tuple[int, Patch]]] = defaultdict(list)
+        for row, patch in enumerate(batch, start=first):
+            by_hook[patch.hook].append((row, patch))
+
+        def make_hook(entries: list[tuple[int, Patch]]) -> Callable[..., torch.Tensor]:
+            def hook(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
+                for row, patch in entries:
+                    patch.apply(act, row, offset)
+                return act
+            return hook
+
+        fwd_hooks = [(name, make_hook(entries)) for name, entries in by_hook.items()]
+        with_kv = self.suffix_ok and offset > 0
+        self.kv.prefix = offset if with_kv else 0
+        x: torch.Tensor | None = None
+        joined = 0
+        with self.bridge.hooks(fwd_hooks=fwd_hooks):
+            for layer in range(start, self.n_layers):
+                count = sum(1 for s in starts if s <= layer)
+                if count > joined:
+                    resid = self.cache[f"blocks.{layer}.hook_resid_pre"][:, offset:]
+                    fresh = resid.expand(count - joined, *resid.shape[1:])
+                    x = fresh.clone() if x is None else torch.cat([x, fresh], dim=0)
+                    joined = count
+                assert x is not None
+                x = self._call_block(layer, x, offset, with_kv=with_kv)
+        assert x is not None
+        self.stats.forward_passes += 1
+        self.stats.sequences += len(batch)
+        result = self.readout.from_resid(x[:, -1])
+        if control and not _close(result[:1], self.metric_value, abs(self.metric_value)):
+            raise EngineMismatch(f"control row gave {float(result[0])}, corrupted run {self.metric_value}")
+        return result[first:].float().cpu()
+
+    def _run_hooked(self, patches: Sequence[Patch], active: list[int], values: torch.Tensor,
+                    counter: ProgressCounter) -> None:
+        """Fallback: full forward passes of the corrupted prompt, one row per cell, patched by hooks."""
+        n = self.n_tokens
+        plan = plan_rows(self.tc.limits, self.tokens.device, n, sequence_bytes(self.tc.cfg, n, n, logits_tokens=n),
+                         wanted=len(active))
+        self.stats.batch_rows = plan.rows
+        self.stats.batch_bound = plan.reason
+
+        def run_batch(batch: Sequence[int]) -> torch.Tensor:
+            by_hook: dict[str, list[tuple[int, Patch]]] = defaultdict(list)
+            for row, i in enumerate(batch):
+                by_hook[patches[i].hook].append((row, patches[i]))
+
+            def make_hook(entries: list[tuple[int, Patch]]) -> Callable[..., torch.Tensor]:
+                def hook(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
+                    for row, patch in entries:
+                        patch.apply(act, row, 0)
+                    return act
+                return hook
+
+            tokens = self.tokens.expand(len(batch), -1)
+            logits = self.bridge.run_with_hooks(
+                tokens, fwd_hooks=[(name, make_hook(entries)) for name, entries in by_hook.items()])
+            self.stats.forward_passes += 1
+            self.stats.sequences += len(batch)
+            return self.readout.from_logits(logits[:, -1]).float().cpu()
+
+        for batch, result in iter_batched(active, run_batch, plan.rows, device=self.tokens.device, counter=counter):
+            values[list(batch)] = result

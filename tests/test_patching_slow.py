@@ -1,0 +1,77 @@
+"""patch_sweep and ablate_heads on SmolLM2-135M (rotary, RMSNorm, grouped-query attention) against
+TransformerLens's patching functions, on a few layers each (TransformerLens's loop takes about 0.3 s a cell)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lens_mcp.tools.ablate_heads import ablate_heads
+from lens_mcp.tools.context import ToolContext
+from lens_mcp.tools.patch_sweep import patch_sweep, run_sweep
+from tests.test_patching import TL_FUNCTIONS, TOL, hand_ablation, transformer_lens_values
+
+pytestmark = pytest.mark.slow
+
+CLEAN = "The Eiffel Tower is in the city of"
+CORRUPTED = "The Colosseum is in the city of"
+ANSWER, WRONG = " Paris", " Rome"
+
+# (layers, positions) per component: first, middle and last layers; every position except where noted.
+SUBSETS: dict[str, tuple[list[int], list[int] | None]] = {
+    "resid_pre": ([0, 14, 29], None),
+    "resid_mid": ([2, 27], None),
+    "resid_post": ([5, 29], None),
+    "attn_out": ([1, 28], None),
+    "mlp_out": ([0, 29], None),
+    "heads": ([0, 15, 29], None),
+    "heads_by_pos": ([21], [2, 4, -1]),
+}
+
+
+@pytest.mark.parametrize("component", [*TL_FUNCTIONS, "resid_post"])
+def test_every_component_equals_transformer_lens(smol: ToolContext, component: str) -> None:
+    layers, positions = SUBSETS[component]
+    sweep = run_sweep(smol, CLEAN, CORRUPTED, ANSWER, WRONG, component, layers=layers, positions=positions)
+    reference = transformer_lens_values(smol, component, sweep.cells, clean=CLEAN, corrupted=CORRUPTED,
+                                        answer=ANSWER, wrong=WRONG)
+    assert float((sweep.values - reference).abs().max()) <= TOL
+    assert sweep.engine.stats.method == "driven"
+
+
+def test_prob_metric_equals_transformer_lens(smol: ToolContext) -> None:
+    sweep = run_sweep(smol, CLEAN, CORRUPTED, ANSWER, None, "resid_pre", layers=[10, 20], metric="prob")
+    reference = transformer_lens_values(smol, "resid_pre", sweep.cells, metric="prob", clean=CLEAN,
+                                        corrupted=CORRUPTED, answer=ANSWER, wrong=WRONG)
+    assert float((sweep.values - reference).abs().max()) <= TOL
+
+
+def test_the_eiffel_tower_sweep_finds_the_subject_tokens(smol: ToolContext) -> None:
+    result = patch_sweep(smol, CLEAN, CORRUPTED, ANSWER, WRONG, "resid_pre")
+    assert result.clean_metric > 0 > result.corrupted_metric  # Paris wins on the clean prompt, Rome on the other
+    assert len(result.grid) == 30 and len(result.grid[0]) == 10
+    # Up to the middle layers the subject tokens carry the answer; late layers, the last position does.
+    assert all(max(row[2:5]) > 0.5 for row in result.grid[:20])
+    assert all(max(row[2:5]) < 0.1 and row[9] > 0.5 for row in result.grid[-5:])
+    assert all(value == 0 for row in result.grid for value in row[:2])  # BOS and 'The' are the same in both
+    top = result.top_cells[0]
+    assert (top.position, top.clean_token, top.corrupted_token) == (3, "iffel", "osse")
+    assert result.method == "driven" and result.forward_passes < 30
+    # The whole residual stream at the end of the last layer, last position, is the clean run's.
+    last = patch_sweep(smol, CLEAN, CORRUPTED, ANSWER, WRONG, "resid_post", layers=[-1], positions=[-1])
+    assert last.grid == [[1.0]]
+
+
+def test_ablate_heads_equals_hand_written_hooks(smol: ToolContext) -> None:
+    heads = [(20, 3), (25, 0)]
+    a, b = smol.bridge.to_single_token(ANSWER), smol.bridge.to_single_token(WRONG)
+    result = ablate_heads(smol, CLEAN, [list(h) for h in heads], ANSWER, WRONG, mode="mean", individually=True)
+    together = hand_ablation(smol, CLEAN, heads, "mean")
+    assert result.metric_after == pytest.approx(float(together[a] - together[b]), rel=1e-3, abs=1e-4)
+    assert result.individual is not None
+    for effect in result.individual:
+        alone = hand_ablation(smol, CLEAN, [(effect.layer, effect.head)], "mean")
+        assert effect.metric == pytest.approx(float(alone[a] - alone[b]), rel=1e-3, abs=1e-4)
+    with torch.no_grad():
+        logits = smol.bridge(smol.bridge.to_tokens(CLEAN))[0, -1]
+    assert result.metric_before == pytest.approx(float(logits[a] - logits[b]), rel=1e-3)
