@@ -4,7 +4,11 @@ Runs the full sweep (every layer x every position for resid_pre, every layer x e
 SmolLM2-135M with the Eiffel Tower / Colosseum pair, both ways, and prints the time of each, the ratio,
 and the largest absolute difference between the two grids (raw logit difference ' Paris' - ' Rome').
 
-    .venv/bin/python bench/bench_patching.py [--device cpu|cuda] [--components resid_pre heads] [--repeat 1]
+    .venv/bin/python bench/bench_patching.py [--device cpu|cuda] [--components resid_pre heads] [--repeat 3]
+        [--grouping auto|offset|merged|both] [--model smollm2-135m|PATH] [--skip-tl]
+
+Our sweep runs `repeat` times before and `repeat` times after TransformerLens's (the fastest is compared:
+on a shared machine, bursts of load from other processes slow single runs by up to 10x).
 
 Results are recorded in bench/RESULTS.md.
 """
@@ -12,8 +16,10 @@ Results are recorded in bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
+from typing import Any
 
 import torch
 
@@ -28,14 +34,18 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--components", nargs="+", default=["resid_pre", "heads"], choices=sorted(TL_FUNCTIONS))
-    parser.add_argument("--repeat", type=int, default=1, help="runs of our sweep (the best is reported)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of our sweep (the best is reported)")
     parser.add_argument("--skip-tl", action="store_true", help="only time lens-mcp (no ratio)")
+    parser.add_argument("--grouping", default="auto", choices=["auto", "offset", "merged", "both"],
+                        help="batch rows per first changed position (offset), all together (merged), or auto: "
+                             "merged on a GPU, offset on a CPU")
     args = parser.parse_args()
 
     from transformer_lens import patching
 
     from lens_mcp.limits import Limits
     from lens_mcp.model_host import ModelHost
+    from lens_mcp.tools import patching_engine
     from lens_mcp.tools.context import ToolContext
     from lens_mcp.tools.patch_sweep import run_sweep
 
@@ -60,33 +70,53 @@ def main() -> None:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
 
+        groupings = {"auto": [None], "offset": [False], "merged": [True], "both": [None, False, True]}[args.grouping]
         run_sweep(tc, CLEAN, CORRUPTED, ANSWER, WRONG, "resid_pre", layers=[0], positions=[-1])  # warm-up
-        print(f"{'component':<10} {'cells':>6} {'TransformerLens s':>18} {'lens-mcp s':>11} {'ratio':>7} "
-              f"{'max |diff|':>11}  method / passes")
+        print(f"load average before: {os.getloadavg()[0]:.2f}")
+        print(f"{'component':<10} {'cells':>5} {'TL wall s':>9} {'TL cpu s':>8} {'grouping':>8} {'ours wall s':>11} "
+              f"{'ours cpu s':>10} {'ratio wall':>10} {'ratio cpu':>9} {'max |diff|':>10}  method/passes  "
+              "(all our runs, wall s)")
         for component in args.components:
-            times = []
-            for _ in range(max(1, args.repeat)):
+            timings: dict[bool | None, list[tuple[float, float]]] = {merge: [] for merge in groupings}
+            sweeps: dict[bool | None, Any] = {}
+
+            def ours(component: str = component) -> None:
+                """`repeat` runs of each grouping; called before and after TransformerLens's run, so that a
+                burst of load from other processes on the machine does not decide the comparison alone."""
+                for merge in groupings:
+                    patching_engine.MERGE_OFFSETS = merge
+                    for _ in range(max(1, args.repeat)):
+                        sync()
+                        t0, c0 = time.perf_counter(), time.process_time()
+                        sweeps[merge] = run_sweep(tc, CLEAN, CORRUPTED, ANSWER, WRONG, component)
+                        sync()
+                        timings[merge].append((time.perf_counter() - t0, time.process_time() - c0))
+                patching_engine.MERGE_OFFSETS = None
+
+            ours()
+            tl_wall = tl_cpu = float("nan")
+            reference = None
+            if not args.skip_tl:
                 sync()
-                t0 = time.perf_counter()
-                sweep = run_sweep(tc, CLEAN, CORRUPTED, ANSWER, WRONG, component)
+                t0, c0 = time.perf_counter(), time.process_time()
+                _, clean_cache = bridge.run_with_cache(tokens[:1])
+                reference = getattr(patching, TL_FUNCTIONS[component])(bridge, tokens[1:], clean_cache, metric)
                 sync()
-                times.append(time.perf_counter() - t0)
-            ours_s = min(times)
-            shape = (len(sweep.layers), len(sweep.heads) if sweep.heads else len(sweep.positions or []))
-            ours = sweep.values.reshape(shape)
-            if args.skip_tl:
-                print(f"{component:<10} {ours.numel():>6} {'-':>18} {ours_s:>11.2f} {'-':>7} {'-':>11}  "
-                      f"{sweep.engine.stats.method} / {sweep.engine.stats.forward_passes}")
-                continue
-            sync()
-            t0 = time.perf_counter()
-            _, clean_cache = bridge.run_with_cache(tokens[:1])
-            reference = getattr(patching, TL_FUNCTIONS[component])(bridge, tokens[1:], clean_cache, metric)
-            sync()
-            tl_s = time.perf_counter() - t0
-            diff = float((reference.float().cpu() - ours.float().cpu()).abs().max())
-            print(f"{component:<10} {ours.numel():>6} {tl_s:>18.2f} {ours_s:>11.2f} {tl_s / ours_s:>6.1f}x "
-                  f"{diff:>11.2e}  {sweep.engine.stats.method} / {sweep.engine.stats.forward_passes}", flush=True)
+                tl_wall, tl_cpu = time.perf_counter() - t0, time.process_time() - c0
+                ours()
+            for merge in groupings:
+                sweep = sweeps[merge]
+                wall, cpu = min(timings[merge])
+                shape = (len(sweep.layers), len(sweep.heads) if sweep.heads else len(sweep.positions or []))
+                values = sweep.values.reshape(shape).float().cpu()
+                diff = float((reference.float().cpu() - values).abs().max()) if reference is not None else float("nan")
+                name = {None: "auto", False: "offset", True: "merged"}[merge]
+                stats = sweep.engine.stats
+                runs = " ".join(f"{w:.2f}" for w, _ in timings[merge])
+                print(f"{component:<10} {values.numel():>5} {tl_wall:>9.2f} {tl_cpu:>8.2f} {name:>8} {wall:>11.2f} "
+                      f"{cpu:>10.2f} {tl_wall / wall:>9.1f}x {tl_cpu / cpu:>8.1f}x {diff:>10.2e}  "
+                      f"{stats.method}/{stats.forward_passes}  ({runs})", flush=True)
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

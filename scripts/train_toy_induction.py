@@ -123,13 +123,13 @@ def build_model(gen: torch.Generator) -> GPT2LMHeadModel:
 
 
 def training_batch(gen: torch.Generator) -> torch.Tensor:
-    """BOS + random filler + half + half, the half's length drawn per sequence (5..23 words)."""
+    """[BATCH, TRAIN_LEN]: BOS + random filler + half + half, the half length drawn per sequence."""
     rows = []
     for _ in range(BATCH):
         half = int(torch.randint(HALF_MIN, HALF_MAX + 1, (1,), generator=gen))
         filler = torch.randint(FIRST_WORD_ID, VOCAB, (TRAIN_LEN - 1 - 2 * half,), generator=gen)
-        words = torch.randint(FIRST_WORD_ID, VOCAB, (half,), generator=gen)
-        rows.append(torch.cat([torch.zeros(1, dtype=torch.long), filler, words, words]))
+        h = torch.randint(FIRST_WORD_ID, VOCAB, (half,), generator=gen)
+        rows.append(torch.cat([torch.zeros(1, dtype=torch.long), filler, h, h]))
     return torch.stack(rows)
 
 

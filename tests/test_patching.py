@@ -19,12 +19,12 @@ from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.schemas.common import round_sig
 from lens_mcp.server.app import build_server
-from lens_mcp.tools import batching
+from lens_mcp.tools import batching, patching_engine
 from lens_mcp.tools.ablate_heads import ablate_heads
 from lens_mcp.tools.batching import ProgressCounter, plan_rows, run_batched
 from lens_mcp.tools.context import ToolContext
 from lens_mcp.tools.patch_sweep import patch_sweep, run_sweep
-from lens_mcp.tools.patching_engine import EngineMismatch, PatchEngine
+from lens_mcp.tools.patching_engine import PatchEngine
 from tests.mcp_client import call_tool, error_text, result_data
 
 # An induction-shaped pair: the clean prompt repeats "... w53 w64", the corrupted one "... w53 w77".
@@ -123,11 +123,55 @@ def test_the_result_grid_is_normalized_and_rounded(toy: ToolContext) -> None:
     assert raw.grid == [[round_sig(v) for v in row] for row in sweep.values.reshape(2, -1).tolist()]
 
 
-def test_the_hooked_fallback_equals_transformer_lens(toy: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(self: PatchEngine) -> None:
-        raise EngineMismatch("forced by the test")
+def test_identical_prompts_are_reported_raw_with_a_note(toy: ToolContext) -> None:
+    result = patch_sweep(toy, CLEAN, CLEAN, ANSWER, WRONG, "heads")
+    assert not result.normalized and result.notes and "cannot be normalized" in result.notes[0]
+    assert result.skipped_cells == result.n_cells and result.forward_passes == 2  # the clean and corrupted runs
+    assert all(value == result.corrupted_metric for row in result.grid for value in row)
 
-    monkeypatch.setattr(PatchEngine, "_record", refuse)
+
+def test_a_failing_driven_batch_falls_back_to_hooked_passes(toy: ToolContext,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = run_sweep(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "attn_out")
+    calls: list[int] = []
+    driven_batch = PatchEngine._driven_batch
+
+    def second_batch_breaks(self: PatchEngine, batch: Any, offset: int, control: bool) -> torch.Tensor:
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise ValueError("an architecture the driven path does not handle")
+        return driven_batch(self, batch, offset, control)
+
+    monkeypatch.setattr(PatchEngine, "_driven_batch", second_batch_breaks)
+    sweep = run_sweep(ToolContext(toy.model, Limits(max_batch_sequences=3)), CLEAN, CORRUPTED, ANSWER, WRONG,
+                      "attn_out")
+    assert sweep.engine.stats.method == "hooked" and sweep.engine.stats.notes
+    assert float((sweep.values - reference.values).abs().max()) <= TOL
+
+
+def test_a_control_row_catches_a_broken_driven_path(toy: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    def forget_the_prefix(self: Any, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any,
+                          **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.recording:
+            self.keys[layer_idx], self.values[layer_idx] = key, value
+        return key, value  # suffix rows would attend to themselves only: wrong, and the control row sees it
+
+    monkeypatch.setattr(patching_engine._PrefixKV, "update", forget_the_prefix)
+    for limits in (Limits(), Limits(max_batch_sequences=1)):  # control rows; one whole validating pass
+        sweep = run_sweep(ToolContext(toy.model, limits), CLEAN, CORRUPTED, ANSWER, WRONG, "resid_pre")
+        assert sweep.engine.stats.method == "hooked"
+        reference = transformer_lens_values(toy, "resid_pre", sweep.cells)
+        assert float((sweep.values - reference).abs().max()) <= TOL
+
+
+def test_the_hooked_fallback_equals_transformer_lens(toy: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    prepare = PatchEngine.prepare
+
+    def no_blocks(self: PatchEngine) -> None:
+        prepare(self)
+        self.driven_ok = False
+
+    monkeypatch.setattr(PatchEngine, "prepare", no_blocks)
     for component in ("resid_pre", "heads"):
         sweep = run_sweep(toy, CLEAN, CORRUPTED, ANSWER, WRONG, component)
         assert sweep.engine.stats.method == "hooked"
@@ -168,7 +212,11 @@ def test_an_out_of_memory_batch_is_halved_and_retried(toy: ToolContext, monkeypa
 
     monkeypatch.setattr(PatchEngine, "_driven_batch", flaky)
     sweep = run_sweep(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "heads")
-    assert tried == [8, 4, 2, 2, 2, 2]  # 8 heads: halved twice, then the smaller size is kept
+    # The whole sweep in one batch first; halved while it fails; the size that worked is kept for the rest.
+    assert tried[0] == toy.cfg.n_layers * toy.cfg.n_heads
+    failed = [size for size in tried if size > 2]
+    assert failed == [tried[0] >> k for k in range(len(failed))]
+    assert all(size == tried[len(failed)] for size in tried[len(failed):])
     assert float((sweep.values - reference.values).abs().max()) <= TOL
 
 
@@ -257,6 +305,11 @@ async def test_patch_sweep_errors_reach_the_client(toy_host: ModelHost) -> None:
     assert "corrupted_prompt: ['<|bos|>', 'w1', 'w2']" in text
 
 
+def toy_n_ctx(host: ModelHost) -> int:
+    assert host.model is not None
+    return min(int(host.model.cfg.n_ctx), host.limits.max_prompt_tokens)
+
+
 async def test_a_cancelled_sweep_leaves_no_hook_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     host = ModelHost(Limits(max_batch_sequences=1))
     host.load("toy-induction", device="cpu")
@@ -267,7 +320,7 @@ async def test_a_cancelled_sweep_leaves_no_hook_and_changes_nothing(monkeypatch:
     before = result_data(await call_tool(server, "patch_sweep", reference))
 
     # A long sweep, one row per batch, slowed down between batches so it cannot finish before the cancel.
-    words = [f"w{i}" for i in range(10, 60)]
+    words = [f"w{i}" for i in range(10, 10 + toy_n_ctx(host) - 4)]
     big_clean = " ".join(["w1", *words])
     big_corrupted = " ".join(["w2", *words])
     big_cells = host.model.cfg.n_layers * host.model.cfg.n_heads * (len(words) + 2)

@@ -259,7 +259,7 @@ def test_logit_lens_unembeds_one_position_only(toy: ToolContext, monkeypatch: py
 
 
 @pytest.mark.parametrize(("layer", "head", "top_k", "queries"), [(1, 0, 3, None), (-1, -1, 2, [-1, 2, 0]),
-                                                                  (0, 3, 100, [9])])
+                                                                  (0, 2, 100, [9])])
 def test_attention_pattern_matches_the_cache(toy: ToolContext, layer: int, head: int, top_k: int,
                                              queries: list[int] | None) -> None:
     result = check_attention_pattern(toy, TOY_PROMPT, layer, head, top_k, queries)

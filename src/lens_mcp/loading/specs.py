@@ -62,8 +62,9 @@ def resolve_spec(spec: str) -> ModelSpec:
     if not isinstance(spec, str) or not spec.strip():
         raise LensError(f"model: got an empty name. {_SPEC_HINT}")
     text = spec.strip()
-    if any(ord(ch) < 32 for ch in text) or len(text) > 4096:
-        raise LensError(f"model: {text[:80]!r} contains control characters or is too long. {_SPEC_HINT}")
+    if any(ord(ch) < 32 or 0xD800 <= ord(ch) <= 0xDFFF for ch in text) or len(text) > 4096:
+        raise LensError(f"model: {text[:80]!r} contains control characters or lone surrogates, or is too long. "
+                        f"{_SPEC_HINT}")
     if text == "toy-induction":
         return ModelSpec(text, "builtin", str(BUILTIN_DIR / "toy_induction"))
     if text == "smollm2-135m":

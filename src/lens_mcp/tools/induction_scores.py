@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any
@@ -31,6 +32,7 @@ from pydantic import Field
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.common import HeadScore
 from lens_mcp.schemas.induction import InductionScores, ScoredPositions
+from lens_mcp.tools.batching import iter_batched
 from lens_mcp.tools.context import ToolContext
 from lens_mcp.tools.hook_names import hook_name
 from lens_mcp.tools.prompts import encode, token_strings
@@ -202,6 +204,26 @@ def head_scores_and_losses(tc: ToolContext, tokens: torch.Tensor, targets: Targe
     return scores, losses[0], losses[1]
 
 
+def _scores_in_batches(tc: ToolContext, tokens: torch.Tensor, targets: Targets
+                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """head_scores_and_losses over all sequences in one pass; only if that runs out of memory, in halves
+    (iter_batched), with the per-batch sums added up so the scores are the same."""
+    if tokens.shape[0] == 1:
+        return head_scores_and_losses(tc, tokens, targets)
+
+    def run_batch(rows: Sequence[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        part = tokens[list(rows)]
+        part_targets = find_targets(part)
+        scores, first, copy = head_scores_and_losses(tc, part, part_targets)
+        return {kind: scores[kind] * part_targets.n_queries[kind] for kind in KINDS}, first, copy
+
+    results = [result for _, result in iter_batched(range(tokens.shape[0]), run_batch, tokens.shape[0],
+                                                    device=tc.cfg.device)]
+    sums = {kind: sum(r[0][kind] for r in results) for kind in KINDS}
+    scores = {kind: sums[kind] / max(1, targets.n_queries[kind]) for kind in KINDS}
+    return scores, torch.cat([r[1] for r in results]), torch.cat([r[2] for r in results])
+
+
 def _token_losses(tc: ToolContext, resid: torch.Tensor, tokens: torch.Tensor,
                   group: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """-log p(token[b, p] | tokens[b, :p]) for each (b, p) of the group, logits computed in chunks."""
@@ -313,7 +335,7 @@ def induction_scores(
             f"score (tokens: {shown}{' ...' if tokens.shape[1] > 60 else ''}). Repeat a phrase, e.g. 'The cat sat on "
             "the mat. The cat sat on the mat.', or omit prompt to use random repeated tokens.")
     tc.progress(0, 1, f"one forward pass over {n_seqs} x {tokens.shape[1]} tokens")
-    scores, first_losses, copy_losses = head_scores_and_losses(tc, tokens, targets)
+    scores, first_losses, copy_losses = _scores_in_batches(tc, tokens, targets)
     tc.progress(1, 1, "scored every head")
     return InductionScores(
         mode="random" if prompt is None else "prompt",

@@ -10,15 +10,16 @@ facts make a sweep cheap:
    the model passed them in the corrupted run (attention mask, rotary embeddings, position ids).
 2. Attention is causal. If the first position where the patched activation differs from the corrupted
    one is p, positions before p are identical to the corrupted run at every later layer. Rows only compute
-   positions p.., and attend to the corrupted run's keys and values for positions < p, which a recording
-   pass stored (handed to the attention bridges as a cache). Cells whose clean and corrupted activations
-   are identical are no-ops and equal the corrupted metric without any computation.
+   positions p.., and attend to the corrupted run's keys and values for positions < p, which the corrupted
+   run recorded (the attention bridges are handed a `layer_past` cache object). Cells whose clean and
+   corrupted activations are identical are no-ops and equal the corrupted metric without any computation.
 3. The metric reads only the last position, so the final norm and the unembedding run on that position
    only (two columns of the unembedding for a logit difference).
 
-Rows with the same p are batched; rows that start at different layers join the batch as it reaches their
-layer. Every batch carries a control row (an unpatched copy) whose result must reproduce the corrupted
-run; the recording pass must reproduce the model's own forward pass. If either check fails (an
+Rows with the same p are batched (groups with different p are merged, computed from the smaller p, where
+that saves more block calls than it adds arithmetic); rows that start at different layers join the batch as
+it reaches their layer. Every batch carries a control row (an unpatched copy) whose result must reproduce the corrupted
+run (batches of one sequence are checked by one whole driven pass instead). If a check fails (an
 architecture whose blocks need something this engine does not pass), the engine falls back to batched
 full forward passes with hooks, which is what TransformerLens's patching functions compute, one row per
 cell instead of one forward pass per cell.
@@ -34,7 +35,7 @@ from typing import Any
 
 import torch
 
-from lens_mcp.tools.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
+from lens_mcp.tools.batching import ProgressCounter, is_out_of_memory, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.context import ToolContext
 from lens_mcp.tools.metrics import AnswerMetric
 
@@ -43,6 +44,16 @@ log = logging.getLogger(__name__)
 _DROPPED_BLOCK_KWARGS = {"cache", "past_key_values", "layer_past", "use_cache", "output_attentions",
                          "output_hidden_states", "cache_position_offset"}
 _RELATIVE_TOLERANCE = 1e-3
+
+MERGE_OFFSETS: bool | None = None
+"""Rows whose first changed position differs can share a batch, all computed from the smaller position: more
+arithmetic, fewer block calls. True: always merge; False: one batch group per position; None (default):
+merge where the estimated cost is lower (`_CALL_COST_FLOPS`)."""
+
+_CALL_COST_FLOPS = {"cpu": 5e8, "other": 1e12}
+"""What one block call costs beyond its arithmetic (Python, hooks, kernel launches), in floating-point
+operations of the same time: measured about 3.5 ms of a 2-core CPU, about 75 token-blocks of SmolLM2-135M.
+On a GPU arithmetic is nearly free at these sizes, so groups are practically always merged."""
 
 
 class EngineMismatch(RuntimeError):
@@ -159,7 +170,7 @@ def _close(a: torch.Tensor, b: torch.Tensor | float, scale: float) -> bool:
 @dataclass
 class EngineStats:
     forward_passes: int = 0
-    """Batched passes run (the clean and corrupted runs and the recording pass included)."""
+    """Batched passes run (the clean and corrupted runs included)."""
     sequences: int = 0
     """Patched rows computed (no-op cells excluded)."""
     skipped: int = 0
@@ -196,59 +207,70 @@ class PatchEngine:
 
     # ---- preparation -------------------------------------------------------------------------
     def prepare(self) -> None:
-        """The corrupted run (cache + block arguments), then a recording pass through the driven blocks."""
-        wanted = set(self.cache_names)
-        captured: dict[int, dict[str, Any]] = {}
-        handles = []
+        """The corrupted run: its cache, the arguments each block received, and each layer's keys and values
+        (recorded by handing the attention bridges a `layer_past` that only records)."""
         try:
-            if self._blocks is not None:
-                for index, block in enumerate(self._blocks):
-                    def capture(_module: Any, _args: Any, kwargs: dict[str, Any], index: int = index) -> None:
-                        captured[index] = dict(kwargs)
-                    handles.append(block.register_forward_pre_hook(capture, with_kwargs=True))
-            logits, self.cache = self.bridge.run_with_cache(self.tokens, names_filter=lambda name: name in wanted)
-        finally:
-            for handle in handles:
-                handle.remove()
-        self.stats.forward_passes += 1
-        self.logits_last = logits[:, -1].detach()
-        self.metric_value = float(self.readout.from_logits(self.logits_last)[0])
+            captured = self._corrupted_run(record_kv=self._blocks is not None)
+        except Exception:  # noqa: BLE001 - an attention module that refuses layer_past: run without it
+            log.info("recording keys/values failed; running the corrupted prompt plainly", exc_info=True)
+            self.kv = _PrefixKV()
+            captured = self._corrupted_run(record_kv=False)
         if self._blocks is None or len(captured) != self.n_layers:
             self.stats.notes.append("model blocks could not be driven directly; used hooked forward passes")
             return
         for index, kwargs in captured.items():
             self.block_kwargs[index] = {k: v for k, v in kwargs.items()
                                         if k not in _DROPPED_BLOCK_KWARGS and k != "hidden_states"}
-        try:
-            self._record()
-        except EngineMismatch as exc:
-            log.info("driven blocks disabled: %s", exc)
-            self.stats.notes.append("driven blocks did not reproduce the forward pass; used hooked forward passes")
+        self.driven_ok = True
+        recorded = all(layer in self.kv.keys and self.kv.keys[layer].shape[-2] == self.n_tokens
+                       and self.kv.keys[layer].shape[0] == 1 for layer in range(self.n_layers))
+        self.suffix_ok = recorded and self._suffix_kwargs_supported()
 
-    def _record(self) -> None:
-        """Drive every block on the corrupted run, recording keys/values; check it matches the forward."""
+    def _corrupted_run(self, record_kv: bool) -> dict[int, dict[str, Any]]:
+        wanted = set(self.cache_names)
+        captured: dict[int, dict[str, Any]] = {}
+        handles = []
+
+        def inject(_module: Any, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            return args, {**kwargs, "layer_past": self.kv}
+
         self.kv.recording = True
         try:
-            x = self.cache[f"blocks.0.hook_resid_pre"].clone()
-            for layer in range(self.n_layers):
-                x = self._call_block(layer, x, 0, with_kv=True)
-        except EngineMismatch:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any failure here means: do not drive blocks
-            raise EngineMismatch(f"driving the blocks failed: {type(exc).__name__}: {exc}") from exc
+            for index, block in enumerate(self._blocks or []):
+                def capture(_module: Any, _args: Any, kwargs: dict[str, Any], index: int = index) -> None:
+                    captured[index] = dict(kwargs)
+                handles.append(block.register_forward_pre_hook(capture, with_kwargs=True))
+                attention = getattr(block, "attn", None)
+                if record_kv and isinstance(attention, torch.nn.Module):
+                    handles.append(attention.register_forward_pre_hook(inject, with_kwargs=True))
+            logits, self.cache = self.bridge.run_with_cache(self.tokens, names_filter=lambda name: name in wanted)
         finally:
             self.kv.recording = False
+            for handle in handles:
+                handle.remove()
+        self.stats.forward_passes += 1
+        self.logits_last = logits[:, -1].detach()
+        self.metric_value = float(self.readout.from_logits(self.logits_last)[0])
+        return captured
+
+    def validate(self, offset: int) -> None:
+        """Drive every block on the corrupted run from position `offset` on (earlier positions from the
+        recorded keys/values) and check it reproduces the forward pass: the control row's check, for batches
+        too small to carry one. Raises EngineMismatch."""
+        try:
+            x = self.cache["blocks.0.hook_resid_pre"][:, offset:].clone()
+            for layer in range(self.n_layers):
+                x = self._call_block(layer, x, offset, with_kv=offset > 0)
+            driven = x[:, -1]
+            value = self.readout.from_resid(driven)
+        except Exception as exc:  # noqa: BLE001 - any failure here means: do not drive blocks
+            raise EngineMismatch(f"driving the blocks failed: {type(exc).__name__}: {exc}") from exc
         self.stats.forward_passes += 1
         reference = self.cache[f"blocks.{self.n_layers - 1}.hook_resid_post"][:, -1]
-        driven = x[:, -1]
-        scale = float(reference.abs().max())
-        if not _close(driven, reference, scale):
+        if not _close(driven, reference, float(reference.abs().max())):
             raise EngineMismatch("final residual differs from the forward pass")
-        value = self.readout.from_resid(driven)
         if not _close(value, self.metric_value, abs(self.metric_value)):
             raise EngineMismatch(f"metric {float(value[0])} differs from the forward pass {self.metric_value}")
-        self.driven_ok = True
-        self.suffix_ok = len(self.kv.keys) == self.n_layers and self._suffix_kwargs_supported()
 
     def _suffix_kwargs_supported(self) -> bool:
         for kwargs in self.block_kwargs.values():
@@ -318,8 +340,8 @@ class PatchEngine:
                     counter: ProgressCounter, finished: set[int]) -> None:
         groups: dict[int, list[int]] = defaultdict(list)
         for i in active:
-            offset = patches[i].first_diff if self.suffix_ok else 0
-            groups[int(offset)].append(i)
+            groups[int(patches[i].first_diff or 0) if self.suffix_ok else 0].append(i)
+        groups = self._merge_groups(groups, patches)
         for offset in sorted(groups):
             members = sorted(groups[offset], key=lambda i: patches[i].layer)
             length = self.n_tokens - offset
@@ -327,15 +349,50 @@ class PatchEngine:
                              sequence_bytes(self.tc.cfg, length, self.n_tokens), wanted=len(members) + 1)
             control = plan.rows >= 2  # a control row needs room for one more sequence in the batch
             rows = plan.rows - 1 if control else 1
+            if not control:
+                self.kv.prefix = offset
+                self.validate(offset)  # one whole driven pass instead of the control rows
             self.stats.batch_rows = max(self.stats.batch_rows, plan.rows)
             self.stats.batch_bound = plan.reason
 
             def run_batch(batch: Sequence[int], offset: int = offset, control: bool = control) -> torch.Tensor:
-                return self._driven_batch([patches[i] for i in batch], offset, control)
+                try:
+                    return self._driven_batch([patches[i] for i in batch], offset, control)
+                except EngineMismatch:
+                    raise
+                except Exception as exc:
+                    if is_out_of_memory(exc):
+                        raise  # iter_batched halves the batch
+                    log.warning("a driven batch failed; falling back to hooked passes", exc_info=True)
+                    raise EngineMismatch(f"a driven batch failed: {type(exc).__name__}: {exc}") from exc
 
             for batch, result in iter_batched(members, run_batch, rows, device=self.tokens.device, counter=counter):
                 values[list(batch)] = result
                 finished.update(batch)
+
+    def _merge_groups(self, groups: dict[int, list[int]], patches: Sequence[Patch]) -> dict[int, list[int]]:
+        """Merge each position group into the one before it when the arithmetic that adds (its rows computing
+        the positions in between) costs less than the block calls it saves (see MERGE_OFFSETS)."""
+        if MERGE_OFFSETS is False or len(groups) < 2:
+            return groups
+        cfg = self.tc.cfg
+        d_model, d_mlp = int(cfg.d_model), int(getattr(cfg, "d_mlp", None) or 4 * int(cfg.d_model))
+        flops_per_token_block = 2 * (4 * d_model * d_model + 3 * d_model * d_mlp)
+        call_cost = _CALL_COST_FLOPS["cpu" if self.tokens.device.type == "cpu" else "other"]
+        threshold = call_cost / flops_per_token_block  # token-blocks one block call is worth
+        merged: dict[int, list[int]] = {}
+        current: int | None = None
+        for offset in sorted(groups):
+            members = groups[offset]
+            if current is not None:
+                extra = sum((offset - current) * (self.n_layers - patches[i].layer) for i in members)
+                saved = self.n_layers - min(patches[i].layer for i in members)
+                if MERGE_OFFSETS or extra <= threshold * saved:
+                    merged[current].extend(members)
+                    continue
+            current = offset
+            merged[current] = list(members)
+        return merged
 
     def _driven_batch(self, batch: Sequence[Patch], offset: int, control: bool) -> torch.Tensor:
         """One batch of patches sharing a suffix start (sorted by layer), rows joining the batch at their layer;

@@ -18,6 +18,11 @@ def _check_text(tc: ToolContext, text: object, arg: str) -> str:
     if len(text) > tc.max_prompt_tokens * _CHARS_PER_TOKEN_CAP:
         raise LensError(f"{arg} is {len(text)} characters long, far over the cap of {tc.max_prompt_tokens} tokens; "
                         "shorten it.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone UTF-16 surrogate: tokenizers refuse it with a TypeError
+        raise LensError(f"{arg} is not valid Unicode: character {exc.start} is {text[exc.start]!r}, a lone surrogate; "
+                        "remove it or pass the text as valid UTF-8.") from None
     return text
 
 
@@ -58,8 +63,13 @@ def single_token_id(tc: ToolContext, text: str, arg: str = "answer") -> int:
     """The id of `text` if it is exactly one token; otherwise a LensError showing the tokenization."""
     text = _check_text(tc, text, arg)
     ids = tc.bridge.to_tokens(text, prepend_bos=False, truncate=False)[0]
-    if len(ids) == 1:
+    tokenizer = tc.bridge.tokenizer
+    unk_id = getattr(tokenizer, "unk_token_id", None)
+    if len(ids) == 1 and (unk_id is None or int(ids[0]) != unk_id or text.strip() == tokenizer.unk_token):
         return int(ids[0])
+    if len(ids) == 1:  # a word outside the vocabulary: its logit would be the unknown token's
+        raise LensError(f"{arg}={text!r} is not in this model's vocabulary: it tokenizes to the unknown token "
+                        f"{tokenizer.unk_token!r}. Pass a token the model knows; call tokenize to check.")
     hint = ""
     for candidate in dict.fromkeys([" " + text.lstrip(), text.strip(), text.lstrip()]):
         if candidate != text and candidate and len(tc.bridge.to_tokens(candidate, prepend_bos=False)[0]) == 1:

@@ -13,7 +13,7 @@ def check_int(value: object, arg: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and math.isfinite(value) and value.is_integer():
             return int(value)
-        raise LensError(f"{arg}: expected an integer, got {value!r}.")
+        raise LensError(f"{arg}: expected an integer, got {value!r:.80}.")
     return value
 
 
@@ -44,6 +44,9 @@ def resolve_many(values: Sequence[int] | None, size: int, arg: str, resolve: obj
     """Resolve an optional list of indices (None = all), deduplicated, in the order given."""
     if values is None:
         return list(range(size))
+    if not isinstance(values, (list, tuple)):
+        raise LensError(f"{arg}: expected a list of integers (e.g. {arg}=[0, -1]) or null for all, "
+                        f"got {values!r:.80}.")
     if len(values) == 0:
         raise LensError(f"{arg}: got an empty list; omit {arg} (null) to use all of them.")
     resolved: list[int] = []

@@ -1,0 +1,171 @@
+"""Issue 6, concurrency and cancellation: 32 concurrent mixed calls on one client session return exactly what
+they return one by one, in about the same total time (the model is serialized, nothing else is); a long
+patch_sweep cancelled midway stops within one batch, leaves no hook, and the server keeps serving."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+
+from lens_mcp.limits import Limits
+from lens_mcp.model_host import ModelHost, count_hooks
+from lens_mcp.server.app import build_server
+from lens_mcp.tools.batching import ProgressCounter
+from tests.mcp_client import MODES, result_data
+
+P = "w1 w2 w3 w4 w5 w1 w2 w3"
+CLEAN = "w20 w31 w42 w53 w64 w20 w31 w42 w53"
+CORRUPTED = "w20 w31 w42 w53 w77 w20 w31 w42 w53"
+SWEEP = {"clean_prompt": CLEAN, "corrupted_prompt": CORRUPTED, "answer": " w64", "wrong_answer": " w77"}
+TIMING_FIELDS = {"seconds", "load_seconds"}
+
+MIXED: list[tuple[str, dict[str, Any]]] = [
+    ("model_info", {}),
+    ("tokenize", {"text": P}),
+    ("tokenize", {"text": "w7 w8 w9", "prepend_bos": False}),
+    ("run_with_cache", {"prompt": P, "hooks": ["resid_post", "pattern"]}),
+    ("run_with_cache", {"prompt": CLEAN, "hooks": ["z", "attn_out"], "layers": [1], "positions": [-1, 2]}),
+    ("head_attribution", {"prompt": CLEAN, "answer": " w64", "wrong_answer": " w77"}),
+    ("head_attribution", {"prompt": P, "answer": " w4", "position": 6}),
+    ("logit_lens", {"prompt": P, "answer": " w4"}),
+    ("logit_lens", {"prompt": CLEAN, "position": 4, "top_k": 2}),
+    ("attention_pattern", {"prompt": CLEAN, "layer": 1, "head": 2}),
+    ("attention_pattern", {"prompt": P, "layer": 0, "head": 1, "query_positions": [1, -1]}),
+    ("patch_sweep", {**SWEEP, "component": "heads"}),
+    ("patch_sweep", {**SWEEP, "component": "resid_pre"}),
+    ("patch_sweep", {**SWEEP, "component": "heads_by_pos", "layers": [1]}),
+    ("patch_sweep", {**SWEEP, "component": "attn_out", "metric": "prob"}),
+    ("ablate_heads", {"prompt": CLEAN, "heads": [[1, 2]], "answer": " w64", "wrong_answer": " w77"}),
+    ("ablate_heads", {"prompt": CLEAN, "heads": [[0, 1], [1, 2]], "answer": " w64", "mode": "mean",
+                      "individually": True}),
+    ("induction_scores", {"seq_len": 10, "n_seqs": 4}),
+    ("induction_scores", {"prompt": P}),
+    # a few malformed calls in the mix: errors must not disturb their neighbours
+    ("attention_pattern", {"prompt": P, "layer": 5, "head": 0}),
+    ("patch_sweep", {**SWEEP, "corrupted_prompt": "w1 w2"}),
+    ("tokenize", {"text": ""}),
+    ("head_attribution", {"prompt": P, "answer": " w4 w5"}),
+]
+MIXED = (MIXED * 2)[:32]
+
+
+def outcome(result: Any) -> tuple[bool, Any]:
+    """What a call returned, without its timings: the numbers of a result, or the text of an error."""
+    if result.is_error:
+        return True, result.content[0].text
+    return False, {key: value for key, value in result_data(result).items() if key not in TIMING_FIELDS}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_32_concurrent_calls_equal_the_sequential_ones(toy_host: ModelHost, mode: str) -> None:
+    assert len(MIXED) == 32
+    async with Client(build_server(toy_host), mode=mode) as client:
+        for name, arguments in MIXED[:19]:  # warm up every code path once
+            await client.call_tool(name, arguments)
+
+        started = time.perf_counter()
+        sequential = [outcome(await client.call_tool(name, arguments)) for name, arguments in MIXED]
+        sequential_s = time.perf_counter() - started
+
+        concurrent: list[Any] = [None] * len(MIXED)
+
+        async def one(index: int) -> None:
+            name, arguments = MIXED[index]
+            concurrent[index] = outcome(await client.call_tool(name, arguments))
+
+        started = time.perf_counter()
+        with anyio.fail_after(120):  # a deadlock fails here instead of hanging the suite
+            async with anyio.create_task_group() as group:
+                for index in range(len(MIXED)):
+                    group.start_soon(one, index)
+        concurrent_s = time.perf_counter() - started
+
+    for index, (expected, got) in enumerate(zip(sequential, concurrent, strict=True)):
+        assert got == expected, f"call {index} {MIXED[index][0]} differs when run concurrently"
+    assert sum(is_error for is_error, _ in sequential) == 4  # the four malformed calls
+    assert count_hooks(toy_host.model.bridge) == 0
+    print(f"[{mode}] sequential {sequential_s:.2f} s, concurrent {concurrent_s:.2f} s")
+    # Only the model is serialized: 32 queued calls cost about what they cost one by one.
+    assert concurrent_s <= 1.5 * sequential_s + 0.5, (sequential_s, concurrent_s)  # measured: 0.8-1.55 x
+
+
+# ---- cancellation ------------------------------------------------------------------------------------------
+BATCH_S = 0.02  # each batch of the long sweep is slowed to at least this, so the timing below is meaningful
+
+
+@pytest.fixture(scope="module")
+def one_row_host() -> ModelHost:
+    """Batches of one sequence: a sweep runs one batch per cell."""
+    host = ModelHost(Limits(max_batch_sequences=1))
+    host.load("toy-induction", device="cpu")
+    return host
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_cancelled_sweep_stops_within_one_batch(one_row_host: ModelHost, mode: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    host = one_row_host
+    bridge = host.model.bridge
+    words = [f"w{i}" for i in range(10, 56)]
+    big = {"clean_prompt": " ".join(["w1", *words]), "corrupted_prompt": " ".join(["w2", *words]),
+           "answer": " w64", "wrong_answer": " w77", "component": "heads_by_pos"}
+    n_tokens = len(words) + 2
+    assert n_tokens == host.model.cfg.n_ctx
+    big_cells = host.model.cfg.n_layers * host.model.cfg.n_heads * n_tokens
+
+    finished: list[tuple[float, int]] = []  # (time, cells done) after each batch of the long sweep
+    stopped: list[float] = []  # when the sweep's worker thread saw the cancellation
+    advance = ProgressCounter.advance
+
+    def timed_advance(self: ProgressCounter, n: int, message: str | None = None) -> None:
+        if self.total != big_cells:
+            return advance(self, n, message)
+        time.sleep(BATCH_S)
+        finished.append((time.perf_counter(), self.done + n))
+        try:
+            advance(self, n, message)
+        except BaseException:
+            stopped.append(time.perf_counter())
+            raise
+
+    monkeypatch.setattr(ProgressCounter, "advance", timed_advance)
+    reference = {**SWEEP, "component": "heads"}
+    progressed = anyio.Event()
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        if total == big_cells and done >= 20:  # midway: some batches done, most to go
+            progressed.set()
+
+    async with Client(build_server(host), mode=mode) as client:
+        before = outcome(await client.call_tool("patch_sweep", reference))
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                async def sweep() -> None:
+                    await client.call_tool("patch_sweep", big, progress_callback=on_progress)
+
+                group.start_soon(sweep)
+                await progressed.wait()
+                # While the sweep holds the model, requests that do not need it are answered at once.
+                asked = time.perf_counter()
+                tools = await client.list_tools()
+                assert len(tools.tools) >= 10 and time.perf_counter() - asked < 1.0
+                cancelled_at = time.perf_counter()
+                group.cancel_scope.cancel()
+            # The next call waits for the cancelled one to let go of the model, then runs as usual.
+            after = outcome(await client.call_tool("patch_sweep", reference))
+            alive = outcome(await client.call_tool("tokenize", {"text": "w1 w2"}))
+
+    assert stopped, "the sweep never saw the cancellation"
+    late = [done for at, done in finished if at > cancelled_at]
+    print(f"[{mode}] cancelled after {finished[0][1]}..{max(d for _, d in finished)} of {big_cells} cells; "
+          f"{len(late)} batch(es) finished after the cancel; stopped {1000 * (stopped[0] - cancelled_at):.0f} ms later")
+    assert len(late) <= 2, f"{len(late)} batches finished after the cancel"
+    assert stopped[0] - cancelled_at < 2 * BATCH_S + 0.5
+    assert max(done for _, done in finished) < big_cells, "the sweep ran to the end"
+    assert count_hooks(bridge) == 0
+    assert after == before and not after[0]
+    assert alive[1]["n_tokens"] == 3
