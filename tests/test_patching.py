@@ -126,7 +126,7 @@ def test_the_result_grid_is_normalized_and_rounded(toy: ToolContext) -> None:
 def test_identical_prompts_are_reported_raw_with_a_note(toy: ToolContext) -> None:
     result = patch_sweep(toy, CLEAN, CLEAN, ANSWER, WRONG, "heads")
     assert not result.normalized and result.notes and "cannot be normalized" in result.notes[0]
-    assert result.skipped_cells == result.n_cells and result.forward_passes == 2  # the clean and corrupted runs
+    assert result.skipped_cells == result.n_cells and result.forward_passes == 1  # the clean and corrupted runs
     assert all(value == result.corrupted_metric for row in result.grid for value in row)
 
 

@@ -78,16 +78,11 @@ def run_sweep(tc: ToolContext, clean_prompt: str, corrupted_prompt: str, answer:
                         "and/or positions=[...].")
 
     hooks = {layer: hook_name(family, layer) for layer in layer_list}
-    wanted = set(hooks.values())
     readout = Readout(tc, answer_metric)
     counter = ProgressCounter(tc.progress, total=n_cells, unit="cells patched")
     with torch.no_grad():
-        clean_logits, clean_cache = tc.bridge.run_with_cache(tokens[:1], names_filter=lambda name: name in wanted)
-        clean_value = float(readout.from_logits(clean_logits[:, -1])[0])
-        del clean_logits
-        engine = PatchEngine(tc, tokens[1:], readout, list(hooks.values()))
+        engine = PatchEngine(tc, tokens, readout, list(hooks.values()))
         engine.prepare()
-        engine.stats.forward_passes += 1  # the clean run
         tc.progress(0, n_cells, "clean and corrupted runs done")
 
         cells: list[tuple[int, int | None, int | None]] = []  # (layer, head, position)
@@ -97,10 +92,10 @@ def run_sweep(tc: ToolContext, clean_prompt: str, corrupted_prompt: str, answer:
             for head in head_list or [None]:
                 for position in position_list or [None]:
                     cells.append((layer, head, position))
-                    patches.append(make_patch(layer, hook, clean_cache[hook], engine.cache[hook], position, head))
-        del clean_cache
+                    patches.append(make_patch(layer, hook, engine.clean_cache[hook], engine.cache[hook], position,
+                                              head))
         values = engine.run(patches, counter)
-    return Sweep(values, cells, clean_value, engine.metric_value, layer_list, head_list, position_list, tokens,
+    return Sweep(values, cells, engine.clean_value, engine.metric_value, layer_list, head_list, position_list, tokens,
                  answer_metric, engine)
 
 

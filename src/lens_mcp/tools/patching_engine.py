@@ -50,10 +50,11 @@ MERGE_OFFSETS: bool | None = None
 arithmetic, fewer block calls. True: always merge; False: one batch group per position; None (default):
 merge where the estimated cost is lower (`_CALL_COST_FLOPS`)."""
 
-_CALL_COST_FLOPS = {"cpu": 5e8, "other": 1e12}
-"""What one block call costs beyond its arithmetic (Python, hooks, kernel launches), in floating-point
-operations of the same time: measured about 3.5 ms of a 2-core CPU, about 75 token-blocks of SmolLM2-135M.
-On a GPU arithmetic is nearly free at these sizes, so groups are practically always merged."""
+_CALL_COST_FLOPS = {"cpu": 1.5e9, "other": 1e12}
+"""What one block call costs beyond its arithmetic (Python, hooks, kernel launches, small-matrix
+inefficiency), in floating-point operations of the same time: on a 2-core CPU about 200 token-blocks of
+SmolLM2-135M (one group per position and one group for all were timed against each other on the 30 x 10
+resid_pre sweep). On a GPU arithmetic is nearly free at these sizes, so groups are practically always merged."""
 
 
 class EngineMismatch(RuntimeError):
@@ -160,6 +161,16 @@ class _PrefixKV:
         return torch.cat([past_key, key], dim=-2), torch.cat([past_value, value], dim=-2)
 
 
+def _corrupted_row(value: Any) -> Any:
+    """A block argument captured on the [clean, corrupted] batch, cut to the corrupted row where it has a
+    batch axis of 2 (masks and rotary embeddings are usually shared, with a batch axis of 1)."""
+    if isinstance(value, torch.Tensor):
+        return value[1:2] if value.ndim >= 2 and value.shape[0] == 2 else value
+    if isinstance(value, tuple):
+        return tuple(_corrupted_row(item) for item in value)
+    return value
+
+
 def _close(a: torch.Tensor, b: torch.Tensor | float, scale: float) -> bool:
     """Equal up to float noise: |a - b| <= 1e-3 * max(1, scale), everywhere (and finite)."""
     a = a.detach().float().cpu()
@@ -184,13 +195,16 @@ class EngineStats:
 class PatchEngine:
     """Runs patched copies of `tokens` (the corrupted prompt, shape [1, n]) and returns the metric of each."""
 
-    def __init__(self, tc: ToolContext, tokens: torch.Tensor, readout: Readout, cache_hooks: Sequence[str]):
+    def __init__(self, tc: ToolContext, pair: torch.Tensor, readout: Readout, cache_hooks: Sequence[str]):
+        """`pair`: token ids [2, n], the clean prompt then the corrupted one; `cache_hooks`: the hook points
+        patches will read (clean) and compare (corrupted)."""
         self.tc = tc
         self.bridge = tc.bridge
-        self.tokens = tokens
+        self.pair = pair
+        self.tokens = pair[1:2]
         self.readout = readout
         self.n_layers = int(tc.cfg.n_layers)
-        self.n_tokens = int(tokens.shape[-1])
+        self.n_tokens = int(pair.shape[-1])
         self.stats = EngineStats()
         self.block_kwargs: dict[int, dict[str, Any]] = {}
         self.kv = _PrefixKV()
@@ -200,33 +214,42 @@ class PatchEngine:
         self._blocks = list(blocks) if blocks is not None and len(blocks) == self.n_layers else None
         resid = [f"blocks.{layer}.hook_resid_pre" for layer in range(self.n_layers)]
         resid.append(f"blocks.{self.n_layers - 1}.hook_resid_post")
+        self.cache_hooks = list(dict.fromkeys(cache_hooks))
         self.cache_names = list(dict.fromkeys([*resid, *cache_hooks]))
-        self.cache: Any = None
-        self.logits_last: torch.Tensor | None = None
+        self.cache: dict[str, torch.Tensor] = {}
+        """Corrupted-run activations, [1, pos, ...]."""
+        self.clean_cache: dict[str, torch.Tensor] = {}
+        """Clean-run activations at `cache_hooks`, [1, pos, ...]."""
         self.metric_value: float = float("nan")
+        """The metric on the corrupted prompt."""
+        self.clean_value: float = float("nan")
 
     # ---- preparation -------------------------------------------------------------------------
     def prepare(self) -> None:
-        """The corrupted run: its cache, the arguments each block received, and each layer's keys and values
-        (recorded by handing the attention bridges a `layer_past` that only records)."""
+        """The clean and corrupted runs, as one batch of two: their caches, the arguments each block received,
+        and each layer's keys and values (the attention bridges are handed a `layer_past` that records)."""
         try:
-            captured = self._corrupted_run(record_kv=self._blocks is not None)
+            captured = self._paired_run(record_kv=self._blocks is not None)
         except Exception:  # noqa: BLE001 - an attention module that refuses layer_past: run without it
-            log.info("recording keys/values failed; running the corrupted prompt plainly", exc_info=True)
+            log.info("recording keys/values failed; running the prompts plainly", exc_info=True)
             self.kv = _PrefixKV()
-            captured = self._corrupted_run(record_kv=False)
+            captured = self._paired_run(record_kv=False)
         if self._blocks is None or len(captured) != self.n_layers:
             self.stats.notes.append("model blocks could not be driven directly; used hooked forward passes")
             return
         for index, kwargs in captured.items():
-            self.block_kwargs[index] = {k: v for k, v in kwargs.items()
+            self.block_kwargs[index] = {k: _corrupted_row(v) for k, v in kwargs.items()
                                         if k not in _DROPPED_BLOCK_KWARGS and k != "hidden_states"}
         self.driven_ok = True
         recorded = all(layer in self.kv.keys and self.kv.keys[layer].shape[-2] == self.n_tokens
-                       and self.kv.keys[layer].shape[0] == 1 for layer in range(self.n_layers))
+                       and self.kv.keys[layer].shape[0] == 2 for layer in range(self.n_layers))
+        if recorded:
+            for store in (self.kv.keys, self.kv.values):
+                for layer in store:
+                    store[layer] = store[layer][1:2]
         self.suffix_ok = recorded and self._suffix_kwargs_supported()
 
-    def _corrupted_run(self, record_kv: bool) -> dict[int, dict[str, Any]]:
+    def _paired_run(self, record_kv: bool) -> dict[int, dict[str, Any]]:
         wanted = set(self.cache_names)
         captured: dict[int, dict[str, Any]] = {}
         handles = []
@@ -243,14 +266,16 @@ class PatchEngine:
                 attention = getattr(block, "attn", None)
                 if record_kv and isinstance(attention, torch.nn.Module):
                     handles.append(attention.register_forward_pre_hook(inject, with_kwargs=True))
-            logits, self.cache = self.bridge.run_with_cache(self.tokens, names_filter=lambda name: name in wanted)
+            logits, cache = self.bridge.run_with_cache(self.pair, names_filter=lambda name: name in wanted)
         finally:
             self.kv.recording = False
             for handle in handles:
                 handle.remove()
         self.stats.forward_passes += 1
-        self.logits_last = logits[:, -1].detach()
-        self.metric_value = float(self.readout.from_logits(self.logits_last)[0])
+        self.cache = {name: cache[name][1:2] for name in self.cache_names}
+        self.clean_cache = {name: cache[name][0:1] for name in self.cache_hooks}
+        values = self.readout.from_logits(logits[:, -1].detach())
+        self.clean_value, self.metric_value = float(values[0]), float(values[1])
         return captured
 
     def validate(self, offset: int) -> None:
