@@ -44,7 +44,7 @@ test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not subprocess" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/bench_patching.py

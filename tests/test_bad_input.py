@@ -258,6 +258,7 @@ def test_nan_and_infinity_get_the_same_clear_message(battery_host: ModelHost) ->
     assert errors.describe("patch_sweep", {**SWEEP, "layers": "[0, 1]"}) is None  # what the SDK accepts
 
 
+@pytest.mark.subprocess
 def test_nan_over_stdio_is_refused_clearly() -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "lens_mcp", "serve", "--model", "toy-induction", "--device", "cpu"],

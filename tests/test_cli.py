@@ -15,6 +15,8 @@ from lens_mcp.server.scripted import parse_key_values
 
 TOY = ["--model", "toy-induction", "--device", "cpu"]
 
+pytestmark = pytest.mark.subprocess
+
 
 def lens(*args: str, stdin: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "lens_mcp", *args], input=stdin, capture_output=True, text=True,

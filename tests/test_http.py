@@ -24,6 +24,8 @@ from tests.mcp_client import result_data
 TOKEN = "test-token-3f9c1d"
 START_TIMEOUT_S = 90
 
+pytestmark = pytest.mark.subprocess
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -16,7 +16,8 @@ INSPECTOR = ROOT / ".inspector" / "node_modules" / ".bin" / "mcp-inspector"
 # The Inspector gives a stdio server only a minimal environment (PATH, HOME, ...): pass on what Python needs.
 FORWARDED = ("PYTHONPATH", "HF_HOME", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
 
-pytestmark = pytest.mark.skipif(not INSPECTOR.exists(), reason="MCP Inspector not installed (`make install` with npm)")
+pytestmark = [pytest.mark.subprocess,
+              pytest.mark.skipif(not INSPECTOR.exists(), reason="MCP Inspector not installed (`make install` with npm)")]
 
 
 def inspector(*args: str, server: list[str] | None = None) -> subprocess.CompletedProcess[str]:

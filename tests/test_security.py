@@ -50,6 +50,7 @@ def _request(request_id: int, method: str, params: dict) -> str:
     return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}) + "\n"
 
 
+@pytest.mark.subprocess
 def test_stdout_carries_only_json_rpc() -> None:
     """A real server session with progress, errors and a model load: every stdout line is JSON-RPC."""
     process = subprocess.Popen(

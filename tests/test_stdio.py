@@ -36,12 +36,14 @@ async def _initialize_then_tokenize(params: StdioServerParameters, text: str) ->
     return initialized, answered, data, messages
 
 
+@pytest.mark.subprocess
 async def test_stdio_server_answers_tokenize() -> None:
     _, _, data, _ = await _initialize_then_tokenize(serve_params("toy-induction"), "w3 w4")
     assert [pair[1] for pair in data["tokens"][1:]] == ["w3", "w4"]
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 async def test_stdio_initialize_is_answered_before_the_model_loads(tmp_path: Path) -> None:
     # An empty GGUF cache forces the ~30 s dequantizing load.
     params = serve_params("smollm2-135m", {"LENS_MCP_CACHE_DIR": str(tmp_path)})
