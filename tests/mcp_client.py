@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 from mcp import Client
@@ -10,6 +13,14 @@ from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult
 
 MODES = ["auto", "legacy"]
+
+
+def spawn_toy_server(stderr: int | None = subprocess.PIPE) -> subprocess.Popen[str]:
+    """`lens-mcp serve` on the toy model as a real stdio subprocess, for tests that speak raw JSON-RPC."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "lens_mcp", "serve", "--model", "toy-induction", "--device", "cpu"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 async def call_tool(server: MCPServer, name: str, arguments: dict[str, Any] | None = None, mode: str = "auto",

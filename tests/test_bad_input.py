@@ -6,9 +6,7 @@ the same numbers before and after the battery."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -19,7 +17,7 @@ from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.server.adapter import readable_errors
 from lens_mcp.server.app import build_server
-from tests.mcp_client import MODES, result_data
+from tests.mcp_client import MODES, result_data, spawn_toy_server
 
 P = "w1 w2 w3 w4 w5 w1 w2 w3"  # 9 tokens with BOS
 LONG = " ".join(f"w{i % 250}" for i in range(60))  # 61 tokens: over the toy model's context of 48
@@ -260,10 +258,7 @@ def test_nan_and_infinity_get_the_same_clear_message(battery_host: ModelHost) ->
 
 @pytest.mark.subprocess
 def test_nan_over_stdio_is_refused_clearly() -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lens_mcp", "serve", "--model", "toy-induction", "--device", "cpu"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = spawn_toy_server(stderr=subprocess.DEVNULL)
     assert process.stdin and process.stdout
     requests = {2: '{"name": "logit_lens", "arguments": {"prompt": "w1 w2", "top_k": NaN}}',
                 3: '{"name": "attention_pattern", "arguments": {"prompt": "w1 w2", "layer": -Infinity, "head": 0}}',

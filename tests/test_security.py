@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server.cli import build_parser
+from tests.mcp_client import spawn_toy_server
 
 SOURCE = Path(__file__).resolve().parent.parent / "src" / "lens_mcp"
 # Builtin eval/exec (not methods such as model.eval()), pickle/marshal/torch.load, dynamic imports.
@@ -53,10 +52,7 @@ def _request(request_id: int, method: str, params: dict) -> str:
 @pytest.mark.subprocess
 def test_stdout_carries_only_json_rpc() -> None:
     """A real server session with progress, errors and a model load: every stdout line is JSON-RPC."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lens_mcp", "serve", "--model", "toy-induction", "--device", "cpu"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = spawn_toy_server()
     assert process.stdin and process.stdout
     calls = {
         2: ("tokenize", {"text": "w1 w2"}),

@@ -28,6 +28,10 @@ class Limits:
     max_response_chars: int = 40_000
     """Characters of JSON in one tool result (about 10k tokens, Claude Code's warning threshold)."""
 
+    def prompt_cap(self, n_ctx: int) -> int:
+        """The longest prompt accepted for a model whose context is n_ctx tokens."""
+        return min(self.max_prompt_tokens, int(n_ctx))
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: int | None) -> Limits:
         """Defaults, then environment variables, then explicit overrides (CLI flags) that are not None."""

@@ -26,4 +26,4 @@ class ToolContext:
 
     @property
     def max_prompt_tokens(self) -> int:
-        return min(self.limits.max_prompt_tokens, int(self.cfg.n_ctx))
+        return self.limits.prompt_cap(self.cfg.n_ctx)

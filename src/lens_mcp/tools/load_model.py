@@ -27,4 +27,4 @@ def load_model(
     Takes seconds (a .gguf's first load dequantizes and caches it: ~30 s). If loading fails, the previous
     model stays loaded and usable, and the error says why and what to try."""
     loaded = host.load(model, device, dtype, progress)
-    return describe(loaded, min(host.limits.max_prompt_tokens, int(loaded.cfg.n_ctx)))
+    return describe(loaded, host.limits.prompt_cap(loaded.cfg.n_ctx))
