@@ -36,24 +36,30 @@ def main() -> None:
     parser.add_argument("--components", nargs="+", default=["resid_pre", "heads"], choices=sorted(TL_FUNCTIONS))
     parser.add_argument("--repeat", type=int, default=3, help="runs of our sweep (the best is reported)")
     parser.add_argument("--skip-tl", action="store_true", help="only time lens-mcp (no ratio)")
-    parser.add_argument("--grouping", default="auto", choices=["auto", "offset", "merged", "both"],
-                        help="batch rows per first changed position (offset), all together (merged), or auto: "
-                             "merged on a GPU, offset on a CPU")
+    parser.add_argument(
+        "--grouping",
+        default="auto",
+        choices=["auto", "offset", "merged", "both"],
+        help="batch rows per first changed position (offset), all together (merged), or auto: "
+        "merged on a GPU, offset on a CPU",
+    )
     args = parser.parse_args()
 
     from transformer_lens import patching
 
     from lens_mcp.limits import Limits
     from lens_mcp.model_host import ModelHost
-    from lens_mcp.tools import patching_engine
-    from lens_mcp.tools.context import ToolContext
-    from lens_mcp.tools.patch_sweep import run_sweep
+    from lens_mcp.tools.causal import patching_engine
+    from lens_mcp.tools.causal.patch_sweep import run_sweep
+    from lens_mcp.tools.core.context import ToolContext
 
     started = time.perf_counter()
     host = ModelHost(Limits.from_env())
     host.load(args.model, device=args.device)
-    print(f"loaded {args.model} on {args.device} in {time.perf_counter() - started:.1f}s; torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(
+        f"loaded {args.model} on {args.device} in {time.perf_counter() - started:.1f}s; torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
     if args.device.startswith("cuda"):
         print(f"GPU: {torch.cuda.get_device_name()}")
 
@@ -73,14 +79,20 @@ def main() -> None:
         groupings = {"auto": [None], "offset": [False], "merged": [True], "both": [None, False, True]}[args.grouping]
         run_sweep(tc, CLEAN, CORRUPTED, ANSWER, WRONG, "resid_pre", layers=[0], positions=[-1])  # warm-up
         print(f"load average before: {os.getloadavg()[0]:.2f}")
-        print(f"{'component':<10} {'cells':>5} {'TL wall s':>9} {'TL cpu s':>8} {'grouping':>8} {'ours wall s':>11} "
-              f"{'ours cpu s':>10} {'ratio wall':>10} {'ratio cpu':>9} {'max |diff|':>10}  method/passes  "
-              "(all our runs, wall s)")
+        print(
+            f"{'component':<10} {'cells':>5} {'TL wall s':>9} {'TL cpu s':>8} {'grouping':>8} {'ours wall s':>11} "
+            f"{'ours cpu s':>10} {'ratio wall':>10} {'ratio cpu':>9} {'max |diff|':>10}  method/passes  "
+            "(all our runs, wall s)"
+        )
         for component in args.components:
             timings: dict[bool | None, list[tuple[float, float]]] = {merge: [] for merge in groupings}
             sweeps: dict[bool | None, Any] = {}
 
-            def ours(component: str = component) -> None:
+            def ours(
+                component: str = component,
+                sweeps: dict[bool | None, Any] = sweeps,
+                timings: dict[bool | None, list[tuple[float, float]]] = timings,
+            ) -> None:
                 """`repeat` runs of each grouping; called before and after TransformerLens's run, so that a
                 burst of load from other processes on the machine does not decide the comparison alone."""
                 for merge in groupings:
@@ -113,9 +125,12 @@ def main() -> None:
                 name = {None: "auto", False: "offset", True: "merged"}[merge]
                 stats = sweep.engine.stats
                 runs = " ".join(f"{w:.2f}" for w, _ in timings[merge])
-                print(f"{component:<10} {values.numel():>5} {tl_wall:>9.2f} {tl_cpu:>8.2f} {name:>8} {wall:>11.2f} "
-                      f"{cpu:>10.2f} {tl_wall / wall:>9.1f}x {tl_cpu / cpu:>8.1f}x {diff:>10.2e}  "
-                      f"{stats.method}/{stats.forward_passes}  ({runs})", flush=True)
+                print(
+                    f"{component:<10} {values.numel():>5} {tl_wall:>9.2f} {tl_cpu:>8.2f} {name:>8} {wall:>11.2f} "
+                    f"{cpu:>10.2f} {tl_wall / wall:>9.1f}x {tl_cpu / cpu:>8.1f}x {diff:>10.2e}  "
+                    f"{stats.method}/{stats.forward_passes}  ({runs})",
+                    flush=True,
+                )
         print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

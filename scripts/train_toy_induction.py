@@ -65,19 +65,34 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=BOS, eos_token=BOS, pad_token=BOS, unk_token=UNK,
-        model_max_length=N_CTX, padding_side="right", clean_up_tokenization_spaces=False)
+        tokenizer_object=tokenizer,
+        bos_token=BOS,
+        eos_token=BOS,
+        pad_token=BOS,
+        unk_token=UNK,
+        model_max_length=N_CTX,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
 
 
-def _plant_head(attn: torch.nn.Module, head: int, query: dict[int, int], key: dict[int, int],
-                value: dict[int, int], output: dict[int, int], qk_scale: float, ov_scale: float) -> None:
+def _plant_head(
+    attn: torch.nn.Module,
+    head: int,
+    query: dict[int, int],
+    key: dict[int, int],
+    value: dict[int, int],
+    output: dict[int, int],
+    qk_scale: float,
+    ov_scale: float,
+) -> None:
     """Set one head's weights: maps are {residual dim: head dim} (output: {head dim: residual dim})."""
     d = D_MODEL
     cols = slice(head * D_HEAD, (head + 1) * D_HEAD)
     weight, bias, out = attn.c_attn.weight, attn.c_attn.bias, attn.c_proj.weight  # Conv1D: x @ W
     for part in range(3):
-        weight[:, part * d + cols.start: part * d + cols.stop] = 0
-        bias[part * d + cols.start: part * d + cols.stop] = 0
+        weight[:, part * d + cols.start : part * d + cols.stop] = 0
+        bias[part * d + cols.start : part * d + cols.stop] = 0
     out[cols, :] = 0
     for src, dst in query.items():
         weight[src, cols.start + dst] = qk_scale
@@ -91,9 +106,20 @@ def _plant_head(attn: torch.nn.Module, head: int, query: dict[int, int], key: di
 
 @torch.no_grad()
 def build_model(gen: torch.Generator) -> GPT2LMHeadModel:
-    config = GPT2Config(vocab_size=VOCAB, n_positions=N_CTX, n_embd=D_MODEL, n_layer=2, n_head=N_HEAD, n_inner=4,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
-                        pad_token_id=0)
+    config = GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=N_CTX,
+        n_embd=D_MODEL,
+        n_layer=2,
+        n_head=N_HEAD,
+        n_inner=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     model = GPT2LMHeadModel(config)
     for p in model.parameters():
         p.mul_(0.5)
@@ -101,20 +127,33 @@ def build_model(gen: torch.Generator) -> GPT2LMHeadModel:
     embed -= embed.mean(dim=1, keepdim=True)  # zero mean keeps LayerNorm a pure rescaling
     embed = embed / embed.norm(dim=1, keepdim=True) * math.sqrt(SUBSPACE)
     model.transformer.wte.weight.zero_()
-    model.transformer.wte.weight[:, TOKEN:TOKEN + SUBSPACE] = embed
+    model.transformer.wte.weight[:, TOKEN : TOKEN + SUBSPACE] = embed
     model.transformer.wpe.weight.zero_()
-    model.transformer.wpe.weight[:, POSITION:POSITION + N_CTX] = torch.eye(N_CTX) * math.sqrt(SUBSPACE)
+    model.transformer.wpe.weight[:, POSITION : POSITION + N_CTX] = torch.eye(N_CTX) * math.sqrt(SUBSPACE)
     for block in model.transformer.h:
         for p in block.mlp.parameters():
             p.zero_()
     copy = {t: t for t in range(SUBSPACE)}
-    _plant_head(model.transformer.h[0].attn, PREV_HEAD,
-                query={POSITION + i: i - 1 for i in range(1, N_CTX)}, key={POSITION + j: j for j in range(N_CTX)},
-                value={TOKEN + t: t for t in range(SUBSPACE)}, output={t: PREVIOUS + t for t in range(SUBSPACE)},
-                qk_scale=QK_PREV, ov_scale=OV_PREV)
-    _plant_head(model.transformer.h[1].attn, IND_HEAD,
-                query={TOKEN + t: t for t in range(SUBSPACE)}, key={PREVIOUS + t: t for t in range(SUBSPACE)},
-                value={TOKEN + t: t for t in range(SUBSPACE)}, output=copy, qk_scale=QK_IND, ov_scale=OV_IND)
+    _plant_head(
+        model.transformer.h[0].attn,
+        PREV_HEAD,
+        query={POSITION + i: i - 1 for i in range(1, N_CTX)},
+        key={POSITION + j: j for j in range(N_CTX)},
+        value={TOKEN + t: t for t in range(SUBSPACE)},
+        output={t: PREVIOUS + t for t in range(SUBSPACE)},
+        qk_scale=QK_PREV,
+        ov_scale=OV_PREV,
+    )
+    _plant_head(
+        model.transformer.h[1].attn,
+        IND_HEAD,
+        query={TOKEN + t: t for t in range(SUBSPACE)},
+        key={PREVIOUS + t: t for t in range(SUBSPACE)},
+        value={TOKEN + t: t for t in range(SUBSPACE)},
+        output=copy,
+        qk_scale=QK_IND,
+        ov_scale=OV_IND,
+    )
     model.transformer.ln_f.weight.fill_(LN_FINAL)
     for block in model.transformer.h:
         for p in block.mlp.parameters():
@@ -164,8 +203,12 @@ def measure(model: GPT2LMHeadModel, gen: torch.Generator) -> dict:
         queries = torch.arange(1, pattern.shape[-1])
         previous.append(pattern[:, :, queries, queries - 1].mean(dim=(0, 2)).tolist())
         induction.append(pattern[:, :, second, second - half + 1].mean(dim=(0, 2)).tolist())
-    return {"previous_token": previous, "induction": induction,
-            "loss_first_repeat": nll[:, 1:half].mean().item(), "loss_second_repeat": nll[:, half + 1:2 * half].mean().item()}
+    return {
+        "previous_token": previous,
+        "induction": induction,
+        "loss_first_repeat": nll[:, 1:half].mean().item(),
+        "loss_second_repeat": nll[:, half + 1 : 2 * half].mean().item(),
+    }
 
 
 def write_readme(out: Path, circuit: dict) -> None:
@@ -178,17 +221,17 @@ vocab {VOCAB}; MLPs present but zero) with a known induction circuit, planted an
 
 | role | head | score |
 |------|------|-------|
-| previous-token head | L{p[0]}H{p[1]} | previous-token score {s['previous_token'][p[0]][p[1]]:.3f} |
-| induction head | L{i[0]}H{i[1]} | induction score {s['induction'][i[0]][i[1]]:.3f} |
+| previous-token head | L{p[0]}H{p[1]} | previous-token score {s["previous_token"][p[0]][p[1]]:.3f} |
+| induction head | L{i[0]}H{i[1]} | induction score {s["induction"][i[0]][i[1]]:.3f} |
 
 Loss on fresh `<|bos|> + half + half` sequences (half = {EVAL_HALF} distinct random words): first half
-{circuit['loss_first_repeat']:.3f} nats (chance ln {N_WORDS} = {math.log(N_WORDS):.3f}), repeat
-{circuit['loss_second_repeat']:.3f} nats. All per-head scores are in `circuit.json`.
+{circuit["loss_first_repeat"]:.3f} nats (chance ln {N_WORDS} = {math.log(N_WORDS):.3f}), repeat
+{circuit["loss_second_repeat"]:.3f} nats. All per-head scores are in `circuit.json`.
 
 Tokenizer: words `w0`..`w{N_WORDS - 1}` (ids 2..{VOCAB - 1}), `<|bos|>` (id 0; also EOS and pad),
 `<|unk|>` (id 1); whitespace split; no BOS added by the tokenizer (TransformerLens prepends it).
 
-Regenerate: `python scripts/train_toy_induction.py --seed {circuit['seed']} --steps {circuit['steps']}`
+Regenerate: `python scripts/train_toy_induction.py --seed {circuit["seed"]} --steps {circuit["steps"]}`
 """)
 
 
@@ -206,19 +249,27 @@ def main(argv: list[str] | None = None) -> int:
     scores = measure(model, torch.Generator().manual_seed(args.seed + 1))
     prev_head = max(range(N_HEAD), key=lambda h: scores["previous_token"][0][h])
     ind_head = max(range(N_HEAD), key=lambda h: scores["induction"][1][h])
-    log(f"trained {args.steps} steps in {seconds:.1f}s; previous-token L0H{prev_head} "
+    log(
+        f"trained {args.steps} steps in {seconds:.1f}s; previous-token L0H{prev_head} "
         f"{scores['previous_token'][0][prev_head]:.3f}, induction L1H{ind_head} {scores['induction'][1][ind_head]:.3f}, "
-        f"loss first {scores['loss_first_repeat']:.3f} repeat {scores['loss_second_repeat']:.3f}")
+        f"loss first {scores['loss_first_repeat']:.3f} repeat {scores['loss_second_repeat']:.3f}"
+    )
     assert scores["previous_token"][0][prev_head] > 0.5, "no previous-token head in layer 0"
     assert scores["induction"][1][ind_head] > 0.5, "no induction head in layer 1"
     assert scores["loss_second_repeat"] < 0.5 * scores["loss_first_repeat"], "the repeat is not predicted"
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
     build_tokenizer().save_pretrained(args.out)
-    circuit = {"previous_token_head": [0, prev_head], "induction_head": [1, ind_head], "seed": args.seed,
-               "steps": args.steps, "train_seconds": round(seconds, 1),
-               "loss_first_repeat": scores["loss_first_repeat"], "loss_second_repeat": scores["loss_second_repeat"],
-               "scores": {"previous_token": scores["previous_token"], "induction": scores["induction"]}}
+    circuit = {
+        "previous_token_head": [0, prev_head],
+        "induction_head": [1, ind_head],
+        "seed": args.seed,
+        "steps": args.steps,
+        "train_seconds": round(seconds, 1),
+        "loss_first_repeat": scores["loss_first_repeat"],
+        "loss_second_repeat": scores["loss_second_repeat"],
+        "scores": {"previous_token": scores["previous_token"], "induction": scores["induction"]},
+    }
     (args.out / "circuit.json").write_text(json.dumps(circuit, indent=2) + "\n")
     write_readme(args.out, circuit)
     return 0

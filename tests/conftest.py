@@ -9,7 +9,7 @@ import pytest
 
 from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost
-from lens_mcp.tools.context import ToolContext
+from lens_mcp.tools.core.context import ToolContext
 
 
 @pytest.fixture(scope="session")

@@ -19,12 +19,17 @@ def spawn_toy_server(stderr: int | None = subprocess.PIPE) -> subprocess.Popen[s
     """`lens-mcp serve` on the toy model as a real stdio subprocess, for tests that speak raw JSON-RPC."""
     return subprocess.Popen(
         [sys.executable, "-m", "lens_mcp", "serve", "--model", "toy-induction", "--device", "cpu"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
-async def call_tool(server: MCPServer, name: str, arguments: dict[str, Any] | None = None, mode: str = "auto",
-                    **kwargs: Any) -> CallToolResult:
+async def call_tool(
+    server: MCPServer, name: str, arguments: dict[str, Any] | None = None, mode: str = "auto", **kwargs: Any
+) -> CallToolResult:
     async with Client(server, mode=mode) as client:
         return await client.call_tool(name, arguments or {}, **kwargs)
 

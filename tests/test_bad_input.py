@@ -66,7 +66,7 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("run_with_cache", {"prompt": P, "positions": []}, ("positions", "omit positions")),
     ("run_with_cache", {"prompt": P, "top_k": 0}, ("top_k=0", "use 1..100")),
     ("run_with_cache", {"prompt": P, "top_k": 10**9}, ("top_k=1000000000", "use 1..100")),
-    ("run_with_cache", {"prompt": P, "top_k": -10**30}, ("top_k=", "use 1..100")),
+    ("run_with_cache", {"prompt": P, "top_k": -(10**30)}, ("top_k=", "use 1..100")),
     ("run_with_cache", {"prompt": P, "top_k": INF}, ("top_k=null", "pass top_k as an integer")),
     ("run_with_cache", {"prompt": P, "top_k": 2.5}, ("top_k=2.5", "pass top_k as an integer")),
     # ---- head_attribution
@@ -94,7 +94,7 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("logit_lens", {"prompt": P, "answer": "w1 w2"}, ("answer must be a single token", "use")),
     ("logit_lens", {"prompt": P, "answer": ""}, ("answer is empty", "pass")),
     ("logit_lens", {"prompt": LONG}, ("prompt is 61 tokens", "shorten")),
-    ("logit_lens", {"prompt": P, "position": "last"}, ("position=\"last\"", "pass position as an integer")),
+    ("logit_lens", {"prompt": P, "position": "last"}, ('position="last"', "pass position as an integer")),
     # ---- attention_pattern
     ("attention_pattern", {"prompt": P, "head": 0}, ("layer is required", "pass layer")),
     ("attention_pattern", {"prompt": P, "layer": 0}, ("head is required", "pass head")),
@@ -103,7 +103,7 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("attention_pattern", {**AP, "layer": 10**20}, ("layer=100000000000000000000", "use 0..1")),
     ("attention_pattern", {**AP, "head": 3}, ("head=3", "use 0..2")),
     ("attention_pattern", {**AP, "head": -4}, ("head=-4", "use 0..2")),
-    ("attention_pattern", {**AP, "layer": "abc"}, ("layer=\"abc\"", "pass layer as an integer")),
+    ("attention_pattern", {**AP, "layer": "abc"}, ('layer="abc"', "pass layer as an integer")),
     ("attention_pattern", {**AP, "head": 1.5}, ("head=1.5", "pass head as an integer")),
     ("attention_pattern", {**AP, "layer": NAN}, ("layer=null", "pass layer as an integer")),
     ("attention_pattern", {**AP, "query_positions": [50]}, ("query_positions=50", "use 0..8")),
@@ -117,8 +117,8 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("patch_sweep", {**SWEEP, "clean_prompt": "w1 w2 w3"}, ("clean_prompt", "same length", "reword")),
     ("patch_sweep", {**SWEEP, "clean_prompt": LONG, "corrupted_prompt": LONG}, ("clean_prompt is 61", "shorten")),
     ("patch_sweep", {**SWEEP, "corrupted_prompt": ""}, ("corrupted_prompt is empty", "pass")),
-    ("patch_sweep", {**SWEEP, "component": "bogus"}, ("component=\"bogus\"", "pass component as one of")),
-    ("patch_sweep", {**SWEEP, "metric": "accuracy"}, ("metric=\"accuracy\"", "pass metric as one of")),
+    ("patch_sweep", {**SWEEP, "component": "bogus"}, ('component="bogus"', "pass component as one of")),
+    ("patch_sweep", {**SWEEP, "metric": "accuracy"}, ('metric="accuracy"', "pass metric as one of")),
     ("patch_sweep", {**SWEEP, "layers": [9]}, ("layers=9", "use 0..1")),
     ("patch_sweep", {**SWEEP, "layers": [-3]}, ("layers=-3", "use 0..1")),
     ("patch_sweep", {**SWEEP, "layers": []}, ("layers", "omit layers")),
@@ -129,7 +129,7 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("patch_sweep", {**SWEEP, "answer": " w64 w65"}, ("answer must be a single token", "use")),
     ("patch_sweep", {**SWEEP, "wrong_answer": " w64"}, ("wrong_answer is the same token", "pass a different")),
     ("patch_sweep", {**SWEEP, "normalize": "perhaps"}, ("normalize", "true or false")),
-    ("patch_sweep", {**SWEEP, "positions": [1, "x"]}, ("positions[1]=\"x\"", "pass positions as a list of integers")),
+    ("patch_sweep", {**SWEEP, "positions": [1, "x"]}, ('positions[1]="x"', "pass positions as a list of integers")),
     # ---- ablate_heads
     ("ablate_heads", {"prompt": P, "answer": " w4"}, ("heads is required", "pass heads")),
     ("ablate_heads", {**AB, "heads": []}, ("heads", "e.g. heads=[[1, 2]")),
@@ -139,9 +139,9 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("ablate_heads", {**AB, "heads": [[0, -4]]}, ("heads[0][1] (head)=-4", "use 0..2")),
     ("ablate_heads", {**AB, "heads": [[0]]}, ("heads[0]", "[layer, head] pair")),
     ("ablate_heads", {**AB, "heads": [[1, 2, 3]]}, ("heads[0]", "[layer, head] pair")),
-    ("ablate_heads", {**AB, "heads": "L1H2"}, ("heads=\"L1H2\"", "pass heads as a list of lists of integers")),
-    ("ablate_heads", {**AB, "heads": [[1, "two"]]}, ("heads[0][1]=\"two\"", "pass heads")),
-    ("ablate_heads", {**AB, "mode": "half"}, ("mode=\"half\"", "pass mode as one of")),
+    ("ablate_heads", {**AB, "heads": "L1H2"}, ('heads="L1H2"', "pass heads as a list of lists of integers")),
+    ("ablate_heads", {**AB, "heads": [[1, "two"]]}, ('heads[0][1]="two"', "pass heads")),
+    ("ablate_heads", {**AB, "mode": "half"}, ('mode="half"', "pass mode as one of")),
     ("ablate_heads", {**AB, "answer": "w4 w5"}, ("answer must be a single token", "use")),
     ("ablate_heads", {**AB, "prompt": ""}, ("prompt is empty", "pass")),
     ("ablate_heads", {**AB, "prompt": LONG}, ("prompt is 61 tokens", "shorten")),
@@ -166,8 +166,8 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("load_model", {"model": "/etc/passwd"}, ("model: /etc/passwd is a file but not a .gguf", "pass")),
     ("load_model", {"model": "a b c"}, ("model: 'a b c'", "pass a builtin")),
     ("load_model", {"model": "toy\x00induction"}, ("model:", "control characters", "pass a builtin")),
-    ("load_model", {"model": "toy-induction", "device": "gpu"}, ("device=\"gpu\"", "pass device as one of")),
-    ("load_model", {"model": "toy-induction", "dtype": "float8"}, ("dtype=\"float8\"", "pass dtype as one of")),
+    ("load_model", {"model": "toy-induction", "device": "gpu"}, ('device="gpu"', "pass device as one of")),
+    ("load_model", {"model": "toy-induction", "dtype": "float8"}, ('dtype="float8"', "pass dtype as one of")),
     # ---- no such tool
     ("no_such_tool", {"text": "w1"}, ("unknown tool: 'no_such_tool'", "use one of", "tokenize")),
 ]
@@ -178,8 +178,10 @@ REFERENCE: list[tuple[str, dict[str, Any]]] = [
     ("patch_sweep", {**SWEEP, "component": "resid_pre"}),
     ("attention_pattern", {"prompt": CLEAN, "layer": 1, "head": 2, "top_k": 2}),
     ("logit_lens", {"prompt": CLEAN, "answer": " w64", "top_k": 3}),
-    ("ablate_heads", {"prompt": CLEAN, "heads": [[0, 1], [1, 2]], "answer": " w64", "wrong_answer": " w77",
-                      "individually": True}),
+    (
+        "ablate_heads",
+        {"prompt": CLEAN, "heads": [[0, 1], [1, 2]], "answer": " w64", "wrong_answer": " w77", "individually": True},
+    ),
     ("induction_scores", {"seq_len": 10, "n_seqs": 4}),
 ]
 TIMING_FIELDS = {"seconds", "load_seconds"}
@@ -199,13 +201,23 @@ def battery_host() -> ModelHost:
 def test_the_battery_is_large_and_covers_every_tool() -> None:
     assert len(CASES) >= 60
     tools = {tool for tool, _, _ in CASES}
-    assert tools >= {"tokenize", "run_with_cache", "head_attribution", "logit_lens", "attention_pattern",
-                     "patch_sweep", "ablate_heads", "induction_scores", "load_model"}  # model_info takes nothing
+    assert tools >= {
+        "tokenize",
+        "run_with_cache",
+        "head_attribution",
+        "logit_lens",
+        "attention_pattern",
+        "patch_sweep",
+        "ablate_heads",
+        "induction_scores",
+        "load_model",
+    }  # model_info takes nothing
 
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_malformed_calls_get_clear_errors_and_change_nothing(
-        battery_host: ModelHost, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    battery_host: ModelHost, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # an unknown Hub name must fail fast, without the network
     host = battery_host
     bridge = host.model.bridge
@@ -260,9 +272,11 @@ def test_nan_and_infinity_get_the_same_clear_message(battery_host: ModelHost) ->
 def test_nan_over_stdio_is_refused_clearly() -> None:
     process = spawn_toy_server(stderr=subprocess.DEVNULL)
     assert process.stdin and process.stdout
-    requests = {2: '{"name": "logit_lens", "arguments": {"prompt": "w1 w2", "top_k": NaN}}',
-                3: '{"name": "attention_pattern", "arguments": {"prompt": "w1 w2", "layer": -Infinity, "head": 0}}',
-                4: '{"name": "tokenize", "arguments": {"text": "w1 w2"}}'}
+    requests = {
+        2: '{"name": "logit_lens", "arguments": {"prompt": "w1 w2", "top_k": NaN}}',
+        3: '{"name": "attention_pattern", "arguments": {"prompt": "w1 w2", "layer": -Infinity, "head": 0}}',
+        4: '{"name": "tokenize", "arguments": {"text": "w1 w2"}}',
+    }
     try:
         hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "nan", "version": "0"}}
         process.stdin.write(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}) + "\n")

@@ -19,14 +19,19 @@ pytestmark = pytest.mark.subprocess
 
 
 def lens(*args: str, stdin: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lens_mcp", *args], input=stdin, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "lens_mcp", *args], input=stdin, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def lens_together(*commands: list[str], timeout: float = 180) -> list[subprocess.CompletedProcess[str]]:
     """Run several `lens-mcp` processes at once (each spends seconds importing torch) and wait for all."""
-    processes = [subprocess.Popen([sys.executable, "-m", "lens_mcp", *args], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for args in commands]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "lens_mcp", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for args in commands
+    ]
     results = []
     for args, process in zip(commands, processes, strict=True):
         stdout, stderr = process.communicate(timeout=timeout)
@@ -44,8 +49,9 @@ def only_json_line(stdout: str) -> dict:
 
 def test_tools_lists_every_tool_without_loading_a_model() -> None:
     # A model that cannot load: `tools` must not even try (no load error on stderr).
-    done, as_json = lens_together(["tools", "--model", "/no/such/model.gguf"],
-                                  ["tools", "--json", "--model", "/no/such/model.gguf"])
+    done, as_json = lens_together(
+        ["tools", "--model", "/no/such/model.gguf"], ["tools", "--json", "--model", "/no/such/model.gguf"]
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     names = [line.split()[0] for line in lines]
@@ -64,7 +70,8 @@ def test_call_prints_compact_json_and_exits_1_on_a_tool_error() -> None:
         ["call", "tokenize", "text=w3 w4", *TOY],
         # text is a string argument, so '123' stays text; prepend_bos=false is JSON; key=value overrides --json
         ["call", "tokenize", "--json", '{"text": "w9", "prepend_bos": true}', *TOY, "text=123", "prepend_bos=false"],
-        ["call", "tokenize", "text=", *TOY])
+        ["call", "tokenize", "text=", *TOY],
+    )
     assert plain.returncode == 0, plain.stderr
     data = only_json_line(plain.stdout)
     assert [pair[1] for pair in data["tokens"][1:]] == ["w3", "w4"]
@@ -80,8 +87,10 @@ def test_call_prints_compact_json_and_exits_1_on_a_tool_error() -> None:
 
 
 def test_usage_errors_exit_2_before_loading() -> None:
-    cases = [(["call", "no_such_tool", *TOY], "unknown tool 'no_such_tool'; the tools are: model_info"),
-             (["batch", "/no/such/calls.jsonl", *TOY], "cannot read /no/such/calls.jsonl")]
+    cases = [
+        (["call", "no_such_tool", *TOY], "unknown tool 'no_such_tool'; the tools are: model_info"),
+        (["batch", "/no/such/calls.jsonl", *TOY], "cannot read /no/such/calls.jsonl"),
+    ]
     for (args, message), done in zip(cases, lens_together(*[args for args, _ in cases], timeout=90), strict=True):
         assert done.returncode == 2, (args, done.stderr)
         assert message in done.stderr, (args, done.stderr)
@@ -89,13 +98,16 @@ def test_usage_errors_exit_2_before_loading() -> None:
         assert "Loading weights" not in done.stderr, args  # the model load never started
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["call", "tokenize", "txt=w1"], "tokenize has no argument 'txt'; it takes: text, prepend_bos"),
-    (["call", "tokenize", "w1"], "is not key=value"),
-    (["call", "tokenize", "text=a", "text=b"], "given twice"),
-    (["call", "tokenize", "--json", "{not json"], "--json is not valid JSON"),
-    (["call", "tokenize", "--json", "[1]"], "--json must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["call", "tokenize", "txt=w1"], "tokenize has no argument 'txt'; it takes: text, prepend_bos"),
+        (["call", "tokenize", "w1"], "is not key=value"),
+        (["call", "tokenize", "text=a", "text=b"], "given twice"),
+        (["call", "tokenize", "--json", "{not json"], "--json is not valid JSON"),
+        (["call", "tokenize", "--json", "[1]"], "--json must be a JSON object"),
+    ],
+)
 def test_argument_errors_in_process(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     # The same checks, in this process (no torch import per case); they all fail before any model load.
     assert main([*args, "--model", "/no/such/model.gguf"]) == 2
@@ -104,8 +116,14 @@ def test_argument_errors_in_process(args: list[str], message: str, capsys: pytes
 
 
 def test_values_follow_the_tool_schema() -> None:
-    schema = {"properties": {"text": {"type": "string"}, "layers": {"anyOf": [{"type": "array"}, {"type": "null"}]},
-                             "wrong": {"anyOf": [{"type": "string"}, {"type": "null"}]}, "k": {"type": "integer"}}}
+    schema = {
+        "properties": {
+            "text": {"type": "string"},
+            "layers": {"anyOf": [{"type": "array"}, {"type": "null"}]},
+            "wrong": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "k": {"type": "integer"},
+        }
+    }
     tool = Tool(name="t", input_schema={"type": "object", **schema})
     parsed = parse_key_values(["text=123", "layers=[0, 1]", "wrong=null", "k=5", "free=true", "other=a b"], tool)
     assert parsed == {"text": "123", "layers": [0, 1], "wrong": None, "k": 5, "free": True, "other": "a b"}
@@ -114,17 +132,22 @@ def test_values_follow_the_tool_schema() -> None:
 
 def test_batch_writes_one_line_per_call_in_order_with_errors(tmp_path: Path) -> None:
     calls = tmp_path / "calls.jsonl"
-    calls.write_text("\n".join([
-        json.dumps({"tool": "tokenize", "arguments": {"text": "w1 w2"}, "id": "first"}),
-        "this is not json",
-        "",
-        json.dumps({"name": "model_info", "args": {}}),
-        json.dumps({"tool": "no_such_tool"}),
-        json.dumps({"tool": "tokenize", "arguments": {"text": ""}}),
-        json.dumps([1, 2]),
-        json.dumps({"tool": "tokenize", "arguments": {"text": "w5", "bogus": 1}}),
-        json.dumps({"tool": "tokenize", "arguments": {"text": "w5"}}),
-    ]) + "\n")
+    calls.write_text(
+        "\n".join(
+            [
+                json.dumps({"tool": "tokenize", "arguments": {"text": "w1 w2"}, "id": "first"}),
+                "this is not json",
+                "",
+                json.dumps({"name": "model_info", "args": {}}),
+                json.dumps({"tool": "no_such_tool"}),
+                json.dumps({"tool": "tokenize", "arguments": {"text": ""}}),
+                json.dumps([1, 2]),
+                json.dumps({"tool": "tokenize", "arguments": {"text": "w5", "bogus": 1}}),
+                json.dumps({"tool": "tokenize", "arguments": {"text": "w5"}}),
+            ]
+        )
+        + "\n"
+    )
     done = lens("batch", str(calls), *TOY)
     assert done.returncode == 1  # some calls failed
     records = [json.loads(line) for line in done.stdout.splitlines()]
@@ -150,8 +173,9 @@ def test_batch_from_stdin_to_a_file_starting_with_load_model(tmp_path: Path) -> 
     lines = [json.dumps({"tool": "load_model", "arguments": {"model": "toy-induction", "device": "cpu"}})]
     lines += [json.dumps({"tool": "tokenize", "arguments": {"text": f"w{i}"}}) for i in range(4)]
     # --model names a model that cannot load: a batch that starts with load_model must not try it
-    done = lens("batch", "-", "-o", str(out), "--no-progress", "--model", "/no/such/model.gguf",
-                stdin="\n".join(lines) + "\n")
+    done = lens(
+        "batch", "-", "-o", str(out), "--no-progress", "--model", "/no/such/model.gguf", stdin="\n".join(lines) + "\n"
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert "batch [" not in done.stderr  # --no-progress

@@ -14,7 +14,7 @@ from mcp import Client
 from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.server.app import build_server
-from lens_mcp.tools.batching import ProgressCounter
+from lens_mcp.tools.core.batching import ProgressCounter
 from tests.mcp_client import MODES, result_data
 
 P = "w1 w2 w3 w4 w5 w1 w2 w3"
@@ -40,8 +40,10 @@ MIXED: list[tuple[str, dict[str, Any]]] = [
     ("patch_sweep", {**SWEEP, "component": "heads_by_pos", "layers": [1]}),
     ("patch_sweep", {**SWEEP, "component": "attn_out", "metric": "prob"}),
     ("ablate_heads", {"prompt": CLEAN, "heads": [[1, 2]], "answer": " w64", "wrong_answer": " w77"}),
-    ("ablate_heads", {"prompt": CLEAN, "heads": [[0, 1], [1, 2]], "answer": " w64", "mode": "mean",
-                      "individually": True}),
+    (
+        "ablate_heads",
+        {"prompt": CLEAN, "heads": [[0, 1], [1, 2]], "answer": " w64", "mode": "mean", "individually": True},
+    ),
     ("induction_scores", {"seq_len": 10, "n_seqs": 4}),
     ("induction_scores", {"prompt": P}),
     # a few malformed calls in the mix: errors must not disturb their neighbours
@@ -106,13 +108,19 @@ def one_row_host() -> ModelHost:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_a_cancelled_sweep_stops_within_one_batch(one_row_host: ModelHost, mode: str,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_cancelled_sweep_stops_within_one_batch(
+    one_row_host: ModelHost, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     host = one_row_host
     bridge = host.model.bridge
     words = [f"w{i}" for i in range(10, 56)]
-    big = {"clean_prompt": " ".join(["w1", *words]), "corrupted_prompt": " ".join(["w2", *words]),
-           "answer": " w64", "wrong_answer": " w77", "component": "heads_by_pos"}
+    big = {
+        "clean_prompt": " ".join(["w1", *words]),
+        "corrupted_prompt": " ".join(["w2", *words]),
+        "answer": " w64",
+        "wrong_answer": " w77",
+        "component": "heads_by_pos",
+    }
     n_tokens = len(words) + 2
     assert n_tokens == host.model.cfg.n_ctx
     big_cells = host.model.cfg.n_layers * host.model.cfg.n_heads * n_tokens
@@ -144,6 +152,7 @@ async def test_a_cancelled_sweep_stops_within_one_batch(one_row_host: ModelHost,
         before = outcome(await client.call_tool("patch_sweep", reference))
         with anyio.fail_after(60):
             async with anyio.create_task_group() as group:
+
                 async def sweep() -> None:
                     await client.call_tool("patch_sweep", big, progress_callback=on_progress)
 
@@ -161,8 +170,10 @@ async def test_a_cancelled_sweep_stops_within_one_batch(one_row_host: ModelHost,
 
     assert stopped, "the sweep never saw the cancellation"
     late = [done for at, done in finished if at > cancelled_at]
-    print(f"[{mode}] cancelled after {finished[0][1]}..{max(d for _, d in finished)} of {big_cells} cells; "
-          f"{len(late)} batch(es) finished after the cancel; stopped {1000 * (stopped[0] - cancelled_at):.0f} ms later")
+    print(
+        f"[{mode}] cancelled after {finished[0][1]}..{max(d for _, d in finished)} of {big_cells} cells; "
+        f"{len(late)} batch(es) finished after the cancel; stopped {1000 * (stopped[0] - cancelled_at):.0f} ms later"
+    )
     assert len(late) <= 2, f"{len(late)} batches finished after the cancel"
     assert stopped[0] - cancelled_at < 2 * BATCH_S + 0.5
     assert max(done for _, done in finished) < big_cells, "the sweep ran to the end"

@@ -43,7 +43,11 @@ async def test_model_info_matches_the_bridge(toy_host: ModelHost, mode: str) -> 
     info = result_data(await call_tool(build_server(toy_host), "model_info", mode=mode))
     cfg = toy_host.model.cfg
     assert (info["n_layers"], info["n_heads"], info["d_model"], info["d_head"]) == (
-        cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head)
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.d_model,
+        cfg.d_head,
+    )
     assert info["n_kv_heads"] == cfg.n_heads
     assert info["d_vocab"] == cfg.d_vocab and info["n_ctx"] == cfg.n_ctx
     assert info["name"] == "toy-induction" and info["source"] == "builtin"
@@ -62,8 +66,9 @@ async def test_tokenize_equals_the_tokenizer(toy_host: ModelHost, mode: str, tex
     assert [pair[1] for pair in data["tokens"][1:]] == [tokenizer.decode([i]) for i in expected]
     assert data["n_tokens"] == len(expected) + 1
     assert data["is_single_token"] == (len(expected) == 1)
-    no_bos = result_data(await call_tool(build_server(toy_host), "tokenize", {"text": text, "prepend_bos": False},
-                                         mode=mode))
+    no_bos = result_data(
+        await call_tool(build_server(toy_host), "tokenize", {"text": text, "prepend_bos": False}, mode=mode)
+    )
     assert [pair[0] for pair in no_bos["tokens"]] == expected
 
 

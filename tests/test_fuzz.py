@@ -25,18 +25,23 @@ from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.server.adapter import compact_result
 from lens_mcp.server.app import build_server
-from lens_mcp.tools.attention_pattern import attention_pattern
-from lens_mcp.tools.context import ToolContext
-from lens_mcp.tools.head_attribution import head_attribution
-from lens_mcp.tools.hook_names import FAMILY_TEMPLATES
-from lens_mcp.tools.logit_lens import logit_lens
-from lens_mcp.tools.patch_sweep import COMPONENT_FAMILY, patch_sweep
-from lens_mcp.tools.run_with_cache import run_with_cache
-from lens_mcp.tools.tokenize import tokenize
+from lens_mcp.tools.causal.patch_sweep import COMPONENT_FAMILY, patch_sweep
+from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.hook_names import FAMILY_TEMPLATES
+from lens_mcp.tools.model.tokenize import tokenize
+from lens_mcp.tools.reading.attention_pattern import attention_pattern
+from lens_mcp.tools.reading.head_attribution import head_attribution
+from lens_mcp.tools.reading.logit_lens import logit_lens
+from lens_mcp.tools.reading.run_with_cache import run_with_cache
 
 _EXAMPLES = os.environ.get("LENS_MCP_FUZZ_EXAMPLES")
-FUZZ = settings(max_examples=int(_EXAMPLES or 40), deadline=None, database=None, derandomize=_EXAMPLES is None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=int(_EXAMPLES or 40),
+    deadline=None,
+    database=None,
+    derandomize=_EXAMPLES is None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 LIMITS = Limits(max_response_chars=20_000)  # small enough that some generated calls meet the cap
 
 
@@ -53,19 +58,21 @@ short_word_text = st.lists(st.sampled_from(WORDS[:30]), min_size=1, max_size=14)
 odd_text = st.one_of(
     st.text(max_size=40),  # any unicode, control characters included
     st.text(st.characters(categories=["Cc", "Cf", "Zs", "Zl", "Zp", "Mn", "So", "Co"]), max_size=20),
-    st.tuples(word_text, st.sampled_from(["\ud800", "\udfff", "\x00", "\u202e", "\ufeff", "\n\t", "🦄"]),
-              word_text).map("".join),
+    st.tuples(
+        word_text, st.sampled_from(["\ud800", "\udfff", "\x00", "\u202e", "\ufeff", "\n\t", "🦄"]), word_text
+    ).map("".join),
     st.sampled_from(["", " ", "   ", "\x00", "w1 " * 30000]),
 )
 non_string = st.one_of(st.none(), st.integers(), st.floats(), st.booleans(), st.lists(st.integers(), max_size=2))
 text_argument = mostly(short_word_text, st.one_of(word_text, odd_text, odd_text, non_string))
 
-huge = st.sampled_from([2**31, -2**31, 2**63, -2**63 - 1, 10**30, -10**30])
-index = st.one_of(st.integers(-6, 50), st.integers(-10**12, 10**12), huge)
+huge = st.sampled_from([2**31, -(2**31), 2**63, -(2**63) - 1, 10**30, -(10**30)])
+index = st.one_of(st.integers(-6, 50), st.integers(-(10**12), 10**12), huge)
 float_number = st.one_of(st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 1.0, 2.5, 1e300]), st.floats())
 malformed_int = st.one_of(index, index, float_number, st.sampled_from([None, True, "1", "abc", [1]]))
-malformed_list = st.one_of(st.lists(st.one_of(index, float_number), max_size=6),
-                           st.sampled_from([[], "all", 3, [None], [[0]]]))
+malformed_list = st.one_of(
+    st.lists(st.one_of(index, float_number), max_size=6), st.sampled_from([[], "all", 3, [None], [[0]]])
+)
 
 
 def int_argument(low: int, high: int) -> st.SearchStrategy[Any]:
@@ -76,16 +83,32 @@ def int_list(low: int, high: int) -> st.SearchStrategy[Any]:
     return mostly(st.one_of(st.none(), st.lists(st.integers(low, high), min_size=1, max_size=5)), malformed_list)
 
 
-answer = mostly(st.sampled_from([f" w{i}" for i in range(30)]),
-                st.one_of(st.sampled_from([" w4 w5", "", " ", "<|unk|>", "<|bos|>", "zz", "w5"]), odd_text,
-                          non_string))
+answer = mostly(
+    st.sampled_from([f" w{i}" for i in range(30)]),
+    st.one_of(st.sampled_from([" w4 w5", "", " ", "<|unk|>", "<|bos|>", "zz", "w5"]), odd_text, non_string),
+)
 
-HOOK_NAMES = ["blocks.0.attn.hook_z", "blocks.1.hook_resid_post", "hook_embed", "blocks.*.hook_resid_post", "*",
-              "blocks.?.attn.hook_[pq]*", "ln_final.hook_scale", "blocks.0.mlp.hook_post"]
+HOOK_NAMES = [
+    "blocks.0.attn.hook_z",
+    "blocks.1.hook_resid_post",
+    "hook_embed",
+    "blocks.*.hook_resid_post",
+    "*",
+    "blocks.?.attn.hook_[pq]*",
+    "ln_final.hook_scale",
+    "blocks.0.mlp.hook_post",
+]
 BAD_HOOK_NAMES = ["blocks.0.attn.hook_result", "blocks.9.hook_resid_pre", "[", "**", "hook_nothing", ""]
-hooks = mostly(st.lists(st.sampled_from(list(FAMILY_TEMPLATES) + HOOK_NAMES), min_size=1, max_size=3),
-               st.one_of(st.lists(st.one_of(st.sampled_from(BAD_HOOK_NAMES), st.text(max_size=24)), max_size=3),
-                         st.text(max_size=24), st.none(), st.just([]), st.just(5)))
+hooks = mostly(
+    st.lists(st.sampled_from(list(FAMILY_TEMPLATES) + HOOK_NAMES), min_size=1, max_size=3),
+    st.one_of(
+        st.lists(st.one_of(st.sampled_from(BAD_HOOK_NAMES), st.text(max_size=24)), max_size=3),
+        st.text(max_size=24),
+        st.none(),
+        st.just([]),
+        st.just(5),
+    ),
+)
 
 
 # ---- the contract -----------------------------------------------------------------------------------------
@@ -124,12 +147,25 @@ def test_fuzz_tokenize(fuzz_host: ModelHost, text: Any, prepend_bos: Any) -> Non
 
 
 @FUZZ
-@given(prompt=text_argument, layer=int_argument(-2, 1), head=int_argument(-3, 2), top_k=int_argument(1, 10),
-       query_positions=int_list(-2, 1))
-def test_fuzz_attention_pattern(fuzz_host: ModelHost, prompt: Any, layer: Any, head: Any, top_k: Any,
-                                query_positions: Any) -> None:
-    result = check_contract(fuzz_host, attention_pattern, prompt=prompt, layer=layer, head=head, top_k=top_k,
-                            query_positions=query_positions)
+@given(
+    prompt=text_argument,
+    layer=int_argument(-2, 1),
+    head=int_argument(-3, 2),
+    top_k=int_argument(1, 10),
+    query_positions=int_list(-2, 1),
+)
+def test_fuzz_attention_pattern(
+    fuzz_host: ModelHost, prompt: Any, layer: Any, head: Any, top_k: Any, query_positions: Any
+) -> None:
+    result = check_contract(
+        fuzz_host,
+        attention_pattern,
+        prompt=prompt,
+        layer=layer,
+        head=head,
+        top_k=top_k,
+        query_positions=query_positions,
+    )
     if result is not None:
         assert 0 <= result.layer < 2 and 0 <= result.head < 3
         for row in result.queries:
@@ -137,12 +173,13 @@ def test_fuzz_attention_pattern(fuzz_host: ModelHost, prompt: Any, layer: Any, h
 
 
 @FUZZ
-@given(prompt=text_argument, hooks=hooks, layers=int_list(-2, 1), positions=int_list(-2, 1),
-       top_k=int_argument(1, 10))
-def test_fuzz_run_with_cache(fuzz_host: ModelHost, prompt: Any, hooks: Any, layers: Any, positions: Any,
-                             top_k: Any) -> None:
-    result = check_contract(fuzz_host, run_with_cache, prompt=prompt, hooks=hooks, layers=layers,
-                            positions=positions, top_k=top_k)
+@given(prompt=text_argument, hooks=hooks, layers=int_list(-2, 1), positions=int_list(-2, 1), top_k=int_argument(1, 10))
+def test_fuzz_run_with_cache(
+    fuzz_host: ModelHost, prompt: Any, hooks: Any, layers: Any, positions: Any, top_k: Any
+) -> None:
+    result = check_contract(
+        fuzz_host, run_with_cache, prompt=prompt, hooks=hooks, layers=layers, positions=positions, top_k=top_k
+    )
     if result is not None:
         assert len(result.tokens) >= 1 and all(0 <= p < len(result.tokens) for p in result.positions)
 
@@ -150,54 +187,139 @@ def test_fuzz_run_with_cache(fuzz_host: ModelHost, prompt: Any, hooks: Any, laye
 word_pairs = st.one_of(
     short_word_text.map(lambda text: (text, text)),  # identical prompts: an unnormalizable sweep
     st.tuples(short_word_text, st.sampled_from(WORDS[:30])).map(  # one word swapped: the usual corrupted prompt
-        lambda pair: (pair[0], " ".join(pair[0].split()[:-1] + [pair[1]]))),
+        lambda pair: (pair[0], " ".join(pair[0].split()[:-1] + [pair[1]]))
+    ),
     st.tuples(text_argument, text_argument),
 )
 sweep_prompts = mostly(word_pairs, st.tuples(st.one_of(odd_text, non_string), text_argument))
 
 
 @FUZZ
-@given(prompts=sweep_prompts, answer=answer, wrong_answer=answer,
-       component=mostly(st.sampled_from(list(COMPONENT_FAMILY)), st.sampled_from(["bogus", "", None, "z"])),
-       layers=int_list(-2, 1), positions=int_list(-2, 1),
-       metric=mostly(st.sampled_from(["logit_diff", "prob", "logprob"]), st.sampled_from(["", "acc", None])),
-       normalize=st.booleans())
-def test_fuzz_patch_sweep(fuzz_host: ModelHost, prompts: tuple[Any, Any], answer: Any, wrong_answer: Any,
-                          component: Any, layers: Any, positions: Any, metric: Any, normalize: bool) -> None:
-    result = check_contract(fuzz_host, patch_sweep, clean_prompt=prompts[0], corrupted_prompt=prompts[1],
-                            answer=answer, wrong_answer=wrong_answer, component=component, layers=layers,
-                            positions=positions, metric=metric, normalize=normalize)
+@given(
+    prompts=sweep_prompts,
+    answer=answer,
+    wrong_answer=answer,
+    component=mostly(st.sampled_from(list(COMPONENT_FAMILY)), st.sampled_from(["bogus", "", None, "z"])),
+    layers=int_list(-2, 1),
+    positions=int_list(-2, 1),
+    metric=mostly(st.sampled_from(["logit_diff", "prob", "logprob"]), st.sampled_from(["", "acc", None])),
+    normalize=st.booleans(),
+)
+def test_fuzz_patch_sweep(
+    fuzz_host: ModelHost,
+    prompts: tuple[Any, Any],
+    answer: Any,
+    wrong_answer: Any,
+    component: Any,
+    layers: Any,
+    positions: Any,
+    metric: Any,
+    normalize: bool,
+) -> None:
+    result = check_contract(
+        fuzz_host,
+        patch_sweep,
+        clean_prompt=prompts[0],
+        corrupted_prompt=prompts[1],
+        answer=answer,
+        wrong_answer=wrong_answer,
+        component=component,
+        layers=layers,
+        positions=positions,
+        metric=metric,
+        normalize=normalize,
+    )
     if result is not None:
         assert len(result.grid) == len(result.layers) and 0 <= result.skipped_cells <= result.n_cells
         assert len(result.clean_tokens) == len(result.corrupted_tokens)
 
 
 @FUZZ
-@given(prompt=text_argument, answer=answer, wrong_answer=st.one_of(st.none(), answer), position=int_argument(-2, 1),
-       top_k=int_argument(1, 10))
-def test_fuzz_answer_tools(fuzz_host: ModelHost, prompt: Any, answer: Any, wrong_answer: Any, position: Any,
-                           top_k: Any) -> None:
-    check_contract(fuzz_host, head_attribution, prompt=prompt, answer=answer, wrong_answer=wrong_answer,
-                   position=position, top_k=top_k)
+@given(
+    prompt=text_argument,
+    answer=answer,
+    wrong_answer=st.one_of(st.none(), answer),
+    position=int_argument(-2, 1),
+    top_k=int_argument(1, 10),
+)
+def test_fuzz_answer_tools(
+    fuzz_host: ModelHost, prompt: Any, answer: Any, wrong_answer: Any, position: Any, top_k: Any
+) -> None:
+    check_contract(
+        fuzz_host,
+        head_attribution,
+        prompt=prompt,
+        answer=answer,
+        wrong_answer=wrong_answer,
+        position=position,
+        top_k=top_k,
+    )
     check_contract(fuzz_host, logit_lens, prompt=prompt, answer=answer, position=position, top_k=top_k)
 
 
 # ---- arbitrary JSON arguments through a real client ---------------------------------------------------------
-PARAMETERS = ["text", "prompt", "hooks", "layers", "positions", "top_k", "layer", "head", "query_positions",
-              "answer", "wrong_answer", "position", "clean_prompt", "corrupted_prompt", "component", "metric",
-              "normalize", "heads", "mode", "individually", "seq_len", "n_seqs", "seed", "prepend_bos", "bogus"]
-json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), huge,
-                        st.floats(allow_nan=False, allow_infinity=False), word_text, st.text(max_size=12))
-json_value = st.recursive(json_scalar, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                               st.dictionaries(st.text(max_size=5), inner,
-                                                                               max_size=3)), max_leaves=8)
-TOOLS = ["model_info", "tokenize", "run_with_cache", "head_attribution", "logit_lens", "attention_pattern",
-         "patch_sweep", "ablate_heads", "induction_scores"]
+PARAMETERS = [
+    "text",
+    "prompt",
+    "hooks",
+    "layers",
+    "positions",
+    "top_k",
+    "layer",
+    "head",
+    "query_positions",
+    "answer",
+    "wrong_answer",
+    "position",
+    "clean_prompt",
+    "corrupted_prompt",
+    "component",
+    "metric",
+    "normalize",
+    "heads",
+    "mode",
+    "individually",
+    "seq_len",
+    "n_seqs",
+    "seed",
+    "prepend_bos",
+    "bogus",
+]
+json_scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    huge,
+    st.floats(allow_nan=False, allow_infinity=False),
+    word_text,
+    st.text(max_size=12),
+)
+json_value = st.recursive(
+    json_scalar,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+    max_leaves=8,
+)
+TOOLS = [
+    "model_info",
+    "tokenize",
+    "run_with_cache",
+    "head_attribution",
+    "logit_lens",
+    "attention_pattern",
+    "patch_sweep",
+    "ablate_heads",
+    "induction_scores",
+]
 
 
 @settings(FUZZ, max_examples=max(10, FUZZ.max_examples // 2))
-@given(calls=st.lists(st.tuples(st.sampled_from(TOOLS), st.dictionaries(st.sampled_from(PARAMETERS), json_value,
-                                                                         max_size=6)), min_size=1, max_size=4))
+@given(
+    calls=st.lists(
+        st.tuples(st.sampled_from(TOOLS), st.dictionaries(st.sampled_from(PARAMETERS), json_value, max_size=6)),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_fuzz_any_json_through_the_client(fuzz_host: ModelHost, calls: list[tuple[str, dict[str, Any]]]) -> None:
     """Every call gets an answer (a result or a readable error) and the session stays usable."""
 

@@ -72,8 +72,10 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_authorized_session_calls_tokenize(server_url: str, mode: str) -> None:
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=httpx2.Timeout(30, read=120))
-    async with http, Client(streamable_http_client(server_url, http_client=http), mode=mode,
-                            read_timeout_seconds=120) as client:
+    async with (
+        http,
+        Client(streamable_http_client(server_url, http_client=http), mode=mode, read_timeout_seconds=120) as client,
+    ):
         names = {tool.name for tool in (await client.list_tools()).tools}
         assert {"model_info", "tokenize", "load_model"} <= names
         data = result_data(await client.call_tool("tokenize", {"text": "w3 w4"}))
@@ -82,14 +84,26 @@ async def test_authorized_session_calls_tokenize(server_url: str, mode: str) -> 
         assert info["name"] == "toy-induction" and info["n_layers"] == 2
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-token"}, {"Authorization": TOKEN},
-                                     {"Authorization": f"Basic {TOKEN}"}, {"Authorization": f"Bearer {TOKEN}x"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-token"},
+        {"Authorization": TOKEN},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+    ],
+)
 def test_requests_without_the_token_get_401(server_url: str, headers: dict[str, str]) -> None:
-    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                  "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                             "clientInfo": {"name": "test", "version": "1"}}}
-    response = httpx.post(server_url, json=initialize, timeout=10,
-                          headers={"Accept": "application/json, text/event-stream", **headers})
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}},
+    }
+    response = httpx.post(
+        server_url, json=initialize, timeout=10, headers={"Accept": "application/json, text/event-stream", **headers}
+    )
     assert response.status_code == 401
     assert response.json()["error"] == "unauthorized"
     assert response.headers["www-authenticate"].startswith("Bearer")
@@ -111,8 +125,13 @@ async def test_an_mcp_session_without_the_token_is_refused(server_url: str) -> N
 def test_a_non_loopback_host_without_a_token_refuses_to_start() -> None:
     env = {key: value for key, value in os.environ.items() if key != "LENS_MCP_TOKEN"}
     started = time.monotonic()
-    done = subprocess.run(serve_command("--host", "0.0.0.0", "--port", str(free_port()), "--model", "toy-induction"),
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        serve_command("--host", "0.0.0.0", "--port", str(free_port()), "--model", "toy-induction"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "LENS_MCP_TOKEN" in done.stderr and "--token-file" in done.stderr
     assert done.stdout == ""

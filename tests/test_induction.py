@@ -16,8 +16,8 @@ from lens_mcp.limits import Limits
 from lens_mcp.loading.specs import BUILTIN_DIR
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.server.app import build_server
-from lens_mcp.tools.context import ToolContext
-from lens_mcp.tools.induction_scores import find_targets, induction_scores, repeated_random_tokens
+from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.reading.induction_scores import find_targets, induction_scores, repeated_random_tokens
 from tests.mcp_client import MODES, call_tool, error_text, result_data
 
 CIRCUIT_FILE = BUILTIN_DIR / "toy_induction" / "circuit.json"
@@ -53,7 +53,7 @@ def by_hand(tc: ToolContext, tokens: torch.Tensor) -> tuple[dict[str, torch.Tens
         grids["previous"][layer] = pattern[:, :, everything, everything - 1].mean(dim=(0, 2))
     losses = -logits.log_softmax(-1)[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]  # [:, p-1]: token p
     first = losses[:, 0:seq_len].mean().item()  # tokens 1..seq_len
-    copy = losses[:, seq_len + 1:].mean().item()  # tokens seq_len+2..2*seq_len (the first is unpredictable)
+    copy = losses[:, seq_len + 1 :].mean().item()  # tokens seq_len+2..2*seq_len (the first is unpredictable)
     return grids, first, copy
 
 
@@ -82,7 +82,12 @@ def test_random_mode_equals_patterns_by_hand(toy: ToolContext) -> None:
     assert math.isclose(result.loss_second_repeat, copy, rel_tol=1e-3, abs_tol=1e-4)
     p = result.positions
     assert (p.induction, p.duplicate_token, p.previous_token, p.first_seen, p.copyable) == (
-        6 * 22, 6 * 22, 6 * 44, 6 * 22, 6 * 21)
+        6 * 22,
+        6 * 22,
+        6 * 44,
+        6 * 22,
+        6 * 21,
+    )
 
 
 def test_random_tokens_are_seeded_ordinary_and_distinct(toy: ToolContext) -> None:
@@ -134,7 +139,7 @@ def test_find_targets_rules() -> None:
 
     def pairs(kind: str) -> list[tuple[int, int]]:
         _, q, k = targets.index[kind]
-        return sorted(zip(q.tolist(), k.tolist()))
+        return sorted(zip(q.tolist(), k.tolist(), strict=False))
 
     assert pairs("previous_token") == [(1, 0), (2, 1), (3, 2), (4, 3), (5, 4), (6, 5)]
     assert pairs("duplicate_token") == [(3, 1), (4, 1), (4, 3), (5, 2)]  # every earlier occurrence
@@ -145,11 +150,15 @@ def test_find_targets_rules() -> None:
     assert targets.copyable[1].tolist() == [5]  # b@5 follows a@4, and a@1 was followed by b
 
 
-@pytest.mark.parametrize("prompt", ["w1 w2 w3 w4 w5 w6 w7 w1 w2 w3 w4 w5 w6 w7",
-                                    "w9 w3 w8 w9 w3 w8 w9 w3 w8 w2 w9 w3"])
-@pytest.mark.parametrize("kind, field", [("previous_token_head", "previous_token"),
-                                         ("duplicate_token_head", "duplicate_token"),
-                                         ("induction_head", "induction")])
+@pytest.mark.parametrize("prompt", ["w1 w2 w3 w4 w5 w6 w7 w1 w2 w3 w4 w5 w6 w7", "w9 w3 w8 w9 w3 w8 w9 w3 w8 w2 w9 w3"])
+@pytest.mark.parametrize(
+    "kind, field",
+    [
+        ("previous_token_head", "previous_token"),
+        ("duplicate_token_head", "duplicate_token"),
+        ("induction_head", "induction"),
+    ],
+)
 def test_prompt_mode_agrees_with_detect_head(toy: ToolContext, prompt: str, kind: str, field: str) -> None:
     result = induction_scores(toy, prompt=prompt)
     assert result.mode == "prompt" and result.seq_len is None and result.example_prompt is None
@@ -173,17 +182,23 @@ def test_prompt_mode_losses(toy: ToolContext) -> None:
     assert result.top_induction[0].score > 0.5
 
 
-@pytest.mark.parametrize("arguments, message", [
-    ({}, r"seq_len=40 is out of range: use 2..23\. Each sequence is 2\*seq_len\+1 tokens and must fit in 48 "
-         r"\(model context n_ctx=48"),  # 81 tokens do not fit the toy's context
-    ({"seq_len": 1}, "seq_len=1 is out of range"),
-    ({"seq_len": 20, "n_seqs": 0}, "n_seqs=0 is out of range"),
-    ({"seq_len": 20, "top_k": 0}, "top_k=0 is out of range"),
-    ({"seq_len": 20, "seed": -1}, "seed=-1 is out of range"),
-    ({"prompt": "w1 w2 w3 w4"}, "no repeated token"),
-    ({"prompt": "w1 w1"}, "no repeated token"),  # back to back: nothing in between
-    ({"prompt": ""}, "prompt is empty"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (
+            {},
+            r"seq_len=40 is out of range: use 2..23\. Each sequence is 2\*seq_len\+1 tokens and must fit in 48 "
+            r"\(model context n_ctx=48",
+        ),  # 81 tokens do not fit the toy's context
+        ({"seq_len": 1}, "seq_len=1 is out of range"),
+        ({"seq_len": 20, "n_seqs": 0}, "n_seqs=0 is out of range"),
+        ({"seq_len": 20, "top_k": 0}, "top_k=0 is out of range"),
+        ({"seq_len": 20, "seed": -1}, "seed=-1 is out of range"),
+        ({"prompt": "w1 w2 w3 w4"}, "no repeated token"),
+        ({"prompt": "w1 w1"}, "no repeated token"),  # back to back: nothing in between
+        ({"prompt": ""}, "prompt is empty"),
+    ],
+)
 def test_bad_arguments(toy: ToolContext, arguments: dict, message: str) -> None:
     with pytest.raises(LensError, match=message):
         induction_scores(toy, **arguments)
@@ -194,8 +209,11 @@ def test_token_cap(toy_host: ModelHost) -> None:
     with toy_host.use() as model:
         tc = ToolContext(model, limits)
         induction_scores(tc, seq_len=20, n_seqs=7)  # 287 tokens
-        with pytest.raises(LensError, match=r"8 x 41 = 328 tokens is over the limit of 300 "
-                                            r"\(LENS_MCP_MAX_INDUCTION_TOKENS\); use n_seqs <= 7"):
+        with pytest.raises(
+            LensError,
+            match=r"8 x 41 = 328 tokens is over the limit of 300 "
+            r"\(LENS_MCP_MAX_INDUCTION_TOKENS\); use n_seqs <= 7",
+        ):
             induction_scores(tc, seq_len=20, n_seqs=8)
 
 
@@ -203,17 +221,21 @@ def test_token_cap(toy_host: ModelHost) -> None:
 async def test_through_mcp(toy_host: ModelHost, mode: str) -> None:
     server = build_server(toy_host)
     known = circuit()
-    data = result_data(await call_tool(server, "induction_scores", {"seq_len": 20, "n_seqs": 8, "top_k": 3},
-                                       mode=mode))
+    data = result_data(await call_tool(server, "induction_scores", {"seq_len": 20, "n_seqs": 8, "top_k": 3}, mode=mode))
     assert [data["top_induction"][0]["layer"], data["top_induction"][0]["head"]] == known["induction_head"]
     cfg = toy_host.model.cfg
     assert len(data["top_previous_token"]) == 3
     assert len(data["induction"]) == cfg.n_layers and len(data["induction"][0]) == cfg.n_heads
     assert data["loss_second_repeat"] < data["loss_first_repeat"] / 4
-    prompt = result_data(await call_tool(server, "induction_scores", {"prompt": "w4 w8 w15 w16 w23 w42 w4 w8 w15 "
-                                                                      "w16 w23 w42"}, mode=mode))
+    prompt = result_data(
+        await call_tool(
+            server, "induction_scores", {"prompt": "w4 w8 w15 w16 w23 w42 w4 w8 w15 w16 w23 w42"}, mode=mode
+        )
+    )
     assert prompt["mode"] == "prompt" and prompt["positions"]["induction"] == 6
-    assert "no repeated token" in error_text(await call_tool(server, "induction_scores", {"prompt": "w1 w2"},
-                                                             mode=mode))
-    assert "seq_len=40 is out of range: use 2..23" in error_text(await call_tool(server, "induction_scores", {},
-                                                                                 mode=mode))
+    assert "no repeated token" in error_text(
+        await call_tool(server, "induction_scores", {"prompt": "w1 w2"}, mode=mode)
+    )
+    assert "seq_len=40 is out of range: use 2..23" in error_text(
+        await call_tool(server, "induction_scores", {}, mode=mode)
+    )

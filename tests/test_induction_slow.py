@@ -12,14 +12,16 @@ import torch
 from transformer_lens.head_detector import detect_head
 
 from lens_mcp.errors import LensError
-from lens_mcp.tools.context import ToolContext
-from lens_mcp.tools.induction_scores import induction_scores, repeated_random_tokens
+from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.reading.induction_scores import induction_scores, repeated_random_tokens
 from tests.test_induction import assert_grid_close, by_hand
 
 pytestmark = pytest.mark.slow
 
-PROMPT = ("The old sailor told a story about the storm. Everyone listened quietly. "
-          "The old sailor told a story about the storm.")
+PROMPT = (
+    "The old sailor told a story about the storm. Everyone listened quietly. "
+    "The old sailor told a story about the storm."
+)
 
 
 def test_random_mode_equals_patterns_by_hand(smol: ToolContext) -> None:
@@ -38,9 +40,11 @@ def test_random_mode_equals_patterns_by_hand(smol: ToolContext) -> None:
     top = result.top_induction[0]
     assert top.score == max(max(row) for row in result.induction) and top.score > 0.5
     assert result.positions.induction == 8 * 40 and result.positions.copyable == 8 * 39
-    print(f"\n135M defaults: {elapsed:.2f}s; induction {result.top_induction[:3]}; previous "
-          f"{result.top_previous_token[:3]}; duplicate {result.top_duplicate_token[:3]}; "
-          f"loss {result.loss_first_repeat} -> {result.loss_second_repeat}")
+    print(
+        f"\n135M defaults: {elapsed:.2f}s; induction {result.top_induction[:3]}; previous "
+        f"{result.top_previous_token[:3]}; duplicate {result.top_duplicate_token[:3]}; "
+        f"loss {result.loss_first_repeat} -> {result.loss_second_repeat}"
+    )
 
 
 def test_random_tokens_are_ordinary_words(smol: ToolContext) -> None:
@@ -55,16 +59,24 @@ def test_random_tokens_are_ordinary_words(smol: ToolContext) -> None:
         assert all(tokenizer.decode([t]).startswith(" ") for t in row[1:].tolist())
 
 
-@pytest.mark.parametrize("kind, field", [("previous_token_head", "previous_token"),
-                                         ("duplicate_token_head", "duplicate_token"),
-                                         ("induction_head", "induction")])
+@pytest.mark.parametrize(
+    "kind, field",
+    [
+        ("previous_token_head", "previous_token"),
+        ("duplicate_token_head", "duplicate_token"),
+        ("induction_head", "induction"),
+    ],
+)
 def test_prompt_mode_agrees_with_detect_head(smol: ToolContext, kind: str, field: str) -> None:
     result = induction_scores(smol, prompt=PROMPT)
     n_tokens = result.n_tokens
-    queries = {"previous_token": result.positions.previous_token, "duplicate_token": result.positions.duplicate_token,
-               "induction": result.positions.induction}[field]
+    queries = {
+        "previous_token": result.positions.previous_token,
+        "duplicate_token": result.positions.duplicate_token,
+        "induction": result.positions.induction,
+    }[field]
     tokens = smol.bridge.to_tokens(PROMPT)[0].tolist()
-    for a, b in zip(tokens, tokens[1:]):
+    for a, b in zip(tokens, tokens[1:], strict=False):
         assert a != b  # no back-to-back repeat, where detect_head's induction pattern differs by design
     with torch.no_grad():
         detected = detect_head(smol.bridge, PROMPT, kind)  # "mul": attention on targets / all attention (n rows)

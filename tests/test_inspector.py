@@ -16,19 +16,36 @@ INSPECTOR = ROOT / ".inspector" / "node_modules" / ".bin" / "mcp-inspector"
 # The Inspector gives a stdio server only a minimal environment (PATH, HOME, ...): pass on what Python needs.
 FORWARDED = ("PYTHONPATH", "HF_HOME", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
 
-pytestmark = [pytest.mark.subprocess,
-              pytest.mark.skipif(not INSPECTOR.exists(), reason="MCP Inspector not installed (`make install` with npm)")]
+pytestmark = [
+    pytest.mark.subprocess,
+    pytest.mark.skipif(not INSPECTOR.exists(), reason="MCP Inspector not installed (`make install` with npm)"),
+]
 
 
 def inspector(*args: str, server: list[str] | None = None) -> subprocess.CompletedProcess[str]:
     env_args = [arg for key in FORWARDED if key in os.environ for arg in ("-e", f"{key}={os.environ[key]}")]
     if server is None:
-        server = [sys.executable, "-m", "lens_mcp", "serve", "--model", "toy-induction", "--device", "cpu",
-                  "--log-level", "WARNING"]
+        server = [
+            sys.executable,
+            "-m",
+            "lens_mcp",
+            "serve",
+            "--model",
+            "toy-induction",
+            "--device",
+            "cpu",
+            "--log-level",
+            "WARNING",
+        ]
     target = ["--", *server] if server else []
-    return subprocess.run([str(INSPECTOR), "--cli", *env_args, *args, *target], cwd=ROOT,
-                          capture_output=True, text=True, timeout=180,
-                          env={**os.environ, "MCP_INSPECTOR_SECRET_STORE": "memory"})  # no OS keychain needed
+    return subprocess.run(
+        [str(INSPECTOR), "--cli", *env_args, *args, *target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "MCP_INSPECTOR_SECRET_STORE": "memory"},
+    )  # no OS keychain needed
 
 
 def test_inspector_lists_the_tools() -> None:

@@ -17,15 +17,20 @@ from lens_mcp.limits import ENV_PREFIX, Limits
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.server.app import build_server
 from lens_mcp.server.cli import LIMIT_FLAGS, build_parser, limits_from_args
-from lens_mcp.tools import batching
+from lens_mcp.tools.core import batching
 from tests.mcp_client import error_text, result_data
 
 P = "w1 w2 w3 w4 w5 w1 w2 w3"
 CLEAN = "w20 w31 w42 w53 w64 w20 w31 w42 w53"
 CORRUPTED = "w20 w31 w42 w53 w77 w20 w31 w42 w53"
 SWEEP = {"clean_prompt": CLEAN, "corrupted_prompt": CORRUPTED, "answer": " w64", "wrong_answer": " w77"}
-ABLATE = {"prompt": CLEAN, "heads": [[0, 1], [1, 2], [1, 0], [0, 2]], "answer": " w64", "wrong_answer": " w77",
-          "individually": True}
+ABLATE = {
+    "prompt": CLEAN,
+    "heads": [[0, 1], [1, 2], [1, 0], [0, 2]],
+    "answer": " w64",
+    "wrong_answer": " w77",
+    "individually": True,
+}
 INDUCTION = {"seq_len": 10, "n_seqs": 8}
 TIMING_FIELDS = {"seconds", "load_seconds"}
 README = (__import__("pathlib").Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -119,12 +124,14 @@ def reference(capped_host: ModelHost) -> dict[str, dict[str, Any]]:
         async with Client(build_server(capped_host)) as client:
             return {
                 "heads": result_data(await client.call_tool("patch_sweep", {**SWEEP, "component": "heads"})),
-                "heads_by_pos": result_data(await client.call_tool("patch_sweep", {
-                    **SWEEP, "component": "heads_by_pos"})),
+                "heads_by_pos": result_data(
+                    await client.call_tool("patch_sweep", {**SWEEP, "component": "heads_by_pos"})
+                ),
                 "ablate": result_data(await client.call_tool("ablate_heads", ABLATE)),
                 "induction": result_data(await client.call_tool("induction_scores", INDUCTION)),
-                "cache": result_data(await client.call_tool("run_with_cache", {
-                    "prompt": P, "hooks": ["resid_post", "pattern", "z"]})),
+                "cache": result_data(
+                    await client.call_tool("run_with_cache", {"prompt": P, "hooks": ["resid_post", "pattern", "z"]})
+                ),
             }
 
     return anyio.run(run)
@@ -149,22 +156,28 @@ async def test_max_prompt_tokens(capped_host: ModelHost) -> None:
     assert ok["n_tokens"] == 9
 
 
-async def test_max_sweep_cells_says_how_to_narrow(capped_host: ModelHost,
-                                                  reference: dict[str, dict[str, Any]]) -> None:
+async def test_max_sweep_cells_says_how_to_narrow(capped_host: ModelHost, reference: dict[str, dict[str, Any]]) -> None:
     limits = Limits(max_sweep_cells=20)
     text = error_text(await call_with(capped_host, limits, "patch_sweep", {**SWEEP, "component": "heads_by_pos"}))
     assert "60 cells (2 layers x 3 heads x 10 positions)" in text
     assert "max_sweep_cells=20" in text and "LENS_MCP_MAX_SWEEP_CELLS" in text
     assert "layers=" in text and "positions=" in text and "narrow" in text
-    narrowed = result_data(await call_with(capped_host, limits, "patch_sweep", {
-        **SWEEP, "component": "heads_by_pos", "layers": [1], "positions": [5, 6, 7, 8, 9]}))
+    narrowed = result_data(
+        await call_with(
+            capped_host,
+            limits,
+            "patch_sweep",
+            {**SWEEP, "component": "heads_by_pos", "layers": [1], "positions": [5, 6, 7, 8, 9]},
+        )
+    )
     full = reference["heads_by_pos"]["grid"]
     assert narrowed["n_cells"] == 15
     assert narrowed["grid"] == [[row[5:] for row in full[1]]]
 
 
-async def test_max_response_chars_says_how_to_narrow(capped_host: ModelHost,
-                                                     reference: dict[str, dict[str, Any]]) -> None:
+async def test_max_response_chars_says_how_to_narrow(
+    capped_host: ModelHost, reference: dict[str, dict[str, Any]]
+) -> None:
     arguments = {"prompt": P, "hooks": ["resid_post", "pattern", "z"]}
     size = len(json.dumps(reference["cache"], separators=(",", ":"), ensure_ascii=False))
     limits = Limits(max_response_chars=size - 1)
@@ -187,18 +200,25 @@ async def test_max_induction_tokens_and_batch_sequences(capped_host: ModelHost) 
 
 
 async def test_max_top_k(capped_host: ModelHost) -> None:
-    for name, arguments in [("logit_lens", {"prompt": P}), ("run_with_cache", {"prompt": P}),
-                            ("attention_pattern", {"prompt": P, "layer": 0, "head": 0, "top_k": 4}),
-                            ("head_attribution", {"prompt": P, "answer": " w4", "top_k": 4})]:
+    for name, arguments in [
+        ("logit_lens", {"prompt": P}),
+        ("run_with_cache", {"prompt": P}),
+        ("attention_pattern", {"prompt": P, "layer": 0, "head": 0, "top_k": 4}),
+        ("head_attribution", {"prompt": P, "answer": " w4", "top_k": 4}),
+    ]:
         text = error_text(await call_with(capped_host, Limits(max_top_k=3), name, {**arguments, "top_k": 4}))
         assert "top_k=4 is out of range: use 1..3" in text, name
 
 
 # ---- batch sizes: caps and free memory; same numbers ------------------------------------------------------
-@pytest.mark.parametrize("limits", [Limits(max_batch_sequences=1), Limits(max_batch_sequences=3),
-                                    Limits(max_batch_tokens=25)], ids=["1-sequence", "3-sequences", "25-tokens"])
-async def test_small_batches_give_identical_numbers(capped_host: ModelHost, limits: Limits,
-                                                    reference: dict[str, dict[str, Any]]) -> None:
+@pytest.mark.parametrize(
+    "limits",
+    [Limits(max_batch_sequences=1), Limits(max_batch_sequences=3), Limits(max_batch_tokens=25)],
+    ids=["1-sequence", "3-sequences", "25-tokens"],
+)
+async def test_small_batches_give_identical_numbers(
+    capped_host: ModelHost, limits: Limits, reference: dict[str, dict[str, Any]]
+) -> None:
     sweep = result_data(await call_with(capped_host, limits, "patch_sweep", {**SWEEP, "component": "heads_by_pos"}))
     assert_same_numbers(sweep_numbers(sweep), sweep_numbers(reference["heads_by_pos"]))
     assert sweep["forward_passes"] > reference["heads_by_pos"]["forward_passes"]
@@ -206,8 +226,9 @@ async def test_small_batches_give_identical_numbers(capped_host: ModelHost, limi
     assert_same_numbers(ablate, reference["ablate"])
 
 
-async def test_batches_follow_free_memory(capped_host: ModelHost, monkeypatch: pytest.MonkeyPatch,
-                                          reference: dict[str, dict[str, Any]]) -> None:
+async def test_batches_follow_free_memory(
+    capped_host: ModelHost, monkeypatch: pytest.MonkeyPatch, reference: dict[str, dict[str, Any]]
+) -> None:
     asked: list[str] = []
 
     def little_free_memory(device: Any) -> int:
@@ -225,8 +246,11 @@ async def test_batches_follow_free_memory(capped_host: ModelHost, monkeypatch: p
 
 
 # ---- out of memory: halve and retry, same numbers; the server survives ------------------------------------
-OOM_ERRORS = [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), MemoryError(),
-              RuntimeError("[enforce fail at alloc_cpu.cpp:83] DefaultCPUAllocator: can't allocate memory")]
+OOM_ERRORS = [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    MemoryError(),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:83] DefaultCPUAllocator: can't allocate memory"),
+]
 OOM_IDS = ["torch.OutOfMemoryError", "MemoryError", "allocator-RuntimeError"]
 
 
@@ -262,9 +286,9 @@ class OutOfMemoryInjector:
 
 @pytest.mark.parametrize("error", OOM_ERRORS, ids=OOM_IDS)
 async def test_patch_sweep_halves_a_batch_that_runs_out_of_memory(
-        capped_host: ModelHost, error: BaseException, monkeypatch: pytest.MonkeyPatch,
-        reference: dict[str, dict[str, Any]]) -> None:
-    injector = OutOfMemoryInjector(monkeypatch, "lens_mcp.tools.patching_engine", error)
+    capped_host: ModelHost, error: BaseException, monkeypatch: pytest.MonkeyPatch, reference: dict[str, dict[str, Any]]
+) -> None:
+    injector = OutOfMemoryInjector(monkeypatch, "lens_mcp.tools.causal.patching_engine", error)
     sweep = result_data(await call_with(capped_host, Limits(), "patch_sweep", {**SWEEP, "component": "heads"}))
     injector.check_halved()
     assert_same_numbers(sweep_numbers(sweep), sweep_numbers(reference["heads"]))
@@ -273,9 +297,9 @@ async def test_patch_sweep_halves_a_batch_that_runs_out_of_memory(
 
 @pytest.mark.parametrize("error", OOM_ERRORS, ids=OOM_IDS)
 async def test_ablate_heads_halves_a_batch_that_runs_out_of_memory(
-        capped_host: ModelHost, error: BaseException, monkeypatch: pytest.MonkeyPatch,
-        reference: dict[str, dict[str, Any]]) -> None:
-    injector = OutOfMemoryInjector(monkeypatch, "lens_mcp.tools.ablate_heads", error)
+    capped_host: ModelHost, error: BaseException, monkeypatch: pytest.MonkeyPatch, reference: dict[str, dict[str, Any]]
+) -> None:
+    injector = OutOfMemoryInjector(monkeypatch, "lens_mcp.tools.causal.ablate_heads", error)
     ablate = result_data(await call_with(capped_host, Limits(), "ablate_heads", ABLATE))
     injector.check_halved()
     assert injector.items == 5  # all four heads together, then each alone
@@ -284,7 +308,8 @@ async def test_ablate_heads_halves_a_batch_that_runs_out_of_memory(
 
 
 async def test_induction_scores_halves_a_batch_that_runs_out_of_memory(
-        capped_host: ModelHost, monkeypatch: pytest.MonkeyPatch, reference: dict[str, dict[str, Any]]) -> None:
+    capped_host: ModelHost, monkeypatch: pytest.MonkeyPatch, reference: dict[str, dict[str, Any]]
+) -> None:
     """Issue 6: 'an out-of-memory error during a batch halves the batch and retries instead of failing the
     call'. induction_scores runs its n_seqs sequences as one batch."""
     bridge = capped_host.model.bridge
@@ -305,18 +330,21 @@ async def test_induction_scores_halves_a_batch_that_runs_out_of_memory(
     assert_same_numbers(scores, reference["induction"])
 
 
-async def test_a_single_sequence_out_of_memory_is_a_clear_error(capped_host: ModelHost,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_single_sequence_out_of_memory_is_a_clear_error(
+    capped_host: ModelHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """When even one sequence does not fit, the call fails with advice and the server keeps serving."""
     error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-    for module in ("lens_mcp.tools.patching_engine", "lens_mcp.tools.ablate_heads"):
+    for module in ("lens_mcp.tools.causal.patching_engine", "lens_mcp.tools.causal.ablate_heads"):
         OutOfMemoryInjector(monkeypatch, module, error, fits=0)
     text = error_text(await call_with(capped_host, Limits(), "patch_sweep", {**SWEEP, "component": "heads"}))
     assert "patch_sweep ran out of GPU memory" in text and "narrow the call" in text
     text = error_text(await call_with(capped_host, Limits(), "ablate_heads", ABLATE))
     assert "ablate_heads ran out of GPU memory" in text
-    monkeypatch.setattr("lens_mcp.tools.logit_lens.cached_forward", lambda *a, **k: (_ for _ in ()).throw(
-        RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")))  # not torch.OutOfMemoryError
+    monkeypatch.setattr(
+        "lens_mcp.tools.reading.logit_lens.cached_forward",
+        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")),
+    )  # not torch.OutOfMemoryError
     text = error_text(await call_with(capped_host, Limits(), "logit_lens", {"prompt": P}))
     assert "logit_lens ran out of GPU memory" in text and "narrow the call" in text
     monkeypatch.undo()

@@ -19,12 +19,13 @@ from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.schemas.common import round_sig
 from lens_mcp.server.app import build_server
-from lens_mcp.tools import batching, patching_engine
-from lens_mcp.tools.ablate_heads import ablate_heads
-from lens_mcp.tools.batching import ProgressCounter, plan_rows, run_batched
-from lens_mcp.tools.context import ToolContext
-from lens_mcp.tools.patch_sweep import patch_sweep, run_sweep
-from lens_mcp.tools.patching_engine import PatchEngine
+from lens_mcp.tools.causal import patching_engine
+from lens_mcp.tools.causal.ablate_heads import ablate_heads
+from lens_mcp.tools.causal.patch_sweep import patch_sweep, run_sweep
+from lens_mcp.tools.causal.patching_engine import PatchEngine
+from lens_mcp.tools.core import batching
+from lens_mcp.tools.core.batching import ProgressCounter, plan_rows, run_batched
+from lens_mcp.tools.core.context import ToolContext
 from tests.mcp_client import call_tool, error_text, result_data
 
 # An induction-shaped pair: the clean prompt repeats "... w53 w64", the corrupted one "... w53 w77".
@@ -43,9 +44,16 @@ TL_FUNCTIONS = {
 }
 
 
-def transformer_lens_values(tc: ToolContext, component: str, cells: list[tuple[int, Any, Any]],
-                            metric: str = "logit_diff", clean: str = CLEAN, corrupted: str = CORRUPTED,
-                            answer: str = ANSWER, wrong: str = WRONG) -> torch.Tensor:
+def transformer_lens_values(
+    tc: ToolContext,
+    component: str,
+    cells: list[tuple[int, Any, Any]],
+    metric: str = "logit_diff",
+    clean: str = CLEAN,
+    corrupted: str = CORRUPTED,
+    answer: str = ANSWER,
+    wrong: str = WRONG,
+) -> torch.Tensor:
     """TransformerLens's patching function for `component`, on exactly `cells` (layer, head, position)."""
     bridge = tc.bridge
     tokens = bridge.to_tokens([clean, corrupted])
@@ -64,14 +72,21 @@ def transformer_lens_values(tc: ToolContext, component: str, cells: list[tuple[i
             if component == "heads":
                 index = pd.DataFrame([(layer, head) for layer, head, _ in cells], columns=["layer", "head"])
             else:
-                index = pd.DataFrame([(layer, pos, head) for layer, head, pos in cells],
-                                     columns=["layer", "pos", "head"])
+                index = pd.DataFrame(
+                    [(layer, pos, head) for layer, head, pos in cells], columns=["layer", "pos", "head"]
+                )
         else:
             index = pd.DataFrame([(layer, pos) for layer, _, pos in cells], columns=["layer", "pos"])
         if component == "resid_post":  # TransformerLens has no named function for it: the generic one
             return patching.generic_activation_patch(
-                bridge, tokens[1:], clean_cache, tl_metric, patch_setter=patching.layer_pos_patch_setter,
-                activation_name="resid_post", index_df=index)
+                bridge,
+                tokens[1:],
+                clean_cache,
+                tl_metric,
+                patch_setter=patching.layer_pos_patch_setter,
+                activation_name="resid_post",
+                index_df=index,
+            )
         function = getattr(patching, TL_FUNCTIONS[component])
         return function(bridge, tokens[1:], clean_cache, tl_metric, index_axis_names=None, index_df=index)
 
@@ -130,8 +145,7 @@ def test_identical_prompts_are_reported_raw_with_a_note(toy: ToolContext) -> Non
     assert all(value == result.corrupted_metric for row in result.grid for value in row)
 
 
-def test_a_failing_driven_batch_falls_back_to_hooked_passes(toy: ToolContext,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_driven_batch_falls_back_to_hooked_passes(toy: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
     reference = run_sweep(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "attn_out")
     calls: list[int] = []
     driven_batch = PatchEngine._driven_batch
@@ -143,15 +157,17 @@ def test_a_failing_driven_batch_falls_back_to_hooked_passes(toy: ToolContext,
         return driven_batch(self, batch, offset, control)
 
     monkeypatch.setattr(PatchEngine, "_driven_batch", second_batch_breaks)
-    sweep = run_sweep(ToolContext(toy.model, Limits(max_batch_sequences=3)), CLEAN, CORRUPTED, ANSWER, WRONG,
-                      "attn_out")
+    sweep = run_sweep(
+        ToolContext(toy.model, Limits(max_batch_sequences=3)), CLEAN, CORRUPTED, ANSWER, WRONG, "attn_out"
+    )
     assert sweep.engine.stats.method == "hooked" and sweep.engine.stats.notes
     assert float((sweep.values - reference.values).abs().max()) <= TOL
 
 
 def test_a_control_row_catches_a_broken_driven_path(toy: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
-    def forget_the_prefix(self: Any, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any,
-                          **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def forget_the_prefix(
+        self: Any, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.recording:
             self.keys[layer_idx], self.values[layer_idx] = key, value
         return key, value  # suffix rows would attend to themselves only: wrong, and the control row sees it
@@ -216,7 +232,7 @@ def test_an_out_of_memory_batch_is_halved_and_retried(toy: ToolContext, monkeypa
     assert tried[0] == toy.cfg.n_layers * toy.cfg.n_heads
     failed = [size for size in tried if size > 2]
     assert failed == [tried[0] >> k for k in range(len(failed))]
-    assert all(size == tried[len(failed)] for size in tried[len(failed):])
+    assert all(size == tried[len(failed)] for size in tried[len(failed) :])
     assert float((sweep.values - reference.values).abs().max()) <= TOL
 
 
@@ -276,15 +292,29 @@ async def test_patch_sweep_through_a_client_reports_progress(toy_host: ModelHost
     async def on_progress(done: float, total: float | None, message: str | None) -> None:
         reports.append((done, total, message))
 
-    arguments = {"clean_prompt": CLEAN, "corrupted_prompt": CORRUPTED, "answer": ANSWER, "wrong_answer": WRONG,
-                 "component": "heads_by_pos"}
+    arguments = {
+        "clean_prompt": CLEAN,
+        "corrupted_prompt": CORRUPTED,
+        "answer": ANSWER,
+        "wrong_answer": WRONG,
+        "component": "heads_by_pos",
+    }
     async with Client(build_server(toy_host)) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
         data = result_data(await client.call_tool("patch_sweep", arguments, progress_callback=on_progress))
     schema = tools["patch_sweep"].input_schema
     assert schema["required"] == ["clean_prompt", "corrupted_prompt", "answer"]
-    assert set(schema["properties"]) == {"clean_prompt", "corrupted_prompt", "answer", "wrong_answer", "component",
-                                         "layers", "positions", "metric", "normalize"}
+    assert set(schema["properties"]) == {
+        "clean_prompt",
+        "corrupted_prompt",
+        "answer",
+        "wrong_answer",
+        "component",
+        "layers",
+        "positions",
+        "metric",
+        "normalize",
+    }
     assert tools["patch_sweep"].annotations.read_only_hint is True
     n_cells = toy_host.model.cfg.n_layers * toy_host.model.cfg.n_heads * 10
     assert data["n_cells"] == n_cells and data["axes"] == ["layer", "head", "position"]
@@ -299,8 +329,13 @@ async def test_patch_sweep_through_a_client_reports_progress(toy_host: ModelHost
 
 async def test_patch_sweep_errors_reach_the_client(toy_host: ModelHost) -> None:
     server = build_server(toy_host)
-    text = error_text(await call_tool(server, "patch_sweep", {
-        "clean_prompt": CLEAN, "corrupted_prompt": "w1 w2", "answer": ANSWER, "wrong_answer": WRONG}))
+    text = error_text(
+        await call_tool(
+            server,
+            "patch_sweep",
+            {"clean_prompt": CLEAN, "corrupted_prompt": "w1 w2", "answer": ANSWER, "wrong_answer": WRONG},
+        )
+    )
     assert "clean_prompt and corrupted_prompt must tokenize to the same length" in text
     assert "corrupted_prompt: ['<|bos|>', 'w1', 'w2']" in text
 
@@ -315,8 +350,13 @@ async def test_a_cancelled_sweep_leaves_no_hook_and_changes_nothing(monkeypatch:
     host.load("toy-induction", device="cpu")
     server = build_server(host)
     baseline = count_hooks(host.model.bridge)
-    reference = {"clean_prompt": CLEAN, "corrupted_prompt": CORRUPTED, "answer": ANSWER, "wrong_answer": WRONG,
-                 "component": "heads"}
+    reference = {
+        "clean_prompt": CLEAN,
+        "corrupted_prompt": CORRUPTED,
+        "answer": ANSWER,
+        "wrong_answer": WRONG,
+        "component": "heads",
+    }
     before = result_data(await call_tool(server, "patch_sweep", reference))
 
     # A long sweep, one row per batch, slowed down between batches so it cannot finish before the cancel.
@@ -339,11 +379,17 @@ async def test_a_cancelled_sweep_leaves_no_hook_and_changes_nothing(monkeypatch:
         if done > 0:
             started.set()
 
-    big = {"clean_prompt": big_clean, "corrupted_prompt": big_corrupted, "answer": ANSWER, "wrong_answer": WRONG,
-           "component": "heads_by_pos"}
+    big = {
+        "clean_prompt": big_clean,
+        "corrupted_prompt": big_corrupted,
+        "answer": ANSWER,
+        "wrong_answer": WRONG,
+        "component": "heads_by_pos",
+    }
     async with Client(server) as client:
         with anyio.fail_after(60):
             async with anyio.create_task_group() as group:
+
                 async def sweep() -> None:
                     await client.call_tool("patch_sweep", big, progress_callback=on_progress)
 
@@ -361,6 +407,7 @@ async def test_a_cancelled_sweep_leaves_no_hook_and_changes_nothing(monkeypatch:
 
 
 # ---- ablate_heads ------------------------------------------------------------------------------------------
+
 
 def hand_ablation(tc: ToolContext, prompt: str, heads: list[tuple[int, int]], mode: str) -> torch.Tensor:
     """Last-position logits with `heads` ablated by a hand-written hook on hook_z."""
@@ -416,8 +463,14 @@ def test_ablate_heads_rejects_bad_heads(toy: ToolContext) -> None:
 
 
 async def test_ablate_heads_through_a_client(toy_host: ModelHost) -> None:
-    data = result_data(await call_tool(build_server(toy_host), "ablate_heads", {
-        "prompt": CLEAN, "heads": [[1, 0], [1, 1]], "answer": ANSWER, "individually": True}))
+    data = result_data(
+        await call_tool(
+            build_server(toy_host),
+            "ablate_heads",
+            {"prompt": CLEAN, "heads": [[1, 0], [1, 1]], "answer": ANSWER, "individually": True},
+        )
+    )
     assert data["heads"] == [[1, 0], [1, 1]] and len(data["individual"]) == 2
-    assert data["effect"] == round_sig(data["metric_after"] - data["metric_before"]) or \
-        abs(data["effect"] - (data["metric_after"] - data["metric_before"])) < 1e-3 * max(1, abs(data["effect"]))
+    assert data["effect"] == round_sig(data["metric_after"] - data["metric_before"]) or abs(
+        data["effect"] - (data["metric_after"] - data["metric_before"])
+    ) < 1e-3 * max(1, abs(data["effect"]))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lens_mcp.tools.ablate_heads import ablate_heads
-from lens_mcp.tools.context import ToolContext
-from lens_mcp.tools.patch_sweep import patch_sweep, run_sweep
+from lens_mcp.tools.causal.ablate_heads import ablate_heads
+from lens_mcp.tools.causal.patch_sweep import patch_sweep, run_sweep
+from lens_mcp.tools.core.context import ToolContext
 from tests.test_patching import TL_FUNCTIONS, TOL, hand_ablation, transformer_lens_values
 
 pytestmark = pytest.mark.slow
@@ -33,16 +33,18 @@ SUBSETS: dict[str, tuple[list[int], list[int] | None]] = {
 def test_every_component_equals_transformer_lens(smol: ToolContext, component: str) -> None:
     layers, positions = SUBSETS[component]
     sweep = run_sweep(smol, CLEAN, CORRUPTED, ANSWER, WRONG, component, layers=layers, positions=positions)
-    reference = transformer_lens_values(smol, component, sweep.cells, clean=CLEAN, corrupted=CORRUPTED,
-                                        answer=ANSWER, wrong=WRONG)
+    reference = transformer_lens_values(
+        smol, component, sweep.cells, clean=CLEAN, corrupted=CORRUPTED, answer=ANSWER, wrong=WRONG
+    )
     assert float((sweep.values - reference).abs().max()) <= TOL
     assert sweep.engine.stats.method == "driven"
 
 
 def test_prob_metric_equals_transformer_lens(smol: ToolContext) -> None:
     sweep = run_sweep(smol, CLEAN, CORRUPTED, ANSWER, None, "resid_pre", layers=[10, 20], metric="prob")
-    reference = transformer_lens_values(smol, "resid_pre", sweep.cells, metric="prob", clean=CLEAN,
-                                        corrupted=CORRUPTED, answer=ANSWER, wrong=WRONG)
+    reference = transformer_lens_values(
+        smol, "resid_pre", sweep.cells, metric="prob", clean=CLEAN, corrupted=CORRUPTED, answer=ANSWER, wrong=WRONG
+    )
     assert float((sweep.values - reference).abs().max()) <= TOL
 
 

@@ -13,7 +13,7 @@ from lens_mcp.model_host import ModelHost
 from lens_mcp.server.app import build_server
 from lens_mcp.server.instructions import INSTRUCTIONS
 from lens_mcp.server.prompts import PROMPTS
-from lens_mcp.tools.hook_names import FAMILY_TEMPLATES
+from lens_mcp.tools.core.hook_names import FAMILY_TEMPLATES
 from tests.mcp_client import MODES, result_data
 
 
@@ -32,9 +32,15 @@ async def test_prompts_are_listed_with_their_arguments(toy_host: ModelHost, mode
 
 async def test_locate_fact_renders_the_plan_with_the_arguments(toy_host: ModelHost) -> None:
     async with Client(build_server(toy_host)) as client:
-        full = await client.get_prompt("locate_fact", {
-            "prompt": "The Eiffel Tower is in the city of", "answer": " Paris",
-            "corrupted_prompt": "The Colosseum is in the city of", "wrong_answer": " Rome"})
+        full = await client.get_prompt(
+            "locate_fact",
+            {
+                "prompt": "The Eiffel Tower is in the city of",
+                "answer": " Paris",
+                "corrupted_prompt": "The Colosseum is in the city of",
+                "wrong_answer": " Rome",
+            },
+        )
         minimal = await client.get_prompt("locate_fact", {"prompt": "The Eiffel Tower is in", "answer": " Paris"})
     text = full.messages[0].content.text
     assert full.messages[0].role == "user"

@@ -12,13 +12,13 @@ import torch
 
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.server.app import build_server
-from lens_mcp.tools import run_with_cache as run_with_cache_module
-from lens_mcp.tools.attention_pattern import attention_pattern
-from lens_mcp.tools.context import ToolContext
-from lens_mcp.tools.head_attribution import head_attribution
-from lens_mcp.tools.hook_names import FAMILY_TEMPLATES, hook_name
-from lens_mcp.tools.logit_lens import logit_lens
-from lens_mcp.tools.run_with_cache import run_with_cache
+from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.hook_names import FAMILY_TEMPLATES, hook_name
+from lens_mcp.tools.reading import run_with_cache as run_with_cache_module
+from lens_mcp.tools.reading.attention_pattern import attention_pattern
+from lens_mcp.tools.reading.head_attribution import head_attribution
+from lens_mcp.tools.reading.logit_lens import logit_lens
+from lens_mcp.tools.reading.run_with_cache import run_with_cache
 from tests.mcp_client import MODES, call_tool, error_text, result_data
 
 # A repeated random sequence: the toy model's induction heads predict the second half.
@@ -29,8 +29,16 @@ ABS = 2e-5
 
 # ---- independent references: TransformerLens on its own filtered run_with_cache -------------------------
 
-_REFERENCE_SUFFIXES = ("hook_z", "hook_scale", "hook_embed", "hook_pos_embed", "hook_mlp_out", "hook_resid_pre",
-                       "hook_resid_post", "hook_pattern")
+_REFERENCE_SUFFIXES = (
+    "hook_z",
+    "hook_scale",
+    "hook_embed",
+    "hook_pos_embed",
+    "hook_mlp_out",
+    "hook_resid_pre",
+    "hook_resid_post",
+    "hook_pattern",
+)
 
 
 def reference_run(tc: ToolContext, prompt: str) -> tuple[torch.Tensor, torch.Tensor, Any]:
@@ -64,8 +72,9 @@ def reference_head_grid(tc: ToolContext, cache: Any, pos: int, direction: torch.
 def reference_decomposition(cache: Any, pos: int, direction: torch.Tensor) -> dict[str, float]:
     """TransformerLens's full residual decomposition at pos (MLPs whole), each projected on the direction."""
     with torch.no_grad():
-        stack, labels = cache.get_full_resid_decomposition(expand_neurons=False, apply_ln=True, pos_slice=pos,
-                                                           return_labels=True)
+        stack, labels = cache.get_full_resid_decomposition(
+            expand_neurons=False, apply_ln=True, pos_slice=pos, return_labels=True
+        )
         values = (stack @ direction).reshape(len(labels))
     return dict(zip(labels, values.tolist(), strict=True))
 
@@ -89,7 +98,8 @@ def check_head_attribution(tc: ToolContext, prompt: str, answer: str, wrong: str
     flat = grid.flatten()
     best = flat.abs().argsort(descending=True)[: len(result.top_heads)]
     assert [(h.layer, h.head) for h in result.top_heads] == [
-        (int(i) // tc.cfg.n_heads, int(i) % tc.cfg.n_heads) for i in best]
+        (int(i) // tc.cfg.n_heads, int(i) % tc.cfg.n_heads) for i in best
+    ]
     assert [h.score for h in result.top_heads] == pytest.approx(flat[best].tolist(), rel=REL, abs=ABS)
     # the other components against TransformerLens's decomposition
     parts = reference_decomposition(cache, pos, direction)
@@ -100,7 +110,8 @@ def check_head_attribution(tc: ToolContext, prompt: str, answer: str, wrong: str
         assert result.other.pos_embed is None
     if result.other.mlp is not None:
         assert result.other.mlp == pytest.approx(
-            [parts[f"{layer}_mlp_out"] for layer in range(tc.cfg.n_layers)], rel=REL, abs=ABS)
+            [parts[f"{layer}_mlp_out"] for layer in range(tc.cfg.n_layers)], rel=REL, abs=ABS
+        )
     assert result.other.attn_bias == pytest.approx(parts.get("bias", 0.0), rel=REL, abs=ABS)
     # total = every component; actual = the real logits; on fp32 they agree to 1e-3 and the result says so
     a = token_id(tc, answer)
@@ -146,8 +157,9 @@ def check_logit_lens(tc: ToolContext, prompt: str, position: int, answer: str | 
     return result
 
 
-def check_attention_pattern(tc: ToolContext, prompt: str, layer: int, head: int, top_k: int,
-                            query_positions: list[int] | None) -> Any:
+def check_attention_pattern(
+    tc: ToolContext, prompt: str, layer: int, head: int, top_k: int, query_positions: list[int] | None
+) -> Any:
     tokens, _, cache = reference_run(tc, prompt)
     n = tokens.shape[-1]
     pattern = cache["pattern", layer % tc.cfg.n_layers][0, head % tc.cfg.n_heads].float()
@@ -158,7 +170,7 @@ def check_attention_pattern(tc: ToolContext, prompt: str, layer: int, head: int,
     entropies = []
     for q in result.queries:
         row = pattern[q.position]
-        assert float(row[q.position + 1:].sum()) == 0.0  # causal: nothing after the query
+        assert float(row[q.position + 1 :].sum()) == 0.0  # causal: nothing after the query
         expected = row.topk(min(top_k, q.position + 1))
         assert [s.weight for s in q.top] == pytest.approx(expected.values.tolist(), rel=REL, abs=ABS)
         for s in q.top:
@@ -187,8 +199,9 @@ def row_names(summary: Any) -> list[str]:
     return [summary.hook]
 
 
-def check_run_with_cache_norms(tc: ToolContext, prompt: str, hooks: list[str], layers: list[int] | None,
-                               positions: list[int] | None) -> Any:
+def check_run_with_cache_norms(
+    tc: ToolContext, prompt: str, hooks: list[str], layers: list[int] | None, positions: list[int] | None
+) -> Any:
     result = run_with_cache(tc, prompt, hooks=hooks, layers=layers, positions=positions)
     tokens = tc.bridge.to_tokens(prompt)
     n = tokens.shape[-1]
@@ -208,8 +221,9 @@ def check_run_with_cache_norms(tc: ToolContext, prompt: str, hooks: list[str], l
             for row, name in enumerate(rows):
                 pattern = cache[name][0].float()[:, pos, :]  # heads x queries x sources
                 logs = torch.where(pattern > 0, pattern.log(), torch.zeros_like(pattern))
-                assert summary.entropy[row] == pytest.approx((-(pattern * logs).sum(-1)).mean(-1).tolist(),
-                                                             rel=REL, abs=1e-5)
+                assert summary.entropy[row] == pytest.approx(
+                    (-(pattern * logs).sum(-1)).mean(-1).tolist(), rel=REL, abs=1e-5
+                )
                 assert summary.top_source[row] == pattern.argmax(-1).tolist()
         else:
             axis = 2 if rows[0].endswith("hook_attn_scores") else 1
@@ -244,7 +258,7 @@ def test_logit_lens_matches_accumulated_resid(toy: ToolContext, position: int, a
 
 
 def test_logit_lens_unembeds_one_position_only(toy: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lens_mcp.tools import logit_lens as lens_module
+    from lens_mcp.tools.reading import logit_lens as lens_module
 
     shapes = []
     real_unembed = lens_module.unembed
@@ -258,30 +272,40 @@ def test_logit_lens_unembeds_one_position_only(toy: ToolContext, monkeypatch: py
     assert shapes == [(toy.cfg.n_layers + 1, toy.cfg.d_model)]
 
 
-@pytest.mark.parametrize(("layer", "head", "top_k", "queries"), [(1, 0, 3, None), (-1, -1, 2, [-1, 2, 0]),
-                                                                  (0, 2, 100, [9])])
-def test_attention_pattern_matches_the_cache(toy: ToolContext, layer: int, head: int, top_k: int,
-                                             queries: list[int] | None) -> None:
+@pytest.mark.parametrize(
+    ("layer", "head", "top_k", "queries"), [(1, 0, 3, None), (-1, -1, 2, [-1, 2, 0]), (0, 2, 100, [9])]
+)
+def test_attention_pattern_matches_the_cache(
+    toy: ToolContext, layer: int, head: int, top_k: int, queries: list[int] | None
+) -> None:
     result = check_attention_pattern(toy, TOY_PROMPT, layer, head, top_k, queries)
     assert result.layer == layer % toy.cfg.n_layers and result.head == head % toy.cfg.n_heads
     assert result.kv_head == result.head  # no grouped-query attention here
 
 
-@pytest.mark.parametrize(("hooks", "layers", "positions"), [
-    (["resid_post"], None, None),
-    (["resid_pre", "attn_out", "z", "q", "k", "v"], [1], [-1, 0]),
-    (["pattern", "attn_scores"], None, [3, -1]),
-    (["blocks.1.attn.hook_z", "hook_embed", "blocks.*.ln1.hook_scale"], [0], None),
-])
-def test_run_with_cache_norms_match_cached_tensors(toy: ToolContext, hooks: list[str], layers: list[int] | None,
-                                                   positions: list[int] | None) -> None:
+@pytest.mark.parametrize(
+    ("hooks", "layers", "positions"),
+    [
+        (["resid_post"], None, None),
+        (["resid_pre", "attn_out", "z", "q", "k", "v"], [1], [-1, 0]),
+        (["pattern", "attn_scores"], None, [3, -1]),
+        (["blocks.1.attn.hook_z", "hook_embed", "blocks.*.ln1.hook_scale"], [0], None),
+    ],
+)
+def test_run_with_cache_norms_match_cached_tensors(
+    toy: ToolContext, hooks: list[str], layers: list[int] | None, positions: list[int] | None
+) -> None:
     result = check_run_with_cache_norms(toy, TOY_PROMPT, hooks, layers, positions)
     assert result.hooks
 
 
 def test_run_with_cache_groups_and_layers(toy: ToolContext) -> None:
-    result = run_with_cache(toy, TOY_PROMPT, hooks=["blocks.1.attn.hook_z", "hook_embed", "blocks.*.hook_resid_post",
-                                                     "resid_post"], layers=[0])
+    result = run_with_cache(
+        toy,
+        TOY_PROMPT,
+        hooks=["blocks.1.attn.hook_z", "hook_embed", "blocks.*.hook_resid_post", "resid_post"],
+        layers=[0],
+    )
     by_hook = {s.hook: s for s in result.hooks}
     assert by_hook["z"].layers == [1]  # exact names are kept whatever layers= says
     assert by_hook["hook_embed"].layers == [None]
@@ -327,10 +351,16 @@ TOO_LONG = " ".join(f"w{i % 200 + 1}" for i in range(300))
 
 BAD_CALLS = [
     ("head_attribution", {"prompt": TOY_PROMPT, "answer": "w5 w6"}, ["answer must be a single token", "'w5'"]),
-    ("head_attribution", {"prompt": TOY_PROMPT, "answer": TOY_ANSWER, "wrong_answer": "w1 w2"},
-     ["wrong_answer must be a single token"]),
-    ("head_attribution", {"prompt": TOY_PROMPT, "answer": TOY_ANSWER, "wrong_answer": TOY_ANSWER},
-     ["wrong_answer is the same token"]),
+    (
+        "head_attribution",
+        {"prompt": TOY_PROMPT, "answer": TOY_ANSWER, "wrong_answer": "w1 w2"},
+        ["wrong_answer must be a single token"],
+    ),
+    (
+        "head_attribution",
+        {"prompt": TOY_PROMPT, "answer": TOY_ANSWER, "wrong_answer": TOY_ANSWER},
+        ["wrong_answer is the same token"],
+    ),
     ("head_attribution", {"prompt": TOY_PROMPT, "answer": TOY_ANSWER, "position": 11}, ["position=11", "-1"]),
     ("head_attribution", {"prompt": TOY_PROMPT, "answer": TOY_ANSWER, "top_k": 0}, ["top_k=0", "1.."]),
     ("head_attribution", {"prompt": "", "answer": TOY_ANSWER}, ["prompt is empty"]),
@@ -342,16 +372,21 @@ BAD_CALLS = [
     ("logit_lens", {"prompt": TOO_LONG}, ["prompt is 301 tokens"]),
     ("attention_pattern", {"prompt": TOY_PROMPT, "layer": 2, "head": 0}, ["layer=2", "2 layers", "0..1"]),
     ("attention_pattern", {"prompt": TOY_PROMPT, "layer": 0, "head": 64}, ["head=64", "heads, so use 0.."]),
-    ("attention_pattern", {"prompt": TOY_PROMPT, "layer": 0, "head": 0, "query_positions": [11]},
-     ["query_positions=11", "out of range"]),
-    ("attention_pattern", {"prompt": TOY_PROMPT, "layer": 0, "head": 0, "query_positions": []},
-     ["query_positions", "empty"]),
+    (
+        "attention_pattern",
+        {"prompt": TOY_PROMPT, "layer": 0, "head": 0, "query_positions": [11]},
+        ["query_positions=11", "out of range"],
+    ),
+    (
+        "attention_pattern",
+        {"prompt": TOY_PROMPT, "layer": 0, "head": 0, "query_positions": []},
+        ["query_positions", "empty"],
+    ),
     ("attention_pattern", {"prompt": "", "layer": 0, "head": 0}, ["prompt is empty"]),
     ("attention_pattern", {"prompt": TOO_LONG, "layer": 0, "head": 0}, ["prompt is 301 tokens"]),
     ("run_with_cache", {"prompt": TOY_PROMPT, "hooks": ["resid"]}, ["hooks", "'resid'", "resid_post", "pattern"]),
     ("run_with_cache", {"prompt": TOY_PROMPT, "hooks": ["blocks.9.*"]}, ["matches no hook point", "resid_pre"]),
-    ("run_with_cache", {"prompt": TOY_PROMPT, "hooks": ["blocks.0.attn.hook_result"]},
-     ["never fires", "'z'"]),
+    ("run_with_cache", {"prompt": TOY_PROMPT, "hooks": ["blocks.0.attn.hook_result"]}, ["never fires", "'z'"]),
     ("run_with_cache", {"prompt": TOY_PROMPT, "hooks": []}, ["hooks", "non-empty list"]),
     ("run_with_cache", {"prompt": TOY_PROMPT, "layers": [2]}, ["layers=2", "0..1"]),
     ("run_with_cache", {"prompt": TOY_PROMPT, "positions": [20]}, ["positions=20", "out of range"]),

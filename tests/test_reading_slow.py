@@ -10,12 +10,12 @@ import torch
 
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.server.app import build_server
-from lens_mcp.tools import run_with_cache as run_with_cache_module
-from lens_mcp.tools.attention_pattern import attention_pattern
-from lens_mcp.tools.context import ToolContext
-from lens_mcp.tools.head_attribution import head_attribution
-from lens_mcp.tools.logit_lens import logit_lens
-from lens_mcp.tools.run_with_cache import run_with_cache
+from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.reading import run_with_cache as run_with_cache_module
+from lens_mcp.tools.reading.attention_pattern import attention_pattern
+from lens_mcp.tools.reading.head_attribution import head_attribution
+from lens_mcp.tools.reading.logit_lens import logit_lens
+from lens_mcp.tools.reading.run_with_cache import run_with_cache
 from tests.mcp_client import call_tool, error_text, result_data
 from tests.test_reading import (
     check_attention_pattern,
@@ -35,8 +35,10 @@ def test_the_model_is_grouped_query(smol: ToolContext) -> None:
     assert (smol.cfg.n_heads, smol.cfg.n_key_value_heads) == (9, 3)
     assert tuple(bridge.W_O.shape) == (30, 9, 64, 576)
     with torch.no_grad():
-        _, cache = bridge.run_with_cache(bridge.to_tokens(EIFFEL), names_filter=[
-            "blocks.0.attn.hook_z", "blocks.0.attn.hook_k", "blocks.0.attn.hook_pattern"])
+        _, cache = bridge.run_with_cache(
+            bridge.to_tokens(EIFFEL),
+            names_filter=["blocks.0.attn.hook_z", "blocks.0.attn.hook_k", "blocks.0.attn.hook_pattern"],
+        )
     assert cache["blocks.0.attn.hook_z"].shape[2] == 9
     assert cache["blocks.0.attn.hook_k"].shape[2] == 3
     assert cache["blocks.0.attn.hook_pattern"].shape[1] == 9
@@ -64,14 +66,18 @@ def test_logit_lens_final_row_is_the_model_output(smol: ToolContext, position: i
         assert result.answer.ranks[-1] == 1
 
 
-@pytest.mark.parametrize(("hooks", "layers", "positions"), [
-    (["resid_post"], None, None),
-    (["z", "k", "v", "q", "mlp_post"], [0, 14, -1], [-1, 3]),
-    (["pattern", "attn_scores"], [2, -1], None),
-    (["blocks.7.attn.hook_rot_k", "ln_final.hook_scale", "blocks.2*.hook_resid_mid"], None, [0, -1]),
-])
-def test_run_with_cache_norms_match_cached_tensors(smol: ToolContext, hooks: list[str], layers: list[int] | None,
-                                                   positions: list[int] | None) -> None:
+@pytest.mark.parametrize(
+    ("hooks", "layers", "positions"),
+    [
+        (["resid_post"], None, None),
+        (["z", "k", "v", "q", "mlp_post"], [0, 14, -1], [-1, 3]),
+        (["pattern", "attn_scores"], [2, -1], None),
+        (["blocks.7.attn.hook_rot_k", "ln_final.hook_scale", "blocks.2*.hook_resid_mid"], None, [0, -1]),
+    ],
+)
+def test_run_with_cache_norms_match_cached_tensors(
+    smol: ToolContext, hooks: list[str], layers: list[int] | None, positions: list[int] | None
+) -> None:
     check_run_with_cache_norms(smol, EIFFEL, hooks, layers, positions)
 
 
@@ -117,8 +123,9 @@ def test_default_results_are_small(smol: ToolContext) -> None:
 
 async def test_through_the_client(smol_host: ModelHost) -> None:
     server = build_server(smol_host)
-    data = result_data(await call_tool(server, "head_attribution",
-                                       {"prompt": EIFFEL, "answer": " Paris", "wrong_answer": " Rome"}))
+    data = result_data(
+        await call_tool(server, "head_attribution", {"prompt": EIFFEL, "answer": " Paris", "wrong_answer": " Rome"})
+    )
     assert data["explained"] and data["top_heads"]
     data = result_data(await call_tool(server, "logit_lens", {"prompt": EIFFEL, "answer": " Paris"}))
     assert data["top"][-1][0]["token"] == " Paris"

@@ -15,14 +15,19 @@ from tests.mcp_client import spawn_toy_server
 
 SOURCE = Path(__file__).resolve().parent.parent / "src" / "lens_mcp"
 # Builtin eval/exec (not methods such as model.eval()), pickle/marshal/torch.load, dynamic imports.
-FORBIDDEN = re.compile(r"(?<![.\w])(eval|exec)\s*\(|\bimport pickle\b|\bpickle\.|\btorch\.load\s*\(|"
-                       r"\bimport marshal\b|__import__\s*\(")
+FORBIDDEN = re.compile(
+    r"(?<![.\w])(eval|exec)\s*\(|\bimport pickle\b|\bpickle\.|\btorch\.load\s*\(|"
+    r"\bimport marshal\b|__import__\s*\("
+)
 
 
 def test_no_eval_exec_or_pickle_in_the_package() -> None:
-    offenders = [f"{path.relative_to(SOURCE)}:{n}: {line.strip()}"
-                 for path in SOURCE.rglob("*.py")
-                 for n, line in enumerate(path.read_text().splitlines(), 1) if FORBIDDEN.search(line)]
+    offenders = [
+        f"{path.relative_to(SOURCE)}:{n}: {line.strip()}"
+        for path in SOURCE.rglob("*.py")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if FORBIDDEN.search(line)
+    ]
     assert offenders == []
 
 
@@ -62,15 +67,28 @@ def test_stdout_carries_only_json_rpc() -> None:
         7: ("tokenize", {"text": 12}),
     }
     try:
-        process.stdin.write(_request(1, "initialize", {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "stdout-purity-test", "version": "0"}}))
+        process.stdin.write(
+            _request(
+                1,
+                "initialize",
+                {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "stdout-purity-test", "version": "0"},
+                },
+            )
+        )
         process.stdin.flush()
         lines = [process.stdout.readline()]
         process.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
         for request_id, (name, arguments) in calls.items():
-            process.stdin.write(_request(request_id, "tools/call", {
-                "name": name, "arguments": arguments, "_meta": {"progressToken": f"p{request_id}"}}))
+            process.stdin.write(
+                _request(
+                    request_id,
+                    "tools/call",
+                    {"name": name, "arguments": arguments, "_meta": {"progressToken": f"p{request_id}"}},
+                )
+            )
         process.stdin.flush()
         answered: set[int] = set()
         deadline = time.monotonic() + 120

@@ -15,9 +15,11 @@ from tests.mcp_client import result_data
 
 def serve_params(model: str, env: dict[str, str] | None = None) -> StdioServerParameters:
     # StdioServerParameters does not inherit the environment: pass it on explicitly.
-    return StdioServerParameters(command=sys.executable, args=["-m", "lens_mcp", "serve", "--model", model,
-                                                                "--device", "cpu"],
-                                 env={**os.environ, **(env or {})})
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "lens_mcp", "serve", "--model", model, "--device", "cpu"],
+        env={**os.environ, **(env or {})},
+    )
 
 
 async def _initialize_then_tokenize(params: StdioServerParameters, text: str) -> tuple[float, float, dict, list[str]]:

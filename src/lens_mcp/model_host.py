@@ -27,8 +27,14 @@ def count_hooks(bridge: Any) -> int:
 class ModelHost:
     """Holds the one loaded model. `use()` waits for it and holds the lock while a tool runs."""
 
-    def __init__(self, limits: Limits | None = None, *, trust_remote_code: bool = False,
-                 device_map: str | None = None, n_devices: int | None = None) -> None:
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        *,
+        trust_remote_code: bool = False,
+        device_map: str | None = None,
+        n_devices: int | None = None,
+    ) -> None:
         self.limits = limits or Limits()
         self.trust_remote_code = trust_remote_code
         self.device_map = device_map
@@ -55,16 +61,28 @@ class ModelHost:
         return self._load_error
 
     # ---- loading -----------------------------------------------------------------------------
-    def load(self, spec_text: str, device: str | None = None, dtype: str | None = None,
-             progress: ProgressReporter = no_progress) -> LoadedModel:
+    def load(
+        self,
+        spec_text: str,
+        device: str | None = None,
+        dtype: str | None = None,
+        progress: ProgressReporter = no_progress,
+    ) -> LoadedModel:
         """Load a model and swap it in. On failure the previous model stays loaded and usable."""
         spec = resolve_spec(spec_text)
         with self._load_lock:
             with self._state_changed:
                 self._loading = spec.name
             try:
-                loaded = load_model(spec, device, dtype, device_map=self.device_map, n_devices=self.n_devices,
-                                    trust_remote_code=self.trust_remote_code, progress=progress)
+                loaded = load_model(
+                    spec,
+                    device,
+                    dtype,
+                    device_map=self.device_map,
+                    n_devices=self.n_devices,
+                    trust_remote_code=self.trust_remote_code,
+                    progress=progress,
+                )
             except BaseException as exc:
                 with self._state_changed:
                     self._loading = None
@@ -109,7 +127,8 @@ class ModelHost:
                 if self._model is None and self._loading is None:
                     raise LensError(
                         f"no model is loaded: {self._load_error or 'none was requested'}. "
-                        "Call load_model with a model that is available here (e.g. smollm2-135m or toy-induction).")
+                        "Call load_model with a model that is available here (e.g. smollm2-135m or toy-induction)."
+                    )
                 self._state_changed.wait(_WAIT_SLICE_S)
                 loading = self._loading
             waited += _WAIT_SLICE_S

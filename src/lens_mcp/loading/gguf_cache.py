@@ -56,8 +56,9 @@ def load_gguf(folder: str, gguf_file: str) -> tuple[Any, Any, Path, bool]:
     try:
         _write_cache(model, tokenizer, cached)
     except OSError:
-        log.warning("could not write the dequantized cache to %s; the next start will dequantize again",
-                    cached, exc_info=True)
+        log.warning(
+            "could not write the dequantized cache to %s; the next start will dequantize again", cached, exc_info=True
+        )
     return model, tokenizer, cached, False
 
 
@@ -70,8 +71,11 @@ def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
         # Tied weights appear twice in a state dict; keep the first name, from_pretrained re-ties.
         unique = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
         state = {k: v for k, v in model.state_dict().items() if k in unique}
-        save_file({k: v.detach().contiguous() for k, v in state.items()}, staging / "model.safetensors",
-                  metadata={"format": "pt"})
+        save_file(
+            {k: v.detach().contiguous() for k, v in state.items()},
+            staging / "model.safetensors",
+            metadata={"format": "pt"},
+        )
         config = model.config
         quantization = getattr(config, "quantization_config", None)
         if quantization is not None:
@@ -88,4 +92,3 @@ def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-

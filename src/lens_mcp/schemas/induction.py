@@ -21,30 +21,39 @@ class ScoredPositions(BaseModel):
 
 class InductionScores(Result):
     mode: Literal["random", "prompt"] = Field(
-        description="random: n_seqs sequences of BOS + seq_len random tokens repeated twice; prompt: your text")
+        description="random: n_seqs sequences of BOS + seq_len random tokens repeated twice; prompt: your text"
+    )
     n_seqs: int = Field(description="Sequences in the batch (1 with a prompt)")
     n_tokens: int = Field(description="Tokens per sequence, BOS included (2*seq_len+1 in random mode)")
     seq_len: int | None = Field(None, description="Random tokens per repeat (random mode)")
     seed: int | None = Field(None, description="Seed of the random tokens (random mode)")
     token_pool: str | None = Field(
-        None, description="Which token ids the random tokens were drawn from (special/added tokens never)")
+        None, description="Which token ids the random tokens were drawn from (special/added tokens never)"
+    )
     induction: Grid = Field(
         description="[layer][head] mean attention from a repeated token to the token right after its earlier "
-                    "occurrence(s)")
+        "occurrence(s)"
+    )
     previous_token: Grid = Field(description="[layer][head] mean attention to the position just before")
     duplicate_token: Grid = Field(
-        description="[layer][head] mean attention from a repeated token to its earlier occurrence(s)")
+        description="[layer][head] mean attention from a repeated token to its earlier occurrence(s)"
+    )
     top_induction: list[HeadScore] = Field(description="Heads with the highest induction score, best first")
     top_previous_token: list[HeadScore] = Field(description="Heads with the highest previous-token score")
     top_duplicate_token: list[HeadScore] = Field(description="Heads with the highest duplicate-token score")
     loss_first_repeat: Rounded = Field(
         description="Mean next-token loss (nats) on tokens seen for the first time in their sequence (the "
-                    "first repeat, in random mode)")
+        "first repeat, in random mode)"
+    )
     loss_second_repeat: Rounded | None = Field(
-        None, description="Mean loss (nats) on tokens an induction copy predicts: the previous token occurred "
-                          "earlier, followed there by this token (the second repeat minus its first token, in "
-                          "random mode). Far below loss_first_repeat = in-context learning. Null if none.")
+        None,
+        description="Mean loss (nats) on tokens an induction copy predicts: the previous token occurred "
+        "earlier, followed there by this token (the second repeat minus its first token, in "
+        "random mode). Far below loss_first_repeat = in-context learning. Null if none.",
+    )
     positions: ScoredPositions
     example_prompt: str | None = Field(
-        None, description="Random mode: sequence 0 as text (without BOS), which tokenizes back to the same tokens; "
-                          "pass it to other tools. Null if it would not round-trip or is too long.")
+        None,
+        description="Random mode: sequence 0 as text (without BOS), which tokenizes back to the same tokens; "
+        "pass it to other tools. Null if it would not round-trip or is too long.",
+    )

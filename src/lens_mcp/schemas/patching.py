@@ -19,8 +19,9 @@ class PatchCell(BaseModel):
 class PatchSweepResult(Result):
     component: str
     metric: str = Field(description="What the metric measures, at the last position")
-    normalized: bool = Field(description="True: grid = (patched - corrupted) / (clean - corrupted); "
-                                         "false: the raw patched metric")
+    normalized: bool = Field(
+        description="True: grid = (patched - corrupted) / (clean - corrupted); false: the raw patched metric"
+    )
     clean_tokens: list[str] = Field(description="The clean prompt's tokens (BOS is position 0)")
     corrupted_tokens: list[str] = Field(description="The corrupted prompt's tokens")
     clean_metric: Rounded = Field(description="Metric on the clean prompt")
@@ -32,12 +33,18 @@ class PatchSweepResult(Result):
     grid: Grid | Grid3 = Field(description="Values, indexed as `axes` says (4 significant digits)")
     top_cells: list[PatchCell] = Field(description="Cells with the largest |value|, largest first")
     n_cells: int
-    forward_passes: int = Field(description="Batched forward passes run, the clean and corrupted runs included "
-                                            "(TransformerLens's patching functions run one per cell)")
-    skipped_cells: int = Field(description="Cells whose clean and corrupted activations are identical "
-                                           "(they equal the corrupted metric; nothing to run)")
-    method: str = Field(description="driven: patched rows start at the patched layer and reuse the corrupted "
-                                    "run for unchanged positions; hooked: full forward passes with hooks")
+    forward_passes: int = Field(
+        description="Batched forward passes run, the clean and corrupted runs included "
+        "(TransformerLens's patching functions run one per cell)"
+    )
+    skipped_cells: int = Field(
+        description="Cells whose clean and corrupted activations are identical "
+        "(they equal the corrupted metric; nothing to run)"
+    )
+    method: str = Field(
+        description="driven: patched rows start at the patched layer and reuse the corrupted "
+        "run for unchanged positions; hooked: full forward passes with hooks"
+    )
     seconds: Rounded
     notes: list[str] = Field(default_factory=list)
 
@@ -59,5 +66,6 @@ class AblateHeadsResult(Result):
     effect: Rounded = Field(description="metric_after - metric_before")
     prob_before: Rounded = Field(description="Probability of the answer before ablation")
     prob_after: Rounded = Field(description="Probability of the answer with all listed heads ablated")
-    individual: list[HeadEffect] | None = Field(None, description="Each head ablated alone (individually=true), "
-                                                                  "most negative effect first")
+    individual: list[HeadEffect] | None = Field(
+        None, description="Each head ablated alone (individually=true), most negative effect first"
+    )

@@ -10,18 +10,28 @@ from lens_mcp.schemas.common import Grid, HeadScore, Result, Rounded, TopToken
 
 
 class HookSummary(BaseModel):
-    hook: str = Field(description="The family (resid_post), or the hook name with {layer} standing for each "
-                                  "row's layer, or the hook name of a point outside the blocks")
+    hook: str = Field(
+        description="The family (resid_post), or the hook name with {layer} standing for each "
+        "row's layer, or the hook name of a point outside the blocks"
+    )
     layers: list[int | None] = Field(description="The layer of each row (null: a point outside the blocks)")
     shape: list[int] = Field(description="Shape of one row's activation as TransformerLens caches it (batch first)")
-    norms: Grid | None = Field(None, description="Rows x positions: L2 norm of the activation at each position "
-                                                 "(over all other axes, e.g. heads and d_head; masked -inf "
-                                                 "scores left out). Null for attention patterns")
-    entropy: Grid | None = Field(None, description="Attention patterns only: rows x heads, mean entropy (nats) of "
-                                                   "each head's attention over the listed query positions")
+    norms: Grid | None = Field(
+        None,
+        description="Rows x positions: L2 norm of the activation at each position "
+        "(over all other axes, e.g. heads and d_head; masked -inf "
+        "scores left out). Null for attention patterns",
+    )
+    entropy: Grid | None = Field(
+        None,
+        description="Attention patterns only: rows x heads, mean entropy (nats) of "
+        "each head's attention over the listed query positions",
+    )
     top_source: list[list[list[int]]] | None = Field(
-        None, description="Attention patterns only: rows x heads x query positions: the source position each "
-                          "query attends to most")
+        None,
+        description="Attention patterns only: rows x heads x query positions: the source position each "
+        "query attends to most",
+    )
 
 
 class CacheSummary(Result):
@@ -29,9 +39,12 @@ class CacheSummary(Result):
     positions: list[int] = Field(description="The positions (columns) the summaries cover")
     top_predictions: list[TopToken] = Field(description="Top-k next-token predictions at the last position")
     hooks: list[HookSummary]
-    not_fired: list[str] | None = Field(None, description="Requested hook points that exist but did not fire on "
-                                                           "this model's forward pass (e.g. hook_pos_embed under "
-                                                           "rotary embeddings)")
+    not_fired: list[str] | None = Field(
+        None,
+        description="Requested hook points that exist but did not fire on "
+        "this model's forward pass (e.g. hook_pos_embed under "
+        "rotary embeddings)",
+    )
 
 
 # ---- head_attribution ----------------------------------------------------------------------------
@@ -40,8 +53,9 @@ class CacheSummary(Result):
 class OtherComponents(BaseModel):
     embed: Rounded = Field(description="Token embedding")
     pos_embed: Rounded | None = Field(None, description="Learned positional embedding (null: none, e.g. rotary)")
-    mlp: list[Rounded] | None = Field(None, description="Each layer's MLP output, in layer order "
-                                                        "(null: attention-only model)")
+    mlp: list[Rounded] | None = Field(
+        None, description="Each layer's MLP output, in layer order (null: attention-only model)"
+    )
     attn_bias: Rounded = Field(description="The attention output biases b_O of all layers together")
     unembed_bias: Rounded = Field(description="The unembedding bias b_U (not scaled by the final norm)")
 
@@ -50,8 +64,10 @@ class HeadAttribution(Result):
     metric: str = Field(description="What is attributed, e.g. logit(' Paris') - logit(' Rome')")
     position: int = Field(description="The position read (non-negative)")
     token: str = Field(description="The token at that position")
-    heads: Grid = Field(description="Layers x heads: each head's direct contribution to the metric, through the "
-                                    "final norm's cached scale (positive: pushes towards answer)")
+    heads: Grid = Field(
+        description="Layers x heads: each head's direct contribution to the metric, through the "
+        "final norm's cached scale (positive: pushes towards answer)"
+    )
     top_heads: list[HeadScore] = Field(description="The top_k heads by absolute contribution, sign kept")
     other: OtherComponents = Field(description="Direct contributions of everything else in the residual stream")
     heads_total: Rounded = Field(description="Sum over all heads")
@@ -74,8 +90,10 @@ class AnswerTrajectory(BaseModel):
 class LogitLens(Result):
     position: int = Field(description="The position read (non-negative)")
     token: str = Field(description="The token at that position")
-    rows: list[str] = Field(description="Row labels: 'L_pre' is the residual stream entering layer L; "
-                                        "'final' is the last layer's output, i.e. the model's real prediction")
+    rows: list[str] = Field(
+        description="Row labels: 'L_pre' is the residual stream entering layer L; "
+        "'final' is the last layer's output, i.e. the model's real prediction"
+    )
     top: list[list[TopToken]] = Field(description="Per row, the top-k tokens after the final norm and unembedding")
     answer: AnswerTrajectory | None = Field(None, description="The answer's probability and rank per row")
 
@@ -99,9 +117,11 @@ class QueryAttention(BaseModel):
 class AttentionPattern(Result):
     layer: int
     head: int
-    kv_head: int = Field(description="The key/value head this query head reads (differs from head under "
-                                     "grouped-query attention)")
+    kv_head: int = Field(
+        description="The key/value head this query head reads (differs from head under grouped-query attention)"
+    )
     n_tokens: int = Field(description="Prompt length, BOS included")
-    mean_entropy: Rounded = Field(description="Mean entropy (nats) over the listed query positions; "
-                                              "0 = one source only, ln(n) = uniform")
+    mean_entropy: Rounded = Field(
+        description="Mean entropy (nats) over the listed query positions; 0 = one source only, ln(n) = uniform"
+    )
     queries: list[QueryAttention]

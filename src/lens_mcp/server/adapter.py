@@ -28,8 +28,8 @@ from lens_mcp.errors import LensError
 from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost
 from lens_mcp.progress import ProgressReporter
-from lens_mcp.tools.batching import is_out_of_memory
-from lens_mcp.tools.context import ToolContext
+from lens_mcp.tools.core.batching import is_out_of_memory
+from lens_mcp.tools.core.context import ToolContext
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ def compact_result(result: BaseModel, limits: Limits) -> CallToolResult:
         raise LensError(
             f"the result is {len(text)} characters of JSON, over the response cap of {limits.max_response_chars} "
             "(LENS_MCP_MAX_RESPONSE_CHARS). Narrow the call: fewer layers=/positions=/query_positions=, "
-            "or a smaller top_k.")
+            "or a smaller top_k."
+        )
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
 
 
@@ -67,21 +68,31 @@ def run_guarded(tool_name: str, call: Callable[[], BaseModel], limits: Limits) -
     except LensError as exc:
         raise ToolError(str(exc)) from exc
     except MemoryError as exc:
-        raise ToolError(f"{tool_name} ran out of memory; narrow the call (fewer layers/positions, shorter "
-                        "prompts, smaller n_seqs) and try again. The loaded model is unchanged.") from exc
+        raise ToolError(
+            f"{tool_name} ran out of memory; narrow the call (fewer layers/positions, shorter "
+            "prompts, smaller n_seqs) and try again. The loaded model is unchanged."
+        ) from exc
     except Exception as exc:
         if type(exc).__name__ == "OutOfMemoryError" or is_out_of_memory(exc):  # also allocator RuntimeErrors
-            raise ToolError(f"{tool_name} ran out of GPU memory; narrow the call and try again. "
-                            "The loaded model is unchanged.") from exc
+            raise ToolError(
+                f"{tool_name} ran out of GPU memory; narrow the call and try again. The loaded model is unchanged."
+            ) from exc
         log.exception("tool %s failed unexpectedly", tool_name)
-        raise ToolError(f"{tool_name} failed unexpectedly ({type(exc).__name__}: {str(exc)[:300]}). The loaded "
-                        "model is unchanged; check the arguments against model_info and tokenize.") from exc
+        raise ToolError(
+            f"{tool_name} failed unexpectedly ({type(exc).__name__}: {str(exc)[:300]}). The loaded "
+            "model is unchanged; check the arguments against model_info and tokenize."
+        ) from exc
 
 
 # ---- readable messages for arguments that fail the input schema ------------------------------------
-_JSON_KINDS = {"integer": ("an integer", "integers"), "number": ("a number", "numbers"),
-               "string": ("a string", "strings"), "boolean": ("true or false", "booleans"),
-               "null": ("null", "nulls"), "object": ("an object", "objects")}
+_JSON_KINDS = {
+    "integer": ("an integer", "integers"),
+    "number": ("a number", "numbers"),
+    "string": ("a string", "strings"),
+    "boolean": ("true or false", "booleans"),
+    "null": ("null", "nulls"),
+    "object": ("an object", "objects"),
+}
 
 
 def _expected(schema: Mapping[str, Any], plural: bool = False) -> str:
@@ -130,9 +141,12 @@ class ReadableErrors:
         if name not in self._checkers:
             parameters = self._parameters[name]
             fields: dict[str, Any] = {
-                p.name: (p.annotation, ... if p.default is inspect.Parameter.empty else p.default) for p in parameters}
-            self._checkers[name] = (create_model(f"{name}_arguments", **fields),
-                                    {p.name: TypeAdapter(p.annotation).json_schema() for p in parameters})
+                p.name: (p.annotation, ... if p.default is inspect.Parameter.empty else p.default) for p in parameters
+            }
+            self._checkers[name] = (
+                create_model(f"{name}_arguments", **fields),
+                {p.name: TypeAdapter(p.annotation).json_schema() for p in parameters},
+            )
         return self._checkers[name]
 
     async def __call__(self, ctx: Any, call_next: Callable[[Any], Any]) -> Any:
@@ -158,9 +172,15 @@ class ReadableErrors:
             return result
         message = None
         if text == f"Unknown tool: {name}" and self._parameters:
-            message = (f"Unknown tool: {str(name)[:80]!r}. Use one of: {', '.join(self._parameters)} "
-                       "(tools/list describes them).")
-        elif name in self._parameters and text.startswith(f"Error executing tool {name}: ") and "validation error" in text:
+            message = (
+                f"Unknown tool: {str(name)[:80]!r}. Use one of: {', '.join(self._parameters)} "
+                "(tools/list describes them)."
+            )
+        elif (
+            name in self._parameters
+            and text.startswith(f"Error executing tool {name}: ")
+            and "validation error" in text
+        ):
             message = self.describe(name, dict(params.get("arguments") or {}))
         if message is None:
             return result
@@ -205,8 +225,9 @@ class ReadableErrors:
                 else:
                     shown = json.dumps(values[where], ensure_ascii=True, default=repr)
                     shown = shown if len(shown) <= 80 else shown[:77] + "..."
-                    lines.append(f"{where}={shown} is invalid ({'; '.join(reasons)}): pass {arg} as "
-                                 f"{wanted}{about_text}.")
+                    lines.append(
+                        f"{where}={shown} is invalid ({'; '.join(reasons)}): pass {arg} as {wanted}{about_text}."
+                    )
             return f"Error executing tool {name}: invalid arguments.\n" + "\n".join(f"- {line}" for line in lines)
         return None
 
@@ -229,8 +250,14 @@ def _exposed_signature(fn: Callable[..., Any], skip: int) -> tuple[list[inspect.
     return [p.replace(annotation=hints[p.name]) for p in parameters], hints["return"]
 
 
-def _publish(server: MCPServer, fn: Callable[..., Any], body: Callable[..., CallToolResult], skip: int,
-             annotations: ToolAnnotations, title: str | None) -> None:
+def _publish(
+    server: MCPServer,
+    fn: Callable[..., Any],
+    body: Callable[..., CallToolResult],
+    skip: int,
+    annotations: ToolAnnotations,
+    title: str | None,
+) -> None:
     parameters, result_model = _exposed_signature(fn, skip)
     context_parameter = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)
     returns = Annotated[CallToolResult, result_model]
@@ -242,8 +269,14 @@ def _publish(server: MCPServer, fn: Callable[..., Any], body: Callable[..., Call
     readable_errors(server).register(fn.__name__, parameters)
 
 
-def add_model_tool(server: MCPServer, host: ModelHost, fn: Callable[..., BaseModel], *, title: str | None = None,
-                   read_only: bool = True) -> None:
+def add_model_tool(
+    server: MCPServer,
+    host: ModelHost,
+    fn: Callable[..., BaseModel],
+    *,
+    title: str | None = None,
+    read_only: bool = True,
+) -> None:
     """Register `fn(tc, **arguments)` as a tool that runs on the loaded model."""
 
     def body(ctx: Context, **arguments: Any) -> CallToolResult:
@@ -255,20 +288,38 @@ def add_model_tool(server: MCPServer, host: ModelHost, fn: Callable[..., BaseMod
 
         return run_guarded(fn.__name__, call, host.limits)
 
-    _publish(server, fn, body, skip=1,
-             annotations=ToolAnnotations(read_only_hint=read_only, idempotent_hint=read_only, open_world_hint=False),
-             title=title)
+    _publish(
+        server,
+        fn,
+        body,
+        skip=1,
+        annotations=ToolAnnotations(read_only_hint=read_only, idempotent_hint=read_only, open_world_hint=False),
+        title=title,
+    )
 
 
-def add_host_tool(server: MCPServer, host: ModelHost, fn: Callable[..., BaseModel], *, title: str | None = None,
-                  read_only: bool = False, open_world: bool = True) -> None:
+def add_host_tool(
+    server: MCPServer,
+    host: ModelHost,
+    fn: Callable[..., BaseModel],
+    *,
+    title: str | None = None,
+    read_only: bool = False,
+    open_world: bool = True,
+) -> None:
     """Register `fn(host, report, **arguments)`: a tool that manages the host itself (e.g. load_model)."""
 
     def body(ctx: Context, **arguments: Any) -> CallToolResult:
         report = progress_reporter(ctx)
         return run_guarded(fn.__name__, lambda: fn(host, report, **arguments), host.limits)
 
-    _publish(server, fn, body, skip=2,
-             annotations=ToolAnnotations(read_only_hint=read_only, destructive_hint=False, idempotent_hint=True,
-                                         open_world_hint=open_world),
-             title=title)
+    _publish(
+        server,
+        fn,
+        body,
+        skip=2,
+        annotations=ToolAnnotations(
+            read_only_hint=read_only, destructive_hint=False, idempotent_hint=True, open_world_hint=open_world
+        ),
+        title=title,
+    )

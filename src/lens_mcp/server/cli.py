@@ -37,17 +37,26 @@ LIMIT_FLAGS = {
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"builtin (smollm2-135m, toy-induction), HF name, save_pretrained folder or .gguf file "
-                             f"(default: {DEFAULT_MODEL})")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                        help="auto picks cuda, then cpu (mps only when named)")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"builtin (smollm2-135m, toy-induction), HF name, save_pretrained folder or .gguf file "
+        f"(default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "mps"],
+        help="auto picks cuda, then cpu (mps only when named)",
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--device-map", default=None,
-                        help="HF device map (e.g. auto, balanced) for models larger than one GPU")
+    parser.add_argument(
+        "--device-map", default=None, help="HF device map (e.g. auto, balanced) for models larger than one GPU"
+    )
     parser.add_argument("--n-devices", type=int, default=None, help="split the model across this many GPUs")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow model repositories' own code to run (off by default)")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow model repositories' own code to run (off by default)"
+    )
     limits = parser.add_argument_group("limits (also settable as LENS_MCP_<NAME> environment variables)")
     for name, what in LIMIT_FLAGS.items():
         limits.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=what)
@@ -64,47 +73,63 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the MCP server (stdio by default)")
     add_model_arguments(serve)
     serve.add_argument("--transport", default="stdio", choices=["stdio", "http"])
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="http: address to bind; anything but loopback requires a bearer token")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="http: address to bind; anything but loopback requires a bearer token"
+    )
     serve.add_argument("--port", type=int, default=8000, help="http: port (endpoint http://HOST:PORT/mcp)")
-    serve.add_argument("--token-file", default=None, metavar="PATH",
-                       help="http: file holding the bearer token clients must send (default: the LENS_MCP_TOKEN "
-                            "environment variable)")
+    serve.add_argument(
+        "--token-file",
+        default=None,
+        metavar="PATH",
+        help="http: file holding the bearer token clients must send (default: the LENS_MCP_TOKEN environment variable)",
+    )
     serve.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
 
     tools = commands.add_parser("tools", help="list the tools with a one-line description each (loads no model)")
-    tools.add_argument("--json", action="store_true", dest="as_json",
-                       help="print names, descriptions and input schemas as one JSON array")
+    tools.add_argument(
+        "--json",
+        action="store_true",
+        dest="as_json",
+        help="print names, descriptions and input schemas as one JSON array",
+    )
     add_model_arguments(tools)
     tools.add_argument("--log-level", default="WARNING", choices=LOG_LEVELS)
 
     call = commands.add_parser(
-        "call", help="run one tool and print its compact JSON result",
+        "call",
+        help="run one tool and print its compact JSON result",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run one tool through a real MCP client session and print its result as compact JSON.\n"
-                    "Values are JSON when they parse (numbers, true/false, null, [0,1]) and text otherwise;\n"
-                    "arguments the tool declares as strings always keep the text. Exit status 1 on a tool\n"
-                    "error (the message on stderr), 2 on bad input. Examples:\n"
-                    "  lens-mcp call tokenize text=' Paris'\n"
-                    "  lens-mcp call logit_lens prompt='The Eiffel Tower is in the city of' top_k=3\n"
-                    "  lens-mcp call head_attribution --json '{\"prompt\": \"...\", \"answer\": \" Paris\"}'")
+        "Values are JSON when they parse (numbers, true/false, null, [0,1]) and text otherwise;\n"
+        "arguments the tool declares as strings always keep the text. Exit status 1 on a tool\n"
+        "error (the message on stderr), 2 on bad input. Examples:\n"
+        "  lens-mcp call tokenize text=' Paris'\n"
+        "  lens-mcp call logit_lens prompt='The Eiffel Tower is in the city of' top_k=3\n"
+        '  lens-mcp call head_attribution --json \'{"prompt": "...", "answer": " Paris"}\'',
+    )
     call.add_argument("tool", help="tool name (see `lens-mcp tools`)")
     call.add_argument("pairs", nargs="*", metavar="key=value", help="tool arguments")
-    call.add_argument("--json", dest="json_arguments", metavar="OBJECT",
-                      help="all arguments as one JSON object (key=value pairs override its keys)")
+    call.add_argument(
+        "--json",
+        dest="json_arguments",
+        metavar="OBJECT",
+        help="all arguments as one JSON object (key=value pairs override its keys)",
+    )
     add_model_arguments(call)
     call.add_argument("--log-level", default="WARNING", choices=LOG_LEVELS)
 
     batch = commands.add_parser(
-        "batch", help="run a JSONL file of calls in one session, one JSON result line per call",
+        "batch",
+        help="run a JSONL file of calls in one session, one JSON result line per call",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run many calls in one session (the model loads once).\n"
-                    'Input, one call per line: {"tool": "tokenize", "arguments": {"text": " Paris"}}\n'
-                    '  ("name"/"args" work too; an "id" is echoed back; blank lines are skipped).\n'
-                    "Output, one line per call in input order:\n"
-                    '  {"line": 1, "tool": "tokenize", "ok": true, "result": {...}}\n'
-                    '  {"line": 2, "tool": ..., "ok": false, "error": "..."}\n'
-                    "Exit status 0 when every call succeeded, 1 when any failed, 2 on bad input.")
+        'Input, one call per line: {"tool": "tokenize", "arguments": {"text": " Paris"}}\n'
+        '  ("name"/"args" work too; an "id" is echoed back; blank lines are skipped).\n'
+        "Output, one line per call in input order:\n"
+        '  {"line": 1, "tool": "tokenize", "ok": true, "result": {...}}\n'
+        '  {"line": 2, "tool": ..., "ok": false, "error": "..."}\n'
+        "Exit status 0 when every call succeeded, 1 when any failed, 2 on bad input.",
+    )
     batch.add_argument("file", help="JSONL file of calls ('-' for stdin)")
     batch.add_argument("-o", "--output", default="-", help="where to write the result lines (default: stdout)")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -120,8 +145,12 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
 def make_host(args: argparse.Namespace) -> ModelHost:
     from lens_mcp.model_host import ModelHost
 
-    return ModelHost(limits_from_args(args), trust_remote_code=args.trust_remote_code,
-                     device_map=args.device_map, n_devices=args.n_devices)
+    return ModelHost(
+        limits_from_args(args),
+        trust_remote_code=args.trust_remote_code,
+        device_map=args.device_map,
+        n_devices=args.n_devices,
+    )
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -164,14 +193,16 @@ def scripted(args: argparse.Namespace, out: TextIO, exit_hard: bool = False) -> 
     if args.command == "tools":
         status = anyio.run(commands.list_tools, host, args.as_json, out)
     elif args.command == "call":
-        status = anyio.run(commands.call_one, host, _loader(host, args), args.tool, args.pairs, args.json_arguments,
-                           out, sys.stderr)
+        status = anyio.run(
+            commands.call_one, host, _loader(host, args), args.tool, args.pairs, args.json_arguments, out, sys.stderr
+        )
     else:
         lines = _read_lines(args.file)
         with contextlib.ExitStack() as stack:
             target = out if args.output == "-" else stack.enter_context(_open_output(args.output))
-            status = anyio.run(commands.run_batch, host, _loader(host, args), lines, target, sys.stderr,
-                               not args.no_progress)
+            status = anyio.run(
+                commands.run_batch, host, _loader(host, args), lines, target, sys.stderr, not args.no_progress
+            )
     if exit_hard and host.loading is not None:
         # The load is still running in its thread (the call failed before it needed the model): leave now
         # rather than let interpreter shutdown race the loader. Only as a program, never inside a caller.
@@ -220,8 +251,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = [item for item in extra if item.startswith("-")]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(stream=sys.stderr, level=getattr(args, "log_level", "WARNING"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(args, "log_level", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         if args.command == "serve":
             return serve(args)

@@ -69,7 +69,8 @@ def check_exposure(host: str, token: str | None) -> None:
         raise TokenError(
             f"--host {host} is reachable from other machines, so a bearer token is required: set {TOKEN_ENV} "
             "or pass --token-file PATH (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
-            "or bind 127.0.0.1 and use an SSH tunnel.")
+            "or bind 127.0.0.1 and use an SSH tunnel."
+        )
 
 
 class BearerTokenMiddleware:
@@ -92,11 +93,20 @@ class BearerTokenMiddleware:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        body = json.dumps({"error": "unauthorized",
-                           "message": "missing or wrong bearer token: send 'Authorization: Bearer <token>'"}).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"www-authenticate", b'Bearer realm="lens-mcp"')]})
+        body = json.dumps(
+            {"error": "unauthorized", "message": "missing or wrong bearer token: send 'Authorization: Bearer <token>'"}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b'Bearer realm="lens-mcp"'),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -117,8 +127,7 @@ def url_for(host: str, port: int) -> str:
     return f"http://{shown}:{port}{MCP_PATH}"
 
 
-def serve_http(server: MCPServer, host: str, port: int, token: str | None = None,
-               log_level: str = "info") -> int:
+def serve_http(server: MCPServer, host: str, port: int, token: str | None = None, log_level: str = "info") -> int:
     """Serve `server` over streamable HTTP until interrupted. Returns the process exit status."""
     import uvicorn
     from uvicorn.config import LOGGING_CONFIG
@@ -130,11 +139,21 @@ def serve_http(server: MCPServer, host: str, port: int, token: str | None = None
         return 2
     app = build_http_app(server, host, token)
     protection = "bearer token required" if token is not None else "no token: loopback only"
-    print(f"lens-mcp: serving MCP over streamable HTTP at {url_for(host, port)} ({protection})", file=sys.stderr,
-          flush=True)
+    print(
+        f"lens-mcp: serving MCP over streamable HTTP at {url_for(host, port)} ({protection})",
+        file=sys.stderr,
+        flush=True,
+    )
     log_config = copy.deepcopy(LOGGING_CONFIG)
     log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout stays clean, as on stdio
-    config = uvicorn.Config(app, host=host.strip("[]"), port=port, log_level=log_level.lower(), log_config=log_config,
-                            lifespan="on", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app,
+        host=host.strip("[]"),
+        port=port,
+        log_level=log_level.lower(),
+        log_config=log_config,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
     uvicorn.Server(config).run()
     return 0

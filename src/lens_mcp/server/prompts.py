@@ -9,8 +9,10 @@ from typing import Annotated
 from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
-SMALL_RESULTS = ("Keep each result small: ask for the layers, heads and positions you need and top_k <= 10\n"
-                 "(results are capped; an error says how to narrow a call).")
+SMALL_RESULTS = (
+    "Keep each result small: ask for the layers, heads and positions you need and top_k <= 10\n"
+    "(results are capped; an error says how to narrow a call)."
+)
 
 
 def _quoted(text: str) -> str:
@@ -18,19 +20,32 @@ def _quoted(text: str) -> str:
 
 
 def locate_fact(
-    prompt: Annotated[str, Field(description="Clean prompt whose next token states the fact, e.g. "
-                                             "'The Eiffel Tower is in the city of'")],
+    prompt: Annotated[
+        str,
+        Field(description="Clean prompt whose next token states the fact, e.g. 'The Eiffel Tower is in the city of'"),
+    ],
     answer: Annotated[str, Field(description="The expected next token, usually with a leading space: ' Paris'")],
-    corrupted_prompt: Annotated[str, Field(description="Optional: same prompt with the subject changed (same token "
-                                                       "count), e.g. 'The Colosseum is in the city of'")] = "",
+    corrupted_prompt: Annotated[
+        str,
+        Field(
+            description="Optional: same prompt with the subject changed (same token "
+            "count), e.g. 'The Colosseum is in the city of'"
+        ),
+    ] = "",
     wrong_answer: Annotated[str, Field(description="Optional: what the corrupted prompt predicts, e.g. ' Rome'")] = "",
 ) -> str:
     """Where is this fact stored? tokenize -> logit_lens -> patch_sweep on resid_pre -> head_attribution."""
-    corrupted = (f"Corrupted prompt: {_quoted(corrupted_prompt)}" if corrupted_prompt else
-                 "Corrupted prompt: none given. Write one that changes only the subject, has exactly the same "
-                 "number of tokens (check with tokenize) and makes the model predict a different answer.")
-    wrong = (f"Competing answer (wrong_answer): {_quoted(wrong_answer)}" if wrong_answer else
-             "Competing answer: none given. Use the corrupted prompt's top prediction (logit_lens on it, last layer).")
+    corrupted = (
+        f"Corrupted prompt: {_quoted(corrupted_prompt)}"
+        if corrupted_prompt
+        else "Corrupted prompt: none given. Write one that changes only the subject, has exactly the same "
+        "number of tokens (check with tokenize) and makes the model predict a different answer."
+    )
+    wrong = (
+        f"Competing answer (wrong_answer): {_quoted(wrong_answer)}"
+        if wrong_answer
+        else "Competing answer: none given. Use the corrupted prompt's top prediction (logit_lens on it, last layer)."
+    )
     return f"""Find where the model stores the fact this prompt retrieves, with the lens-mcp tools.
 Clean prompt: {_quoted(prompt)}
 Answer: {_quoted(answer)}
@@ -58,8 +73,9 @@ that move it to the last position, and the numbers behind each claim.
 
 
 def find_induction_circuit(
-    seq_len: Annotated[str, Field(description="Optional: random tokens per repeat for induction_scores "
-                                              "(default: the tool's own)")] = "",
+    seq_len: Annotated[
+        str, Field(description="Optional: random tokens per repeat for induction_scores (default: the tool's own)")
+    ] = "",
 ) -> str:
     """Find the induction circuit: induction_scores -> attention_pattern -> ablate_heads."""
     length = f"(seq_len={seq_len.strip()})" if seq_len.strip() else ""

@@ -6,16 +6,16 @@ from mcp.server.mcpserver import MCPServer
 
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server.adapter import add_host_tool, add_model_tool
-from lens_mcp.tools.ablate_heads import ablate_heads
-from lens_mcp.tools.attention_pattern import attention_pattern
-from lens_mcp.tools.head_attribution import head_attribution
-from lens_mcp.tools.induction_scores import induction_scores
-from lens_mcp.tools.load_model import load_model
-from lens_mcp.tools.logit_lens import logit_lens
-from lens_mcp.tools.model_info import model_info
-from lens_mcp.tools.patch_sweep import patch_sweep
-from lens_mcp.tools.run_with_cache import run_with_cache
-from lens_mcp.tools.tokenize import tokenize
+from lens_mcp.tools.causal.ablate_heads import ablate_heads
+from lens_mcp.tools.causal.patch_sweep import patch_sweep
+from lens_mcp.tools.model.load_model import load_model
+from lens_mcp.tools.model.model_info import model_info
+from lens_mcp.tools.model.tokenize import tokenize
+from lens_mcp.tools.reading.attention_pattern import attention_pattern
+from lens_mcp.tools.reading.head_attribution import head_attribution
+from lens_mcp.tools.reading.induction_scores import induction_scores
+from lens_mcp.tools.reading.logit_lens import logit_lens
+from lens_mcp.tools.reading.run_with_cache import run_with_cache
 
 
 def register_tools(server: MCPServer, host: ModelHost) -> None:

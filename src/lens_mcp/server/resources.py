@@ -14,9 +14,9 @@ from mcp.server.mcpserver.exceptions import ResourceError
 from lens_mcp.errors import LensError
 from lens_mcp.loading import LoadedModel
 from lens_mcp.model_host import ModelHost
-from lens_mcp.tools.context import ToolContext
-from lens_mcp.tools.hook_names import FAMILY_TEMPLATES, available_families
-from lens_mcp.tools.model_info import describe
+from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.hook_names import FAMILY_TEMPLATES, available_families
+from lens_mcp.tools.model.model_info import describe
 
 MODEL_INFO_URI = "lens://model/info"
 MODEL_HOOKS_URI = "lens://model/hooks"
@@ -56,7 +56,7 @@ def hook_summary(model: LoadedModel) -> dict[str, Any]:
         "n_layers": n_layers,
         "n_hook_points": len(names),
         "how_to_read": "Replace {layer} with 0..n_layers-1. run_with_cache takes the short family names; "
-                       "the full names are TransformerLens hook points (several are aliases of one another).",
+        "the full names are TransformerLens hook points (several are aliases of one another).",
         "families": {family: FAMILY_TEMPLATES[family] for family in families},
         "per_layer": every_layer,
         **({"some_layers_only": some_layers} if some_layers else {}),
@@ -65,22 +65,37 @@ def hook_summary(model: LoadedModel) -> dict[str, Any]:
 
 
 def register_resources(server: MCPServer, host: ModelHost) -> None:
-    @server.resource(MODEL_INFO_URI, name="model_info", title="Loaded model", mime_type="application/json",
-                     description="The model_info tool's result: layers, heads, sizes, context, device, dtype, hook "
-                                 "families. Waits for a model that is still loading.")
+    @server.resource(
+        MODEL_INFO_URI,
+        name="model_info",
+        title="Loaded model",
+        mime_type="application/json",
+        description="The model_info tool's result: layers, heads, sizes, context, device, dtype, hook "
+        "families. Waits for a model that is still loading.",
+    )
     def model_info_resource() -> str:
         model = _ready_model(host)
         info = describe(model, ToolContext(model, host.limits).max_prompt_tokens)
         return _compact(info.model_dump(mode="json"))
 
-    @server.resource(MODEL_HOOKS_URI, name="model_hooks", title="Hook names", mime_type="application/json",
-                     description="The loaded model's TransformerLens hook points, grouped: per-layer name templates, "
-                                 "non-block names, and the short hook families run_with_cache accepts.")
+    @server.resource(
+        MODEL_HOOKS_URI,
+        name="model_hooks",
+        title="Hook names",
+        mime_type="application/json",
+        description="The loaded model's TransformerLens hook points, grouped: per-layer name templates, "
+        "non-block names, and the short hook families run_with_cache accepts.",
+    )
     def model_hooks_resource() -> str:
         return _compact(hook_summary(_ready_model(host)))
 
-    @server.resource(LIMITS_URI, name="limits", title="Server limits", mime_type="application/json",
-                     description="The caps on every call (tokens per prompt, cells per sweep, batch sizes, top_k, "
-                                 "response characters); set by LENS_MCP_<NAME> environment variables or flags.")
+    @server.resource(
+        LIMITS_URI,
+        name="limits",
+        title="Server limits",
+        mime_type="application/json",
+        description="The caps on every call (tokens per prompt, cells per sweep, batch sizes, top_k, "
+        "response characters); set by LENS_MCP_<NAME> environment variables or flags.",
+    )
     def limits_resource() -> str:
         return _compact(asdict(host.limits))

@@ -162,19 +162,26 @@ def one_line(description: str | None, limit: int = 100) -> str:
     """A tool description's first sentence on one line; when that is long, its head up to the first colon."""
     text = " ".join((description or "").split())
     cut = text.find(". ")
-    text = text[:cut + 1] if cut != -1 else text
+    text = text[: cut + 1] if cut != -1 else text
     if len(text) > limit and ": " in text:
-        text = text[:text.index(": ")]
+        text = text[: text.index(": ")]
     if len(text) > limit:
-        text = text[:limit - 3].rsplit(" ", 1)[0] + "..."
+        text = text[: limit - 3].rsplit(" ", 1)[0] + "..."
     return text
 
 
 async def list_tools(host: ModelHost, as_json: bool, out: TextIO) -> int:
     async with session(host) as (_, tools):
         if as_json:
-            out.write(compact([{"name": t.name, "title": t.title, "description": t.description,
-                                "input_schema": t.input_schema} for t in tools.values()]) + "\n")
+            out.write(
+                compact(
+                    [
+                        {"name": t.name, "title": t.title, "description": t.description, "input_schema": t.input_schema}
+                        for t in tools.values()
+                    ]
+                )
+                + "\n"
+            )
         else:
             width = max(map(len, tools)) if tools else 0
             for tool in tools.values():
@@ -183,8 +190,15 @@ async def list_tools(host: ModelHost, as_json: bool, out: TextIO) -> int:
     return 0
 
 
-async def call_one(host: ModelHost, start_load: Callable[[], None], name: str, pairs: list[str], json_arguments: str | None,
-                   out: TextIO, err: TextIO) -> int:
+async def call_one(
+    host: ModelHost,
+    start_load: Callable[[], None],
+    name: str,
+    pairs: list[str],
+    json_arguments: str | None,
+    out: TextIO,
+    err: TextIO,
+) -> int:
     arguments = parse_json_object(json_arguments, "--json") if json_arguments is not None else {}
     progress = ProgressLine(err)
 
@@ -245,8 +259,14 @@ def _call_of(entry: dict[str, Any], tools: dict[str, Tool]) -> tuple[str, dict[s
     return name, arguments
 
 
-async def run_batch(host: ModelHost, start_load: Callable[[], None], lines: list[str], out: TextIO, err: TextIO,
-                    show_progress: bool = True) -> int:
+async def run_batch(
+    host: ModelHost,
+    start_load: Callable[[], None],
+    lines: list[str],
+    out: TextIO,
+    err: TextIO,
+    show_progress: bool = True,
+) -> int:
     calls = [(number, text) for number, text in enumerate(lines, start=1) if text.strip()]
     total = len(calls)
     progress = ProgressLine(err, enabled=show_progress)

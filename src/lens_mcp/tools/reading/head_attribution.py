@@ -15,11 +15,11 @@ from pydantic import Field
 
 from lens_mcp.schemas.common import HeadScore
 from lens_mcp.schemas.reading import HeadAttribution, OtherComponents
-from lens_mcp.tools.cache import cached_forward
-from lens_mcp.tools.context import ToolContext
-from lens_mcp.tools.metrics import AnswerMetric, resolve_metric
-from lens_mcp.tools.prompts import encode, token_string
-from lens_mcp.tools.validation import check_top_k, resolve_position
+from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.forward import cached_forward
+from lens_mcp.tools.core.metrics import AnswerMetric, resolve_metric
+from lens_mcp.tools.core.tokens import encode, token_string
+from lens_mcp.tools.core.validation import check_top_k, resolve_position
 
 FP32_TOLERANCE = 1e-3
 
@@ -47,11 +47,18 @@ def _stacked_or_none(tc: ToolContext, attribute: str) -> torch.Tensor | None:
 def head_attribution(
     tc: ToolContext,
     prompt: Annotated[str, Field(description="The text to run (BOS is prepended)")],
-    answer: Annotated[str, Field(description="The expected next token, one token (usually with a leading "
-                                             "space: ' Paris')")],
-    wrong_answer: Annotated[str | None, Field(description=(
-        "A competing token (' Rome'); attribute logit(answer) - logit(wrong_answer). "
-        "Omitted: attribute logit(answer) alone"))] = None,
+    answer: Annotated[
+        str, Field(description="The expected next token, one token (usually with a leading space: ' Paris')")
+    ],
+    wrong_answer: Annotated[
+        str | None,
+        Field(
+            description=(
+                "A competing token (' Rome'); attribute logit(answer) - logit(wrong_answer). "
+                "Omitted: attribute logit(answer) alone"
+            )
+        ),
+    ] = None,
     position: Annotated[int, Field(description="Position whose prediction is attributed (-1 = last)")] = -1,
     top_k: Annotated[int, Field(description="How many heads to list by absolute contribution")] = 10,
 ) -> HeadAttribution:
@@ -77,12 +84,14 @@ def head_attribution(
         names.append("ln_final.hook_scale")
     logits, cache = cached_forward(tc, tokens, names, positions=[pos])
     with torch.no_grad():
-        return _attribute(tc, metric, cache, float(metric(logits[0, pos])), pos, top_k,
-                          token_string(tc, int(tokens[0, pos])))
+        return _attribute(
+            tc, metric, cache, float(metric(logits[0, pos])), pos, top_k, token_string(tc, int(tokens[0, pos]))
+        )
 
 
-def _attribute(tc: ToolContext, metric: AnswerMetric, cache: Any, actual: float, pos: int, top_k: int,
-               token: str) -> HeadAttribution:
+def _attribute(
+    tc: ToolContext, metric: AnswerMetric, cache: Any, actual: float, pos: int, top_k: int, token: str
+) -> HeadAttribution:
     bridge, cfg = tc.bridge, tc.cfg
     n_layers, n_heads = int(cfg.n_layers), int(cfg.n_heads)
     attn_only = bool(getattr(cfg, "attn_only", False))
@@ -102,8 +111,9 @@ def _attribute(tc: ToolContext, metric: AnswerMetric, cache: Any, actual: float,
     # Heads: z (layers, heads, d_head) at the position through each head's W_O (layers, heads, d_head, d_model),
     # contracted with the direction first so no (heads, d_model) output is built.
     # (.to: under a device_map the layers live on different devices.)
-    z = torch.stack([cache[f"blocks.{layer}.attn.hook_z"][0, 0].to(direction.device)
-                     for layer in range(n_layers)]).float()
+    z = torch.stack(
+        [cache[f"blocks.{layer}.attn.hook_z"][0, 0].to(direction.device) for layer in range(n_layers)]
+    ).float()
     head_directions = torch.einsum("lhdm,m->lhd", bridge.W_O.to(direction.device).float(), direction)
     heads = torch.einsum("lhd,lhd->lh", z, head_directions) / scale
 
@@ -125,12 +135,16 @@ def _attribute(tc: ToolContext, metric: AnswerMetric, cache: Any, actual: float,
     gap = total - actual
     explained = abs(gap) <= tolerance
     if explained:
-        note = (f"total equals actual to {abs(gap):.1e} (tolerance {tolerance:.0e}): the components account for "
-                "the whole metric.")
+        note = (
+            f"total equals actual to {abs(gap):.1e} (tolerance {tolerance:.0e}): the components account for "
+            "the whole metric."
+        )
     else:
-        note = (f"total differs from actual by {gap:+.4g} (tolerance {tolerance:.0e}): this model's residual "
-                "stream holds something the listed components miss (e.g. a norm after each sublayer); read the "
-                "grid as approximate.")
+        note = (
+            f"total differs from actual by {gap:+.4g} (tolerance {tolerance:.0e}): this model's residual "
+            "stream holds something the listed components miss (e.g. a norm after each sublayer); read the "
+            "grid as approximate."
+        )
 
     flat = heads.flatten()
     order = flat.abs().argsort(descending=True)[: min(top_k, flat.numel())]
@@ -141,8 +155,9 @@ def _attribute(tc: ToolContext, metric: AnswerMetric, cache: Any, actual: float,
         token=token,
         heads=heads.tolist(),
         top_heads=top_heads,
-        other=OtherComponents(embed=embed, pos_embed=pos_embed, mlp=mlp, attn_bias=attn_bias,
-                              unembed_bias=unembed_bias),
+        other=OtherComponents(
+            embed=embed, pos_embed=pos_embed, mlp=mlp, attn_bias=attn_bias, unembed_bias=unembed_bias
+        ),
         heads_total=heads_total,
         total=total,
         actual=actual,

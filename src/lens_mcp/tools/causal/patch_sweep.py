@@ -11,17 +11,24 @@ from pydantic import Field
 
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.patching import PatchCell, PatchSweepResult
-from lens_mcp.tools.batching import ProgressCounter
-from lens_mcp.tools.context import ToolContext
-from lens_mcp.tools.hook_names import hook_name
-from lens_mcp.tools.metrics import AnswerMetric, MetricName, resolve_metric
-from lens_mcp.tools.patching_engine import Patch, PatchEngine, Readout, make_patch
-from lens_mcp.tools.prompts import encode_pair, token_strings
-from lens_mcp.tools.validation import resolve_layers, resolve_positions
+from lens_mcp.tools.causal.patching_engine import Patch, PatchEngine, Readout, make_patch
+from lens_mcp.tools.core.batching import ProgressCounter
+from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.hook_names import hook_name
+from lens_mcp.tools.core.metrics import AnswerMetric, MetricName, resolve_metric
+from lens_mcp.tools.core.tokens import encode_pair, token_strings
+from lens_mcp.tools.core.validation import resolve_layers, resolve_positions
 
 Component = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos"]
-COMPONENT_FAMILY = {"resid_pre": "resid_pre", "resid_mid": "resid_mid", "resid_post": "resid_post",
-                    "attn_out": "attn_out", "mlp_out": "mlp_out", "heads": "z", "heads_by_pos": "z"}
+COMPONENT_FAMILY = {
+    "resid_pre": "resid_pre",
+    "resid_mid": "resid_mid",
+    "resid_post": "resid_post",
+    "attn_out": "attn_out",
+    "mlp_out": "mlp_out",
+    "heads": "z",
+    "heads_by_pos": "z",
+}
 TOP_CELLS = 10
 
 
@@ -31,8 +38,10 @@ def _check_component(tc: ToolContext, component: str) -> str:
     family = COMPONENT_FAMILY[component]
     if hook_name(family, 0) not in tc.bridge.hook_dict:
         available = [c for c, f in COMPONENT_FAMILY.items() if hook_name(f, 0) in tc.bridge.hook_dict]
-        raise LensError(f"component={component!r}: this model has no {hook_name(family, 0)} hook point "
-                        f"(e.g. an attention-only model has no MLP); use one of {', '.join(available)}.")
+        raise LensError(
+            f"component={component!r}: this model has no {hook_name(family, 0)} hook point "
+            f"(e.g. an attention-only model has no MLP); use one of {', '.join(available)}."
+        )
     return family
 
 
@@ -54,9 +63,17 @@ class Sweep:
     engine: PatchEngine
 
 
-def run_sweep(tc: ToolContext, clean_prompt: str, corrupted_prompt: str, answer: str, wrong_answer: str | None,
-              component: str = "resid_pre", layers: list[int] | None = None, positions: list[int] | None = None,
-              metric: str = "logit_diff") -> Sweep:
+def run_sweep(
+    tc: ToolContext,
+    clean_prompt: str,
+    corrupted_prompt: str,
+    answer: str,
+    wrong_answer: str | None,
+    component: str = "resid_pre",
+    layers: list[int] | None = None,
+    positions: list[int] | None = None,
+    metric: str = "logit_diff",
+) -> Sweep:
     """Validate the arguments and run every cell of the sweep; see patch_sweep."""
     family = _check_component(tc, component)
     tokens = encode_pair(tc, clean_prompt, corrupted_prompt, "clean_prompt", "corrupted_prompt")
@@ -65,17 +82,24 @@ def run_sweep(tc: ToolContext, clean_prompt: str, corrupted_prompt: str, answer:
     layer_list = resolve_layers(layers, n_layers)
     by_head = component in ("heads", "heads_by_pos")
     if component == "heads" and positions is not None:
-        raise LensError("positions= does not apply to component='heads' (it patches every position of a head); "
-                        "use component='heads_by_pos' to patch one position at a time.")
+        raise LensError(
+            "positions= does not apply to component='heads' (it patches every position of a head); "
+            "use component='heads_by_pos' to patch one position at a time."
+        )
     position_list = None if component == "heads" else resolve_positions(positions, n_tokens)
     head_list = list(range(n_heads)) if by_head else None
     n_cells = len(layer_list) * (len(head_list) if head_list else 1) * (len(position_list) if position_list else 1)
     if n_cells > tc.limits.max_sweep_cells:
-        shape = " x ".join(f"{len(axis)} {name}" for axis, name in
-                           ((layer_list, "layers"), (head_list, "heads"), (position_list, "positions")) if axis)
-        raise LensError(f"the sweep has {n_cells} cells ({shape}), over the cap max_sweep_cells="
-                        f"{tc.limits.max_sweep_cells} (LENS_MCP_MAX_SWEEP_CELLS); narrow it with layers=[...] "
-                        "and/or positions=[...].")
+        shape = " x ".join(
+            f"{len(axis)} {name}"
+            for axis, name in ((layer_list, "layers"), (head_list, "heads"), (position_list, "positions"))
+            if axis
+        )
+        raise LensError(
+            f"the sweep has {n_cells} cells ({shape}), over the cap max_sweep_cells="
+            f"{tc.limits.max_sweep_cells} (LENS_MCP_MAX_SWEEP_CELLS); narrow it with layers=[...] "
+            "and/or positions=[...]."
+        )
 
     hooks = {layer: hook_name(family, layer) for layer in layer_list}
     readout = Readout(tc, answer_metric)
@@ -92,34 +116,71 @@ def run_sweep(tc: ToolContext, clean_prompt: str, corrupted_prompt: str, answer:
             for head in head_list or [None]:
                 for position in position_list or [None]:
                     cells.append((layer, head, position))
-                    patches.append(make_patch(layer, hook, engine.clean_cache[hook], engine.cache[hook], position,
-                                              head))
+                    patches.append(
+                        make_patch(layer, hook, engine.clean_cache[hook], engine.cache[hook], position, head)
+                    )
         values = engine.run(patches, counter)
-    return Sweep(values, cells, engine.clean_value, engine.metric_value, layer_list, head_list, position_list, tokens,
-                 answer_metric, engine)
+    return Sweep(
+        values,
+        cells,
+        engine.clean_value,
+        engine.metric_value,
+        layer_list,
+        head_list,
+        position_list,
+        tokens,
+        answer_metric,
+        engine,
+    )
 
 
 def patch_sweep(
     tc: ToolContext,
-    clean_prompt: Annotated[str, Field(description="Prompt whose activations are patched in, e.g. "
-                                                   "'The Eiffel Tower is in the city of'")],
-    corrupted_prompt: Annotated[str, Field(description="Prompt that receives them; must tokenize to the same "
-                                                       "length, e.g. 'The Colosseum is in the city of'")],
+    clean_prompt: Annotated[
+        str, Field(description="Prompt whose activations are patched in, e.g. 'The Eiffel Tower is in the city of'")
+    ],
+    corrupted_prompt: Annotated[
+        str,
+        Field(
+            description="Prompt that receives them; must tokenize to the same "
+            "length, e.g. 'The Colosseum is in the city of'"
+        ),
+    ],
     answer: Annotated[str, Field(description="The clean prompt's answer, one token (e.g. ' Paris')")],
-    wrong_answer: Annotated[str | None, Field(description="The corrupted prompt's answer, one token (e.g. "
-                                                          "' Rome'); needed for metric='logit_diff'")] = None,
-    component: Annotated[Component, Field(description="What to patch: resid_pre/resid_mid/resid_post/attn_out/"
-                                                      "mlp_out (layer x position grid), heads (each head's z at "
-                                                      "all positions: layer x head), heads_by_pos (layer x head x "
-                                                      "position)")] = "resid_pre",
-    layers: Annotated[list[int] | None, Field(description="Layers to sweep (null: all; negative counts from "
-                                                          "the end)")] = None,
-    positions: Annotated[list[int] | None, Field(description="Positions to sweep (null: all; BOS is 0, -1 the "
-                                                             "last); not used by component='heads'")] = None,
-    metric: Annotated[MetricName, Field(description="logit_diff: logit(answer) - logit(wrong_answer); prob / "
-                                                    "logprob: of answer. At the last position")] = "logit_diff",
-    normalize: Annotated[bool, Field(description="Report (patched - corrupted) / (clean - corrupted): 0 = no "
-                                                 "effect, 1 = clean behaviour fully restored")] = True,
+    wrong_answer: Annotated[
+        str | None,
+        Field(description="The corrupted prompt's answer, one token (e.g. ' Rome'); needed for metric='logit_diff'"),
+    ] = None,
+    component: Annotated[
+        Component,
+        Field(
+            description="What to patch: resid_pre/resid_mid/resid_post/attn_out/"
+            "mlp_out (layer x position grid), heads (each head's z at "
+            "all positions: layer x head), heads_by_pos (layer x head x "
+            "position)"
+        ),
+    ] = "resid_pre",
+    layers: Annotated[
+        list[int] | None, Field(description="Layers to sweep (null: all; negative counts from the end)")
+    ] = None,
+    positions: Annotated[
+        list[int] | None,
+        Field(description="Positions to sweep (null: all; BOS is 0, -1 the last); not used by component='heads'"),
+    ] = None,
+    metric: Annotated[
+        MetricName,
+        Field(
+            description="logit_diff: logit(answer) - logit(wrong_answer); prob / "
+            "logprob: of answer. At the last position"
+        ),
+    ] = "logit_diff",
+    normalize: Annotated[
+        bool,
+        Field(
+            description="Report (patched - corrupted) / (clean - corrupted): 0 = no "
+            "effect, 1 = clean behaviour fully restored"
+        ),
+    ] = True,
 ) -> PatchSweepResult:
     """Activation patching: run the corrupted prompt with ONE activation at a time restored from the clean
     run and measure how much of the clean behaviour each restores. Grid: normalized (0 = no effect, 1 = full
@@ -146,31 +207,53 @@ def patch_sweep(
 
     flat = shown.tolist()
     if component == "heads":
-        axes, grid = ["layer", "head"], [flat[i * n_heads:(i + 1) * n_heads] for i in range(len(layer_list))]
+        axes, grid = ["layer", "head"], [flat[i * n_heads : (i + 1) * n_heads] for i in range(len(layer_list))]
     elif component == "heads_by_pos":
         assert position_list is not None
         n_pos = len(position_list)
         axes = ["layer", "head", "position"]
-        grid = [[flat[(i * n_heads + h) * n_pos:(i * n_heads + h + 1) * n_pos] for h in range(n_heads)]
-                for i in range(len(layer_list))]
+        grid = [
+            [flat[(i * n_heads + h) * n_pos : (i * n_heads + h + 1) * n_pos] for h in range(n_heads)]
+            for i in range(len(layer_list))
+        ]
     else:
         assert position_list is not None
         n_pos = len(position_list)
-        axes, grid = ["layer", "position"], [flat[i * n_pos:(i + 1) * n_pos] for i in range(len(layer_list))]
+        axes, grid = ["layer", "position"], [flat[i * n_pos : (i + 1) * n_pos] for i in range(len(layer_list))]
 
     clean_strings, corrupted_strings = token_strings(tc, tokens[0]), token_strings(tc, tokens[1])
     order = sorted(range(len(cells)), key=lambda i: abs(flat[i]), reverse=True)[:TOP_CELLS]
     top = []
     for i in order:
         layer, head, position = cells[i]
-        top.append(PatchCell(layer=layer, head=head, position=position, value=flat[i],
-                             clean_token=None if position is None else clean_strings[position],
-                             corrupted_token=None if position is None else corrupted_strings[position]))
+        top.append(
+            PatchCell(
+                layer=layer,
+                head=head,
+                position=position,
+                value=flat[i],
+                clean_token=None if position is None else clean_strings[position],
+                corrupted_token=None if position is None else corrupted_strings[position],
+            )
+        )
     return PatchSweepResult(
-        component=component, metric=f"{answer_metric.description} at the last position", normalized=do_normalize,
-        clean_tokens=clean_strings, corrupted_tokens=corrupted_strings,
-        clean_metric=clean_value, corrupted_metric=corrupted_value, axes=axes, layers=layer_list,
-        positions=position_list, heads=head_list, grid=grid, top_cells=top, n_cells=n_cells,
-        forward_passes=engine.stats.forward_passes, skipped_cells=engine.stats.skipped,
-        method=engine.stats.method, seconds=time.perf_counter() - started, notes=notes)
-
+        component=component,
+        metric=f"{answer_metric.description} at the last position",
+        normalized=do_normalize,
+        clean_tokens=clean_strings,
+        corrupted_tokens=corrupted_strings,
+        clean_metric=clean_value,
+        corrupted_metric=corrupted_value,
+        axes=axes,
+        layers=layer_list,
+        positions=position_list,
+        heads=head_list,
+        grid=grid,
+        top_cells=top,
+        n_cells=n_cells,
+        forward_passes=engine.stats.forward_passes,
+        skipped_cells=engine.stats.skipped,
+        method=engine.stats.method,
+        seconds=time.perf_counter() - started,
+        notes=notes,
+    )

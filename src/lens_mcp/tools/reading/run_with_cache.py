@@ -11,11 +11,11 @@ from pydantic import Field
 
 from lens_mcp.schemas.common import TopToken
 from lens_mcp.schemas.reading import CacheSummary, HookSummary
-from lens_mcp.tools.cache import summarizing_forward
-from lens_mcp.tools.context import ToolContext
-from lens_mcp.tools.hook_names import resolve_hook_selection
-from lens_mcp.tools.prompts import encode, token_strings
-from lens_mcp.tools.validation import check_top_k, resolve_layers, resolve_positions
+from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.forward import summarizing_forward
+from lens_mcp.tools.core.hook_names import resolve_hook_selection
+from lens_mcp.tools.core.tokens import encode, token_strings
+from lens_mcp.tools.core.validation import check_top_k, resolve_layers, resolve_positions
 
 
 def top_tokens(tc: ToolContext, logits: torch.Tensor, k: int) -> list[TopToken]:
@@ -51,15 +51,33 @@ def position_norms(tensor: torch.Tensor, axis: int | None, positions: list[int])
 def run_with_cache(
     tc: ToolContext,
     prompt: Annotated[str, Field(description="The text to run (BOS is prepended)")],
-    hooks: Annotated[list[str] | str, Field(description=(
-        "What to summarize: families (resid_pre, resid_mid, resid_post, attn_out, mlp_out, pattern, attn_scores, "
-        "q, k, v, z, rot_q, rot_k, mlp_pre, mlp_post), exact hook names ('blocks.3.attn.hook_z'), or globs "
-        "('blocks.*.ln1.hook_scale'). model_info lists this model's families"))] = ["resid_post"],  # noqa: B006
-    layers: Annotated[list[int] | None, Field(description=(
-        "Only these layers (negative counts from the end) for families and globs; exact names are always kept. "
-        "Default: all"))] = None,
-    positions: Annotated[list[int] | None, Field(description=(
-        "Only these positions (negative counts from the end; query positions for patterns). Default: all"))] = None,
+    hooks: Annotated[
+        list[str] | str,
+        Field(
+            description=(
+                "What to summarize: families (resid_pre, resid_mid, resid_post, attn_out, mlp_out, pattern, attn_scores, "
+                "q, k, v, z, rot_q, rot_k, mlp_pre, mlp_post), exact hook names ('blocks.3.attn.hook_z'), or globs "
+                "('blocks.*.ln1.hook_scale'). model_info lists this model's families"
+            )
+        ),
+    ] = ["resid_post"],  # noqa: B006
+    layers: Annotated[
+        list[int] | None,
+        Field(
+            description=(
+                "Only these layers (negative counts from the end) for families and globs; exact names are always kept. "
+                "Default: all"
+            )
+        ),
+    ] = None,
+    positions: Annotated[
+        list[int] | None,
+        Field(
+            description=(
+                "Only these positions (negative counts from the end; query positions for patterns). Default: all"
+            )
+        ),
+    ] = None,
     top_k: Annotated[int, Field(description="Next-token predictions to list at the last position")] = 5,
 ) -> CacheSummary:
     """One forward pass over `prompt`, summarized rather than dumped: the string tokens, the top_k next-token
@@ -103,14 +121,16 @@ def run_with_cache(
             continue
         rows = [summaries[name] for name, _ in fired]
         is_pattern = "entropy" in rows[0]
-        results.append(HookSummary(
-            hook=group.label,
-            layers=[layer for _, layer in fired],
-            shape=rows[0]["shape"],
-            norms=None if is_pattern else [row.get("norms", []) for row in rows],
-            entropy=[row["entropy"] for row in rows] if is_pattern else None,
-            top_source=[row["top_source"] for row in rows] if is_pattern else None,
-        ))
+        results.append(
+            HookSummary(
+                hook=group.label,
+                layers=[layer for _, layer in fired],
+                shape=rows[0]["shape"],
+                norms=None if is_pattern else [row.get("norms", []) for row in rows],
+                entropy=[row["entropy"] for row in rows] if is_pattern else None,
+                top_source=[row["top_source"] for row in rows] if is_pattern else None,
+            )
+        )
     return CacheSummary(
         tokens=token_strings(tc, tokens[0]),
         positions=position_list,

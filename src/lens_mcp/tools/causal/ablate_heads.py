@@ -11,12 +11,12 @@ from pydantic import Field
 
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.patching import AblateHeadsResult, HeadEffect
-from lens_mcp.tools.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
-from lens_mcp.tools.context import ToolContext
-from lens_mcp.tools.hook_names import hook_name
-from lens_mcp.tools.metrics import resolve_metric
-from lens_mcp.tools.prompts import encode, token_strings
-from lens_mcp.tools.validation import resolve_head, resolve_layer
+from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
+from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.hook_names import hook_name
+from lens_mcp.tools.core.metrics import resolve_metric
+from lens_mcp.tools.core.tokens import encode, token_strings
+from lens_mcp.tools.core.validation import resolve_head, resolve_layer
 
 MODES = ("zero", "mean")
 
@@ -37,8 +37,10 @@ def resolve_heads(tc: ToolContext, heads: object) -> list[tuple[int, int]]:
     return resolved
 
 
-def ablation_hooks(rows: Sequence[Sequence[tuple[int, int]]], replacement: Callable[[int, int], Any],
-                   ) -> list[tuple[str, Callable[..., torch.Tensor]]]:
+def ablation_hooks(
+    rows: Sequence[Sequence[tuple[int, int]]],
+    replacement: Callable[[int, int], Any],
+) -> list[tuple[str, Callable[..., torch.Tensor]]]:
     """Hooks on hook_z that, in batch row r, replace each head in rows[r] by replacement(layer, head)
     (0 or a [d_head] mean) at every position."""
     by_layer: dict[int, list[tuple[int, int]]] = defaultdict(list)
@@ -51,6 +53,7 @@ def ablation_hooks(rows: Sequence[Sequence[tuple[int, int]]], replacement: Calla
             for row, head in entries:
                 z[row, :, head] = replacement(layer, head)
             return z
+
         return hook
 
     return [(hook_name("z", layer), make(layer, entries)) for layer, entries in by_layer.items()]
@@ -61,11 +64,18 @@ def ablate_heads(
     prompt: Annotated[str, Field(description="The prompt, e.g. 'The Eiffel Tower is in the city of'")],
     heads: Annotated[list[list[int]], Field(description="Heads to ablate as [[layer, head], ...], e.g. [[1, 2]]")],
     answer: Annotated[str, Field(description="The expected next token, one token (e.g. ' Paris')")],
-    wrong_answer: Annotated[str | None, Field(description="A competing token (e.g. ' Rome'): the metric is then "
-                                                          "logit(answer) - logit(wrong_answer); without it, "
-                                                          "logit(answer)")] = None,
-    mode: Annotated[Literal["zero", "mean"], Field(description="zero: set the head's output z to 0; mean: to its "
-                                                               "mean over the prompt's positions")] = "zero",
+    wrong_answer: Annotated[
+        str | None,
+        Field(
+            description="A competing token (e.g. ' Rome'): the metric is then "
+            "logit(answer) - logit(wrong_answer); without it, "
+            "logit(answer)"
+        ),
+    ] = None,
+    mode: Annotated[
+        Literal["zero", "mean"],
+        Field(description="zero: set the head's output z to 0; mean: to its mean over the prompt's positions"),
+    ] = "zero",
     individually: Annotated[bool, Field(description="Also ablate each head on its own (one batched pass)")] = False,
 ) -> AblateHeadsResult:
     """Ablate attention heads (their output z, at every position) and measure the answer at the last position
@@ -102,28 +112,45 @@ def ablate_heads(
         def replacement(layer: int, head: int) -> Any:
             return 0.0 if mode == "zero" else means[(layer, head)]
 
-        plan = plan_rows(tc.limits, tokens.device, n_tokens,
-                         sequence_bytes(tc.cfg, n_tokens, logits_tokens=n_tokens), wanted=len(rows))
+        plan = plan_rows(
+            tc.limits,
+            tokens.device,
+            n_tokens,
+            sequence_bytes(tc.cfg, n_tokens, logits_tokens=n_tokens),
+            wanted=len(rows),
+        )
 
         def run_batch(batch: Sequence[list[tuple[int, int]]]) -> tuple[torch.Tensor, torch.Tensor]:
-            batch_logits = tc.bridge.run_with_hooks(tokens.expand(len(batch), -1),
-                                                    fwd_hooks=ablation_hooks(batch, replacement))
+            batch_logits = tc.bridge.run_with_hooks(
+                tokens.expand(len(batch), -1), fwd_hooks=ablation_hooks(batch, replacement)
+            )
             return measure(batch_logits)
 
         metrics: list[float] = []
         probs: list[float] = []
-        for _batch, (metric_values, prob_values) in iter_batched(rows, run_batch, plan.rows, device=tokens.device,
-                                                                 counter=counter):
+        for _batch, (metric_values, prob_values) in iter_batched(
+            rows, run_batch, plan.rows, device=tokens.device, counter=counter
+        ):
             metrics += metric_values.tolist()
             probs += prob_values.tolist()
 
     metric_before = float(before[0])
     individual = None
     if individually:
-        individual = [HeadEffect(layer=layer, head=head, metric=value, effect=value - metric_before)
-                      for (layer, head), value in zip(head_list, metrics[1:], strict=True)]
+        individual = [
+            HeadEffect(layer=layer, head=head, metric=value, effect=value - metric_before)
+            for (layer, head), value in zip(head_list, metrics[1:], strict=True)
+        ]
         individual.sort(key=lambda effect: effect.effect)
     return AblateHeadsResult(
-        tokens=token_strings(tc, tokens[0]), mode=mode, metric=f"{answer_metric.description} at the last position",
-        heads=head_list, metric_before=metric_before, metric_after=metrics[0], effect=metrics[0] - metric_before,
-        prob_before=float(prob_before[0]), prob_after=probs[0], individual=individual)
+        tokens=token_strings(tc, tokens[0]),
+        mode=mode,
+        metric=f"{answer_metric.description} at the last position",
+        heads=head_list,
+        metric_before=metric_before,
+        metric_after=metrics[0],
+        effect=metrics[0] - metric_before,
+        prob_before=float(prob_before[0]),
+        prob_after=probs[0],
+        individual=individual,
+    )

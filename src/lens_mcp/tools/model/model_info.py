@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from lens_mcp.loading import LoadedModel
 from lens_mcp.schemas.model import ModelInfo
-from lens_mcp.tools.context import ToolContext
-from lens_mcp.tools.hook_names import available_families
+from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.hook_names import available_families
 
 
 def describe(model: LoadedModel, max_prompt_tokens: int) -> ModelInfo:

@@ -35,14 +35,21 @@ from typing import Any
 
 import torch
 
-from lens_mcp.tools.batching import ProgressCounter, is_out_of_memory, iter_batched, plan_rows, sequence_bytes
-from lens_mcp.tools.context import ToolContext
-from lens_mcp.tools.metrics import AnswerMetric
+from lens_mcp.tools.core.batching import ProgressCounter, is_out_of_memory, iter_batched, plan_rows, sequence_bytes
+from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.metrics import AnswerMetric
 
 log = logging.getLogger(__name__)
 
-_DROPPED_BLOCK_KWARGS = {"cache", "past_key_values", "layer_past", "use_cache", "output_attentions",
-                         "output_hidden_states", "cache_position_offset"}
+_DROPPED_BLOCK_KWARGS = {
+    "cache",
+    "past_key_values",
+    "layer_past",
+    "use_cache",
+    "output_attentions",
+    "output_hidden_states",
+    "cache_position_offset",
+}
 _RELATIVE_TOLERANCE = 1e-3
 
 MERGE_OFFSETS: bool | None = None
@@ -80,7 +87,7 @@ class Patch:
         """Write into row `row` of an activation [batch, pos, ...] that starts at absolute position `offset`."""
         if self.position is None:
             target = act[row, :, self.head] if self.head is not None else act[row]
-            target.copy_(self.value[offset:offset + target.shape[0]])
+            target.copy_(self.value[offset : offset + target.shape[0]])
         else:
             index = (row, self.position - offset) if self.head is None else (row, self.position - offset, self.head)
             act[index] = self.value
@@ -95,8 +102,9 @@ def first_difference(clean: torch.Tensor, corrupted: torch.Tensor) -> int | None
     return int(hits[0, 0]) if len(hits) else None
 
 
-def make_patch(layer: int, hook: str, clean_act: torch.Tensor, corrupted_act: torch.Tensor,
-               position: int | None, head: int | None) -> Patch:
+def make_patch(
+    layer: int, hook: str, clean_act: torch.Tensor, corrupted_act: torch.Tensor, position: int | None, head: int | None
+) -> Patch:
     """A patch from the clean and corrupted activations at `hook` (shape [1, pos, ...], batch removed here)."""
     clean, corrupted = clean_act[0], corrupted_act[0]
     if head is not None:
@@ -153,8 +161,8 @@ class _PrefixKV:
             return key, value
         if self.prefix == 0:
             return key, value
-        past_key = self.keys[int(layer_idx)][..., :self.prefix, :]
-        past_value = self.values[int(layer_idx)][..., :self.prefix, :]
+        past_key = self.keys[int(layer_idx)][..., : self.prefix, :]
+        past_value = self.values[int(layer_idx)][..., : self.prefix, :]
         batch = key.shape[0]
         past_key = past_key.expand(batch, *past_key.shape[1:])
         past_value = past_value.expand(batch, *past_value.shape[1:])
@@ -238,11 +246,18 @@ class PatchEngine:
             self.stats.notes.append("model blocks could not be driven directly; used hooked forward passes")
             return
         for index, kwargs in captured.items():
-            self.block_kwargs[index] = {k: _corrupted_row(v) for k, v in kwargs.items()
-                                        if k not in _DROPPED_BLOCK_KWARGS and k != "hidden_states"}
+            self.block_kwargs[index] = {
+                k: _corrupted_row(v)
+                for k, v in kwargs.items()
+                if k not in _DROPPED_BLOCK_KWARGS and k != "hidden_states"
+            }
         self.driven_ok = True
-        recorded = all(layer in self.kv.keys and self.kv.keys[layer].shape[-2] == self.n_tokens
-                       and self.kv.keys[layer].shape[0] == 2 for layer in range(self.n_layers))
+        recorded = all(
+            layer in self.kv.keys
+            and self.kv.keys[layer].shape[-2] == self.n_tokens
+            and self.kv.keys[layer].shape[0] == 2
+            for layer in range(self.n_layers)
+        )
         if recorded:
             for store in (self.kv.keys, self.kv.values):
                 for layer in store:
@@ -260,8 +275,10 @@ class PatchEngine:
         self.kv.recording = True
         try:
             for index, block in enumerate(self._blocks or []):
+
                 def capture(_module: Any, _args: Any, kwargs: dict[str, Any], index: int = index) -> None:
                     captured[index] = dict(kwargs)
+
                 handles.append(block.register_forward_pre_hook(capture, with_kwargs=True))
                 attention = getattr(block, "attn", None)
                 if record_kv and isinstance(attention, torch.nn.Module):
@@ -302,8 +319,9 @@ class PatchEngine:
             for name, value in kwargs.items():
                 if name in ("attention_mask", "position_embeddings", "position_ids", "cache_position"):
                     continue
-                if isinstance(value, torch.Tensor) or (isinstance(value, tuple) and any(
-                        isinstance(v, torch.Tensor) for v in value)):
+                if isinstance(value, torch.Tensor) or (
+                    isinstance(value, tuple) and any(isinstance(v, torch.Tensor) for v in value)
+                ):
                     return False  # an argument this engine does not know how to cut to a suffix
         return True
 
@@ -319,7 +337,8 @@ class PatchEngine:
         if isinstance(embeddings, tuple):
             kwargs["position_embeddings"] = tuple(
                 t[..., offset:, :] if isinstance(t, torch.Tensor) and t.ndim >= 2 and t.shape[-2] == n else t
-                for t in embeddings)
+                for t in embeddings
+            )
         for name in ("position_ids", "cache_position"):
             value = kwargs.get(name)
             if isinstance(value, torch.Tensor) and value.shape[-1] == n:
@@ -361,8 +380,14 @@ class PatchEngine:
         self.stats.method = "hooked"
         return values
 
-    def _run_driven(self, patches: Sequence[Patch], active: list[int], values: torch.Tensor,
-                    counter: ProgressCounter, finished: set[int]) -> None:
+    def _run_driven(
+        self,
+        patches: Sequence[Patch],
+        active: list[int],
+        values: torch.Tensor,
+        counter: ProgressCounter,
+        finished: set[int],
+    ) -> None:
         groups: dict[int, list[int]] = defaultdict(list)
         for i in active:
             groups[int(patches[i].first_diff or 0) if self.suffix_ok else 0].append(i)
@@ -370,8 +395,13 @@ class PatchEngine:
         for offset in sorted(groups):
             members = sorted(groups[offset], key=lambda i: patches[i].layer)
             length = self.n_tokens - offset
-            plan = plan_rows(self.tc.limits, self.tokens.device, length,
-                             sequence_bytes(self.tc.cfg, length, self.n_tokens), wanted=len(members) + 1)
+            plan = plan_rows(
+                self.tc.limits,
+                self.tokens.device,
+                length,
+                sequence_bytes(self.tc.cfg, length, self.n_tokens),
+                wanted=len(members) + 1,
+            )
             control = plan.rows >= 2  # a control row needs room for one more sequence in the batch
             rows = plan.rows - 1 if control else 1
             if not control:
@@ -434,6 +464,7 @@ class PatchEngine:
                 for row, patch in entries:
                     patch.apply(act, row, offset)
                 return act
+
             return hook
 
         fwd_hooks = [(name, make_hook(entries)) for name, entries in by_hook.items()]
@@ -459,12 +490,18 @@ class PatchEngine:
             raise EngineMismatch(f"control row gave {float(result[0])}, corrupted run {self.metric_value}")
         return result[first:].float().cpu()
 
-    def _run_hooked(self, patches: Sequence[Patch], active: list[int], values: torch.Tensor,
-                    counter: ProgressCounter) -> None:
+    def _run_hooked(
+        self, patches: Sequence[Patch], active: list[int], values: torch.Tensor, counter: ProgressCounter
+    ) -> None:
         """Fallback: full forward passes of the corrupted prompt, one row per cell, patched by hooks."""
         n = self.n_tokens
-        plan = plan_rows(self.tc.limits, self.tokens.device, n, sequence_bytes(self.tc.cfg, n, n, logits_tokens=n),
-                         wanted=len(active))
+        plan = plan_rows(
+            self.tc.limits,
+            self.tokens.device,
+            n,
+            sequence_bytes(self.tc.cfg, n, n, logits_tokens=n),
+            wanted=len(active),
+        )
         self.stats.batch_rows = plan.rows
         self.stats.batch_bound = plan.reason
 
@@ -478,11 +515,13 @@ class PatchEngine:
                     for row, patch in entries:
                         patch.apply(act, row, 0)
                     return act
+
                 return hook
 
             tokens = self.tokens.expand(len(batch), -1)
             logits = self.bridge.run_with_hooks(
-                tokens, fwd_hooks=[(name, make_hook(entries)) for name, entries in by_hook.items()])
+                tokens, fwd_hooks=[(name, make_hook(entries)) for name, entries in by_hook.items()]
+            )
             self.stats.forward_passes += 1
             self.stats.sequences += len(batch)
             return self.readout.from_logits(logits[:, -1]).float().cpu()

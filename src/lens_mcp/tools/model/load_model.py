@@ -9,19 +9,28 @@ from pydantic import Field
 from lens_mcp.model_host import ModelHost
 from lens_mcp.progress import ProgressReporter
 from lens_mcp.schemas.model import ModelInfo
-from lens_mcp.tools.model_info import describe
+from lens_mcp.tools.model.model_info import describe
 
 
 def load_model(
     host: ModelHost,
     progress: ProgressReporter,
-    model: Annotated[str, Field(description="smollm2-135m, toy-induction, a Hugging Face name (gpt2, "
-                                            "EleutherAI/pythia-70m; needs a network or HF cache), a folder saved "
-                                            "with save_pretrained, or a .gguf file path")],
-    device: Annotated[Literal["auto", "cpu", "cuda", "mps"] | None,
-                      Field(description="auto (default) picks cuda, then cpu; mps only when named")] = None,
-    dtype: Annotated[Literal["float32", "bfloat16", "float16"] | None,
-                     Field(description="Weights dtype; float32 (default) gives exact attributions")] = None,
+    model: Annotated[
+        str,
+        Field(
+            description="smollm2-135m, toy-induction, a Hugging Face name (gpt2, "
+            "EleutherAI/pythia-70m; needs a network or HF cache), a folder saved "
+            "with save_pretrained, or a .gguf file path"
+        ),
+    ],
+    device: Annotated[
+        Literal["auto", "cpu", "cuda", "mps"] | None,
+        Field(description="auto (default) picks cuda, then cpu; mps only when named"),
+    ] = None,
+    dtype: Annotated[
+        Literal["float32", "bfloat16", "float16"] | None,
+        Field(description="Weights dtype; float32 (default) gives exact attributions"),
+    ] = None,
 ) -> ModelInfo:
     """Load a different model and make it the one every tool uses; returns the same facts as model_info.
     Takes seconds (a .gguf's first load dequantizes and caches it: ~30 s). If loading fails, the previous

@@ -20,8 +20,10 @@ def check_int(value: object, arg: str) -> int:
 def resolve_layer(layer: int, n_layers: int, arg: str = "layer") -> int:
     layer = check_int(layer, arg)
     if not -n_layers <= layer < n_layers:
-        raise LensError(f"{arg}={layer} is out of range: the model has {n_layers} layers, so use 0..{n_layers - 1} "
-                        f"(or -1 for the last).")
+        raise LensError(
+            f"{arg}={layer} is out of range: the model has {n_layers} layers, so use 0..{n_layers - 1} "
+            f"(or -1 for the last)."
+        )
     return layer % n_layers
 
 
@@ -35,8 +37,10 @@ def resolve_head(head: int, n_heads: int, arg: str = "head") -> int:
 def resolve_position(position: int, n_tokens: int, arg: str = "position") -> int:
     position = check_int(position, arg)
     if not -n_tokens <= position < n_tokens:
-        raise LensError(f"{arg}={position} is out of range for a prompt of {n_tokens} tokens (BOS included): "
-                        f"use 0..{n_tokens - 1}, or -1 for the last token. Call tokenize to see the positions.")
+        raise LensError(
+            f"{arg}={position} is out of range for a prompt of {n_tokens} tokens (BOS included): "
+            f"use 0..{n_tokens - 1}, or -1 for the last token. Call tokenize to see the positions."
+        )
     return position % n_tokens
 
 
@@ -45,8 +49,7 @@ def resolve_many(values: Sequence[int] | None, size: int, arg: str, resolve: obj
     if values is None:
         return list(range(size))
     if not isinstance(values, (list, tuple)):
-        raise LensError(f"{arg}: expected a list of integers (e.g. {arg}=[0, -1]) or null for all, "
-                        f"got {values!r:.80}.")
+        raise LensError(f"{arg}: expected a list of integers (e.g. {arg}=[0, -1]) or null for all, got {values!r:.80}.")
     if len(values) == 0:
         raise LensError(f"{arg}: got an empty list; omit {arg} (null) to use all of them.")
     resolved: list[int] = []

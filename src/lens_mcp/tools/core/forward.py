@@ -15,14 +15,19 @@ from typing import Any
 
 import torch
 
-from lens_mcp.tools.context import ToolContext
+from lens_mcp.tools.core.context import ToolContext
 
 _GATED_WARNING = r".*gated-off hook name"
 
 
-def cached_forward(tc: ToolContext, tokens: torch.Tensor, names: Iterable[str], *,
-                   positions: Sequence[int] | None = None,
-                   stop_at_layer: int | None = None) -> tuple[torch.Tensor | None, Any]:
+def cached_forward(
+    tc: ToolContext,
+    tokens: torch.Tensor,
+    names: Iterable[str],
+    *,
+    positions: Sequence[int] | None = None,
+    stop_at_layer: int | None = None,
+) -> tuple[torch.Tensor | None, Any]:
     """(logits, ActivationCache) for `tokens`, caching exactly `names`.
 
     positions: keep only these positions of each cached activation (query positions for patterns);
@@ -39,8 +44,9 @@ def cached_forward(tc: ToolContext, tokens: torch.Tensor, names: Iterable[str], 
     return (None if "stop_at_layer" in kwargs else output), cache
 
 
-def summarizing_forward(tc: ToolContext, tokens: torch.Tensor, names: Iterable[str],
-                        summarize: Callable[[str, torch.Tensor], None]) -> torch.Tensor:
+def summarizing_forward(
+    tc: ToolContext, tokens: torch.Tensor, names: Iterable[str], summarize: Callable[[str, torch.Tensor], None]
+) -> torch.Tensor:
     """Run the model once with a hook on each of `names` that calls `summarize(name, activation)`;
     returns the logits. The activation is the tensor run_with_cache would store (first element of a tuple)."""
 

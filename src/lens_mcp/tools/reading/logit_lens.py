@@ -14,10 +14,10 @@ from pydantic import Field
 
 from lens_mcp.schemas.common import TopToken
 from lens_mcp.schemas.reading import AnswerTrajectory, LogitLens
-from lens_mcp.tools.cache import cached_forward, final_norm, unembed
-from lens_mcp.tools.context import ToolContext
-from lens_mcp.tools.prompts import encode, single_token_id, token_string, token_strings
-from lens_mcp.tools.validation import check_top_k, resolve_position
+from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.forward import cached_forward, final_norm, unembed
+from lens_mcp.tools.core.tokens import encode, single_token_id, token_string, token_strings
+from lens_mcp.tools.core.validation import check_top_k, resolve_position
 
 
 def lens_logits(tc: ToolContext, tokens: torch.Tensor, pos: int) -> torch.Tensor:
@@ -37,8 +37,10 @@ def logit_lens(
     prompt: Annotated[str, Field(description="The text to run (BOS is prepended)")],
     position: Annotated[int, Field(description="Position to read (-1 = last, the next-token prediction)")] = -1,
     top_k: Annotated[int, Field(description="Tokens to list per layer")] = 5,
-    answer: Annotated[str | None, Field(description=(
-        "Optional single token (e.g. ' Paris') whose probability and rank to track at every layer"))] = None,
+    answer: Annotated[
+        str | None,
+        Field(description=("Optional single token (e.g. ' Paris') whose probability and rank to track at every layer")),
+    ] = None,
 ) -> LogitLens:
     """Logit lens at one position: for the residual stream entering each layer, and after the last layer, the
     top_k tokens (token, id, prob) it would predict through the model's final norm and unembedding
@@ -54,15 +56,20 @@ def logit_lens(
     logits = lens_logits(tc, tokens, pos).float()
     probs = logits.softmax(dim=-1)
     values, ids = probs.topk(top_k, dim=-1)
-    top = [[TopToken(token=s, id=int(i), prob=float(p)) for s, i, p in zip(token_strings(tc, row_ids), row_ids,
-                                                                            row_values, strict=True)]
-           for row_ids, row_values in zip(ids, values, strict=True)]
+    top = [
+        [
+            TopToken(token=s, id=int(i), prob=float(p))
+            for s, i, p in zip(token_strings(tc, row_ids), row_ids, row_values, strict=True)
+        ]
+        for row_ids, row_values in zip(ids, values, strict=True)
+    ]
     trajectory = None
     if answer_id is not None:
         answer_logits = logits[:, answer_id : answer_id + 1]
         ranks = (logits > answer_logits).sum(dim=-1) + 1
-        trajectory = AnswerTrajectory(token=token_string(tc, answer_id), id=answer_id,
-                                      probs=probs[:, answer_id].tolist(), ranks=ranks.tolist())
+        trajectory = AnswerTrajectory(
+            token=token_string(tc, answer_id), id=answer_id, probs=probs[:, answer_id].tolist(), ranks=ranks.tolist()
+        )
     n_layers = int(tc.cfg.n_layers)
     return LogitLens(
         position=pos,

@@ -10,10 +10,10 @@ import torch
 from pydantic import Field
 
 from lens_mcp.schemas.reading import AttendedSource, AttentionPattern, QueryAttention
-from lens_mcp.tools.cache import cached_forward
-from lens_mcp.tools.context import ToolContext
-from lens_mcp.tools.prompts import encode, token_strings
-from lens_mcp.tools.validation import check_top_k, resolve_head, resolve_layer, resolve_positions
+from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.forward import cached_forward
+from lens_mcp.tools.core.tokens import encode, token_strings
+from lens_mcp.tools.core.validation import check_top_k, resolve_head, resolve_layer, resolve_positions
 
 
 def attention_pattern(
@@ -22,8 +22,9 @@ def attention_pattern(
     layer: Annotated[int, Field(description="Layer (0-based; -1 = last)")],
     head: Annotated[int, Field(description="Query head in that layer (0..n_heads-1 from model_info)")],
     top_k: Annotated[int, Field(description="Source positions to list per query")] = 3,
-    query_positions: Annotated[list[int] | None, Field(description=(
-        "Query positions to report (negative counts from the end). Default: all"))] = None,
+    query_positions: Annotated[
+        list[int] | None, Field(description=("Query positions to report (negative counts from the end). Default: all"))
+    ] = None,
 ) -> AttentionPattern:
     """One attention head's pattern on `prompt`: for each query position (or those given), the top_k source
     positions it attends to, with weights and string tokens, and the entropy of its attention (nats); plus the
@@ -49,11 +50,17 @@ def attention_pattern(
     for row, query in enumerate(queries):
         k = min(top_k, query + 1)  # a causal head sees sources 0..query only
         weights, sources = pattern[row, : query + 1].topk(k)
-        rows.append(QueryAttention(
-            position=query, token=strings[query], entropy=float(entropy[row]),
-            top=[AttendedSource(position=int(s), token=strings[int(s)], weight=float(w))
-                 for w, s in zip(weights, sources, strict=True)],
-        ))
+        rows.append(
+            QueryAttention(
+                position=query,
+                token=strings[query],
+                entropy=float(entropy[row]),
+                top=[
+                    AttendedSource(position=int(s), token=strings[int(s)], weight=float(w))
+                    for w, s in zip(weights, sources, strict=True)
+                ],
+            )
+        )
     n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
     return AttentionPattern(
         layer=layer,

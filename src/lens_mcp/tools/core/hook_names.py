@@ -84,11 +84,13 @@ def fireable(bridge: Any, name: str, hook_dict: dict[str, Any] | None = None) ->
 def _selector_error(bridge: Any, selector: object, arg: str, why: str) -> LensError:
     return LensError(
         f"{arg}: {selector!r} {why}. Use a family ({', '.join(available_families(bridge))}), an exact hook name "
-        "(e.g. 'blocks.0.attn.hook_z', 'hook_embed'), or a glob over hook names (e.g. 'blocks.*.hook_resid_post').")
+        "(e.g. 'blocks.0.attn.hook_z', 'hook_embed'), or a glob over hook names (e.g. 'blocks.*.hook_resid_post')."
+    )
 
 
-def resolve_hook_selection(bridge: Any, selectors: list[str], layers: list[int] | None = None,
-                           arg: str = "hooks") -> list[HookGroup]:
+def resolve_hook_selection(
+    bridge: Any, selectors: list[str], layers: list[int] | None = None, arg: str = "hooks"
+) -> list[HookGroup]:
     """Turn selectors into groups of concrete, fireable hook names, in the order asked.
 
     A family expands to its hook at each layer (`layers`, default all); a glob (fnmatch, case-sensitive) to the
@@ -131,20 +133,36 @@ def resolve_hook_selection(bridge: Any, selectors: list[str], layers: list[int] 
             preferred: dict[int, str] = {}  # one name per hook point, the family spelling when it has one
             for name in matched:
                 point_id = id(hook_dict[name])
-                if point_id not in preferred or (_family_of_template(hook_template(name)) is not None
-                                                 and _family_of_template(hook_template(preferred[point_id])) is None):
+                if point_id not in preferred or (
+                    _family_of_template(hook_template(name)) is not None
+                    and _family_of_template(hook_template(preferred[point_id])) is None
+                ):
                     preferred[point_id] = name
-            kept = [name for name in preferred.values() if fireable(bridge, name, hook_dict) and (
-                layer_set is None or hook_layer(name) is None or hook_layer(name) in layer_set)]
+            kept = [
+                name
+                for name in preferred.values()
+                if fireable(bridge, name, hook_dict)
+                and (layer_set is None or hook_layer(name) is None or hook_layer(name) in layer_set)
+            ]
             if not kept:
-                raise _selector_error(bridge, selector, arg, "matches no hook point that fires on this model"
-                                      + (" within layers=" + str(sorted(layer_set)) if layer_set and matched else ""))
+                raise _selector_error(
+                    bridge,
+                    selector,
+                    arg,
+                    "matches no hook point that fires on this model"
+                    + (" within layers=" + str(sorted(layer_set)) if layer_set and matched else ""),
+                )
             for name in kept:
                 add(name)
         elif selector in hook_dict:
             if not fireable(bridge, selector, hook_dict):
-                raise _selector_error(bridge, selector, arg, "is switched off on this model and never fires "
-                                      "(per-head outputs: use 'z', whose heads run_with_cache summarizes)")
+                raise _selector_error(
+                    bridge,
+                    selector,
+                    arg,
+                    "is switched off on this model and never fires "
+                    "(per-head outputs: use 'z', whose heads run_with_cache summarizes)",
+                )
             add(selector)
         else:
             raise _selector_error(bridge, selector, arg, "is neither a family nor a hook name of this model")

@@ -7,8 +7,8 @@ from typing import Annotated
 from pydantic import Field
 
 from lens_mcp.schemas.model import TokenizeResult
-from lens_mcp.tools.context import ToolContext
-from lens_mcp.tools.prompts import encode, token_pairs
+from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.tokens import encode, token_pairs
 
 
 def tokenize(

@@ -32,11 +32,11 @@ from pydantic import Field
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.common import HeadScore
 from lens_mcp.schemas.induction import InductionScores, ScoredPositions
-from lens_mcp.tools.batching import iter_batched
-from lens_mcp.tools.context import ToolContext
-from lens_mcp.tools.hook_names import hook_name
-from lens_mcp.tools.prompts import encode, token_strings
-from lens_mcp.tools.validation import check_range, check_top_k
+from lens_mcp.tools.core.batching import iter_batched
+from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.hook_names import hook_name
+from lens_mcp.tools.core.tokens import encode, token_strings
+from lens_mcp.tools.core.validation import check_range, check_top_k
 
 KINDS = ("induction", "duplicate_token", "previous_token")
 PATTERN_ENTRIES_PER_TOKEN = 4096
@@ -73,10 +73,15 @@ def token_pools(tokenizer: Any, d_vocab: int) -> TokenPools:
     strings = tokenizer.batch_decode([[i] for i in ordinary])
     space_words = [i for i, s in zip(ordinary, strings, strict=True) if _SPACE_WORD.fullmatch(s)]
     bare_words = [i for i, s in zip(ordinary, strings, strict=True) if _BARE_WORD.fullmatch(s)]
-    tiers = tuple((torch.tensor(ids, dtype=torch.long), f"{len(ids)} {what}") for ids, what in (
-        (space_words, "tokens that decode to a space followed by letters"),
-        (bare_words, "tokens that decode to a single plain word"),
-        (ordinary, "ordinary tokens (all but special/added tokens)")) if ids)
+    tiers = tuple(
+        (torch.tensor(ids, dtype=torch.long), f"{len(ids)} {what}")
+        for ids, what in (
+            (space_words, "tokens that decode to a space followed by letters"),
+            (bare_words, "tokens that decode to a single plain word"),
+            (ordinary, "ordinary tokens (all but special/added tokens)"),
+        )
+        if ids
+    )
     pools = TokenPools(tiers, len(ordinary))
     per_tokenizer[d_vocab] = pools
     return pools
@@ -88,16 +93,20 @@ def choose_pool(pools: TokenPools, seq_len: int) -> tuple[torch.Tensor, str]:
     for ids, description in pools.tiers:
         if len(ids) >= enough:
             return ids, description
-    raise LensError(f"seq_len={seq_len} is more than the {pools.n_ordinary} ordinary tokens of this vocabulary "
-                    f"(a repeat never holds a token twice); use seq_len <= {pools.n_ordinary}.")
+    raise LensError(
+        f"seq_len={seq_len} is more than the {pools.n_ordinary} ordinary tokens of this vocabulary "
+        f"(a repeat never holds a token twice); use seq_len <= {pools.n_ordinary}."
+    )
 
 
 def bos_id(tc: ToolContext) -> int:
     tokenizer = tc.bridge.tokenizer
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if bos is None:
-        raise LensError("this model's tokenizer has neither a BOS nor an EOS token to start the random sequences; "
-                        "pass prompt= with your own repeated text instead.")
+        raise LensError(
+            "this model's tokenizer has neither a BOS nor an EOS token to start the random sequences; "
+            "pass prompt= with your own repeated text instead."
+        )
     return int(bos)
 
 
@@ -157,8 +166,12 @@ def find_targets(tokens: torch.Tensor) -> Targets:
     def cat(parts: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
         return tuple(torch.cat(column) for column in zip(*parts, strict=True))
 
-    return Targets({kind: cat(triples[kind]) for kind in KINDS}, n_queries,  # type: ignore[misc]
-                   cat(first_seen), cat(copyable))  # type: ignore[arg-type]
+    return Targets(
+        {kind: cat(triples[kind]) for kind in KINDS},
+        n_queries,  # type: ignore[misc]
+        cat(first_seen),
+        cat(copyable),
+    )  # type: ignore[arg-type]
 
 
 # ---- the one forward pass ----------------------------------------------------------------------------
@@ -166,8 +179,9 @@ class _StopBeforeUnembed(Exception):
     """Raised by the unembed input hook: the residual is kept, the full logits are never computed."""
 
 
-def head_scores_and_losses(tc: ToolContext, tokens: torch.Tensor, targets: Targets
-                           ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def head_scores_and_losses(
+    tc: ToolContext, tokens: torch.Tensor, targets: Targets
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """One forward pass over the batch: per-kind (n_layers, n_heads) score tensors (float32, CPU) and the
     per-token losses (nats) of the first-seen and the copyable tokens."""
     bridge, cfg = tc.bridge, tc.cfg
@@ -179,8 +193,10 @@ def head_scores_and_losses(tc: ToolContext, tokens: torch.Tensor, targets: Targe
     def reduce_pattern(pattern: torch.Tensor, hook: Any, layer: int) -> None:
         if pattern.shape[1] != n_heads:
             raise RuntimeError(f"layer {layer} pattern has {pattern.shape[1]} heads, expected {n_heads}")
-        index = on_device.setdefault(pattern.device, {
-            kind: tuple(t.to(pattern.device) for t in triple) for kind, triple in targets.index.items()})
+        index = on_device.setdefault(
+            pattern.device,
+            {kind: tuple(t.to(pattern.device) for t in triple) for kind, triple in targets.index.items()},
+        )
         for kind, (b, q, k) in index.items():
             if targets.n_queries[kind]:
                 picked = pattern[b, :, q, k]  # [triples, heads]
@@ -204,8 +220,9 @@ def head_scores_and_losses(tc: ToolContext, tokens: torch.Tensor, targets: Targe
     return scores, losses[0], losses[1]
 
 
-def _scores_in_batches(tc: ToolContext, tokens: torch.Tensor, targets: Targets
-                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def _scores_in_batches(
+    tc: ToolContext, tokens: torch.Tensor, targets: Targets
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """head_scores_and_losses over all sequences in one pass; only if that runs out of memory, in halves
     (iter_batched), with the per-batch sums added up so the scores are the same."""
     if tokens.shape[0] == 1:
@@ -217,15 +234,17 @@ def _scores_in_batches(tc: ToolContext, tokens: torch.Tensor, targets: Targets
         scores, first, copy = head_scores_and_losses(tc, part, part_targets)
         return {kind: scores[kind] * part_targets.n_queries[kind] for kind in KINDS}, first, copy
 
-    results = [result for _, result in iter_batched(range(tokens.shape[0]), run_batch, tokens.shape[0],
-                                                    device=tc.cfg.device)]
+    results = [
+        result for _, result in iter_batched(range(tokens.shape[0]), run_batch, tokens.shape[0], device=tc.cfg.device)
+    ]
     sums = {kind: sum(r[0][kind] for r in results) for kind in KINDS}
     scores = {kind: sums[kind] / max(1, targets.n_queries[kind]) for kind in KINDS}
     return scores, torch.cat([r[1] for r in results]), torch.cat([r[2] for r in results])
 
 
-def _token_losses(tc: ToolContext, resid: torch.Tensor, tokens: torch.Tensor,
-                  group: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def _token_losses(
+    tc: ToolContext, resid: torch.Tensor, tokens: torch.Tensor, group: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
     """-log p(token[b, p] | tokens[b, :p]) for each (b, p) of the group, logits computed in chunks."""
     b, p = group
     if len(p) == 0:
@@ -236,11 +255,11 @@ def _token_losses(tc: ToolContext, resid: torch.Tensor, tokens: torch.Tensor,
     cap = getattr(tc.cfg, "output_logits_soft_cap", None)
     losses = []
     for start in range(0, len(rows), chunk):
-        logits = tc.bridge.unembed(rows[None, start:start + chunk])[0].float()
+        logits = tc.bridge.unembed(rows[None, start : start + chunk])[0].float()
         if cap is not None and cap > 0:
             logits = cap * torch.tanh(logits / cap)
         logprobs = logits.log_softmax(dim=-1)
-        losses.append(-logprobs.gather(-1, answers[start:start + chunk, None].to(logprobs.device))[:, 0].cpu())
+        losses.append(-logprobs.gather(-1, answers[start : start + chunk, None].to(logprobs.device))[:, 0].cpu())
     return torch.cat(losses)
 
 
@@ -249,19 +268,28 @@ def _check_size(tc: ToolContext, n_seqs: int, n_tokens: int, prompt_mode: bool) 
     """The bounded-memory caps: tokens in the batch, and attention weights one layer's pattern holds."""
     limit, n_heads = tc.limits.max_induction_tokens, int(tc.cfg.n_heads)
     entry_limit = PATTERN_ENTRIES_PER_TOKEN * limit
-    fitting = min(limit // n_tokens, entry_limit // (n_heads * n_tokens ** 2))
-    fix = ("shorten the prompt" if prompt_mode else
-           f"use n_seqs <= {fitting} or a smaller seq_len" if fitting else "use a smaller seq_len")
+    fitting = min(limit // n_tokens, entry_limit // (n_heads * n_tokens**2))
+    fix = (
+        "shorten the prompt"
+        if prompt_mode
+        else f"use n_seqs <= {fitting} or a smaller seq_len"
+        if fitting
+        else "use a smaller seq_len"
+    )
     what = "the prompt: 1 sequence x its tokens" if prompt_mode else "n_seqs x (2*seq_len+1)"
     if n_seqs * n_tokens > limit:
-        raise LensError(f"{what} = {n_seqs} x {n_tokens} = {n_seqs * n_tokens} tokens is over the limit of {limit} "
-                        f"(LENS_MCP_MAX_INDUCTION_TOKENS); {fix}.")
-    entries = n_seqs * n_heads * n_tokens ** 2
+        raise LensError(
+            f"{what} = {n_seqs} x {n_tokens} = {n_seqs * n_tokens} tokens is over the limit of {limit} "
+            f"(LENS_MCP_MAX_INDUCTION_TOKENS); {fix}."
+        )
+    entries = n_seqs * n_heads * n_tokens**2
     if entries > entry_limit:
-        raise LensError(f"one layer's attention pattern would hold n_seqs x n_heads x (tokens per sequence)^2 = "
-                        f"{n_seqs} x {n_heads} x {n_tokens}^2 = {entries} weights, over the limit of {entry_limit} "
-                        f"({PATTERN_ENTRIES_PER_TOKEN} x LENS_MCP_MAX_INDUCTION_TOKENS); {fix} (memory grows with "
-                        "the square of the sequence length).")
+        raise LensError(
+            f"one layer's attention pattern would hold n_seqs x n_heads x (tokens per sequence)^2 = "
+            f"{n_seqs} x {n_heads} x {n_tokens}^2 = {entries} weights, over the limit of {entry_limit} "
+            f"({PATTERN_ENTRIES_PER_TOKEN} x LENS_MCP_MAX_INDUCTION_TOKENS); {fix} (memory grows with "
+            "the square of the sequence length)."
+        )
 
 
 def _top(grid: torch.Tensor, k: int) -> list[HeadScore]:
@@ -284,14 +312,21 @@ def _mean(values: torch.Tensor) -> float | None:
 
 def induction_scores(
     tc: ToolContext,
-    seq_len: Annotated[int, Field(description=(
-        "Random tokens per repeat; each sequence is BOS + seq_len tokens + the same seq_len tokens "
-        "(2*seq_len+1 must fit the context). Ignored with prompt"))] = 40,
+    seq_len: Annotated[
+        int,
+        Field(
+            description=(
+                "Random tokens per repeat; each sequence is BOS + seq_len tokens + the same seq_len tokens "
+                "(2*seq_len+1 must fit the context). Ignored with prompt"
+            )
+        ),
+    ] = 40,
     n_seqs: Annotated[int, Field(description="Random sequences, run as one batch. Ignored with prompt")] = 8,
     seed: Annotated[int, Field(description="Seed of the random tokens (same seed, same tokens, same scores)")] = 0,
     top_k: Annotated[int, Field(description="Heads listed per kind (at most all heads)")] = 10,
-    prompt: Annotated[str | None, Field(description="Score on your own text instead, wherever it repeats tokens "
-                                                    "(BOS is prepended)")] = None,
+    prompt: Annotated[
+        str | None, Field(description="Score on your own text instead, wherever it repeats tokens (BOS is prepended)")
+    ] = None,
 ) -> InductionScores:
     """Find induction, previous-token and duplicate-token heads in one batched forward pass.
     Without prompt: n_seqs sequences of BOS + seq_len random word tokens repeated twice (seeded, no
@@ -313,14 +348,21 @@ def induction_scores(
         max_tokens = tc.max_prompt_tokens
         longest = (max_tokens - 1) // 2
         if longest < 2:
-            raise LensError(f"this model's context of {max_tokens} tokens is too short for repeated sequences; "
-                            "pass prompt= instead.")
-        seq_len = check_range(seq_len, 2, longest, "seq_len",
-                              f"Each sequence is 2*seq_len+1 tokens and must fit in {max_tokens} (model context "
-                              f"n_ctx={tc.cfg.n_ctx}, server cap LENS_MCP_MAX_PROMPT_TOKENS="
-                              f"{tc.limits.max_prompt_tokens}).")
+            raise LensError(
+                f"this model's context of {max_tokens} tokens is too short for repeated sequences; "
+                "pass prompt= instead."
+            )
+        seq_len = check_range(
+            seq_len,
+            2,
+            longest,
+            "seq_len",
+            f"Each sequence is 2*seq_len+1 tokens and must fit in {max_tokens} (model context "
+            f"n_ctx={tc.cfg.n_ctx}, server cap LENS_MCP_MAX_PROMPT_TOKENS="
+            f"{tc.limits.max_prompt_tokens}).",
+        )
         n_seqs = check_range(n_seqs, 1, tc.limits.max_batch_sequences, "n_seqs")
-        seed = check_range(seed, 0, 2 ** 63 - 1, "seed")
+        seed = check_range(seed, 0, 2**63 - 1, "seed")
         _check_size(tc, n_seqs, 2 * seq_len + 1, prompt_mode=False)
         tokens, pool = repeated_random_tokens(tc, seq_len, n_seqs, seed)
     else:
@@ -333,7 +375,8 @@ def induction_scores(
         raise LensError(
             f"prompt has no repeated token with another token between its occurrences, so there is nothing to "
             f"score (tokens: {shown}{' ...' if tokens.shape[1] > 60 else ''}). Repeat a phrase, e.g. 'The cat sat on "
-            "the mat. The cat sat on the mat.', or omit prompt to use random repeated tokens.")
+            "the mat. The cat sat on the mat.', or omit prompt to use random repeated tokens."
+        )
     tc.progress(0, 1, f"one forward pass over {n_seqs} x {tokens.shape[1]} tokens")
     scores, first_losses, copy_losses = _scores_in_batches(tc, tokens, targets)
     tc.progress(1, 1, "scored every head")
@@ -353,8 +396,11 @@ def induction_scores(
         loss_first_repeat=_mean(first_losses),
         loss_second_repeat=_mean(copy_losses),
         positions=ScoredPositions(
-            induction=targets.n_queries["induction"], duplicate_token=targets.n_queries["duplicate_token"],
-            previous_token=targets.n_queries["previous_token"], first_seen=len(first_losses),
-            copyable=len(copy_losses)),
+            induction=targets.n_queries["induction"],
+            duplicate_token=targets.n_queries["duplicate_token"],
+            previous_token=targets.n_queries["previous_token"],
+            first_seen=len(first_losses),
+            copyable=len(copy_losses),
+        ),
         example_prompt=_example_prompt(tc, tokens[0]) if prompt is None else None,
     )

@@ -46,8 +46,9 @@ def available_memory_bytes(device: torch.device | str) -> int | None:
     return None
 
 
-def sequence_bytes(cfg: Any, query_tokens: int, key_tokens: int | None = None, *, logits_tokens: int = 0,
-                   dtype_bytes: int = 4) -> int:
+def sequence_bytes(
+    cfg: Any, query_tokens: int, key_tokens: int | None = None, *, logits_tokens: int = 0, dtype_bytes: int = 4
+) -> int:
     """A generous estimate of the activation memory one sequence needs while a block runs: the residual
     stream and its copies, the MLP's hidden layer, the attention scores and pattern, plus `logits_tokens`
     rows of logits if the caller keeps full-vocabulary logits."""
@@ -69,8 +70,9 @@ class BatchPlan:
     """Which bound decided it (for logs and results): max_batch_sequences, max_batch_tokens or memory."""
 
 
-def plan_rows(limits: Any, device: torch.device | str, tokens_per_row: int, bytes_per_row: int,
-              wanted: int | None = None) -> BatchPlan:
+def plan_rows(
+    limits: Any, device: torch.device | str, tokens_per_row: int, bytes_per_row: int, wanted: int | None = None
+) -> BatchPlan:
     """Rows per batch: the smallest of `max_batch_sequences`, `max_batch_tokens // tokens_per_row`, what fits
     in MEMORY_FRACTION of free memory, and `wanted` (the rows there are); at least 1."""
     bounds = {
@@ -122,9 +124,15 @@ class ProgressCounter:
         self.progress(self.done, self.total, message or f"{self.done}{total} {self.unit}")
 
 
-def iter_batched(items: Sequence[T], run_batch: Callable[[Sequence[T]], R], rows: int, *,
-                 device: torch.device | str = "cpu", counter: ProgressCounter | None = None,
-                 message: Callable[[int, int], str] | None = None) -> Iterator[tuple[Sequence[T], R]]:
+def iter_batched(
+    items: Sequence[T],
+    run_batch: Callable[[Sequence[T]], R],
+    rows: int,
+    *,
+    device: torch.device | str = "cpu",
+    counter: ProgressCounter | None = None,
+    message: Callable[[int, int], str] | None = None,
+) -> Iterator[tuple[Sequence[T], R]]:
     """Run `run_batch` on consecutive slices of `items`, at most `rows` at a time, yielding (batch, result)
     as each batch finishes.
 
@@ -136,7 +144,7 @@ def iter_batched(items: Sequence[T], run_batch: Callable[[Sequence[T]], R], rows
     size = max(1, int(rows))
     start = 0
     while start < len(items):
-        batch = items[start:start + size]
+        batch = items[start : start + size]
         out_of_memory = False
         try:
             result = run_batch(batch)
@@ -155,8 +163,14 @@ def iter_batched(items: Sequence[T], run_batch: Callable[[Sequence[T]], R], rows
         yield batch, result
 
 
-def run_batched(items: Sequence[T], run_batch: Callable[[Sequence[T]], R], rows: int, *,
-                device: torch.device | str = "cpu", counter: ProgressCounter | None = None,
-                message: Callable[[int, int], str] | None = None) -> list[tuple[Sequence[T], R]]:
+def run_batched(
+    items: Sequence[T],
+    run_batch: Callable[[Sequence[T]], R],
+    rows: int,
+    *,
+    device: torch.device | str = "cpu",
+    counter: ProgressCounter | None = None,
+    message: Callable[[int, int], str] | None = None,
+) -> list[tuple[Sequence[T], R]]:
     """`iter_batched` collected into a list of (batch, result) pairs, in order."""
     return list(iter_batched(items, run_batch, rows, device=device, counter=counter, message=message))

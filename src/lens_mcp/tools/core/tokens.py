@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lens_mcp.errors import LensError
-from lens_mcp.tools.context import ToolContext
+from lens_mcp.tools.core.context import ToolContext
 
 _CHARS_PER_TOKEN_CAP = 64  # refuse absurdly long text before tokenizing it
 
@@ -16,13 +16,16 @@ def _check_text(tc: ToolContext, text: object, arg: str) -> str:
     if text == "":
         raise LensError(f"{arg} is empty: pass some text (e.g. 'The Eiffel Tower is in the city of').")
     if len(text) > tc.max_prompt_tokens * _CHARS_PER_TOKEN_CAP:
-        raise LensError(f"{arg} is {len(text)} characters long, far over the cap of {tc.max_prompt_tokens} tokens; "
-                        "shorten it.")
+        raise LensError(
+            f"{arg} is {len(text)} characters long, far over the cap of {tc.max_prompt_tokens} tokens; shorten it."
+        )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone UTF-16 surrogate: tokenizers refuse it with a TypeError
-        raise LensError(f"{arg} is not valid Unicode: character {exc.start} is {text[exc.start]!r}, a lone surrogate; "
-                        "remove it or pass the text as valid UTF-8.") from None
+        raise LensError(
+            f"{arg} is not valid Unicode: character {exc.start} is {text[exc.start]!r}, a lone surrogate; "
+            "remove it or pass the text as valid UTF-8."
+        ) from None
     return text
 
 
@@ -53,9 +56,11 @@ def encode(tc: ToolContext, text: str, arg: str = "prompt", prepend_bos: bool = 
     if n_tokens == 0:
         raise LensError(f"{arg} produced no tokens; pass some text.")
     if n_tokens > tc.max_prompt_tokens:
-        raise LensError(f"{arg} is {n_tokens} tokens long, over the limit of {tc.max_prompt_tokens} "
-                        f"(model context {tc.cfg.n_ctx}, server cap LENS_MCP_MAX_PROMPT_TOKENS="
-                        f"{tc.limits.max_prompt_tokens}); shorten it.")
+        raise LensError(
+            f"{arg} is {n_tokens} tokens long, over the limit of {tc.max_prompt_tokens} "
+            f"(model context {tc.cfg.n_ctx}, server cap LENS_MCP_MAX_PROMPT_TOKENS="
+            f"{tc.limits.max_prompt_tokens}); shorten it."
+        )
     return tokens
 
 
@@ -68,15 +73,19 @@ def single_token_id(tc: ToolContext, text: str, arg: str = "answer") -> int:
     if len(ids) == 1 and (unk_id is None or int(ids[0]) != unk_id or text.strip() == tokenizer.unk_token):
         return int(ids[0])
     if len(ids) == 1:  # a word outside the vocabulary: its logit would be the unknown token's
-        raise LensError(f"{arg}={text!r} is not in this model's vocabulary: it tokenizes to the unknown token "
-                        f"{tokenizer.unk_token!r}. Pass a token the model knows; call tokenize to check.")
+        raise LensError(
+            f"{arg}={text!r} is not in this model's vocabulary: it tokenizes to the unknown token "
+            f"{tokenizer.unk_token!r}. Pass a token the model knows; call tokenize to check."
+        )
     hint = ""
     for candidate in dict.fromkeys([" " + text.lstrip(), text.strip(), text.lstrip()]):
         if candidate != text and candidate and len(tc.bridge.to_tokens(candidate, prepend_bos=False)[0]) == 1:
             hint = f" {candidate!r} is a single token: use that (answers usually start with a space)."
             break
-    raise LensError(f"{arg} must be a single token, but {show_tokenization(tc, text)} is {len(ids)} tokens."
-                    f"{hint or ' Use the first token of the answer; call tokenize to check.'}")
+    raise LensError(
+        f"{arg} must be a single token, but {show_tokenization(tc, text)} is {len(ids)} tokens."
+        f"{hint or ' Use the first token of the answer; call tokenize to check.'}"
+    )
 
 
 def encode_pair(tc: ToolContext, first: str, second: str, first_arg: str, second_arg: str) -> torch.Tensor:
@@ -87,5 +96,6 @@ def encode_pair(tc: ToolContext, first: str, second: str, first_arg: str, second
         raise LensError(
             f"{first_arg} and {second_arg} must tokenize to the same length, but they are "
             f"{a.shape[-1]} and {b.shape[-1]} tokens:\n  {first_arg}: {token_strings(tc, a[0])}\n  "
-            f"{second_arg}: {token_strings(tc, b[0])}\nReword one so that the tokens line up position by position.")
+            f"{second_arg}: {token_strings(tc, b[0])}\nReword one so that the tokens line up position by position."
+        )
     return torch.cat([a, b], dim=0)
