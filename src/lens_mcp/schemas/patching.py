@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from lens_mcp.schemas.common import Grid, Grid3, Result, Rounded
@@ -69,3 +71,62 @@ class AblateHeadsResult(Result):
     individual: list[HeadEffect] | None = Field(
         None, description="Each head ablated alone (individually=true), most negative effect first"
     )
+
+
+# ---- attribution_patch ----------------------------------------------------------------------------------------
+
+
+class VerifiedCell(BaseModel):
+    layer: int
+    head: int | None = Field(None, description="Head (heads / heads_by_pos)")
+    position: int | None = Field(None, description="Position (null when every position was patched)")
+    clean_token: str | None = Field(None, description="The clean prompt's token at that position")
+    corrupted_token: str | None = Field(None, description="The corrupted prompt's token at that position")
+    estimate: Rounded = Field(description="Attribution estimate, in the grid's units")
+    exact: Rounded = Field(description="Exact activation patching (as patch_sweep computes it), same units")
+    problem: Literal["sign", "magnitude"] | None = Field(
+        None,
+        description="sign: estimate and exact differ in sign; magnitude: same sign but off by more than half "
+        "of the exact value; null: agree (differences under 1% of the clean-corrupted gap are ignored)",
+    )
+
+
+class RankAgreement(BaseModel):
+    n_verified: int = Field(description="Cells checked exactly")
+    spearman: Rounded | None = Field(
+        None, description="Spearman rank correlation of estimate and exact over the verified cells (null if < 3)"
+    )
+    top_k: int = Field(description="k of top_k_overlap: half the verified cells, at least 1")
+    top_k_overlap: int = Field(
+        description="Cells among the k largest |estimate| that are also among the k largest |exact|"
+    )
+    sign_wrong: int = Field(description="Verified cells whose estimate has the wrong sign")
+    magnitude_wrong: int = Field(description="Verified cells with the right sign but off by more than half")
+
+
+class AttributionPatchResult(Result):
+    component: str
+    direction: Literal["denoise", "noise"] = Field(
+        description="denoise: clean activation into the corrupted run; noise: corrupted activation into the clean run"
+    )
+    meaning: str = Field(description="What a grid value means: sign, units, what 1 is")
+    metric: str = Field(description="What the metric measures, at the last position")
+    normalized: bool = Field(description="True: grid in units of the clean - corrupted gap (as patch_sweep)")
+    clean_tokens: list[str] = Field(description="The clean prompt's tokens (BOS is position 0)")
+    corrupted_tokens: list[str] = Field(description="The corrupted prompt's tokens")
+    clean_metric: Rounded = Field(description="Metric on the clean prompt")
+    corrupted_metric: Rounded = Field(description="Metric on the corrupted prompt")
+    axes: list[str] = Field(description="Grid axes, outermost first, e.g. ['layer', 'head', 'position']")
+    layers: list[int] = Field(description="Layer of each grid row")
+    positions: list[int] | None = Field(None, description="Position of each position-axis entry")
+    heads: list[int] | None = Field(None, description="Head of each head-axis entry")
+    grid: Grid | Grid3 = Field(description="Estimated patching effect per cell, indexed as `axes` says")
+    top_cells: list[PatchCell] = Field(description="Cells with the largest |estimate|, largest first")
+    verified: list[VerifiedCell] = Field(
+        description="The verify_top cells with the largest |estimate|, patched exactly; largest |estimate| first"
+    )
+    agreement: RankAgreement | None = Field(None, description="How well estimate and exact agree (null: none verified)")
+    n_cells: int
+    forward_passes: int = Field(description="Batched passes run: gradient passes plus exact verification passes")
+    seconds: Rounded
+    notes: list[str] = Field(default_factory=list)
