@@ -32,6 +32,7 @@ from lens_mcp.tools.core.validation import check_range, resolve_layers, resolve_
 
 Direction = Literal["denoise", "noise"]
 DIRECTIONS = ("denoise", "noise")
+Problem = Literal["sign", "magnitude"]
 TOP_CELLS = 10
 AGREEMENT_FLOOR = 0.01
 """Estimate and exact value both under this share of the clean - corrupted gap count as agreeing (both ~0)."""
@@ -265,7 +266,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     return cov / math.sqrt(vx * vy)
 
 
-def classify(estimate: float, exact: float, floor: float) -> Literal["sign", "magnitude"] | None:
+def classify(estimate: float, exact: float, floor: float) -> Problem | None:
     """How the estimate is wrong, if it is: values both under `floor` in size agree."""
     if abs(estimate) < floor and abs(exact) < floor:
         return None
@@ -276,7 +277,7 @@ def classify(estimate: float, exact: float, floor: float) -> Literal["sign", "ma
     return None
 
 
-def agreement(estimates: Sequence[float], exacts: Sequence[float], problems: Sequence[str | None]) -> RankAgreement:
+def agreement(estimates: Sequence[float], exacts: Sequence[float], problems: Sequence[Problem | None]) -> RankAgreement:
     n = len(estimates)
     k = max(1, n // 2)
     by_estimate = set(sorted(range(n), key=lambda i: abs(estimates[i]), reverse=True)[:k])
@@ -450,7 +451,9 @@ def attribution_patch(
         estimate_changes = [flat[i] - offset for i in chosen]
         exact_changes = [value - offset for value in exact_shown]
         floor = AGREEMENT_FLOOR * (1.0 if do_normalize else max(abs(clean_value - corrupted_value), 1e-6))
-        problems = [classify(e, x, floor) for e, x in zip(estimate_changes, exact_changes, strict=True)]
+        problems: list[Problem | None] = [
+            classify(e, x, floor) for e, x in zip(estimate_changes, exact_changes, strict=True)
+        ]
         verified = [
             VerifiedCell(
                 layer=cells[i][0],
