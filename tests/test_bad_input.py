@@ -130,6 +130,15 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("patch_sweep", {**SWEEP, "wrong_answer": " w64"}, ("wrong_answer is the same token", "pass a different")),
     ("patch_sweep", {**SWEEP, "normalize": "perhaps"}, ("normalize", "true or false")),
     ("patch_sweep", {**SWEEP, "positions": [1, "x"]}, ('positions[1]="x"', "pass positions as a list of integers")),
+    # ---- attribution_patch
+    ("attribution_patch", {**SWEEP, "direction": "sideways"}, ('direction="sideways"', "pass direction as one of")),
+    ("attribution_patch", {**SWEEP, "verify_top": -1}, ("verify_top=-1", "use 0..100")),
+    ("attribution_patch", {**SWEEP, "verify_top": 10**6}, ("verify_top=1000000", "use 0..100")),
+    ("attribution_patch", {**SWEEP, "positions": [1]}, ("positions=", "use component='heads_by_pos'")),
+    ("attribution_patch", {**SWEEP, "corrupted_prompt": "w1 w2"}, ("corrupted_prompt", "same length", "reword")),
+    ("attribution_patch", {**SWEEP, "wrong_answer": None}, ("needs wrong_answer", "use metric='prob'")),
+    ("attribution_patch", {**SWEEP, "layers": [9]}, ("layers=9", "use 0..1")),
+    ("attribution_patch", {**SWEEP, "component": "mlp_in"}, ('component="mlp_in"', "pass component as one of")),
     # ---- ablate_heads
     ("ablate_heads", {"prompt": P, "answer": " w4"}, ("heads is required", "pass heads")),
     ("ablate_heads", {**AB, "heads": []}, ("heads", "e.g. heads=[[1, 2]")),
@@ -176,6 +185,7 @@ REFERENCE: list[tuple[str, dict[str, Any]]] = [
     ("head_attribution", {"prompt": CLEAN, "answer": " w64", "wrong_answer": " w77"}),
     ("patch_sweep", {**SWEEP, "component": "heads"}),
     ("patch_sweep", {**SWEEP, "component": "resid_pre"}),
+    ("attribution_patch", {**SWEEP, "component": "heads_by_pos", "verify_top": 3}),
     ("attention_pattern", {"prompt": CLEAN, "layer": 1, "head": 2, "top_k": 2}),
     ("logit_lens", {"prompt": CLEAN, "answer": " w64", "top_k": 3}),
     (
@@ -209,6 +219,7 @@ def test_the_battery_is_large_and_covers_every_tool() -> None:
         "attention_pattern",
         "patch_sweep",
         "ablate_heads",
+        "attribution_patch",
         "induction_scores",
         "load_model",
     }  # model_info takes nothing
