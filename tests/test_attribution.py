@@ -53,7 +53,7 @@ def raw_estimates(
     """Our unrounded per-cell estimates (grad . delta), the cells, and the [clean, corrupted] tokens."""
     tokens = tc.bridge.to_tokens([clean, corrupted])
     pair = PairRun(tokens, resolve_metric(tc, ANSWER, WRONG))
-    grid = resolve_grid(tc, component, None, None, int(tokens.shape[-1]))
+    grid = resolve_grid(tc, component, None, None, [int(tokens.shape[-1])])
     return estimate_effects(tc, [pair], grid, direction).values[0], grid.cells, tokens
 
 
@@ -215,7 +215,7 @@ def test_no_hook_gradient_or_mode_leaks_even_when_the_metric_fails(toy: ToolCont
     def broken(logits: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("metric failed inside the hooked pass")
 
-    grid = resolve_grid(toy, "heads_by_pos", None, None, int(tokens.shape[-1]))
+    grid = resolve_grid(toy, "heads_by_pos", None, None, [int(tokens.shape[-1])])
     with pytest.raises(RuntimeError, match="metric failed"):
         estimate_effects(toy, [PairRun(tokens, broken)], grid, "denoise")  # type: ignore[arg-type]
     assert count_hooks(toy.bridge) == before
@@ -237,18 +237,35 @@ def test_a_model_in_training_mode_is_refused(toy: ToolContext) -> None:
         toy.bridge.eval()
 
 
-def test_an_oversized_grid_is_refused_before_any_forward_pass(
-    toy: ToolContext, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_oversized_grid_is_refused_before_any_forward_pass(toy: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    toy.model.throughput = toy.model.throughput or 1e6  # the cost estimate's own probe is not the call's work
     calls: list[int] = []
     monkeypatch.setattr(toy.bridge, "forward", lambda *a, **k: calls.append(1))
     small = ToolContext(toy.model, Limits(max_response_chars=2_000))
-    with pytest.raises(LensError, match="response cap"):
+    with pytest.raises(LensError, match=r"refused before computing.*max_response_chars=2000.*layers=\[\.\.\.\]"):
         attribution_patch(small, CLEAN, CORRUPTED, ANSWER, WRONG, "heads_by_pos")
     few_cells = ToolContext(toy.model, Limits(max_sweep_cells=10))
     with pytest.raises(LensError, match="max_sweep_cells"):
         attribution_patch(few_cells, CLEAN, CORRUPTED, ANSWER, WRONG, "resid_pre")
     assert calls == []
+
+
+def test_dry_run_returns_the_cost_and_computes_nothing(toy: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = toy.model.throughput
+    toy.model.throughput = 1000.0  # token-layers per second, so the seconds follow by hand
+    calls: list[int] = []
+    monkeypatch.setattr(toy.bridge, "forward", lambda *a, **k: calls.append(1))
+    try:
+        result = attribution_patch(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "heads_by_pos", verify_top=4, dry_run=True)
+    finally:
+        toy.model.throughput = saved
+    assert calls == [] and result.dry_run and result.grid == [] and result.verified == []
+    n_layers, n_heads, n_tokens = toy.cfg.n_layers, toy.cfg.n_heads, 10
+    assert result.cost.cells == result.n_cells == n_layers * n_heads * n_tokens
+    # forward of both prompts + their backward (twice a forward) + the engine's 2 runs and 4 / 2 patched rows
+    units = (2 + 2 * 2 + 2 + 2) * n_tokens * n_layers
+    assert result.cost.work_units == units and result.cost.seconds == pytest.approx(units / 1000.0, rel=1e-3)
+    assert result.cost.result_chars >= 9 * result.n_cells
 
 
 def test_progress_is_reported(toy: ToolContext) -> None:
@@ -260,7 +277,7 @@ def test_progress_is_reported(toy: ToolContext) -> None:
 
 def test_counter_argument_is_optional(toy: ToolContext) -> None:
     tokens = toy.bridge.to_tokens([CLEAN, CORRUPTED])
-    grid = resolve_grid(toy, "heads", None, None, int(tokens.shape[-1]))
+    grid = resolve_grid(toy, "heads", None, None, [int(tokens.shape[-1])])
     counter = ProgressCounter(total=1)
     estimate_effects(toy, [PairRun(tokens, resolve_metric(toy, ANSWER, WRONG))], grid, "denoise", counter)
     assert counter.done == 1

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from lens_mcp.schemas.common import Grid, Grid3, Result, Rounded
+from lens_mcp.schemas.common import Cost, Grid, Grid3, GridSpread, PairMetrics, Result, Rounded
 
 
 class PatchCell(BaseModel):
@@ -112,21 +112,32 @@ class AttributionPatchResult(Result):
     meaning: str = Field(description="What a grid value means: sign, units, what 1 is")
     metric: str = Field(description="What the metric measures, at the last position")
     normalized: bool = Field(description="True: grid in units of the clean - corrupted gap (as patch_sweep)")
-    clean_tokens: list[str] = Field(description="The clean prompt's tokens (BOS is position 0)")
-    corrupted_tokens: list[str] = Field(description="The corrupted prompt's tokens")
-    clean_metric: Rounded = Field(description="Metric on the clean prompt")
-    corrupted_metric: Rounded = Field(description="Metric on the corrupted prompt")
+    dry_run: bool = Field(False, description="True: only the cost estimate; nothing was computed")
+    cost: Cost = Field(description="The estimate made before computing: cells, passes, seconds, result size")
+    clean_tokens: list[str] = Field(description="The clean prompt's tokens (BOS is position 0); pairs: pair 0's")
+    corrupted_tokens: list[str] = Field(description="The corrupted prompt's tokens; pairs: pair 0's")
+    clean_metric: Rounded | None = Field(None, description="Metric on the clean prompt (pairs: mean over pairs)")
+    corrupted_metric: Rounded | None = Field(None, description="Metric on the corrupted prompt (pairs: mean)")
+    pair_metrics: list[PairMetrics] | None = Field(None, description="Each pair's clean and corrupted metric (pairs)")
     axes: list[str] = Field(description="Grid axes, outermost first, e.g. ['layer', 'head', 'position']")
     layers: list[int] = Field(description="Layer of each grid row")
-    positions: list[int] | None = Field(None, description="Position of each position-axis entry")
+    positions: list[int] | None = Field(
+        None, description="Position of each position-axis entry (negative: counted from the end of each pair)"
+    )
     heads: list[int] | None = Field(None, description="Head of each head-axis entry")
-    grid: Grid | Grid3 = Field(description="Estimated patching effect per cell, indexed as `axes` says")
-    top_cells: list[PatchCell] = Field(description="Cells with the largest |estimate|, largest first")
+    grid: Grid | Grid3 = Field(
+        default_factory=list, description="Estimated effect per cell, indexed as `axes` says (pairs: mean over pairs)"
+    )
+    spread: GridSpread | None = Field(None, description="Spread of each cell's estimate over pairs (pairs only)")
+    top_cells: list[PatchCell] = Field(
+        default_factory=list, description="Cells with the largest |estimate|, largest first"
+    )
     verified: list[VerifiedCell] = Field(
-        description="The verify_top cells with the largest |estimate|, patched exactly; largest |estimate| first"
+        default_factory=list,
+        description="The verify_top cells with the largest |estimate|, patched exactly; largest |estimate| first",
     )
     agreement: RankAgreement | None = Field(None, description="How well estimate and exact agree (null: none verified)")
     n_cells: int
-    forward_passes: int = Field(description="Batched passes run: gradient passes plus exact verification passes")
+    forward_passes: int = Field(0, description="Batched passes run: gradient passes plus exact verification passes")
     seconds: Rounded
     notes: list[str] = Field(default_factory=list)
