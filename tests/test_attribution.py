@@ -237,7 +237,9 @@ def test_a_model_in_training_mode_is_refused(toy: ToolContext) -> None:
         toy.bridge.eval()
 
 
-def test_an_oversized_grid_is_refused_before_any_forward_pass(toy: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_oversized_grid_is_refused_before_any_forward_pass(
+    toy: ToolContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
     toy.model.throughput = toy.model.throughput or 1e6  # the cost estimate's own probe is not the call's work
     calls: list[int] = []
     monkeypatch.setattr(toy.bridge, "forward", lambda *a, **k: calls.append(1))
@@ -292,6 +294,17 @@ def test_through_mcp_happy_path_and_bad_input(toy_host: ModelHost) -> None:
         assert data["component"] == "heads" and data["direction"] == "denoise" and len(data["verified"]) == 3
         assert data["verified"][0]["layer"] == 1 and data["verified"][0]["head"] == 2
         assert "restores the clean behaviour" in data["meaning"]
+        dataset = result_data(
+            await call_tool(
+                server,
+                "attribution_patch",
+                {"pairs": PAIR_SETS, "component": "heads_by_pos", "positions": [-1], "verify_top": 2},
+            )
+        )
+        assert dataset["spread"]["n_pairs"] == 3 and len(dataset["pair_metrics"]) == 3
+        assert dataset["positions"] == [-1] and len(dataset["verified"]) == 2
+        dry = result_data(await call_tool(server, "attribution_patch", {**args, "dry_run": True}))
+        assert dry["dry_run"] and dry["grid"] == [] and dry["cost"]["cells"] == dry["n_cells"]
         cases = [
             ({"component": "nope"}, "component"),
             ({"positions": [1]}, "positions= does not apply"),
@@ -309,3 +322,117 @@ def test_through_mcp_happy_path_and_bad_input(toy_host: ModelHost) -> None:
     anyio.run(scenario)
     with toy_host.use() as model:
         assert count_hooks(model.bridge) == toy_host._baseline_hooks
+
+
+# ---- prompt datasets ---------------------------------------------------------------------------------------
+PAIR_SETS = [
+    {"clean_prompt": CLEAN, "corrupted_prompt": CORRUPTED, "answer": ANSWER, "wrong_answer": WRONG},
+    {
+        "clean_prompt": "w10 w11 w12 w13 w14 w10 w11 w12 w13",
+        "corrupted_prompt": "w10 w11 w12 w13 w99 w10 w11 w12 w13",
+        "answer": " w14",
+        "wrong_answer": " w99",
+    },
+    {
+        "clean_prompt": "w5 w6 w7 w8 w5 w6 w7",  # shorter: 8 tokens
+        "corrupted_prompt": "w5 w6 w7 w9 w5 w6 w7",
+        "answer": " w8",
+        "wrong_answer": " w9",
+    },
+]
+
+
+def single(tc: ToolContext, pair: dict[str, str], **kwargs: Any) -> Any:
+    return attribution_patch(tc, **pair, **kwargs)
+
+
+def flatten(grid: Any) -> list[float]:
+    if isinstance(grid, list) and grid and isinstance(grid[0], list):
+        return [v for row in grid for v in flatten(row)]
+    return list(grid)
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_the_mean_over_pairs_equals_the_mean_of_single_pair_calls(toy: ToolContext, direction: str) -> None:
+    pairs = PAIR_SETS[:2]  # same length: every position
+    both = attribution_patch(toy, component="heads_by_pos", pairs=pairs, verify_top=0, direction=direction)  # type: ignore[arg-type]
+    singles = [single(toy, p, component="heads_by_pos", verify_top=0, direction=direction) for p in pairs]
+    grids = torch.tensor([flatten(s.grid) for s in singles])
+    assert flatten(both.grid) == pytest.approx(grids.mean(0).tolist(), rel=2e-3, abs=2e-6)
+    assert both.spread is not None and both.spread.n_pairs == 2
+    assert flatten(both.spread.min) == pytest.approx(grids.min(0).values.tolist(), rel=2e-3, abs=2e-6)
+    assert flatten(both.spread.max) == pytest.approx(grids.max(0).values.tolist(), rel=2e-3, abs=2e-6)
+    # The singles are rounded to 4 digits: a std of close values inherits that rounding, about 1e-3 of the values.
+    rounding = grids.abs().max(0).values * 1e-3 + 2e-6
+    std = torch.tensor(flatten(both.spread.std))
+    assert bool(((std - grids.std(0, unbiased=False)).abs() <= rounding).all())
+    assert both.pair_metrics is not None
+    got = [v for m in both.pair_metrics for v in (m.clean_metric, m.corrupted_metric)]
+    assert got == pytest.approx([v for s in singles for v in (s.clean_metric, s.corrupted_metric)], rel=1e-3)
+    assert both.forward_passes == 1  # both pairs' prompts in one batched forward and backward pass
+    assert "mean over pairs" in both.meaning
+
+
+def test_pairs_of_different_lengths_line_up_from_the_end(toy: ToolContext) -> None:
+    both = attribution_patch(
+        toy, component="heads_by_pos", positions=[-1, -3], pairs=PAIR_SETS, verify_top=3, normalize=True
+    )  # type: ignore[arg-type]
+    singles = [single(toy, p, component="heads_by_pos", positions=[-1, -3], verify_top=0) for p in PAIR_SETS]
+    grids = torch.tensor([flatten(s.grid) for s in singles])
+    assert both.positions == [-1, -3]
+    assert flatten(both.grid) == pytest.approx(grids.mean(0).tolist(), rel=2e-3, abs=2e-6)
+    assert both.forward_passes >= 2  # two lengths: two gradient batches (plus verification)
+    # The verified cells' exact values are the mean of the exact engine on each pair (patch_sweep per pair).
+    for cell in both.verified:
+        exact = []
+        for pair in PAIR_SETS:
+            n = len(toy.bridge.to_tokens(pair["clean_prompt"])[0])
+            sweep = run_sweep(toy, *pair.values(), "heads_by_pos", layers=[cell.layer], positions=[cell.position])  # type: ignore[misc]
+            span = sweep.clean_metric - sweep.corrupted_metric
+            exact.append((float(sweep.values[cell.head]) - sweep.corrupted_metric) / span)
+            assert sweep.positions == [n + cell.position]
+        assert cell.exact == pytest.approx(sum(exact) / len(exact), rel=1e-3, abs=1e-5)
+
+
+def test_the_raw_mean_equals_transformer_lens_on_a_batch_of_pairs(toy: ToolContext) -> None:
+    """TransformerLens's attribution_patch averages node scores over a batch of pairs."""
+    pairs = PAIR_SETS[:2]
+    runs = [
+        PairRun(
+            toy.bridge.to_tokens([p["clean_prompt"], p["corrupted_prompt"]]),
+            resolve_metric(toy, p["answer"], p["wrong_answer"]),
+        )
+        for p in pairs
+    ]
+    grid = resolve_grid(toy, "heads_by_pos", None, None, [10, 10])
+    values = estimate_effects(toy, runs, grid, "denoise").values.mean(0)
+    ids = [(toy.bridge.to_single_token(p["answer"]), toy.bridge.to_single_token(p["wrong_answer"])) for p in pairs]
+    # TransformerLens runs one pair at a time: its metric_fn sees one pair's logits. Which pair: count the calls.
+    calls = {"n": 0}
+
+    def metric_fn(logits: torch.Tensor) -> torch.Tensor:
+        index = (calls["n"] // 2) % len(pairs)  # clean pass, corrupted pass per pair
+        calls["n"] += 1
+        a, b = ids[index]
+        return logits[0, -1, a] - logits[0, -1, b]
+
+    clean = torch.cat([r.tokens[:1] for r in runs])
+    corrupted = torch.cat([r.tokens[1:] for r in runs])
+    result = tl_attribution_patch(toy.bridge, clean, corrupted, metric_fn, EdgeAttributionConfig(granularity="node"))
+    scores = {(n.kind, n.layer, n.head, n.position): s for n, s in result.node_scores.items()}
+    expected = torch.tensor([scores[("attn_head_out", layer, head, pos)] for layer, head, pos in grid.cells])
+    assert torch.allclose(values, expected, atol=TOL, rtol=0)
+
+
+def test_dataset_errors_name_the_pair(toy: ToolContext) -> None:
+    with pytest.raises(LensError, match=r"pairs\[2\] is 8 tokens long but pairs\[0\] is 10"):
+        attribution_patch(toy, component="heads_by_pos", pairs=PAIR_SETS)  # type: ignore[arg-type]
+    bad = [PAIR_SETS[0], {**PAIR_SETS[1], "answer": " w14 w15"}]
+    with pytest.raises(LensError, match=r"pairs\[1\]\.answer must be a single token"):
+        attribution_patch(toy, pairs=bad)  # type: ignore[arg-type]
+    with pytest.raises(LensError, match="not both"):
+        attribution_patch(toy, CLEAN, pairs=PAIR_SETS)  # type: ignore[arg-type]
+    with pytest.raises(LensError, match=r"pairs\[1\]\.corrupted_prompt is required"):
+        attribution_patch(toy, pairs=[PAIR_SETS[0], {"clean_prompt": CLEAN, "answer": ANSWER}])  # type: ignore[arg-type]
+    with pytest.raises(LensError, match="clean_prompt is required"):
+        attribution_patch(toy)
