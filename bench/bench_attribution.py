@@ -7,7 +7,10 @@ Two 20-token pairs (IOI-style, metric logit(" Mary") - logit(" John") at the las
 - early: the prompts differ at the two names of the first clause (other names, "ABC" corruption), so
   patch_sweep skips far fewer cells.
 
-    .venv/bin/python bench/bench_attribution.py [--pairs late early] [--repeat 3] [--sweep-repeat 1]
+A third part times one attribution_patch call over a dataset of 16 such pairs (other names; pairs=[...], one
+batched gradient pass) against 16 single-pair calls, both with verify_top=0 and with verify_top=10.
+
+    .venv/bin/python bench/bench_attribution.py [--pairs late early] [--repeat 3] [--sweep-repeat 1] [--skip-dataset]
 
 Each tool runs `repeat` times (patch_sweep `sweep-repeat` times) and the fastest run is compared: on a shared
 machine bursts of load from other processes slow single runs. The load average is printed before and after.
@@ -36,6 +39,8 @@ PAIRS = {
     ),
 }
 ANSWER, WRONG = " Mary", " John"
+TEMPLATE = "After the long meeting, when {a} and {b} went to the store, {s} gave a drink to"
+NAMES = [" Mary", " John", " Alice", " Bob", " Tom", " James", " Sarah", " Anna", " David", " Paul", " Kate", " Mark"]
 
 
 def best_of(n: int, run: Callable[[], Any]) -> tuple[float, list[float], Any]:
@@ -53,6 +58,8 @@ def main() -> None:
     parser.add_argument("--pairs", nargs="+", default=["late", "early"], choices=sorted(PAIRS))
     parser.add_argument("--repeat", type=int, default=3, help="runs of attribution_patch (the best is reported)")
     parser.add_argument("--sweep-repeat", type=int, default=1, help="runs of patch_sweep (the best is reported)")
+    parser.add_argument("--skip-dataset", action="store_true", help="skip the 16-pair dataset timing")
+    parser.add_argument("--dataset-repeat", type=int, default=1, help="runs of the dataset timing")
     args = parser.parse_args()
 
     from lens_mcp.limits import Limits
@@ -92,7 +99,7 @@ def main() -> None:
             print(f"  heads_by_pos: {attr.n_cells} cells; clean {attr.clean_metric}, corrupted {attr.corrupted_metric}")
             print(
                 f"  attribution_patch verify_top=0: {attr_s:.2f}s (runs {[round(t, 2) for t in attr_times]}), "
-                f"{attr.forward_passes} batched passes"
+                f"{attr.forward_passes} batched passes; estimated before computing {attr.cost.seconds:.1f}s"
             )
             print(
                 f"  patch_sweep: {sweep_s:.2f}s (runs {[round(t, 2) for t in sweep_times]}), {sweep.forward_passes} "
@@ -102,7 +109,7 @@ def main() -> None:
             agreement = verified.agreement
             print(
                 f"  attribution_patch verify_top=10: {verify_s:.2f}s (runs {[round(t, 2) for t in verify_times]}), "
-                f"{verified.forward_passes} batched passes; ratio patch_sweep / it: {sweep_s / verify_s:.1f}x; "
+                f"{verified.forward_passes} batched passes (estimated {verified.cost.seconds:.1f}s); ratio patch_sweep / it: {sweep_s / verify_s:.1f}x; "
                 f"agreement {agreement.model_dump() if agreement else None}"
             )
             exact = {(c.layer, c.head, c.position): c.value for c in sweep.top_cells}
@@ -113,7 +120,45 @@ def main() -> None:
                     f"    L{cell.layer}H{cell.head} pos {cell.position} ({cell.clean_token!r}): {cell.estimate} / "
                     f"{cell.exact} / {exact.get(key, '-')} {cell.problem or ''}"
                 )
+        if not args.skip_dataset:
+            bench_dataset(tc, args.dataset_repeat)
     print(f"\nload average after: {os.getloadavg()}")
+
+
+def bench_dataset(tc: Any, repeat: int) -> None:
+    """One call over 16 pairs against 16 single calls (heads, every layer)."""
+    from lens_mcp.tools.causal.attribution_patch import attribution_patch
+
+    bridge = tc.bridge
+    names = [n for n in NAMES if len(bridge.to_tokens(n, prepend_bos=False)[0]) == 1]
+    pairs = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            pairs.append(
+                {
+                    "clean_prompt": TEMPLATE.format(a=a.strip(), b=b.strip(), s=b.strip()),
+                    "corrupted_prompt": TEMPLATE.format(a=a.strip(), b=b.strip(), s=a.strip()),
+                    "answer": a,
+                    "wrong_answer": b,
+                }
+            )
+    lengths = {len(bridge.to_tokens(p["clean_prompt"])[0]) for p in pairs}
+    pairs = [p for p in pairs if len(bridge.to_tokens(p["clean_prompt"])[0]) == min(lengths)][:16]
+    print(f"\ndataset: {len(pairs)} pairs of {min(lengths)} tokens, component='heads' (every layer and head)")
+    for verify_top in (0, 10):
+        one_s, one_times, one = best_of(
+            repeat, lambda v=verify_top: attribution_patch(tc, component="heads", pairs=pairs, verify_top=v)
+        )
+        singles_s, singles_times, _ = best_of(
+            repeat,
+            lambda v=verify_top: [attribution_patch(tc, **p, component="heads", verify_top=v) for p in pairs],
+        )
+        print(
+            f"  verify_top={verify_top}: one call over {len(pairs)} pairs {one_s:.2f}s (runs "
+            f"{[round(t, 2) for t in one_times]}, {one.forward_passes} batched passes; estimated "
+            f"{one.cost.seconds:.1f}s); {len(pairs)} single calls {singles_s:.2f}s (runs "
+            f"{[round(t, 2) for t in singles_times]}); ratio {singles_s / one_s:.1f}x"
+        )
 
 
 if __name__ == "__main__":
