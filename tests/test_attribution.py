@@ -90,6 +90,25 @@ def test_estimates_equal_transformer_lens_attribution_patch(toy: ToolContext, co
     assert float(values.abs().max()) > 0.1 or component == "mlp_out"  # the toy's MLPs are zero
 
 
+@pytest.mark.parametrize("metric", ["logprob", "prob"])
+def test_probability_metrics_equal_transformer_lens(toy: ToolContext, metric: str) -> None:
+    tokens = toy.bridge.to_tokens([CLEAN, CORRUPTED])
+    pair = PairRun(tokens, resolve_metric(toy, ANSWER, None, metric))
+    grid = resolve_grid(toy, "heads_by_pos", None, None, [int(tokens.shape[-1])])
+    values = estimate_effects(toy, [pair], grid, "denoise").values[0]
+    a = toy.bridge.to_single_token(ANSWER)
+
+    def metric_fn(logits: torch.Tensor) -> torch.Tensor:
+        logprob = logits[0, -1].log_softmax(-1)[a]
+        return logprob.exp() if metric == "prob" else logprob
+
+    result = tl_attribution_patch(toy.bridge, tokens[:1], tokens[1:], metric_fn, EdgeAttributionConfig("node"))
+    scores = {(n.kind, n.layer, n.head, n.position): v for n, v in result.node_scores.items()}
+    expected = torch.tensor([scores[("attn_head_out", layer, head, pos)] for layer, head, pos in grid.cells])
+    assert torch.allclose(values, expected, atol=TOL, rtol=0)
+    assert float(expected.abs().max()) > 1e-3
+
+
 @pytest.mark.parametrize("component", ["resid_pre", "resid_mid", "resid_post", "attn_out"])
 def test_residual_estimates_equal_gradients_from_transformer_lens_backward_hooks(
     toy: ToolContext, component: str
