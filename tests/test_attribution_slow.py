@@ -52,3 +52,22 @@ def test_verified_cells_equal_patch_sweep(smol: ToolContext) -> None:
     flagged = [c for c in result.verified if c.problem == "sign"]
     assert all(c.estimate * c.exact < 0 for c in flagged)
     assert result.agreement.sign_wrong == len(flagged)
+
+
+@pytest.mark.parametrize("component", ["resid_pre", "resid_mid", "attn_out"])
+def test_residual_estimates_equal_transformer_lens_backward_hook_gradients(smol: ToolContext, component: str) -> None:
+    values, cells, tokens = fast.raw_estimates(smol, component, "denoise", CLEAN, CORRUPTED)
+    names = [f"blocks.{layer}.hook_{component}" for layer in range(smol.cfg.n_layers)]
+    with torch.enable_grad():
+        corrupted = fast.cache_activation_and_gradient(
+            smol.bridge, tokens[1:], fast.tl_metric_fn(smol), names_filter=names
+        )
+    with torch.no_grad():
+        _, clean_cache = smol.bridge.run_with_cache(tokens[:1], names_filter=names)
+    expected = []
+    for layer, _, position in cells:
+        name = f"blocks.{layer}.hook_{component}"
+        grad = corrupted.gradients[name]
+        assert grad is not None
+        expected.append(float((grad * (clean_cache[name] - corrupted.activations[name]))[0, position].sum()))
+    assert torch.allclose(values, torch.tensor(expected), atol=fast.TOL, rtol=0)
