@@ -83,6 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="http: file holding the bearer token clients must send (default: the LENS_MCP_TOKEN environment variable)",
     )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME[:PORT]",
+        help="http: another Host name clients use to reach this server (a DNS name, an SSH tunnel's "
+        "localhost:9000); repeatable. Requests naming any other host are refused (DNS rebinding)",
+    )
+    serve.add_argument(
+        "--sessions-per-client",
+        type=int,
+        default=32,
+        metavar="N",
+        help="http: open sessions allowed per token and per client address (default 32)",
+    )
+    serve.add_argument(
+        "--session-idle-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="http: close sessions idle this long (default 300)",
+    )
     serve.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
 
     tools = commands.add_parser("tools", help="list the tools with a one-line description each (loads no model)")
@@ -156,12 +178,12 @@ def make_host(args: argparse.Namespace) -> ModelHost:
 def serve(args: argparse.Namespace) -> int:
     from lens_mcp.server.app import StartupModel, build_server
 
-    token = None
+    token: list[str] = []
     if args.transport == "http":
-        from lens_mcp.server.http import TokenError, check_exposure, read_token
+        from lens_mcp.server.http import TokenError, check_exposure, read_tokens
 
         try:  # before the model starts loading: a misconfigured server should fail at once
-            token = read_token(args.token_file)
+            token = read_tokens(args.token_file)
             check_exposure(args.host, token)
         except TokenError as exc:
             print(f"lens-mcp: error: {exc}", file=sys.stderr)
@@ -173,7 +195,16 @@ def serve(args: argparse.Namespace) -> int:
         return 0
     from lens_mcp.server.http import serve_http
 
-    return serve_http(server, args.host, args.port, token=token, log_level=args.log_level)
+    return serve_http(
+        server,
+        args.host,
+        args.port,
+        token=token,
+        log_level=args.log_level,
+        allowed_hosts=args.allowed_host,
+        sessions_per_client=args.sessions_per_client,
+        session_idle_timeout=args.session_idle_timeout,
+    )
 
 
 def _loader(host: ModelHost, args: argparse.Namespace) -> Callable[[], None]:
