@@ -57,6 +57,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow model repositories' own code to run (off by default)"
     )
+    parser.add_argument(
+        "--load-root",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="load_model may load paths only under this folder (repeatable); over HTTP, paths are off without it",
+    )
+    parser.add_argument(
+        "--allow-hub",
+        action="store_true",
+        help="http: let load_model fetch Hugging Face names (off by default over HTTP; always on otherwise)",
+    )
     limits = parser.add_argument_group("limits (also settable as LENS_MCP_<NAME> environment variables)")
     for name, what in LIMIT_FLAGS.items():
         limits.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=what)
@@ -165,6 +177,7 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
 
 
 def make_host(args: argparse.Namespace) -> ModelHost:
+    from lens_mcp.loading.policy import LoadPolicy
     from lens_mcp.model_host import ModelHost
 
     return ModelHost(
@@ -172,6 +185,7 @@ def make_host(args: argparse.Namespace) -> ModelHost:
         trust_remote_code=args.trust_remote_code,
         device_map=args.device_map,
         n_devices=args.n_devices,
+        load_policy=LoadPolicy.for_transport(getattr(args, "transport", "stdio"), args.load_root, args.allow_hub),
     )
 
 
