@@ -75,7 +75,7 @@ def test_a_corrupted_cache_is_rebuilt_and_says_so(tmp_path: Path, monkeypatch: p
 
     model, _, folder, from_cache = gguf_cache.load_gguf(str(tmp_path), gguf.name)
     assert (folder, from_cache, len(dequantized)) == (cached, False, 1)
-    assert json.loads((cached / MARKER).read_text())["files"]["model.safetensors"].startswith("blake2b:")
+    assert json.loads((cached / MARKER).read_text())["files"]["model.safetensors"].startswith("sha256:")
     reference = {k: v.clone() for k, v in model.state_dict().items()}
 
     _, _, _, from_cache = gguf_cache.load_gguf(str(tmp_path), gguf.name)

@@ -1,9 +1,10 @@
 """Integrity of the dequantized GGUF cache: a hash of every file, kept in the completion marker and checked on
 load, and the clean-up of staging folders a killed process left behind.
 
-The hash is BLAKE2b (hashlib, 8 MiB chunks): the fastest cryptographic hash in the standard library on these
-CPUs. It catches any change to the files (a flipped bit in the weights changes results silently otherwise);
-bench/cache_integrity.py measures what the check adds to a warm start.
+The hash is SHA-256 (hashlib, 8 MiB chunks), which the SHA extensions of current x86 and ARM CPUs make the
+fastest cryptographic hash in the standard library (measured against BLAKE2b, SHA-1 and MD5 on this machine). It
+catches any change to the files (a flipped bit in the weights changes results silently otherwise);
+bench/bench_cache_integrity.py measures what the check adds to a warm start.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ _LEGACY_STAGING = re.compile(r"-[0-9a-f]{16}\.[A-Za-z0-9_]{8}$")
 
 
 def file_digest(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=32)
+    digest = hashlib.sha256()
     with open(path, "rb") as source:
         while chunk := source.read(CHUNK_BYTES):
             digest.update(chunk)
-    return "blake2b:" + digest.hexdigest()
+    return "sha256:" + digest.hexdigest()
 
 
 def folder_digests(folder: Path, skip: str) -> dict[str, str]:

@@ -242,9 +242,16 @@ def scripted(args: argparse.Namespace, out: TextIO, exit_hard: bool = False) -> 
             commands.call_one, host, _loader(host, args), args.tool, args.pairs, args.json_arguments, out, sys.stderr
         )
     else:
-        lines = _read_lines(args.file)
+        from lens_mcp.server.batch_io import GuardedOutput, close_output, read_lines, refuse_overwriting_input
+
+        refuse_overwriting_input(args.file, args.output)
+        lines = read_lines(args.file)
         with contextlib.ExitStack() as stack:
-            target = out if args.output == "-" else stack.enter_context(_open_output(args.output))
+            target = out
+            if args.output != "-":
+                target = _open_output(args.output)
+                stack.callback(close_output, target, args.output)
+            target = GuardedOutput(target, args.output)  # type: ignore[assignment]
             status = anyio.run(
                 commands.run_batch, host, _loader(host, args), lines, target, sys.stderr, not args.no_progress
             )
@@ -273,18 +280,6 @@ def _open_output(path: str) -> TextIO:
         return open(path, "w", encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
-def _read_lines(path: str) -> list[str]:
-    from lens_mcp.server.scripted import UsageError
-
-    if path == "-":
-        return sys.stdin.read().splitlines()
-    try:
-        with open(path, encoding="utf-8") as source:
-            return source.read().splitlines()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
