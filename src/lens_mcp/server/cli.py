@@ -205,7 +205,9 @@ def serve(args: argparse.Namespace) -> int:
     host = make_host(args)
     server = build_server(host, StartupModel(args.model, args.device, args.dtype))
     if args.transport == "stdio":
-        server.run("stdio")
+        from lens_mcp.server.envelopes import serve_stdio
+
+        serve_stdio(server)  # the SDK's stdio transport, with malformed requests answered instead of dropped
         return 0
     from lens_mcp.server.http import serve_http
 
