@@ -72,11 +72,13 @@ def test_progress_without_a_terminal_is_throttled() -> None:
 
 def test_nan_in_a_line_is_named_as_nan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     calls = tmp_path / "calls.jsonl"
-    calls.write_text(
-        '{"tool": "logit_lens", "arguments": {"prompt": "w1 w2", "top_k": NaN}}\n'
-        '{"tool": "logit_lens", "arguments": {"prompt": "w1 w2", "positions": [0, -Infinity]}}\n'
+    calls.write_text(  # the first call needs the model: no load is left running when the batch ends
+        tokenize_line("w1")
+        + "\n"
+        + '{"tool": "logit_lens", "arguments": {"prompt": "w1 w2", "top_k": NaN}}\n'
+        + '{"tool": "logit_lens", "arguments": {"prompt": "w1 w2", "positions": [0, -Infinity]}}\n'
     )
     assert main(["batch", str(calls), *TOY]) == 1
-    first, second = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    _, first, second = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert "NaN at arguments.top_k" in first["error"] and "null" not in first["error"]
     assert "-Infinity at arguments.positions[1]" in second["error"]

@@ -246,3 +246,57 @@ def test_real_tokenless_servers_refuse_dns_rebinding(tokenless_servers: dict[str
     assert origin.status_code == 403
     good = httpx.post(url, json=INITIALIZE, headers={**ACCEPT, "Host": f"{bound}:{port}"}, timeout=30)
     assert good.status_code == 200 and good.headers.get("mcp-session-id")
+
+
+@pytest.fixture(scope="module")
+def two_token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("two-tokens")
+    (folder / "tokens").write_text("# one per client\nalpha-token\nbeta-token\n")
+    port = _free_port("127.0.0.1")
+    command = [sys.executable, "-m", "lens_mcp", "serve", "--transport", "http", "--port", str(port)]
+    command += ["--token-file", str(folder / "tokens"), "--sessions-per-client", "2", "--model", "toy-induction"]
+    env = {key: value for key, value in os.environ.items() if key != "LENS_MCP_TOKEN"}
+    with open(folder / "log", "w") as log:
+        process = subprocess.Popen([*command, "--device", "cpu"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None:
+                pytest.fail((folder / "log").read_text())
+            try:
+                if httpx.post(url, json={}, timeout=2).status_code == 401:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("server did not start")
+            time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.mark.subprocess
+def test_a_real_server_binds_sessions_to_tokens_and_bounds_them(two_token_server: str) -> None:
+    url = two_token_server
+    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+
+    def post(token: str, body: dict, sid: str | None = None) -> httpx.Response:
+        return httpx.post(url, json=body, headers=auth(token, sid), timeout=30)
+
+    opened = post("alpha-token", INITIALIZE)
+    assert opened.status_code == 200
+    sid = opened.headers["mcp-session-id"]
+    assert post("beta-token", ping, sid).status_code == 404
+    assert httpx.delete(url, headers=auth("beta-token", sid), timeout=30).status_code == 404
+    assert post("alpha-token", ping, sid).status_code == 200  # untouched by the other token
+    assert post("alpha-token", INITIALIZE).status_code == 200
+    refused = post("alpha-token", INITIALIZE)
+    assert refused.status_code == 429 and "too many open sessions" in refused.json()["error"]["message"]
+    assert httpx.delete(url, headers=auth("alpha-token", sid), timeout=30).status_code == 200
+    assert post("alpha-token", INITIALIZE).status_code == 200

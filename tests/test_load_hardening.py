@@ -102,21 +102,27 @@ async def test_a_cancelled_load_stops_and_is_never_swapped_in(mode: str, monkeyp
             assert result_data(await client.call_tool("tokenize", {"text": "w1"}))["n_tokens"] == 2
 
 
-def test_a_load_abandoned_by_its_caller_does_not_swap() -> None:
-    """Direct use: when the caller's reporter raises (its request ended), the loaded model is discarded."""
+def test_a_load_abandoned_by_its_caller_does_not_swap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Direct use: when the caller's reporter raises (its request ended), the load stops and nothing is swapped."""
     host = ModelHost()
     host.load("toy-induction", device="cpu")
     first = host.model
+    loader = GatedLoader()
+    monkeypatch.setattr(model_host_module, "load_model", loader)
 
     def gone(*_: Any) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         host.load(str(TOY_DIR), device="cpu", progress=gone)
-    deadline = time.time() + 30
+    deadline = time.time() + 10
+    while loader.cancelled_at is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert loader.cancelled_at is not None, "the abandoned load went on"
+    loader.release.set()
     while host.loading is not None and time.time() < deadline:
-        time.sleep(0.05)
-    assert host.model is first
+        time.sleep(0.02)
+    assert host.model is first and host.loading is None
 
 
 # ---- loading policy ------------------------------------------------------------------------------------

@@ -17,6 +17,10 @@ from lens_mcp.progress import ProgressReporter, no_progress
 
 log = logging.getLogger(__name__)
 _WAIT_SLICE_S = 0.5
+# One load at a time in the whole process, not per host: loaders patch global state while they build a model
+# (accelerate's init_empty_weights patches nn.Module.register_parameter), and two overlapping loads on threads
+# can leave it patched for good, so that every later model is built on the meta device.
+_PROCESS_LOAD_LOCK = threading.Lock()
 
 
 class LoadCancelled(BaseException):  # noqa: N818 - like anyio's cancellation, it must pass `except Exception`
@@ -63,7 +67,7 @@ class ModelHost:
         self.device_map = device_map
         self.n_devices = n_devices
         self._model_lock = threading.Lock()  # held while the model runs
-        self._load_lock = threading.Lock()  # one load at a time
+        self._load_lock = _PROCESS_LOAD_LOCK
         self._state_changed = threading.Condition()
         self._model: LoadedModel | None = None
         self._baseline_hooks = 0
