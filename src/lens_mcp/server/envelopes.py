@@ -178,7 +178,8 @@ async def run_stdio(server: MCPServer) -> None:
     lowlevel = server._lowlevel_server  # noqa: SLF001 - what MCPServer.run_stdio_async runs
     buffer, release = _claimed_stdin()
     answers_send, answers_receive = anyio.create_memory_object_stream[types.JSONRPCError](64)
-    text = anyio.wrap_file(io.TextIOWrapper(buffer, encoding="utf-8", errors="replace"))
+    wrapper = io.TextIOWrapper(buffer, encoding="utf-8", errors="replace")
+    text = anyio.wrap_file(wrapper)
     try:
         lines = ValidatingLines(text.__aiter__(), answers_send.send)
         async with stdio_server(stdin=lines) as (read_stream, write_stream):  # type: ignore[arg-type]
@@ -193,7 +194,7 @@ async def run_stdio(server: MCPServer) -> None:
                 await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
                 group.cancel_scope.cancel()
     finally:
-        text.wrapped.detach()  # the buffer is not ours to close
+        wrapper.detach()  # the buffer is not ours to close
         if release is not None:
             release()
 
