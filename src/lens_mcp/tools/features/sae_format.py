@@ -262,7 +262,9 @@ def read_sae(folder: Path, source: str = "local") -> SAE:
     finetuning_scale = None
     if scale is not None and not torch.all(scale == 1):
         finetuning_scale = scale.float().reshape(-1)
-    metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    metadata = cfg.get("metadata")
+    if not isinstance(metadata, dict):
+        metadata = {}
     model_name = metadata.get("model_name") or cfg.get("model_name")
     size = cfg_path.stat().st_size + weights_path.stat().st_size
     return SAE(

@@ -158,11 +158,12 @@ def steering_vector(
     if norm == 0:
         raise LensError("the vector is zero (the two prompt sets give the same residual); use prompts that differ.")
     typical = sum(norms) / len(norms) if norms else None
+    target_layer = hook_layer(target)
     tc.model.steering_vectors[name] = SteeringVector(vector.detach().clone(), target, source)
     return SteeringVectorResult(
         name=name,
         hook=target,
-        layer=hook_layer(target) if hook_layer(target) is not None else -1,
+        layer=-1 if target_layer is None else target_layer,
         source=source,
         norm=norm,
         typical_resid_norm=typical,
