@@ -1,10 +1,14 @@
 """Train the builtin SAE ``smollm2-135m-resid``: a TopK sparse autoencoder on SmolLM2-135M-Instruct's residual
 stream at ``blocks.15.hook_resid_pre`` (the middle of its 30 layers), written in SAELens's disk format.
 
-Text: docstrings of the Python standard library that ships with the interpreter (module, class and function
-docstrings of at least 200 characters, parsed with ``ast``, never imported). It is English prose about code,
-available offline on every machine that runs lens-mcp. Sequences are 128 tokens (BOS + 127); the BOS position
-is left out of training and evaluation (its residual is an outlier that SAEs are not meant to reconstruct).
+Text, all available offline: docstrings of the Python standard library that ships with the interpreter (module,
+class and function docstrings of at least 200 characters, parsed with ``ast``, never imported). With
+``--generated-fraction F`` (default 0, which made the shipped SAE) a fraction F of the sequences are instead the
+model's own generations: SmolLM2 continues 64 varied English openers (stories, news, science, recipes, letters,
+...) by sampling (temperature 0.9, top-p 0.95, seeded) with Hugging Face's KV-cached generate on a separate copy
+of the dequantized GGUF weights; broader English, but slow on a busy CPU. Sequences are 128 tokens (BOS + 127);
+the BOS position is left out of training and evaluation (its residual is an outlier that SAEs are not meant to
+reconstruct).
 
 Training: inputs scaled so their mean norm is sqrt(d_model) (the scale is folded back into the weights when
 saving, so the file needs no normalization: ``normalize_activations = "none"``); decoder rows kept at unit norm;
@@ -63,6 +67,108 @@ def stdlib_docstrings(min_chars: int = 200) -> list[str]:
                 doc = ast.get_docstring(node)
                 if doc and len(doc) >= min_chars:
                     texts.append(doc)
+    return texts
+
+
+OPENERS = [
+    "Once upon a time, in a small village by the sea,",
+    "The history of the Roman Empire",
+    "Scientists have discovered a new species of",
+    "To make a good loaf of bread, you need",
+    "Dear Sarah, I hope this letter finds you well.",
+    "The weather forecast for tomorrow",
+    "In 1969, the first humans",
+    "My favorite thing about summer is",
+    "The stock market fell sharply today after",
+    "How does photosynthesis work?",
+    "The Eiffel Tower is in the city of",
+    "She opened the door and saw",
+    "Here are five tips for staying healthy:",
+    "The French Revolution began in",
+    "When I was a child, my grandmother",
+    "The new smartphone features a",
+    "Climate change is affecting",
+    "The football match ended in a",
+    "Write a short poem about the moon.",
+    "The capital of Japan is",
+    "In the middle of the forest there was",
+    "The recipe calls for two cups of flour,",
+    "Our company is looking for a",
+    "The museum's new exhibition",
+    "Why is the sky blue?",
+    "He picked up the guitar and",
+    "The president announced on Monday that",
+    "Learning a new language can be",
+    "The train was late again, so",
+    "A healthy breakfast should include",
+    "The detective looked at the evidence and",
+    "Water boils at",
+    "The best way to learn mathematics is",
+    "In the year 2050, cities will",
+    "The old man sat on the bench and",
+    "The human heart has four chambers:",
+    "Thank you for your order. Your package",
+    "The river flows through the valley",
+    "Music has the power to",
+    "The students were excited because",
+    "According to the report, unemployment",
+    "The cat jumped onto the table and",
+    "Mount Everest is the tallest",
+    "I think the most important invention is",
+    "The restaurant serves traditional",
+    "During the Second World War,",
+    "The doctor told him that",
+    "Electric cars are becoming popular because",
+    "The library will be closed on",
+    "Shakespeare wrote many plays, including",
+    "The children built a sandcastle",
+    "Bees are important for the environment because",
+    "The meeting has been moved to",
+    "She said, \"I can't believe",
+    "The population of India",
+    "After the storm, the village",
+    "The game developers announced",
+    "A balanced diet contains",
+    "The spaceship slowly approached",
+    "My brother and I decided to",
+    "The price of gold rose",
+    "The professor explained that",
+    "On the first day of school,",
+    "The painting shows a woman",
+]
+
+
+def model_generations(n_seqs: int, new_tokens: int, seed: int) -> list[str]:
+    """SmolLM2's own continuations of OPENERS (sampled, seeded), with Hugging Face's KV-cached generate on a
+    separately loaded copy of the dequantized GGUF weights (the bridge's copy is left alone)."""
+    from lens_mcp.loading.gguf_cache import load_gguf
+    from lens_mcp.loading.specs import smollm2_gguf_path
+
+    path = smollm2_gguf_path()
+    hf_model, tokenizer, _, _ = load_gguf(str(path.parent), path.name)
+    hf_model.eval()
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(seed)
+    texts: list[str] = []
+    batch = 32
+    for start in range(0, n_seqs, batch):
+        prompts = [OPENERS[(start + i) % len(OPENERS)] for i in range(min(batch, n_seqs - start))]
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out = hf_model.generate(
+                **encoded,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=True,
+                temperature=0.9,
+                top_p=0.95,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        for prompt, row in zip(prompts, out[:, encoded["input_ids"].shape[1] :], strict=True):
+            texts.append(prompt + tokenizer.decode(row, skip_special_tokens=True))
+        print(f"  generated {len(texts)}/{n_seqs} texts", flush=True)
     return texts
 
 
@@ -202,13 +308,14 @@ def evaluate(bridge, sae, tokens: torch.Tensor, batch: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--tokens", type=int, default=48_000, help="training activations (non-BOS tokens)")
-    parser.add_argument("--eval-seqs", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=24_000, help="training activations (non-BOS tokens)")
+    parser.add_argument("--eval-seqs", type=int, default=16)
+    parser.add_argument("--generated-fraction", type=float, default=0.0, help="share of model-generated sequences")
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--d-sae", type=int, default=2048)
-    parser.add_argument("--k", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--d-sae", type=int, default=1024)
+    parser.add_argument("--k", type=int, default=24)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -219,11 +326,24 @@ def main() -> None:
     host.load(MODEL, device="cpu")
     bridge = host.model.bridge
     load_s = time.perf_counter() - started
-    texts = stdlib_docstrings()
     n_train = -(-args.tokens // (args.seq_len - 1))
-    tokens = token_sequences(bridge, texts, n_train + args.eval_seqs, args.seq_len, args.seed)
+    n_seqs = n_train + args.eval_seqs
+    docstrings = stdlib_docstrings()
+    generate_s = 0.0
+    if args.generated_fraction > 0:
+        n_generated = round(n_seqs * args.generated_fraction)
+        t0 = time.perf_counter()
+        generated = model_generations(n_generated + 8, args.seq_len, args.seed)
+        generate_s = time.perf_counter() - t0
+        parts = [
+            token_sequences(bridge, generated, n_generated, args.seq_len, args.seed),
+            token_sequences(bridge, docstrings, n_seqs - n_generated, args.seq_len, args.seed),
+        ]
+        tokens = torch.cat(parts)[torch.randperm(n_seqs, generator=torch.Generator().manual_seed(args.seed))]
+    else:
+        tokens = token_sequences(bridge, docstrings, n_seqs, args.seq_len, args.seed)
     train_tokens, eval_tokens = tokens[:n_train], tokens[n_train:]
-    print(f"{len(texts)} docstrings; {n_train} training and {args.eval_seqs} held-out sequences", flush=True)
+    print(f"{len(docstrings)} docstrings; {n_train} training and {args.eval_seqs} held-out sequences", flush=True)
 
     t0 = time.perf_counter()
     x = collect(bridge, train_tokens, batch=16)
@@ -281,11 +401,13 @@ def main() -> None:
             "epochs": args.epochs,
             "size_bytes": size,
             "seconds_model_load": round(load_s, 1),
+            "seconds_generate_text": round(generate_s, 1),
             "seconds_collect_activations": round(collect_s, 1),
             "seconds_train": round(train_s, 1),
             "seconds_evaluate": round(eval_s, 1),
             "torch_threads": torch.get_num_threads(),
-            "corpus": "Python standard library docstrings",
+            "corpus": "Python standard-library docstrings"
+            + (f" and SmolLM2's own generations ({args.generated_fraction:.0%})" if args.generated_fraction else ""),
         }
     )
     stats = {key: (round(v, 4) if isinstance(v, float) else v) for key, v in stats.items()}
@@ -293,13 +415,15 @@ def main() -> None:
     (args.out / "README.md").write_text(
         "# smollm2-135m-resid\n\n"
         f"TopK SAE (k={args.k}, d_sae={args.d_sae}) on SmolLM2-135M-Instruct `{HOOK}`, SAELens disk format, fp16 "
-        f"({size / 1e6:.1f} MB). Trained by `scripts/train_default_sae.py` on {len(x)} residual vectors (BOS left out) "
-        "of Python standard-library docstrings.\n\n"
+        f"({size / 1e6:.1f} MB). Trained by `scripts/train_default_sae.py` on {len(x)} residual vectors "
+        "(BOS left out) of {stats['corpus']}.\n\n"
         "Held-out quality (" + str(stats["eval_tokens"]) + " tokens): "
         f"L0 {stats['l0']}, variance explained {stats['variance_explained']}, next-token loss "
         f"{stats['loss_clean']} clean -> {stats['loss_spliced']} spliced (+{stats['loss_increase']} nats; "
         f"zero-ablation {stats['loss_zero_ablated']}, loss recovered {stats['loss_recovered']}).\n\n"
-        f"Cost: activations {stats['seconds_collect_activations']} s, training {stats['seconds_train']} s on "
+        f"Cost: text generation {stats['seconds_generate_text']} s, activations "
+        f"{stats['seconds_collect_activations']} s, "
+        f"training {stats['seconds_train']} s on "
         f"{stats['torch_threads']} CPU threads. See stats.json.\n",
         encoding="utf-8",
     )
