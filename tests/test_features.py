@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from lens_mcp.errors import LensError
+from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.server.app import build_server
 from lens_mcp.tools.core.context import ToolContext
@@ -394,6 +395,10 @@ def test_generate_cap_and_cancellation(clean_toy: ToolContext) -> None:
     with pytest.raises(LensError, match="max_new_tokens=10000 is out of range"):
         generate(clean_toy, "w1 w2", max_new_tokens=10_000)
     assert MAX_NEW_TOKENS <= 256
+
+    small = ToolContext(clean_toy.model, Limits(max_response_chars=2000))
+    with pytest.raises(LensError, match="over the response cap of 2000"):
+        generate(small, "w1 w2", max_new_tokens=30)
 
     class Cancelled(BaseException):
         pass

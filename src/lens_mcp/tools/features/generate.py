@@ -27,6 +27,7 @@ MAX_NEW_TOKENS = 256
 MAX_GENERATE_POSITIONS = 100_000
 """Token positions run through the model in one call (rows x sum of sequence lengths over the steps)."""
 MAX_TEMPERATURE = 10.0
+_CHARS_PER_TOKEN = 72  # {"token":"...","logprob":-1.234,"logprob_other":-5.678}, plus the token in the text
 _EXAMPLES = (
     '{"steer": "happy", "alpha": 4} (optionally "layer": 6), {"ablate_heads": [[1, 2]], "mode": "zero"}, '
     '{"sae_feature": 123, "value": 10} (optionally "hook": ...)'
@@ -258,6 +259,13 @@ def generate(
             f"max_new_tokens={max_new} with a {n_prompt}-token prompt and {len(rows)} rows (baseline, intervened, one "
             f"control per steer) would run {positions} token positions, over the cap of {MAX_GENERATE_POSITIONS}; "
             "ask for fewer tokens, a shorter prompt, or fewer steers."
+        )
+
+    chars = len(rows) * max_new * _CHARS_PER_TOKEN
+    if chars > tc.limits.max_response_chars:
+        raise LensError(
+            f"max_new_tokens={max_new} over {len(rows)} continuations would give about {chars} characters, over the "
+            f"response cap of {tc.limits.max_response_chars}; ask for fewer tokens or fewer steers."
         )
 
     start = body_start(tc, tokens)
