@@ -397,8 +397,13 @@ def test_generate_cap_and_cancellation(clean_toy: ToolContext) -> None:
     assert MAX_NEW_TOKENS <= 256
 
     small = ToolContext(clean_toy.model, Limits(max_response_chars=2000))
-    with pytest.raises(LensError, match="over the response cap of 2000"):
+    with pytest.raises(LensError, match="max_response_chars=2000"):
         generate(small, "w1 w2", max_new_tokens=30)
+
+    dry = generate(clean_toy, "w1 w2", max_new_tokens=30, dry_run=True)
+    assert dry.dry_run and dry.baseline is None and dry.cost is not None
+    # 1 row x 31 passes over a mean of 3 + 15 tokens through 2 blocks
+    assert dry.cost.work_units == 31 * 18 * 2 and dry.cost.forward_passes == 31
 
     class Cancelled(BaseException):
         pass

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from lens_mcp.schemas.common import Result, Rounded
+from lens_mcp.schemas.common import Cost, Result, Rounded
 
 
 class SaeInfo(BaseModel):
@@ -66,9 +66,11 @@ class SaeFeaturesResult(Result):
     hook: str
     tokens: list[str]
     positions: list[PositionFeatures]
-    reconstruction: Reconstruction
+    reconstruction: Reconstruction | None
     promoted: list[PromotedTokens] = Field(description="For each listed feature, what its decoder direction promotes")
     meaning: str
+    cost: Cost | None = Field(None, description="The estimate made before computing")
+    dry_run: bool = Field(False, description="True: only the estimate, nothing computed")
 
 
 class FeatureAttributionEntry(BaseModel):
@@ -83,12 +85,14 @@ class FeatureAttributionEntry(BaseModel):
 class FeatureAttributionResult(Result):
     hook: str
     metric: str
-    metric_value: Rounded
+    metric_value: Rounded | None
     positions: list[int] = Field(description="Positions whose features were summed")
     tokens: list[str]
     features: list[FeatureAttributionEntry] = Field(description="Largest |attribution| first")
-    total_attribution: Rounded = Field(description="Sum over all active features at these positions")
+    total_attribution: Rounded | None = Field(description="Sum over all active features at these positions")
     meaning: str
+    cost: Cost | None = Field(None, description="The estimate made before computing")
+    dry_run: bool = Field(False, description="True: only the estimate, nothing computed")
 
 
 class SteeringVectorResult(Result):
@@ -130,7 +134,7 @@ class Continuation(BaseModel):
 class GenerateResult(Result):
     prompt_tokens: int
     interventions: list[str] = Field(description="The interventions applied, in words")
-    baseline: Continuation
+    baseline: Continuation | None = Field(description="The continuation without interventions (null on a dry run)")
     intervened: Continuation | None
     controls: list[Continuation] = Field(
         description="Per steer: the same run with the steering vector replaced by a random one of equal norm"
@@ -141,3 +145,5 @@ class GenerateResult(Result):
     temperature: Rounded
     seed: int
     meaning: str
+    cost: Cost | None = Field(None, description="The estimate made before computing")
+    dry_run: bool = Field(False, description="True: only the estimate, nothing computed")

@@ -12,6 +12,7 @@ from pydantic import Field
 from lens_mcp.schemas.features import FeatureAttributionEntry, FeatureAttributionResult
 from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.cost import Work, enforce, estimate
 from lens_mcp.tools.core.metrics import resolve_metric
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import check_top_k, resolve_position
@@ -52,6 +53,9 @@ def feature_attribution(
         Field(description="Position whose features are attributed (-1 = last); null = all non-BOS positions summed"),
     ] = -1,
     top_k: Annotated[int, Field(description="Features listed, largest |attribution| first")] = 10,
+    dry_run: Annotated[
+        bool, Field(description="Only estimate the cost (seconds, passes, result size); compute nothing")
+    ] = False,
 ) -> FeatureAttributionResult:
     """Attribute the answer metric at the last position (logit(answer) - logit(wrong_answer), or logit(answer))
     to SAE features at the SAE's hook: attribution_i = activation_i x (decoder direction_i . d metric / d
@@ -73,6 +77,25 @@ def feature_attribution(
     else:
         chosen = [resolve_position(position, n_tokens, "position")]
     hook_name = sae.hook_name
+    # one forward + backward, then one ablated row per listed feature
+    work = Work(
+        rows=1 + top_k, tokens_per_row=n_tokens, backward_rows=1, cells=top_k, result_chars=120 * top_k + 20 * n_tokens
+    )
+    cost = estimate(tc, work)
+    enforce(tc, cost, "a shorter prompt or a smaller top_k")
+    if dry_run:
+        return FeatureAttributionResult(
+            hook=hook_name,
+            metric=f"{answer_metric.description} at the last position",
+            metric_value=None,
+            positions=chosen,
+            tokens=token_strings(tc, tokens[0]),
+            features=[],
+            total_attribution=None,
+            meaning="dry run: the cost estimate only; call again without dry_run to compute.",
+            cost=cost,
+            dry_run=True,
+        )
 
     metric_value, activation, grad = metric_gradient(tc, tokens, hook_name, answer_metric)
     with torch.no_grad():
@@ -141,4 +164,5 @@ def feature_attribution(
             "the metric with the feature removed, and ablation_effect is that difference measured exactly. "
             "activation is summed over the positions."
         ),
+        cost=cost,
     )

@@ -15,6 +15,7 @@ from lens_mcp.errors import LensError
 from lens_mcp.schemas.features import Continuation, GeneratedToken, GenerateResult
 from lens_mcp.tools.causal.ablate_heads import MODES, ablation_hooks, resolve_heads
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.cost import Work, enforce, estimate
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import check_int, check_range, resolve_layer
@@ -24,8 +25,6 @@ from lens_mcp.tools.features.sae_features import body_start
 from lens_mcp.tools.features.sae_format import SAE
 
 MAX_NEW_TOKENS = 256
-MAX_GENERATE_POSITIONS = 100_000
-"""Token positions run through the model in one call (rows x sum of sequence lengths over the steps)."""
 MAX_TEMPERATURE = 10.0
 _CHARS_PER_TOKEN = 72  # {"token":"...","logprob":-1.234,"logprob_other":-5.678}, plus the token in the text
 _EXAMPLES = (
@@ -216,6 +215,9 @@ def generate(
     ] = [],  # noqa: B006 - never mutated; the public default is an empty list
     temperature: Annotated[float, Field(description="0 = greedy; > 0 samples with shared random numbers")] = 0.0,
     seed: Annotated[int, Field(description="Seed for sampling and for the random control vectors")] = 0,
+    dry_run: Annotated[
+        bool, Field(description="Only estimate the cost (seconds, passes, result size); compute nothing")
+    ] = False,
 ) -> GenerateResult:
     """Continue the prompt without and with interventions, side by side. Interventions combine: {"steer": name,
     "alpha": a, "layer": L?} adds a x the stored steering vector (steering_vector) to the residual at its hook
@@ -253,19 +255,30 @@ def generate(
             f"max_new_tokens={max_new}: prompt ({n_prompt} tokens) + new tokens exceed the length cap of "
             f"{tc.max_prompt_tokens}; ask for fewer tokens or shorten the prompt."
         )
-    positions = len(rows) * (max_new * n_prompt + max_new * (max_new - 1) // 2) + len(rows) * (n_prompt + max_new)
-    if positions > MAX_GENERATE_POSITIONS:
-        raise LensError(
-            f"max_new_tokens={max_new} with a {n_prompt}-token prompt and {len(rows)} rows (baseline, intervened, one "
-            f"control per steer) would run {positions} token positions, over the cap of {MAX_GENERATE_POSITIONS}; "
-            "ask for fewer tokens, a shorter prompt, or fewer steers."
-        )
-
-    chars = len(rows) * max_new * _CHARS_PER_TOKEN
-    if chars > tc.limits.max_response_chars:
-        raise LensError(
-            f"max_new_tokens={max_new} over {len(rows)} continuations would give about {chars} characters, over the "
-            f"response cap of {tc.limits.max_response_chars}; ask for fewer tokens or fewer steers."
+    # every step runs all rows over the whole sequence (mean length n + max_new / 2); then one scoring pass
+    work = Work(
+        rows=len(rows) * (max_new + 1),
+        tokens_per_row=n_prompt + (max_new + 1) // 2,
+        cells=len(rows) * max_new,
+        result_chars=len(rows) * max_new * _CHARS_PER_TOKEN + 400 * len(rows),
+        rows_per_pass=len(rows),
+    )
+    cost = estimate(tc, work)
+    enforce(tc, cost, "fewer max_new_tokens, a shorter prompt, or fewer steers (one control each)")
+    descriptions = [item.describe() for item in parsed]
+    if dry_run:
+        return GenerateResult(
+            prompt_tokens=n_prompt,
+            interventions=descriptions,
+            baseline=None,
+            intervened=None,
+            controls=[],
+            first_difference=None,
+            temperature=temperature,
+            seed=seed,
+            meaning="dry run: the cost estimate only; call again without dry_run to generate.",
+            cost=cost,
+            dry_run=True,
         )
 
     start = body_start(tc, tokens)
@@ -312,7 +325,7 @@ def generate(
             first_difference = min(len(a), len(b))
     return GenerateResult(
         prompt_tokens=n_prompt,
-        interventions=[item.describe() for item in parsed],
+        interventions=descriptions,
         baseline=baseline,
         intervened=intervened,
         controls=continuations[2:],
@@ -324,4 +337,5 @@ def generate(
             "other run (baseline <-> intervened) with the same prefix, so logprob - logprob_other > 0 means that "
             "run prefers its own token. first_difference: first new token where the texts diverge."
         ),
+        cost=cost,
     )

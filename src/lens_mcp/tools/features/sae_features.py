@@ -8,9 +8,9 @@ from typing import Annotated, Any
 import torch
 from pydantic import Field
 
-from lens_mcp.errors import LensError
 from lens_mcp.schemas.features import ActiveFeature, PositionFeatures, PromotedTokens, Reconstruction, SaeFeaturesResult
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.cost import Work, enforce, estimate
 from lens_mcp.tools.core.forward import final_norm, unembed
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import check_top_k, resolve_positions
@@ -63,6 +63,9 @@ def sae_features(
         list[int] | None, Field(description="Positions to list (BOS is 0; -1 = last); omit for all")
     ] = None,
     top_k: Annotated[int, Field(description="Features listed per position, largest activation first")] = 10,
+    dry_run: Annotated[
+        bool, Field(description="Only estimate the cost (seconds, passes, result size); compute nothing")
+    ] = False,
 ) -> SaeFeaturesResult:
     """Encode the prompt's activation at the SAE's hook and list the top active features per position with
     their activations (in the SAE's units; 0 = inactive). Also the reconstruction quality on this prompt:
@@ -78,12 +81,27 @@ def sae_features(
     tokens = encode(tc, prompt, "prompt")
     n_tokens = int(tokens.shape[-1])
     listed = resolve_positions(positions, n_tokens, "positions")
-    estimate = len(listed) * top_k * (_CHARS_PER_FEATURE + _CHARS_PER_PROMOTED)
-    if estimate > tc.limits.max_response_chars:
-        raise LensError(
-            f"positions x top_k = {len(listed)} x {top_k} would give about {estimate} characters, over the "
-            f"response cap of {tc.limits.max_response_chars}: pass fewer positions (e.g. positions=[-1]) or a "
-            "smaller top_k."
+    # one batched pass of 3 rows (clean, spliced, zero-ablated)
+    cells = len(listed) * top_k
+    work = Work(
+        rows=3,
+        tokens_per_row=n_tokens,
+        cells=cells,
+        result_chars=cells * (_CHARS_PER_FEATURE + _CHARS_PER_PROMOTED) + 20 * n_tokens,
+        rows_per_pass=3,
+    )
+    cost = estimate(tc, work)
+    enforce(tc, cost, "fewer positions=[...] (e.g. [-1]) or a smaller top_k")
+    if dry_run:
+        return SaeFeaturesResult(
+            hook=sae.hook_name,
+            tokens=token_strings(tc, tokens[0]),
+            positions=[],
+            reconstruction=None,
+            promoted=[],
+            meaning="dry run: the cost estimate only; call again without dry_run to compute.",
+            cost=cost,
+            dry_run=True,
         )
     start = body_start(tc, tokens)
     hook_name = sae.hook_name
@@ -156,4 +174,5 @@ def sae_features(
             "(0 = nothing lost). BOS (position 0) is never spliced; its features are listed but excluded from the "
             "quality numbers."
         ),
+        cost=cost,
     )

@@ -12,6 +12,7 @@ from pydantic import Field
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.features import SteeringVectorResult
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.cost import Work, enforce, estimate
 from lens_mcp.tools.core.hook_names import hook_layer, hook_name
 from lens_mcp.tools.core.tokens import encode
 from lens_mcp.tools.core.validation import check_int, resolve_layer, resolve_position
@@ -145,6 +146,15 @@ def steering_vector(
         negatives = _check_prompts(negative_prompts, "negative_prompts")
         target = hook_name("resid_pre", resolve_layer(layer, int(tc.cfg.n_layers)))
         total = len(positives) + len(negatives)
+        lengths = [int(encode(tc, text, "positive_prompts").shape[-1]) for text in positives]
+        lengths += [int(encode(tc, text, "negative_prompts").shape[-1]) for text in negatives]
+        work = Work(
+            rows=total,
+            tokens_per_row=-(-sum(lengths) // total),
+            layer_fraction=min(1.0, ((hook_layer(target) or 0) + 1) / int(tc.cfg.n_layers)),
+            rows_per_pass=1,
+        )
+        enforce(tc, estimate(tc, work), "fewer or shorter prompts")
         pos_rows, pos_norms = residuals_at(tc, positives, target, position, "positive_prompts", 0, total)
         neg_rows, neg_norms = residuals_at(tc, negatives, target, position, "negative_prompts", len(positives), total)
         vector = pos_rows.mean(dim=0) - neg_rows.mean(dim=0)
