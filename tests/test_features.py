@@ -16,12 +16,13 @@ from safetensors.torch import save_file
 
 from lens_mcp.errors import LensError
 from lens_mcp.limits import Limits
+from lens_mcp.loading.policy import LoadPolicy
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.server.app import build_server
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.features.feature_attribution import feature_attribution
 from lens_mcp.tools.features.generate import MAX_NEW_TOKENS, generate, random_like
-from lens_mcp.tools.features.load_sae import load_sae
+from lens_mcp.tools.features.load_sae import load_sae_into as load_sae
 from lens_mcp.tools.features.sae_features import sae_features
 from lens_mcp.tools.features.sae_format import read_sae
 from lens_mcp.tools.features.steering_vector import steering_vector
@@ -505,3 +506,29 @@ def test_builtin_sae_refused_on_the_toy_model(clean_toy: ToolContext) -> None:
         load_sae(clean_toy, "smollm2-135m-resid")
     with pytest.raises(LensError, match="no SAE is loaded and 'toy-induction' has no builtin one"):
         sae_features(clean_toy, PROMPT)
+
+
+async def test_load_sae_follows_the_servers_load_policy(toy_host: ModelHost, tmp_path: Path) -> None:
+    model = toy_host.model
+    assert model is not None
+    model.saes.clear()
+    saved = toy_host.load_policy
+    root = tmp_path / "allowed"
+    inside = toy_sae_folder(root / "sae")
+    outside = toy_sae_folder(tmp_path / "elsewhere")
+    toy_host.load_policy = LoadPolicy(roots=(root.resolve(),), paths=True, hub=False)
+    server = build_server(toy_host)
+    try:
+        for spec in (str(outside), str(tmp_path / "missing"), "someone/some-saes"):
+            text = error_text(await call_tool(server, "load_sae", {"spec": spec}))
+            assert "is not allowed" in text and "--load-root" in text, text
+        traversal = error_text(await call_tool(server, "load_sae", {"spec": str(root), "sae_id": "../elsewhere"}))
+        assert "no '..'" in traversal
+        assert model.saes == {}
+        loaded = result_data(await call_tool(server, "load_sae", {"spec": str(inside)}))
+        assert loaded["saes"] == [HOOK]
+        builtin = error_text(await call_tool(server, "load_sae", {"spec": "smollm2-135m-resid"}))
+        assert "not allowed" not in builtin  # always allowed; refused here only for not fitting the toy model
+    finally:
+        toy_host.load_policy = saved
+        model.saes.clear()

@@ -34,7 +34,7 @@ def register_tools(server: MCPServer, host: ModelHost) -> None:
     add_model_tool(server, host, patch_sweep, title="Activation patching sweep")
     add_model_tool(server, host, ablate_heads, title="Ablate attention heads")
     add_model_tool(server, host, induction_scores, title="Find induction heads")
-    add_model_tool(server, host, load_sae, title="Load a sparse autoencoder", read_only=False)
+    add_host_tool(server, host, load_sae, title="Load a sparse autoencoder")
     add_model_tool(server, host, sae_features, title="SAE features of a prompt")
     add_model_tool(server, host, feature_attribution, title="Attribute an answer to SAE features")
     add_model_tool(server, host, steering_vector, title="Make a steering vector", read_only=False)

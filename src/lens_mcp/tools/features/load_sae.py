@@ -3,6 +3,7 @@ hook. Also the shared look-ups the other feature tools use (which SAE, the activ
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,7 +13,10 @@ from pydantic import Field
 
 from lens_mcp.errors import LensError
 from lens_mcp.loading.hub import hub_host_and_port, hub_reachable
+from lens_mcp.loading.policy import LoadPolicy
 from lens_mcp.loading.specs import BUILTIN_DIR
+from lens_mcp.model_host import ModelHost
+from lens_mcp.progress import ProgressReporter
 from lens_mcp.schemas.features import LoadSaeResult, SaeInfo
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.hook_names import fireable, hook_layer
@@ -55,13 +59,50 @@ def _hub_folder(repo_id: str, sae_id: str | None) -> Path:
     return Path(paths[0]).parent
 
 
-def resolve_sae_folder(spec: str, sae_id: str | None) -> tuple[Path, str]:
+def _refuse(text: str, policy: LoadPolicy) -> LensError:
+    parts = [f"spec: loading an SAE from {text[:200]!r} is not allowed."]
+    if not policy.paths:
+        parts.append("This server reads no SAE folders (start it with --load-root DIR to allow one).")
+    elif policy.roots is not None:
+        parts.append("Folders must lie under the server's --load-root folders: " + ", ".join(map(str, policy.roots)))
+    if not policy.hub:
+        parts.append("Hugging Face repos are off here (start the server with --allow-hub).")
+    parts.append(f"The builtin SAEs ({', '.join(BUILTIN_SAES)}) are always allowed.")
+    return LensError(" ".join(parts))
+
+
+def check_policy(spec: str, sae_id: str | None, policy: LoadPolicy) -> None:
+    """The server's load policy (as for load_model): folders only under --load-root when given, Hub repos only
+    when allowed; the refusal is the same whether or not the folder exists."""
+    text = spec.strip()
+    if text in BUILTIN_SAES or (policy.paths and policy.roots is None and policy.hub):
+        return
+    path = Path(text).expanduser()
+    if sae_id:
+        path = path / sae_id
+    looks_like_path = text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") != 1
+    if looks_like_path or os.path.lexists(Path(text).expanduser()):
+        resolved = path.resolve()
+        inside = policy.paths and (
+            policy.roots is None or any(resolved == root or resolved.is_relative_to(root) for root in policy.roots)
+        )
+        if not inside:
+            raise _refuse(text, policy)
+    elif not policy.hub:
+        raise _refuse(text, policy)
+
+
+def resolve_sae_folder(spec: str, sae_id: str | None, policy: LoadPolicy | None = None) -> tuple[Path, str]:
     """(folder, source description) for a builtin name, a local folder, or a Hub repo id + sae_id."""
     if not isinstance(spec, str) or not spec.strip():
         raise LensError(
             "spec is empty: pass a builtin SAE (smollm2-135m-resid), a local SAELens folder, or a Hugging Face "
             "repo id with sae_id."
         )
+    if sae_id is not None and (not isinstance(sae_id, str) or ".." in Path(sae_id).parts):
+        raise LensError(f"sae_id={sae_id!r}: pass a subfolder name such as 'blocks.8.hook_resid_pre' (no '..').")
+    if policy is not None:
+        check_policy(spec, sae_id, policy)
     text = spec.strip()
     if text in BUILTIN_SAES:
         return BUILTIN_DIR / BUILTIN_SAES[text][0], text
@@ -139,8 +180,8 @@ def sae_info(sae: SAE) -> SaeInfo:
     )
 
 
-def attach(tc: ToolContext, spec: str, sae_id: str | None = None) -> tuple[SAE, bool]:
-    folder, source = resolve_sae_folder(spec, sae_id)
+def attach(tc: ToolContext, spec: str, sae_id: str | None = None, policy: LoadPolicy | None = None) -> tuple[SAE, bool]:
+    folder, source = resolve_sae_folder(spec, sae_id, policy)
     sae = read_sae(folder, source=source)
     check_against_model(tc, sae, spec)
     # computed in fp32 (fp64 on an fp64 model), on the model's device
@@ -176,7 +217,8 @@ def get_sae(tc: ToolContext, hook: str | None, arg: str = "hook") -> SAE:
 
 
 def load_sae(
-    tc: ToolContext,
+    host: ModelHost,
+    report: ProgressReporter,
     spec: Annotated[
         str,
         Field(
@@ -197,7 +239,15 @@ def load_sae(
     and nothing changes. The model's weights and outputs are not modified; SAEs are used only by sae_features,
     feature_attribution, steering_vector(from_feature) and generate(sae_feature). Offline, a Hub repo id works
     only if it is already in the local HF cache. model_info lists the loaded SAEs."""
-    sae, replaced = attach(tc, spec, sae_id)
+    with host.use(report) as model:
+        return load_sae_into(ToolContext(model, host.limits, report), spec, sae_id, host.load_policy)
+
+
+def load_sae_into(
+    tc: ToolContext, spec: str, sae_id: str | None = None, policy: LoadPolicy | None = None
+) -> LoadSaeResult:
+    """load_sae on a model already held (direct calls and tests); `policy` None allows any folder or repo."""
+    sae, replaced = attach(tc, spec, sae_id, policy)
     return LoadSaeResult(
         loaded=sae_info(sae),
         replaced=replaced,
