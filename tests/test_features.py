@@ -116,6 +116,18 @@ def test_jumprelu_sae_new_config_with_normalization(tmp_path: Path, norm: str) -
         X, b_dec_in=False, norm=norm, act=lambda p: [v if v > t else 0.0 for v, t in zip(p, threshold, strict=True)]
     )
     check(folder, expected)
+    log_folder = write_folder(
+        tmp_path / f"{norm}-log",
+        {
+            "W_enc": W_ENC,
+            "b_enc": B_ENC,
+            "W_dec": W_DEC,
+            "b_dec": B_DEC,
+            "log_threshold": [math.log(t) for t in threshold],
+        },
+        base_cfg(architecture="jumprelu", apply_b_dec_to_input=False, normalize_activations=norm, hook_name="h"),
+    )
+    check(log_folder, expected)
 
 
 def test_topk_sae_keeps_k_largest_and_folded_scaling_factor(tmp_path: Path) -> None:

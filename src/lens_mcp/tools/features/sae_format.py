@@ -1,7 +1,8 @@
 """Sparse autoencoders in SAELens's on-disk format, read and run without the sae-lens package.
 
 A folder holds `cfg.json` and `sae_weights.safetensors` with `W_enc [d_in, d_sae]`, `b_enc [d_sae]`,
-`W_dec [d_sae, d_in]`, `b_dec [d_in]`, plus `threshold [d_sae]` (JumpReLU) and, in old files, a
+`W_dec [d_sae, d_in]`, `b_dec [d_in]`, plus `threshold [d_sae]` (JumpReLU; or `log_threshold` as in SAELens's
+training checkpoints) and, in old files, a
 `scaling_factor [d_sae]` (fine-tuning scale). The semantics follow SAELens's inference classes:
 
     x_in   = norm_in(x) - b_dec * apply_b_dec_to_input
@@ -246,9 +247,12 @@ def read_sae(folder: Path, source: str = "local") -> SAE:
         raise _config_error(folder, f"reshape_activations={reshape!r} is not supported")
     threshold = k = None
     if arch == "jumprelu":
-        if "threshold" not in tensors:
-            raise _config_error(folder, "a jumprelu SAE needs a 'threshold' tensor")
-        threshold = tensors["threshold"].float().reshape(-1)
+        if "threshold" in tensors:
+            threshold = tensors["threshold"].float().reshape(-1)
+        elif "log_threshold" in tensors:  # SAELens's training checkpoints
+            threshold = tensors["log_threshold"].float().exp().reshape(-1)
+        else:
+            raise _config_error(folder, "a jumprelu SAE needs a 'threshold' (or 'log_threshold') tensor")
         if threshold.shape != (d_sae,):
             raise _config_error(folder, f"threshold has shape {tuple(threshold.shape)}, want [{d_sae}]")
     if arch == "topk":
