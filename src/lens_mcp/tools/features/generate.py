@@ -223,7 +223,8 @@ def generate(
     "alpha": a, "layer": L?} adds a x the stored steering vector (steering_vector) to the residual at its hook
     (or resid_pre of L); {"ablate_heads": [[l, h], ...], "mode": "zero"|"mean"} replaces those heads' z; {"sae_feature":
     i, "value": v, "hook": h?} clamps an SAE feature to v (activation moved along its decoder direction, the SAE
-    error kept). Interventions act at every position but BOS, prompt and generated tokens alike. Each token
+    error kept). Steers and clamps act at every position but BOS, head ablations at every position (as in
+    ablate_heads; mean = the head's mean z over the prompt), prompt and generated tokens alike. Each token
     comes with its log-prob under the run that produced it and under the other run (same prefix): baseline text
     scored by the intervened model and the other way round. Each steer also gets a control: the same run with its
     vector replaced by a random vector of equal norm; an effect that the control also shows is not specific to
