@@ -34,6 +34,7 @@ from lens_mcp.schemas.common import HeadScore
 from lens_mcp.schemas.induction import InductionScores, ScoredPositions
 from lens_mcp.tools.core.batching import iter_batched
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.forward import unembed
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import check_range, check_top_k
@@ -252,12 +253,9 @@ def _token_losses(
     rows = resid[b.to(resid.device), (p - 1).to(resid.device)]  # [n, d_model]
     answers = tokens[b, p]
     chunk = max(1, _LOGIT_CHUNK_ENTRIES // int(tc.cfg.d_vocab))
-    cap = getattr(tc.cfg, "output_logits_soft_cap", None)
     losses = []
     for start in range(0, len(rows), chunk):
-        logits = tc.bridge.unembed(rows[None, start : start + chunk])[0].float()
-        if cap is not None and cap > 0:
-            logits = cap * torch.tanh(logits / cap)
+        logits = unembed(tc, rows[start : start + chunk]).float()  # resid is after the final norm
         logprobs = logits.log_softmax(dim=-1)
         losses.append(-logprobs.gather(-1, answers[start : start + chunk, None].to(logprobs.device))[:, 0].cpu())
     return torch.cat(losses)
