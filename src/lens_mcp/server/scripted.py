@@ -19,8 +19,7 @@ from mcp.types import CallToolResult, Tool
 
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server.app import build_server
-
-HOST_TOOLS = {"load_model"}  # tools that bring their own model: no default load is started for them
+from lens_mcp.server.registry import HOST_TOOLS  # tools that bring their own model: no default load for them
 
 
 class UsageError(Exception):
