@@ -17,7 +17,7 @@ from lens_mcp.tools.reading.head_attribution import head_attribution
 from lens_mcp.tools.reading.logit_lens import logit_lens
 from lens_mcp.tools.reading.run_with_cache import run_with_cache
 from tests.mcp_client import call_tool, error_text, result_data
-from tests.test_reading import (
+from tests.shared import (
     check_attention_pattern,
     check_head_attribution,
     check_logit_lens,
