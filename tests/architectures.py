@@ -39,7 +39,7 @@ _DECODER: dict[str, Any] = {
 class Family:
     name: str
     config: Callable[..., Any]
-    model: Callable[[Any], torch.nn.Module]
+    model: Callable[[Any], Any]
     kwargs: dict[str, Any]
     quirks: str
     post_norms: bool = False
@@ -121,7 +121,7 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def build(family: Family, folder: Path, seed: int = 0) -> torch.nn.Module:
+def build(family: Family, folder: Path, seed: int = 0) -> Any:
     """Save a random-weight model of `family` and the toy tokenizer into `folder`; returns the HF model."""
     torch.manual_seed(seed)
     model = family.model(family.config(**family.kwargs)).eval()

@@ -309,6 +309,7 @@ def check_run_with_cache_norms(
             for row, name in enumerate(rows):
                 pattern = cache[name][0].float()[:, pos, :]  # heads x queries x sources
                 logs = torch.where(pattern > 0, pattern.log(), torch.zeros_like(pattern))
+                assert summary.entropy is not None and summary.top_source is not None
                 assert summary.entropy[row] == pytest.approx(
                     (-(pattern * logs).sum(-1)).mean(-1).tolist(), rel=REL, abs=1e-5
                 )
@@ -318,6 +319,7 @@ def check_run_with_cache_norms(
             for row, name in enumerate(rows):
                 tensor = cache[name]
                 tensor = torch.where(torch.isfinite(tensor), tensor, torch.zeros_like(tensor))
+                assert summary.norms is not None
                 assert summary.norms[row] == pytest.approx(norms_by_position(tensor, axis, pos), rel=REL, abs=ABS)
     return result
 

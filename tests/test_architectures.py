@@ -51,7 +51,7 @@ PATCH_ANSWER, PATCH_WRONG = " ri", " zo"
 class Case:
     family: Family
     host: ModelHost
-    hf: torch.nn.Module
+    hf: Any
 
     @property
     def bridge(self) -> Any:
@@ -90,7 +90,7 @@ class _Context:
         self._use = self.host.use()
         return ToolContext(self._use.__enter__(), self.host.limits)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self._use.__exit__(*exc)
 
 

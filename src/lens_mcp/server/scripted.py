@@ -201,8 +201,10 @@ async def call_one(
     arguments = parse_json_object(json_arguments, "--json") if json_arguments is not None else {}
     progress = ProgressLine(err)
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.show(f"{name}: {message or ''} {f'{done:g}/{total:g}' if total else ''}".strip(), durable=False)
+    show = progress.show
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:  # the SDK's names
+        show(f"{name}: {message or ''} {f'{progress:g}/{total:g}' if total else ''}".strip(), durable=False)
 
     async with session(host) as (client, tools):
         tool = find_tool(tools, name)
@@ -269,6 +271,7 @@ async def run_batch(
     calls = [(number, text) for number, text in enumerate(lines, start=1) if text.strip()]
     total = len(calls)
     progress = ProgressLine(err, enabled=show_progress)
+    show = progress.show
     failures = 0
     async with session(host) as (client, tools):
         if calls and _first_tool(calls[0][1]) not in HOST_TOOLS:
@@ -278,8 +281,10 @@ async def run_batch(
             record: dict[str, Any] = {"line": number, "tool": None}
             label = f"batch {bar(index - 1, total)} line {number}"
 
-            async def on_progress(done: float, steps: float | None, message: str | None, label: str = label) -> None:
-                progress.show(f"{label}: {message or ''}", durable=False)
+            async def on_progress(
+                progress: float, total: float | None, message: str | None, label: str = label
+            ) -> None:
+                show(f"{label}: {message or ''}", durable=False)
 
             try:
                 entry = _decode(text)

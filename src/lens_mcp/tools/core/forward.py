@@ -63,7 +63,9 @@ def summarizing_forward(
 
     fwd_hooks = [(name, make_hook(name)) for name in dict.fromkeys(names)]
     with torch.no_grad(), tc.bridge.hooks(fwd_hooks=fwd_hooks):
-        return tc.bridge(tokens)
+        logits = tc.bridge(tokens)
+    assert isinstance(logits, torch.Tensor)
+    return logits
 
 
 def output_transform(tc: ToolContext, logits: torch.Tensor) -> torch.Tensor:
@@ -72,7 +74,11 @@ def output_transform(tc: ToolContext, logits: torch.Tensor) -> torch.Tensor:
     TransformerLens's `logit_readout` applies. Every transform TransformerLens 4.3 declares is elementwise,
     so it may be applied to a subset of the vocabulary's columns."""
     transform = getattr(getattr(tc.bridge, "adapter", None), "apply_output_logits_transform", None)
-    return transform(logits) if callable(transform) else logits
+    if not callable(transform):
+        return logits
+    transformed = transform(logits)
+    assert isinstance(transformed, torch.Tensor)
+    return transformed
 
 
 def output_slope(tc: ToolContext) -> tuple[float, bool]:

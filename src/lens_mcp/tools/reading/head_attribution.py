@@ -92,6 +92,7 @@ def head_attribution(
     if _has_final_norm(tc):
         names.append("ln_final.hook_scale")
     logits, cache = cached_forward(tc, tokens, names, positions=[pos])
+    assert logits is not None
     with torch.no_grad():
         return _attribute(
             tc, metric, cache, float(metric(logits[0, pos])), pos, top_k, token_string(tc, int(tokens[0, pos]))
