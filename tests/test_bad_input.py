@@ -1,4 +1,4 @@
-"""Issue 6, bad input: a battery of malformed calls across every tool through a real MCP client session (both
+"""Bad input: a battery of malformed calls across every tool through a real MCP client session (both
 client modes). Each must come back as an error whose text names the argument and says how to fix it; after
 each one the server still answers and no hook is left on the model; a reference set of calls returns exactly
 the same numbers before and after the battery."""

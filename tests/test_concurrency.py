@@ -1,5 +1,5 @@
-"""Issue 6, concurrency and cancellation: 32 concurrent mixed calls on one client session return exactly what
-they return one by one, in about the same total time (the model is serialized, nothing else is); a long
+"""Concurrency and cancellation: 32 concurrent mixed calls on one client session return exactly what
+they return one by one (their timing is measured by bench/bench_concurrency.py); a long
 patch_sweep cancelled midway stops within one batch, leaves no hook, and the server keeps serving."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 6, fuzzing: generated arguments for tokenize, attention_pattern, run_with_cache and patch_sweep (plus
+"""Fuzzing: generated arguments for tokenize, attention_pattern, run_with_cache and patch_sweep (plus
 the answer-taking reading tools, and arbitrary JSON through a real client) on the toy model. The contract: a
 valid result (finite JSON under the response cap) or a LensError/ToolError that says what to fix; never any
 other exception, and never a hook left on the model.

@@ -1,4 +1,4 @@
-"""Issue 6, limits: one configuration (flags or LENS_MCP_* environment variables) for every cap; a call over a
+"""Limits: one configuration (flags or LENS_MCP_* environment variables) for every cap; a call over a
 cap gets a ToolError naming the cap and how to narrow the call; batch sizes follow the caps and free memory;
 an out-of-memory error in a batch halves the batch and retries, with identical numbers."""
 
@@ -306,7 +306,7 @@ async def test_ablate_heads_halves_a_batch_that_runs_out_of_memory(
 async def test_induction_scores_halves_a_batch_that_runs_out_of_memory(
     capped_host: ModelHost, monkeypatch: pytest.MonkeyPatch, reference: dict[str, dict[str, Any]]
 ) -> None:
-    """Issue 6: 'an out-of-memory error during a batch halves the batch and retries instead of failing the
+    """'An out-of-memory error during a batch halves the batch and retries instead of failing the
     call'. induction_scores runs its n_seqs sequences as one batch."""
     bridge = capped_host.model.bridge
     forward = bridge.forward

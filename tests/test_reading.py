@@ -1,4 +1,4 @@
-"""The read-only tools (issue 3) on the toy model: run_with_cache, head_attribution, logit_lens,
+"""The read-only tools on the toy model: run_with_cache, head_attribution, logit_lens,
 attention_pattern. Numbers are checked against TransformerLens's own computations (ActivationCache helpers on
 an independent run_with_cache); bad input through a real MCP client in both client modes."""
 

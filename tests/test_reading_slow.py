@@ -1,4 +1,4 @@
-"""The read-only tools (issue 3) on SmolLM2-135M: grouped-query attention (9 query heads, 3 key/value heads),
+"""The read-only tools on SmolLM2-135M: grouped-query attention (9 query heads, 3 key/value heads),
 RMSNorm, no biases. Same independent TransformerLens references as tests/test_reading.py, plus result sizes."""
 
 from __future__ import annotations

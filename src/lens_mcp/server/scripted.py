@@ -83,7 +83,8 @@ def parse_json_object(text: str, what: str) -> dict[str, Any]:
 
 
 def check_argument_names(tool: Tool, arguments: dict[str, Any]) -> None:
-    """Unknown names would be dropped silently by the server: refuse them here, naming the accepted ones."""
+    """Refuse unknown argument names here, naming the accepted ones, before any model loads (the server
+    refuses them too)."""
     properties = (tool.input_schema or {}).get("properties", {})
     unknown = sorted(set(arguments) - set(properties))
     if unknown:
@@ -115,7 +116,7 @@ def result_data(result: CallToolResult) -> Any:
 # ---- progress ------------------------------------------------------------------------------------
 class ProgressLine:
     """A one-line text progress display on stderr: redrawn in place on a terminal, one line per update
-    otherwise (only for `every_update=True`; transient messages are shown on terminals only)."""
+    otherwise (only for durable updates: `show(..., durable=False)` messages are shown on terminals only)."""
 
     def __init__(self, stream: TextIO, enabled: bool = True) -> None:
         self.stream = stream

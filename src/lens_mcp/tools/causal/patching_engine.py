@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from lens_mcp.schemas.patching import PatchMethod
 from lens_mcp.tools.core.batching import ProgressCounter, is_out_of_memory, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.forward import readout
@@ -191,7 +192,7 @@ class EngineStats:
     """Patched rows computed (no-op cells excluded)."""
     skipped: int = 0
     """Cells whose clean and corrupted activations are identical (no computation needed)."""
-    method: str = "driven"
+    method: PatchMethod = "driven"
     batch_rows: int = 0
     batch_bound: str = ""
     notes: list[str] = field(default_factory=list)
