@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import torch
 from transformer_lens import patching
@@ -221,20 +222,38 @@ def check_attention_pattern(case: Case) -> None:
         assert query.top[0].weight == pytest.approx(float(pattern[query.position].max()), rel=REL, abs=TOL)
 
 
-def check_patch_sweep(case: Case) -> None:
-    """The resid_pre grid equals TransformerLens's get_act_patch_resid_pre to 1e-4, computed by the fast
-    driven engine (not the hooked fallback)."""
+PATCH_POSITIONS = [1, 4, 9]
+"""The fast check's positions: one before the prompts differ (a no-op cell), where they differ, and the last.
+TransformerLens runs one forward pass per cell (about 0.2 s each here); the whole grid is test_full_patching_grid
+(slow)."""
+
+
+def patching_grids(case: Case, positions: list[int] | None) -> tuple[Any, torch.Tensor]:
+    """(our sweep, TransformerLens's resid_pre values) on the layers x positions grid (every position: None)."""
     with case.tc() as tc:
-        sweep = run_sweep(tc, CLEAN, CORRUPTED, PATCH_ANSWER, PATCH_WRONG, component="resid_pre")
+        sweep = run_sweep(tc, CLEAN, CORRUPTED, PATCH_ANSWER, PATCH_WRONG, component="resid_pre", positions=positions)
     bridge = case.bridge
     tokens = bridge.to_tokens([CLEAN, CORRUPTED], prepend_bos=True)
     a, b = case.token(PATCH_ANSWER), case.token(PATCH_WRONG)
+    cells = [(layer, pos) for layer in range(2) for pos in (positions or range(tokens.shape[-1]))]
     with torch.no_grad():
-        _, clean_cache = bridge.run_with_cache(tokens[:1])
+        _, clean_cache = bridge.run_with_cache(tokens[:1], names_filter=lambda name: name.endswith("hook_resid_pre"))
         reference = patching.get_act_patch_resid_pre(
-            bridge, tokens[1:], clean_cache, lambda logits: logits[0, -1, a] - logits[0, -1, b]
+            bridge,
+            tokens[1:],
+            clean_cache,
+            lambda logits: logits[0, -1, a] - logits[0, -1, b],
+            index_axis_names=None,
+            index_df=pd.DataFrame(cells, columns=["layer", "pos"]),
         )
-    assert sweep.values.reshape(reference.shape) == pytest.approx(reference.float(), abs=TOL)
+    return sweep, reference.float().reshape(-1)
+
+
+def check_patch_sweep(case: Case) -> None:
+    """A resid_pre grid equals TransformerLens's get_act_patch_resid_pre to 1e-4, computed by the fast driven
+    engine (not the hooked fallback)."""
+    sweep, reference = patching_grids(case, PATCH_POSITIONS)
+    assert sweep.values == pytest.approx(reference, abs=TOL)
     assert sweep.engine.stats.method == "driven", sweep.engine.stats.notes
 
 
@@ -299,6 +318,13 @@ def test_boot(case: Case) -> None:
 @pytest.mark.parametrize("tool", list(CHECKS))
 def test_tool_on_family(case: Case, tool: str) -> None:
     CHECKS[tool](case)
+
+
+@pytest.mark.slow
+def test_full_patching_grid(case: Case) -> None:
+    """Every layer x position cell of the resid_pre sweep against TransformerLens."""
+    sweep, reference = patching_grids(case, None)
+    assert sweep.values == pytest.approx(reference, abs=TOL)
 
 
 def test_every_registered_tool_is_in_the_matrix() -> None:

@@ -73,7 +73,9 @@ def head_attribution(
     run (TransformerLens's apply_ln_to_stack convention). Returns the layer x head grid, the top_k heads by
     absolute value (sign kept: positive pushes towards answer), the direct contributions of the embeddings, each
     MLP and the biases, their sum `total`, and `actual` (the metric from the model's real logits); `explained`
-    and `note` say whether total matches actual (within 1e-3 on fp32). Direct effects only: a head that matters
+    and `note` say whether total matches actual (within 1e-3 on fp32). Norms after each sublayer (Gemma 2, OLMo 2)
+    are frozen on this run like the final norm; on soft-capped models (Gemma) every number is the pre-cap logit
+    difference, as `metric` says. Direct effects only: a head that matters
     through later layers can score near 0 here; patch it to see its total effect."""
     tokens = encode(tc, prompt)
     n_tokens = int(tokens.shape[-1])
@@ -219,9 +221,9 @@ def _attribute(
         )
     else:
         note = (
-            f"total differs from actual by {gap:+.4g} (tolerance {tolerance:.0e}): this model's residual "
-            "stream holds something the listed components miss (e.g. a norm after each sublayer); read the "
-            "grid as approximate."
+            f"total differs from actual by {gap:+.4g} (tolerance {tolerance:.0e}): this model's blocks do "
+            "something between the components and the residual stream that this decomposition does not model; "
+            "read the grid as approximate."
         )
     note += capped_note
 
