@@ -31,6 +31,7 @@ from lens_mcp.tools.causal.patch_sweep import run_sweep
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.model.model_info import model_info
 from lens_mcp.tools.model.tokenize import tokenize
+from lens_mcp.tools.reading import head_attribution as head_attribution_module
 from lens_mcp.tools.reading.attention_pattern import attention_pattern
 from lens_mcp.tools.reading.head_attribution import head_attribution
 from lens_mcp.tools.reading.induction_scores import find_targets, head_scores_and_losses, induction_scores
@@ -104,7 +105,10 @@ def family_cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
 def case(
     request: pytest.FixtureRequest, family_cases: dict[str, Case], tmp_path_factory: pytest.TempPathFactory
 ) -> Case:
-    name = request.param
+    return load_case(request.param, family_cases, tmp_path_factory)
+
+
+def load_case(name: str, family_cases: dict[str, Case], tmp_path_factory: pytest.TempPathFactory) -> Case:
     if name not in family_cases:
         folder = Path(tmp_path_factory.mktemp(name))
         hf = build(FAMILIES[name], folder)
@@ -318,6 +322,27 @@ def test_boot(case: Case) -> None:
 @pytest.mark.parametrize("tool", list(CHECKS))
 def test_tool_on_family(case: Case, tool: str) -> None:
     CHECKS[tool](case)
+
+
+def test_head_attribution_without_an_embedding_hook(
+    family_cases: dict[str, Case], tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model with no hook_embed: the token embedding's term is read from what enters block 0 less the
+    positional embedding, and the decomposition still adds up (GPT-2: learned positions)."""
+    case = load_case("gpt2", family_cases, tmp_path_factory)
+    with case.tc() as tc:
+        expected = head_attribution(tc, PROMPT, ANSWER, WRONG)
+    real = head_attribution_module.cached_forward
+
+    def without_embed(tc: ToolContext, tokens: torch.Tensor, names: list[str], **kwargs: Any) -> Any:
+        return real(tc, tokens, [name for name in names if name != "hook_embed"], **kwargs)
+
+    monkeypatch.setattr(head_attribution_module, "cached_forward", without_embed)
+    with case.tc() as tc:
+        result = head_attribution(tc, PROMPT, ANSWER, WRONG)
+    assert result.explained, result.note
+    assert result.other.embed == pytest.approx(expected.other.embed, rel=REL, abs=TOL)
+    assert result.total == pytest.approx(expected.total, rel=REL, abs=TOL)
 
 
 @pytest.mark.slow
