@@ -87,7 +87,8 @@ def head_attribution(
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
     if not getattr(tc.cfg, "attn_only", False):
         names += [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)]
-    names += [f"blocks.{layer}.hook_attn_out" for layer in range(n_layers)]
+    attn_out = [f"blocks.{layer}.hook_attn_out" for layer in range(n_layers)]
+    names += [name for name in attn_out if name in tc.bridge.hook_dict]
     names += _post_norm_hooks(tc)
     names += [name for name in ("hook_embed", "hook_pos_embed") if name in tc.bridge.hook_dict]
     names += ["blocks.0.hook_resid_pre", f"blocks.{n_layers - 1}.hook_resid_post"]
@@ -129,6 +130,9 @@ def _attention_maps(tc: ToolContext, cache: Any, raw: torch.Tensor, direction: t
     factors = []
     d_model = int(tc.cfg.d_model)
     for layer in range(int(tc.cfg.n_layers)):
+        if f"blocks.{layer}.hook_attn_out" not in cache.cache_dict:  # nothing to freeze against: the identity
+            factors.append(torch.ones(d_model, device=direction.device))
+            continue
         out = cache[f"blocks.{layer}.hook_attn_out"][0, 0].to(direction.device).float()
         norm = _post_norm(tc, layer)
         if norm is not None:
