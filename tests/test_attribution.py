@@ -37,6 +37,7 @@ from lens_mcp.tools.causal.attribution_patch import (
 from lens_mcp.tools.causal.patch_sweep import run_sweep
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.cost import measured_throughput
 from lens_mcp.tools.core.metrics import resolve_metric
 from tests.mcp_client import call_tool, error_text, result_data
 
@@ -259,7 +260,7 @@ def test_a_model_in_training_mode_is_refused(toy: ToolContext) -> None:
 def test_an_oversized_grid_is_refused_before_any_forward_pass(
     toy: ToolContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    toy.model.throughput = toy.model.throughput or 1e6  # the cost estimate's own probe is not the call's work
+    measured_throughput(toy)  # the cost estimate's own probe (measured once per model) is not the call's work
     calls: list[int] = []
     monkeypatch.setattr(toy.bridge, "forward", lambda *a, **k: calls.append(1))
     small = ToolContext(toy.model, Limits(max_response_chars=2_000))
