@@ -12,6 +12,7 @@ Workflow:
 4. Intervene: patch_sweep restores clean activations into a corrupted run (1 = fully restores the
    clean behaviour, 0 = no effect); clean and corrupted prompts must have equal token counts.
    ablate_heads zero- or mean-ablates heads and reports the metric before and after.
+   attribution_patch screens big grids by gradient (cheap); confirm with patch_sweep.
 5. induction_scores finds induction, previous-token and duplicate-token heads.
 Units: logits and logit differences in raw logit units, probabilities 0..1, losses in nats; all numbers
 rounded to 4 significant digits. Ask for few layers/positions and small top_k: results are capped.
