@@ -13,9 +13,13 @@ from lens_mcp.tools.model.model_info import model_info
 from lens_mcp.tools.model.tokenize import tokenize
 from lens_mcp.tools.reading.attention_pattern import attention_pattern
 from lens_mcp.tools.reading.head_attribution import head_attribution
+from lens_mcp.tools.reading.head_output import head_output
 from lens_mcp.tools.reading.induction_scores import induction_scores
 from lens_mcp.tools.reading.logit_lens import logit_lens
+from lens_mcp.tools.reading.mlp_neurons import mlp_neurons
+from lens_mcp.tools.reading.neuron_attribution import neuron_attribution
 from lens_mcp.tools.reading.run_with_cache import run_with_cache
+from lens_mcp.tools.weights.composition_scores import composition_scores
 
 
 def register_tools(server: MCPServer, host: ModelHost) -> None:
@@ -29,3 +33,7 @@ def register_tools(server: MCPServer, host: ModelHost) -> None:
     add_model_tool(server, host, patch_sweep, title="Activation patching sweep")
     add_model_tool(server, host, ablate_heads, title="Ablate attention heads")
     add_model_tool(server, host, induction_scores, title="Find induction heads")
+    add_model_tool(server, host, head_output, title="What one head writes")
+    add_model_tool(server, host, neuron_attribution, title="Direct logit attribution per MLP neuron")
+    add_model_tool(server, host, mlp_neurons, title="Most active neurons of one MLP")
+    add_model_tool(server, host, composition_scores, title="Q/K/V composition between heads")

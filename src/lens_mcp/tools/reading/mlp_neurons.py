@@ -48,7 +48,10 @@ def mlp_neurons(
     cost = estimate(
         tc,
         Work(
-            rows=1, tokens_per_row=n_tokens, cells=top_k, result_chars=400 + top_k * (60 + 2 * top_tokens * CHARS_PER_TOKEN_EFFECT)
+            rows=1,
+            tokens_per_row=n_tokens,
+            cells=top_k,
+            result_chars=400 + top_k * (60 + 2 * top_tokens * CHARS_PER_TOKEN_EFFECT),
         ),
     )
     enforce(tc, cost, narrow="a smaller top_k or top_tokens")

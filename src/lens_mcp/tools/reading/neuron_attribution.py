@@ -101,9 +101,13 @@ def neuron_attribution(
     answer: Annotated[str, Field(description="The expected next token, one token (e.g. ' Paris')")],
     wrong_answer: Annotated[
         str | None,
-        Field(description="A competing token (' Rome'); attribute logit(answer) - logit(wrong_answer). Omitted: logit(answer)"),
+        Field(
+            description="A competing token (' Rome'); attribute logit(answer) - logit(wrong_answer). Omitted: logit(answer)"
+        ),
     ] = None,
-    layers: Annotated[list[int] | None, Field(description="MLP layers to search (negative from the end). Default: all")] = None,
+    layers: Annotated[
+        list[int] | None, Field(description="MLP layers to search (negative from the end). Default: all")
+    ] = None,
     position: Annotated[int, Field(description="Position whose prediction is attributed (-1 = last)")] = -1,
     top_k: Annotated[int, Field(description="How many neurons to list by absolute attribution")] = 20,
 ) -> NeuronAttribution:

@@ -91,8 +91,16 @@ def all_scores(tc: ToolContext, kind: str, receiver_layers: list[int] | None = N
         scores: dict[int, torch.Tensor] = {}
         for done, layer in enumerate(targets):
             r = position[layer]
-            product = new_left[:r, :, None] @ new_right[r][None, None]  # (r, H, H_r, mdim, mdim)
-            scores[layer] = product.norm(dim=(-2, -1)) / left_norms[:r, :, None] / right_norms[r][None, None, :]
+            # One GEMM per receiver layer: (r * H * mdim, d_model) @ (d_model, H_r * mdim), then the Frobenius
+            # norm of each (mdim, mdim) block, i.e. ||new_left[A] @ new_right[B]||_F for every pair (A, B).
+            senders = new_left[:r]
+            n_layers_s, n_heads_s, mdim_l, d_model = senders.shape
+            receivers = new_right[r]  # (H_r, d_model, mdim)
+            n_heads_r, _, mdim_r = receivers.shape
+            product = senders.reshape(-1, d_model) @ receivers.permute(1, 0, 2).reshape(d_model, -1)
+            blocks = product.reshape(n_layers_s, n_heads_s, mdim_l, n_heads_r, mdim_r)
+            norms = blocks.square().sum(dim=(2, 4)).sqrt()  # (r, H, H_r)
+            scores[layer] = norms / left_norms[:r, :, None] / right_norms[r][None, None, :]
             tc.progress(done + 1, len(targets), f"receiver layer {layer}")
     return scores
 
