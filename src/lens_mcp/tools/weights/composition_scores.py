@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Annotated, Literal
 
 import torch
@@ -54,10 +55,14 @@ def circuits(tc: ToolContext, kind: str) -> tuple[list[int], FactoredMatrix, Fac
     return list(indices), ov, (qk if kind == "q" else qk.T)
 
 
-def random_baseline(tc: ToolContext, samples: int = BASELINE_SAMPLES) -> tuple[float, float]:
+def random_baseline(tc: ToolContext) -> tuple[float, float]:
     """Mean and standard deviation of the score of independent Gaussian circuits of this model's shapes
     (d_model x d_head factors), by TransformerLens's composition_scores, with a fixed seed."""
-    d_model, d_head = int(tc.cfg.d_model), int(tc.cfg.d_head)
+    return _random_baseline(int(tc.cfg.d_model), int(tc.cfg.d_head), BASELINE_SAMPLES)
+
+
+@lru_cache(maxsize=8)
+def _random_baseline(d_model: int, d_head: int, samples: int) -> tuple[float, float]:
     generator = torch.Generator().manual_seed(BASELINE_SEED)
 
     def factored() -> FactoredMatrix:
