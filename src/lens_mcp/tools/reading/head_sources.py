@@ -167,19 +167,19 @@ def attribution_call(
         if item.corrupted_prompt is not None:
             label = f"{where}corrupted_prompt" if dataset else "baseline_prompt"
             lengths.append(int(encode(tc, item.corrupted_prompt, label).shape[-1]))
-    n_layers, n_heads = int(tc.cfg.n_layers), int(tc.cfg.n_heads)
-    rows = len(lengths) + (len(lengths) if by_source else 0)
-    cost = estimate(
-        tc,
-        Work(
-            rows=rows,
-            tokens_per_row=max(lengths),
-            cells=n_layers * n_heads,
-            result_chars=grid_chars(n_layers * n_heads * (4 if dataset else 1) + 60 * n_items, overhead=1500),
-            rows_per_pass=1,
-        ),
-    )
-    enforce(tc, cost, narrow="fewer pairs, or shorter prompts")
+    if dataset:  # up to max_pairs x 2 forward passes: estimated before the first
+        n_layers, n_heads = int(tc.cfg.n_layers), int(tc.cfg.n_heads)
+        cost = estimate(
+            tc,
+            Work(
+                rows=len(lengths),
+                tokens_per_row=max(lengths),
+                cells=n_layers * n_heads,
+                result_chars=grid_chars(4 * n_layers * n_heads + 60 * n_items, overhead=1500),
+                rows_per_pass=1,
+            ),
+        )
+        enforce(tc, cost, narrow="fewer pairs, or shorter prompts")
 
     results, per_item = [], []
     for index, item in enumerate(items):

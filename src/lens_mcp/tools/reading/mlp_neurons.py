@@ -13,12 +13,12 @@ from pydantic import Field
 
 from lens_mcp.schemas.components import MLPNeuron, MLPNeurons
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.cost import Work, enforce, estimate
+from lens_mcp.tools.core.cost import Work, enforce
 from lens_mcp.tools.core.direct import LINEAR_NOTE, DirectReadout
 from lens_mcp.tools.core.tokens import encode, token_string
 from lens_mcp.tools.core.validation import check_range, check_top_k, resolve_layer, resolve_position
 from lens_mcp.tools.reading.head_output import top_effects
-from lens_mcp.tools.reading.neuron_attribution import check_has_mlps, mlp_weights, neuron_reads
+from lens_mcp.tools.reading.neuron_attribution import check_has_mlps, mlp_weights, neuron_reads, single_pass_cost
 
 CHARS_PER_TOKEN_EFFECT = 45
 
@@ -45,7 +45,7 @@ def mlp_neurons(
     d_mlp = int(tc.cfg.d_mlp)
     top_k = min(check_top_k(top_k, tc.limits.max_top_k), d_mlp)
     top_tokens = check_range(top_tokens, 1, 20, "top_tokens")
-    cost = estimate(
+    cost = single_pass_cost(
         tc,
         Work(
             rows=1,

@@ -14,14 +14,31 @@ import torch
 from pydantic import Field
 
 from lens_mcp.errors import LensError
+from lens_mcp.schemas.common import Cost
 from lens_mcp.schemas.components import NeuronAttribution, NeuronScore
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars
+from lens_mcp.tools.core.cost import Work, enforce, grid_chars, work_units
 from lens_mcp.tools.core.direct import LINEAR_NOTE, SCALE_HOOK, DirectReadout, has_final_norm
 from lens_mcp.tools.core.forward import summarizing_forward
 from lens_mcp.tools.core.metrics import resolve_metric
 from lens_mcp.tools.core.tokens import encode, token_string
 from lens_mcp.tools.core.validation import check_top_k, resolve_layers, resolve_position
+
+
+def single_pass_cost(tc: ToolContext, work: Work) -> Cost:
+    """The cost of a call that runs one forward pass, without measuring the device's throughput for it (a probe
+    of several passes): seconds from the throughput when it is already known, else 0 (one pass is never the
+    problem; the result size and the work units are what the caps bound here)."""
+    units = work_units(tc, work)
+    throughput = tc.model.throughput
+    return Cost(
+        cells=work.cells,
+        forward_passes=1,
+        work_units=units,
+        seconds=units / throughput if throughput else 0.0,
+        result_chars=work.result_chars,
+        throughput=throughput or 0.0,
+    )
 
 
 def check_has_mlps(tc: ToolContext) -> None:
@@ -128,7 +145,7 @@ def neuron_attribution(
     layer_list = resolve_layers(layers, int(tc.cfg.n_layers))
     d_mlp = int(tc.cfg.d_mlp)
 
-    cost = estimate(
+    cost = single_pass_cost(
         tc,
         Work(
             rows=1,
