@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.common import GridSpread, HeadScore, PairMetrics
@@ -133,21 +134,35 @@ def attribution_call(
         )
     if pairs is not None and by_source:
         raise LensError("by_source reads one prompt; call it with prompt=... (and baseline_prompt), not pairs.")
-    items = resolve_pairs(
-        tc,
-        pairs,
-        clean_prompt=prompt,
-        answer=answer,
-        wrong_answer=wrong_answer,
-        need_corrupted=False,
-        need_answer=True,
-        prompt_arg="prompt",
-    )
+    if pairs is not None and not isinstance(pairs, (list, tuple)):
+        raise LensError(f"pairs: expected a list of {{clean_prompt, answer, ...}} objects, got {pairs!r:.60}.")
+    if pairs is None and prompt is not None and answer is None:
+        raise LensError(
+            "answer is required: pass answer (one token, e.g. ' Paris'), or a dataset as pairs=[{clean_prompt, "
+            "answer, ...}]."
+        )
+    if pairs is None and baseline_prompt is None and not by_source and prompt is not None and answer is not None:
+        return _attribute_prompt(tc, prompt, answer, wrong_answer, position, top_k)  # the plain call, unchanged
+    try:
+        items = resolve_pairs(
+            tc,
+            pairs,
+            clean_prompt=prompt,
+            answer=answer,
+            wrong_answer=wrong_answer,
+            need_corrupted=False,
+            need_answer=True,
+            prompt_arg="prompt",
+        )
+        if pairs is None:
+            items = [PromptPair.model_validate({**items[0].model_dump(), "corrupted_prompt": baseline_prompt})]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        if pairs is None:
+            where = {"clean_prompt": "prompt", "corrupted_prompt": "baseline_prompt"}.get(where, where)
+        raise LensError(f"{'pairs' if pairs is not None else 'arguments'}: {where}: {first['msg']}.") from None
     top_k = check_top_k(top_k, tc.limits.max_top_k)
-    if pairs is None:
-        items = [items[0].model_copy(update={"corrupted_prompt": baseline_prompt})]
-        if baseline_prompt is None and not by_source:
-            return _attribute_prompt(tc, items[0].clean_prompt, items[0].answer or "", wrong_answer, position, top_k)
     with_baseline = [item.corrupted_prompt is not None for item in items]
     if any(with_baseline) and not all(with_baseline):
         raise LensError(
