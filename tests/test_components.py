@@ -500,3 +500,46 @@ async def test_bad_input_is_a_readable_error(
     for fragment in fragments:
         assert fragment in message, (arguments, message)
     assert count_hooks(toy_host.model.bridge) == 0
+
+
+# ---- a model that normalizes each sublayer's output (Gemma 2): refused, not silently wrong ------------------
+
+
+@pytest.fixture(scope="module")
+def gemma2_host(tmp_path_factory: pytest.TempPathFactory) -> ModelHost:
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny_gemma2")
+    torch.manual_seed(0)
+    config = Gemma2Config(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=64,
+    )
+    Gemma2ForCausalLM(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(BUILTIN / name, folder / name)
+    host = ModelHost(Limits())
+    host.load(str(folder), device="cpu")
+    return host
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments", "fragment"),
+    [
+        ("head_output", {"prompt": TOY_PROMPT, "layer": 1, "head": 0}, "head_output is not supported on this model"),
+        ("neuron_attribution", {"prompt": TOY_PROMPT, "answer": "w5"}, "norm after the sublayer"),
+        ("mlp_neurons", {"prompt": TOY_PROMPT, "layer": 0}, "norm after the sublayer"),
+    ],
+)
+async def test_post_sublayer_norm_models_are_refused(
+    gemma2_host: ModelHost, name: str, arguments: dict[str, Any], fragment: str
+) -> None:
+    message = error_text(await call_tool(build_server(gemma2_host), name, arguments))
+    assert fragment in message and "unexpectedly" not in message
+    assert count_hooks(gemma2_host.model.bridge) == 0

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from lens_mcp.errors import LensError
 from lens_mcp.tools.core.context import ToolContext
 
 SCALE_HOOK = "ln_final.hook_scale"
@@ -62,6 +63,19 @@ def output_slope(tc: ToolContext) -> tuple[float, bool]:
     out = transform(probe.clone()).to(torch.float64)
     slope = float((out[1] - out[0]) / (2 * h))
     return slope, bool(torch.allclose(out, slope * probe, rtol=1e-6, atol=1e-9))
+
+
+def refuse_sublayer_post_norm(tc: ToolContext, sublayer: str, what: str) -> None:
+    """Refuse a readout of a sublayer's raw output on a model that normalizes that output before adding it to
+    the residual stream (Gemma 2's post-attention / post-MLP norms): the raw write would be the wrong vector.
+    sublayer: 'ln1' (attention) or 'ln2' (MLP)."""
+    name = f"blocks.0.{sublayer}_post.hook_scale"
+    if name in tc.bridge.hook_dict:
+        raise LensError(
+            f"{what} is not supported on this model yet: it normalizes each {'attention' if sublayer == 'ln1' else 'MLP'}"
+            " output again before adding it to the residual stream (a norm after the sublayer), so the raw output "
+            "read here would be the wrong vector. head_attribution accounts for such norms."
+        )
 
 
 LINEAR_NOTE = " This model soft-caps its logits; the readout is of the pre-cap logits (the cap is not linear)."

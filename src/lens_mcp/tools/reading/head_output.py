@@ -13,7 +13,13 @@ from pydantic import Field
 
 from lens_mcp.schemas.components import HeadOutput, OVReadout, TokenEffect
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.direct import LINEAR_NOTE, SCALE_HOOK, DirectReadout, has_final_norm
+from lens_mcp.tools.core.direct import (
+    LINEAR_NOTE,
+    SCALE_HOOK,
+    DirectReadout,
+    has_final_norm,
+    refuse_sublayer_post_norm,
+)
 from lens_mcp.tools.core.forward import summarizing_forward
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import check_top_k, resolve_head, resolve_layer, resolve_position
@@ -90,6 +96,7 @@ def head_output(
     raises most, suppression when among the 10 it lowers most (name movers copy, negative / copy-suppression
     heads suppress). Grouped-query models: the values are those of the head's key/value group (kv_head).
     Next: head_attribution(by_source=true) for each source's share of the head's effect on an answer."""
+    refuse_sublayer_post_norm(tc, "ln1", "head_output")
     tokens = encode(tc, prompt)
     n_tokens = int(tokens.shape[-1])
     cfg = tc.cfg

@@ -18,7 +18,13 @@ from lens_mcp.schemas.common import Cost
 from lens_mcp.schemas.components import NeuronAttribution, NeuronScore
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, grid_chars, work_units
-from lens_mcp.tools.core.direct import LINEAR_NOTE, SCALE_HOOK, DirectReadout, has_final_norm
+from lens_mcp.tools.core.direct import (
+    LINEAR_NOTE,
+    SCALE_HOOK,
+    DirectReadout,
+    has_final_norm,
+    refuse_sublayer_post_norm,
+)
 from lens_mcp.tools.core.forward import summarizing_forward
 from lens_mcp.tools.core.metrics import resolve_metric
 from lens_mcp.tools.core.tokens import encode, token_string
@@ -42,6 +48,7 @@ def single_pass_cost(tc: ToolContext, work: Work) -> Cost:
 
 
 def check_has_mlps(tc: ToolContext) -> None:
+    refuse_sublayer_post_norm(tc, "ln2", "Reading MLP neurons")
     if getattr(tc.cfg, "attn_only", False) or not getattr(tc.cfg, "d_mlp", None):
         raise LensError("this model is attention-only: it has no MLP neurons. Use head_attribution instead.")
 
