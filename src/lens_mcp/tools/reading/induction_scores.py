@@ -34,7 +34,7 @@ from lens_mcp.schemas.common import HeadScore
 from lens_mcp.schemas.induction import InductionScores, ScoredPositions
 from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.cost import seconds_per_row
+from lens_mcp.tools.core.cost import Work, enforce, estimate, seconds_per_row
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import check_range, check_top_k
@@ -384,6 +384,9 @@ def induction_scores(
         tokens, pool = encode(tc, prompt).cpu(), None
         n_seqs = 1
         _check_size(tc, 1, int(tokens.shape[1]), prompt_mode=True)
+    n_tokens = int(tokens.shape[1])
+    cost = estimate(tc, Work(rows=n_seqs, tokens_per_row=n_tokens, cells=3 * n_layers * int(tc.cfg.n_heads)))
+    enforce(tc, cost, "a smaller n_seqs or seq_len" if prompt is None else "a shorter prompt")
     targets = find_targets(tokens)
     if prompt is not None and targets.n_queries["induction"] == 0:
         shown = token_strings(tc, tokens[0, :60])
