@@ -370,6 +370,18 @@ def test_composition_matches_all_composition_scores(request: pytest.FixtureReque
         assert grid == pytest.approx(reference[:layer, :, layer], abs=1e-5)
 
 
+def test_composition_chunked_senders_and_work_cap(llama: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lens_mcp.errors import LensError
+    from lens_mcp.tools.weights import composition_scores as module
+
+    whole = all_scores(llama, "k")
+    monkeypatch.setattr(module, "PRODUCT_FLOATS", 1)  # one sender layer per product
+    assert all_scores(llama, "k")[1] == pytest.approx(whole[1], abs=1e-6)
+    monkeypatch.setattr(module, "MAX_MACS", 10)
+    with pytest.raises(LensError, match="multiply-adds"):
+        composition_scores(llama, "k")
+
+
 def test_toy_top_k_composition_is_previous_token_into_induction(toy: ToolContext) -> None:
     circuit = json.loads((BUILTIN / "circuit.json").read_text())
     result = composition_scores(toy, "k", top_k=3)

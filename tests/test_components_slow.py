@@ -94,3 +94,11 @@ def test_smol_composition_pairs_match_transformer_lens(smol: ToolContext) -> Non
             expected = float(tl_composition_scores(sender, receiver, broadcast_dims=False))
             assert pair.score == pytest.approx(expected, rel=REL)
     assert result.top_pairs[0].ratio > 2  # well above random matrices of these shapes
+
+
+def test_smol_composition_in_sender_chunks(smol: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lens_mcp.tools.weights import composition_scores as module
+
+    whole = module.all_scores(smol, "q", [12])[12]
+    monkeypatch.setattr(module, "PRODUCT_FLOATS", 9 * 64 * 9 * 64 * 5)  # five sender layers per product
+    assert module.all_scores(smol, "q", [12])[12] == pytest.approx(whole, abs=1e-6)

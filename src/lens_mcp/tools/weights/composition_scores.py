@@ -25,6 +25,10 @@ from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.validation import check_top_k, resolve_layers
 
 BASELINE_SAMPLES = 64
+MAX_MACS = 2_000_000_000_000
+"""Multiply-adds one call may do (SmolLM2-135M, every pair: 83 G)."""
+PRODUCT_FLOATS = 32_000_000
+"""Largest intermediate product (floats) held at once: sender layers are chunked to stay under it."""
 BASELINE_SEED = 0
 
 
@@ -87,6 +91,15 @@ def all_scores(tc: ToolContext, kind: str, receiver_layers: list[int] | None = N
     targets = [layer for layer in wanted if position[layer] > 0]
     if not targets:
         raise LensError("layers: the first attention layer has no earlier heads to compose with; pass later layers.")
+    n_heads, mdim, d_model = int(left.A.shape[1]), int(left.mdim), int(left.A.shape[-2])
+    macs = sum(position[layer] for layer in targets) * n_heads * mdim * d_model * n_heads * mdim
+    if macs > MAX_MACS:
+        raise LensError(
+            f"layers: scoring receivers {targets[:5]}{'...' if len(targets) > 5 else ''} against every earlier head "
+            f"is about {macs / 1e9:,.0f} G multiply-adds, over this tool's cap of {MAX_MACS / 1e9:,.0f} G; pass "
+            "fewer receiver layers, e.g. layers=[L] for the heads of layer L."
+        )
+    chunk = max(1, PRODUCT_FLOATS // (n_heads * mdim * n_heads * mdim))
     with torch.no_grad():
         with one_thread():
             new_left = left.collapse_l()  # (layers, heads, mdim, d_model)
@@ -98,14 +111,17 @@ def all_scores(tc: ToolContext, kind: str, receiver_layers: list[int] | None = N
             r = position[layer]
             # One GEMM per receiver layer: (r * H * mdim, d_model) @ (d_model, H_r * mdim), then the Frobenius
             # norm of each (mdim, mdim) block, i.e. ||new_left[A] @ new_right[B]||_F for every pair (A, B).
-            senders = new_left[:r]
-            n_layers_s, n_heads_s, mdim_l, d_model = senders.shape
             receivers = new_right[r]  # (H_r, d_model, mdim)
-            n_heads_r, _, mdim_r = receivers.shape
-            product = senders.reshape(-1, d_model) @ receivers.permute(1, 0, 2).reshape(d_model, -1)
-            blocks = product.reshape(n_layers_s, n_heads_s, mdim_l, n_heads_r, mdim_r)
-            norms = blocks.square().sum(dim=(2, 4)).sqrt()  # (r, H, H_r)
-            scores[layer] = norms / left_norms[:r, :, None] / right_norms[r][None, None, :]
+            n_heads_r, d_model, mdim_r = receivers.shape
+            flat_receivers = receivers.permute(1, 0, 2).reshape(d_model, -1)
+            parts = []
+            for first in range(0, r, chunk):  # sender layers in chunks: the product stays under PRODUCT_FLOATS
+                senders = new_left[first : min(r, first + chunk)]
+                n_layers_s, n_heads_s, mdim_l, _ = senders.shape
+                product = senders.reshape(-1, d_model) @ flat_receivers
+                blocks = product.reshape(n_layers_s, n_heads_s, mdim_l, n_heads_r, mdim_r)
+                parts.append(blocks.square().sum(dim=(2, 4)).sqrt())  # (chunk, H, H_r)
+            scores[layer] = torch.cat(parts) / left_norms[:r, :, None] / right_norms[r][None, None, :]
             tc.progress(done + 1, len(targets), f"receiver layer {layer}")
     return scores
 
