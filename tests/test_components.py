@@ -473,6 +473,11 @@ BAD_CALLS = [
     ("head_attribution", {"prompt": TOY_PROMPT, "answer": "w5", "layer": 1}, ["pass by_source=true"]),
     (
         "head_attribution",
+        {"prompt": TOY_PROMPT, "answer": "w5", "by_source": True, "layer": 7, "head": 0},
+        ["layer=7 is out of range"],
+    ),
+    (
+        "head_attribution",
         {"prompt": TOY_PROMPT, "answer": "w5", "by_source": True, "layer": 1},
         ["pass both layer and head"],
     ),

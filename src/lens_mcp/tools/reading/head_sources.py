@@ -134,6 +134,11 @@ def attribution_call(
         )
     if pairs is not None and by_source:
         raise LensError("by_source reads one prompt; call it with prompt=... (and baseline_prompt), not pairs.")
+    if by_source and (layer is None) != (head is None):
+        raise LensError("by_source: pass both layer and head, or neither (then the top head is split).")
+    if layer is not None and head is not None:  # checked before any forward pass
+        layer = resolve_layer(layer, int(tc.cfg.n_layers))
+        head = resolve_head(head, int(tc.cfg.n_heads))
     if pairs is not None and not isinstance(pairs, (list, tuple)):
         raise LensError(f"pairs: expected a list of {{clean_prompt, answer, ...}} objects, got {pairs!r:.60}.")
     if pairs is None and prompt is not None and answer is None:
