@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from lens_mcp.schemas.common import Grid, Grid3, Result, Rounded
+
+Component = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos"]
+PatchMethod = Literal["driven", "driven-full", "hooked"]
+AblationMode = Literal["zero", "mean"]
 
 
 class PatchCell(BaseModel):
@@ -17,7 +23,7 @@ class PatchCell(BaseModel):
 
 
 class PatchSweepResult(Result):
-    component: str
+    component: Component
     metric: str = Field(description="What the metric measures, at the last position")
     normalized: bool = Field(
         description="True: grid = (patched - corrupted) / (clean - corrupted); false: the raw patched metric"
@@ -41,9 +47,10 @@ class PatchSweepResult(Result):
         description="Cells whose clean and corrupted activations are identical "
         "(they equal the corrupted metric; nothing to run)"
     )
-    method: str = Field(
-        description="driven: patched rows start at the patched layer and reuse the corrupted "
-        "run for unchanged positions; hooked: full forward passes with hooks"
+    method: PatchMethod = Field(
+        description="driven: patched rows start at the patched layer and reuse the corrupted run for unchanged "
+        "positions; driven-full: start at the patched layer but recompute every position (the model's blocks "
+        "take an argument that cannot be cut to a suffix); hooked: full forward passes with hooks"
     )
     seconds: Rounded
     notes: list[str] = Field(default_factory=list)
@@ -58,7 +65,7 @@ class HeadEffect(BaseModel):
 
 class AblateHeadsResult(Result):
     tokens: list[str] = Field(description="The prompt's tokens (BOS is position 0)")
-    mode: str
+    mode: AblationMode
     metric: str = Field(description="What the metric measures, at the last position")
     heads: list[tuple[int, int]] = Field(description="Ablated heads as [layer, head]")
     metric_before: Rounded

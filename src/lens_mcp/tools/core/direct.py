@@ -18,6 +18,7 @@ import torch
 
 from lens_mcp.errors import LensError
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.forward import output_slope
 
 SCALE_HOOK = "ln_final.hook_scale"
 
@@ -51,18 +52,6 @@ def _final_norm_weight(tc: ToolContext, like: torch.Tensor) -> torch.Tensor | No
     if weight is None or torch.allclose(weight, torch.ones_like(weight)):
         return None
     return weight
-
-
-def output_slope(tc: ToolContext) -> tuple[float, bool]:
-    """(slope at 0, linear) of the architecture's output transform (soft cap, logit scale, or none)."""
-    transform = getattr(getattr(tc.bridge, "adapter", None), "apply_output_logits_transform", None)
-    if not callable(transform):
-        return 1.0, True
-    h = 1e-3
-    probe = torch.tensor([-h, h, 1.0, -2.0, 7.0], dtype=torch.float64)
-    out = transform(probe.clone()).to(torch.float64)
-    slope = float((out[1] - out[0]) / (2 * h))
-    return slope, bool(torch.allclose(out, slope * probe, rtol=1e-6, atol=1e-9))
 
 
 def refuse_sublayer_post_norm(tc: ToolContext, sublayer: str, what: str) -> None:
