@@ -109,8 +109,10 @@ def head_output(
     kept = head_reads(tc, tokens, layer, head, pos)
     readout = DirectReadout.from_scale(tc, kept.get("scale"))
     with torch.no_grad():
-        W_O = tc.bridge.blocks[layer].attn.W_O[head].float()
-        W_O = W_O.to(kept["z"].device)
+        block = tc.bridge.blocks[layer]
+        # A residual multiplier (Granite) scales what the block adds to the stream: it is part of the write.
+        multiplier = float(getattr(block, "residual_contribution_scale", 1.0) or 1.0)
+        W_O = block.attn.W_O[head].float().to(kept["z"].device) * multiplier
         output = kept["z"] @ W_O
         promoted, suppressed = top_effects(tc, readout.logits(output), top_k)
 
