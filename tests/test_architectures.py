@@ -24,6 +24,7 @@ import torch
 from transformer_lens import patching
 from transformer_lens.tools.analysis.logit_lens import logit_lens as tl_logit_lens
 
+from lens_mcp.errors import LensError
 from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost
 from lens_mcp.tools.causal.ablate_heads import ablate_heads
@@ -34,9 +35,13 @@ from lens_mcp.tools.model.tokenize import tokenize
 from lens_mcp.tools.reading import head_attribution as head_attribution_module
 from lens_mcp.tools.reading.attention_pattern import attention_pattern
 from lens_mcp.tools.reading.head_attribution import head_attribution
+from lens_mcp.tools.reading.head_output import head_output
 from lens_mcp.tools.reading.induction_scores import find_targets, head_scores_and_losses, induction_scores
 from lens_mcp.tools.reading.logit_lens import lens_logits, logit_lens
+from lens_mcp.tools.reading.mlp_neurons import mlp_neurons
+from lens_mcp.tools.reading.neuron_attribution import neuron_attribution
 from lens_mcp.tools.reading.run_with_cache import run_with_cache
+from lens_mcp.tools.weights.composition_scores import all_scores, one_thread
 from tests.architectures import FAMILIES, Family, build
 from tests.registry_helpers import registered_tool_names
 
@@ -294,6 +299,84 @@ def check_induction_scores(case: Case) -> None:
     assert result.loss_first_repeat == pytest.approx(float(first.mean()), rel=REL, abs=TOL)
 
 
+def _refused(call: Callable[[], Any], fragment: str) -> None:
+    with pytest.raises(LensError, match=fragment):
+        call()
+
+
+def check_head_output(case: Case) -> None:
+    """Refused where a norm follows the attention sublayer; elsewhere the head's output norm is
+    TransformerLens's stack_head_results at the last position, and the logit of the top promoted token is
+    head_attribution's cell for that head and that token (the decomposition checked against the HF logits)."""
+    with case.tc() as tc:
+        if case.family.post_norms:
+            _refused(lambda: head_output(tc, PROMPT, 1, 1), "norm after the sublayer")
+            return
+        result = head_output(tc, PROMPT, 1, 1, top_k=10)
+        top = next(
+            t for t in result.promoted if case.bridge.to_tokens(t.token, prepend_bos=False)[0].tolist() == [t.id]
+        )
+        cell = head_attribution(tc, PROMPT, top.token, None).heads[1][1]
+    tokens = case.bridge.to_tokens(PROMPT, prepend_bos=True)
+    with torch.no_grad():
+        _, cache = case.bridge.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_z"))
+        heads = cache.stack_head_results(layer=-1, pos_slice=-1)
+    n_heads = case.bridge.cfg.n_heads
+    assert result.output_norm == pytest.approx(float(heads[n_heads + 1, 0].norm()), rel=REL, abs=TOL)
+    assert top.logit == pytest.approx(cell, rel=5e-3, abs=1e-3)
+
+
+def check_neuron_attribution(case: Case) -> None:
+    """Refused where a norm follows the MLP; elsewhere each layer's neurons plus b_out sum to head_attribution's
+    MLP term (checked against the HF logits), and each listed activation is TransformerLens's hook_post."""
+    with case.tc() as tc:
+        if case.family.post_norms:
+            _refused(lambda: neuron_attribution(tc, PROMPT, ANSWER, WRONG), "norm after the sublayer")
+            return
+        try:
+            result = neuron_attribution(tc, PROMPT, ANSWER, WRONG, top_k=5)
+        except LensError as exc:  # e.g. a residual multiplier after the MLP: refused, never silently wrong
+            assert "not hook_post @ W_out" in str(exc)
+            return
+        whole = head_attribution(tc, PROMPT, ANSWER, WRONG)
+    sums = [t + b for t, b in zip(result.layer_totals, result.bias_totals, strict=True)]
+    assert sums == pytest.approx(whole.other.mlp, rel=5e-3, abs=1e-3)
+    tokens = case.bridge.to_tokens(PROMPT, prepend_bos=True)
+    with torch.no_grad():
+        _, cache = case.bridge.run_with_cache(tokens, names_filter=lambda n: n.endswith("mlp.hook_post"))
+    for neuron in result.top_neurons:
+        expected = float(cache[f"blocks.{neuron.layer}.mlp.hook_post"][0, -1, neuron.neuron])
+        assert neuron.activation == pytest.approx(expected, rel=REL, abs=TOL)
+
+
+def check_mlp_neurons(case: Case) -> None:
+    """Refused where a norm follows the MLP; elsewhere the listed neurons are the largest |hook_post|."""
+    with case.tc() as tc:
+        if case.family.post_norms:
+            _refused(lambda: mlp_neurons(tc, PROMPT, 0), "norm after the sublayer")
+            return
+        try:
+            result = mlp_neurons(tc, PROMPT, 0, top_k=3, top_tokens=2)
+        except LensError as exc:
+            assert "not hook_post @ W_out" in str(exc)
+            return
+    tokens = case.bridge.to_tokens(PROMPT, prepend_bos=True)
+    with torch.no_grad():
+        _, cache = case.bridge.run_with_cache(tokens, names_filter=["blocks.0.mlp.hook_post"])
+    expected = cache["blocks.0.mlp.hook_post"][0, -1].abs().argsort(descending=True)[:3].tolist()
+    assert [n.neuron for n in result.neurons] == expected
+
+
+def check_composition_scores(case: Case) -> None:
+    """Every (earlier sender, receiver) pair equals TransformerLens's all_composition_scores, for q, k and v."""
+    for kind in ("q", "k", "v"):
+        with case.tc() as tc:
+            scores = all_scores(tc, kind)
+            with torch.no_grad(), one_thread():
+                reference = case.bridge.all_composition_scores(kind.upper()).scores
+        assert scores[1] == pytest.approx(reference[:1, :, 1], abs=1e-5)
+
+
 CHECKS: dict[str, Callable[[Case], None]] = {
     "model_info": check_model_info,
     "tokenize": check_tokenize,
@@ -304,6 +387,10 @@ CHECKS: dict[str, Callable[[Case], None]] = {
     "patch_sweep": check_patch_sweep,
     "ablate_heads": check_ablate_heads,
     "induction_scores": check_induction_scores,
+    "head_output": check_head_output,
+    "neuron_attribution": check_neuron_attribution,
+    "mlp_neurons": check_mlp_neurons,
+    "composition_scores": check_composition_scores,
 }
 """Tool name -> check on one family. Add a line here when a tool is added."""
 

@@ -180,6 +180,15 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("model_info", {"layer": 0}, ("unknown argument 'layer'", "no arguments")),
     # ---- no such tool
     ("no_such_tool", {"text": "w1"}, ("unknown tool: 'no_such_tool'", "use one of", "tokenize")),
+    # ---- component readers
+    ("head_output", {"prompt": P, "layer": 9, "head": 0}, ("layer=9", "use 0..1")),
+    ("head_output", {"prompt": P, "layer": 1, "head": 2, "source_position": 99}, ("source_position=99", "use 0..")),
+    ("neuron_attribution", {"prompt": P, "answer": " w4", "layers": []}, ("layers: got an empty list", "omit layers")),
+    ("neuron_attribution", {"prompt": P, "answer": " w4 w5"}, ("answer must be a single token", "use the first")),
+    ("mlp_neurons", {"prompt": P, "layer": 0, "top_tokens": 0}, ("top_tokens=0", "use 1..20")),
+    ("mlp_neurons", {"prompt": P, "layer": -9}, ("layer=-9", "use 0..1")),
+    ("composition_scores", {"kind": "k", "layers": [0]}, ("layers", "pass later layers")),
+    ("composition_scores", {"kind": "k", "top_k": 0}, ("top_k=0", "use 1..100")),
 ]
 
 REFERENCE: list[tuple[str, dict[str, Any]]] = [

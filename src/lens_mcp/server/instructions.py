@@ -14,6 +14,8 @@ Workflow:
    ablate_heads zero- or mean-ablates heads and reports the metric before and after.
    attribution_patch screens big grids by gradient (cheap); confirm with patch_sweep.
 5. induction_scores finds induction, previous-token and duplicate-token heads.
+6. Components: head_output (what a head writes, copying or suppression), neuron_attribution and
+   mlp_neurons (MLP neurons), composition_scores (weight-based Q/K/V composition between heads).
 Units: logits and logit differences in raw logit units, probabilities 0..1, losses in nats; all numbers
 rounded to 4 significant digits. Ask for few layers/positions and small top_k: results are capped.
 Prompts with step-by-step plans: locate_fact (where is a fact stored), find_induction_circuit,

@@ -25,9 +25,13 @@ from lens_mcp.tools.model.model_info import model_info
 from lens_mcp.tools.model.tokenize import tokenize
 from lens_mcp.tools.reading.attention_pattern import attention_pattern
 from lens_mcp.tools.reading.head_attribution import head_attribution
+from lens_mcp.tools.reading.head_output import head_output
 from lens_mcp.tools.reading.induction_scores import induction_scores
 from lens_mcp.tools.reading.logit_lens import logit_lens
+from lens_mcp.tools.reading.mlp_neurons import mlp_neurons
+from lens_mcp.tools.reading.neuron_attribution import neuron_attribution
 from lens_mcp.tools.reading.run_with_cache import run_with_cache
+from lens_mcp.tools.weights.composition_scores import composition_scores
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,10 @@ TOOLS: tuple[ToolEntry, ...] = (
     ToolEntry(ablate_heads, "Ablate attention heads"),
     ToolEntry(attribution_patch, "Attribution patching (gradient estimate)"),
     ToolEntry(induction_scores, "Find induction heads"),
+    ToolEntry(head_output, "What one head writes"),
+    ToolEntry(neuron_attribution, "Direct logit attribution per MLP neuron"),
+    ToolEntry(mlp_neurons, "Most active neurons of one MLP"),
+    ToolEntry(composition_scores, "Q/K/V composition between heads"),
     ToolEntry(load_sae, "Load a sparse autoencoder", host=True),
     ToolEntry(sae_features, "SAE features of a prompt"),
     ToolEntry(feature_attribution, "Attribute an answer to SAE features"),

@@ -24,6 +24,7 @@ from lens_mcp.schemas.reading import HeadAttribution, OtherComponents
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.forward import cached_forward, output_slope, readout
 from lens_mcp.tools.core.metrics import AnswerMetric, resolve_metric
+from lens_mcp.tools.core.pairs import PairsArgument
 from lens_mcp.tools.core.tokens import encode, token_string
 from lens_mcp.tools.core.validation import check_top_k, resolve_position
 
@@ -52,10 +53,10 @@ def _stacked_or_none(tc: ToolContext, attribute: str) -> torch.Tensor | None:
 
 def head_attribution(
     tc: ToolContext,
-    prompt: Annotated[str, Field(description="The text to run (BOS is prepended)")],
+    prompt: Annotated[str | None, Field(description="The text to run (BOS is prepended). Or pass pairs")] = None,
     answer: Annotated[
-        str, Field(description="The expected next token, one token (usually with a leading space: ' Paris')")
-    ],
+        str | None, Field(description="The expected next token, one token (usually with a leading space: ' Paris')")
+    ] = None,
     wrong_answer: Annotated[
         str | None,
         Field(
@@ -67,6 +68,20 @@ def head_attribution(
     ] = None,
     position: Annotated[int, Field(description="Position whose prediction is attributed (-1 = last)")] = -1,
     top_k: Annotated[int, Field(description="How many heads to list by absolute contribution")] = 10,
+    by_source: Annotated[
+        bool,
+        Field(description="Also split one head's cell over the source positions it attends to (layer/head below)"),
+    ] = False,
+    layer: Annotated[int | None, Field(description="With by_source: the head's layer. Default: the top head's")] = None,
+    head: Annotated[int | None, Field(description="With by_source: the head. Default: the top head")] = None,
+    baseline_prompt: Annotated[
+        str | None,
+        Field(
+            description="Attribute prompt minus this prompt (same answer tokens): separates heads that push the "
+            "answer on any prompt from heads that carry what differs (e.g. the subject)"
+        ),
+    ] = None,
+    pairs: PairsArgument = None,
 ) -> HeadAttribution:
     """Direct logit attribution: how much each attention head writes logit(answer) - logit(wrong_answer) (or
     logit(answer)) into the residual stream at `position`, through the final norm's scale taken from the same
@@ -75,8 +90,29 @@ def head_attribution(
     MLP and the biases, their sum `total`, and `actual` (the metric from the model's real logits); `explained`
     and `note` say whether total matches actual (within 1e-3 on fp32). Norms after each sublayer (Gemma 2, OLMo 2)
     are frozen on this run like the final norm; on soft-capped models (Gemma) every number is the pre-cap logit
-    difference, as `metric` says. Direct effects only: a head that matters
-    through later layers can score near 0 here; patch it to see its total effect."""
+    difference, as `metric` says. Direct effects only: a head that matters through later layers can score near 0
+    here; patch it to see its total effect.
+    by_source=true: the head (layer, head; default the top one) split over source positions: attention weight x
+    value through W_O, in the grid's units; the parts sum to its cell. baseline_prompt: every number is prompt
+    minus baseline (a head that pushes the answer on any prompt nets out). pairs=[{clean_prompt, answer,
+    wrong_answer, corrupted_prompt?}]: the mean grid over pairs (corrupted_prompt, if given, is each pair's
+    baseline) with its spread and each pair's metric."""
+    from lens_mcp.tools.reading.head_sources import attribution_call  # it builds on this module
+
+    return attribution_call(
+        tc, prompt, answer, wrong_answer, position, top_k, by_source, layer, head, baseline_prompt, pairs
+    )
+
+
+def _attribute_prompt(
+    tc: ToolContext,
+    prompt: str,
+    answer: str,
+    wrong_answer: str | None,
+    position: int,
+    top_k: int,
+    unrounded: dict[str, Any] | None = None,
+) -> HeadAttribution:
     tokens = encode(tc, prompt)
     n_tokens = int(tokens.shape[-1])
     pos = resolve_position(position, n_tokens)
@@ -98,7 +134,14 @@ def head_attribution(
     assert logits is not None
     with torch.no_grad():
         return _attribute(
-            tc, metric, cache, float(metric(logits[0, pos])), pos, top_k, token_string(tc, int(tokens[0, pos]))
+            tc,
+            metric,
+            cache,
+            float(metric(logits[0, pos])),
+            pos,
+            top_k,
+            token_string(tc, int(tokens[0, pos])),
+            unrounded,
         )
 
 
@@ -146,7 +189,14 @@ def _attention_maps(tc: ToolContext, cache: Any, raw: torch.Tensor, direction: t
 
 
 def _attribute(
-    tc: ToolContext, metric: AnswerMetric, cache: Any, actual: float, pos: int, top_k: int, token: str
+    tc: ToolContext,
+    metric: AnswerMetric,
+    cache: Any,
+    actual: float,
+    pos: int,
+    top_k: int,
+    token: str,
+    unrounded: dict[str, Any] | None = None,
 ) -> HeadAttribution:
     bridge, cfg = tc.bridge, tc.cfg
     n_layers, n_heads = int(cfg.n_layers), int(cfg.n_heads)
@@ -217,6 +267,19 @@ def _attribute(
     total = heads_total + embed + (pos_embed or 0.0) + sum(mlp or []) + attn_bias + unembed_bias
     tolerance = FP32_TOLERANCE if tc.model.dtype == torch.float32 else 0.02 * max(1.0, abs(actual))
     gap = total - actual
+    if unrounded is not None:  # the unrounded parts, for callers combining attributions (baselines, pairs, sources)
+        unrounded.update(
+            heads=heads,
+            head_directions=head_directions,
+            scale=scale,
+            embed=embed,
+            pos_embed=pos_embed,
+            mlp=mlp,
+            attn_bias=attn_bias,
+            unembed_bias=unembed_bias,
+            total=total,
+            actual=actual,
+        )
     explained = abs(gap) <= tolerance
     if explained:
         note = (
