@@ -28,9 +28,21 @@ class ModelInfo(Result):
     from_cache: bool | None = Field(None, description="GGUF only: whether the dequantized cache was used")
     max_prompt_tokens: int = Field(description="Longest prompt this server accepts (min of n_ctx and its cap)")
 
+    def explain(self) -> str:
+        return (
+            f"{self.n_layers} layers (0..{self.n_layers - 1}) x {self.n_heads} query heads (0..{self.n_heads - 1}); "
+            "positions count from 0 with BOS at 0"
+        )
+
 
 class TokenizeResult(Result):
     n_tokens: int
     tokens: list[TokenPair] = Field(description="[id, string] per token, BOS included when prepended")
     is_single_token: bool = Field(description="Whether the text itself (without BOS) is exactly one token")
     single_token: TokenPair | None = Field(None, description="That token, when is_single_token")
+
+    def explain(self) -> str:
+        return (
+            "n_tokens counts BOS when prepended; is_single_token: whether the text alone is one token (answers "
+            "must be, usually with a leading space)"
+        )

@@ -17,7 +17,7 @@ from lens_mcp.schemas.common import HeadScore
 from lens_mcp.schemas.reading import HeadAttribution, OtherComponents
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.forward import cached_forward
-from lens_mcp.tools.core.metrics import AnswerMetric, resolve_metric
+from lens_mcp.tools.core.metrics import AnswerMetric, metric_warnings, resolve_metric
 from lens_mcp.tools.core.tokens import encode, token_string
 from lens_mcp.tools.core.validation import check_top_k, resolve_position
 
@@ -84,9 +84,11 @@ def head_attribution(
         names.append("ln_final.hook_scale")
     logits, cache = cached_forward(tc, tokens, names, positions=[pos])
     with torch.no_grad():
-        return _attribute(
+        result = _attribute(
             tc, metric, cache, float(metric(logits[0, pos])), pos, top_k, token_string(tc, int(tokens[0, pos]))
         )
+    result.warnings = metric_warnings(tc, metric, logits[0, pos])
+    return result
 
 
 def _attribute(
