@@ -215,3 +215,34 @@ def with_images(result: Any, model: BaseModel | None, tool: str) -> Any:
     if model is None or getattr(result, "is_error", False):
         return result
     return result.model_copy(update={"content": [*result.content, *image_blocks(model, tool)]})
+
+
+def save_images(result: Any, directory: str | None, stem: str) -> list[tuple[str, str]]:
+    """Write the PNG blocks of a CallToolResult to `directory` as <stem>-<k>.png (never overwriting a file);
+    returns (path, the block's description) per image. No directory: nothing is written."""
+    from pathlib import Path
+
+    if directory is None:
+        return []
+    content = list(getattr(result, "content", []) or [])
+    saved: list[tuple[str, str]] = []
+    folder = Path(directory).expanduser()
+    for index, block in enumerate(content):
+        if getattr(block, "type", None) != "image":
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        number = len(saved) + 1
+        path = folder / f"{stem}-{number}.png"
+        suffix = 1
+        while path.exists():
+            suffix += 1
+            path = folder / f"{stem}-{number}-{suffix}.png"
+        path.write_bytes(base64.b64decode(block.data))
+        following = content[index + 1] if index + 1 < len(content) else None
+        about = getattr(following, "text", "") if getattr(following, "type", None) == "text" else ""
+        saved.append((str(path), about))
+    return saved
+
+
+def count_images(result: Any) -> int:
+    return sum(getattr(block, "type", None) == "image" for block in getattr(result, "content", []) or [])
