@@ -30,6 +30,7 @@ MAX_IMAGES = 6
 MAX_TICKS = 40
 ANNOTATE_CELLS = 200
 _DPIS = (100, 80, 64, 50)
+MISSING_COLOUR = "#e6e6e6"
 
 IMAGE_PARAMETER = inspect.Parameter(
     IMAGE_ARGUMENT,
@@ -103,13 +104,12 @@ def render_heatmap(heatmap: Heatmap, max_bytes: int = MAX_PNG_BYTES) -> Rendered
     if heatmap.signed:
         bound = max(abs(low), abs(high), 1e-12)
         norm: Normalize = TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound)
-        cmap = colormaps["RdBu_r"].copy()
+        cmap = colormaps["RdBu_r"].with_extremes(bad=MISSING_COLOUR)
     else:
         if high <= low:
             high = low + 1e-12
         norm = Normalize(vmin=low, vmax=high)
-        cmap = colormaps["viridis"].copy()
-    cmap.set_bad("#e6e6e6")
+        cmap = colormaps["viridis"].with_extremes(bad=MISSING_COLOUR)
 
     longest_column = max((len(_short(c)) for c in heatmap.columns), default=1)
     longest_row = max((len(_short(r)) for r in heatmap.rows), default=1)
