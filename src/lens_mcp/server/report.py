@@ -45,6 +45,8 @@ table { border-collapse: collapse; margin: 6px 0 10px; font-size: 13px; }
 th, td { border: 1px solid #e1e4e8; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f3f4f6; font-weight: 600; }
 td.num { font-family: ui-monospace, monospace; text-align: right; }
+.numbers { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
+.numbers p { margin: 4px 0 0; }
 .figures { display: flex; flex-wrap: wrap; gap: 12px; }
 .figures figure { margin: 0; }
 .figures img { max-width: 100%; border: 1px solid #e1e4e8; border-radius: 4px; }
@@ -92,10 +94,10 @@ def key_numbers(result: Any) -> str:
     if not isinstance(result, dict):
         return f"<pre>{_e(_json(result))}</pre>"
     parts = []
-    scalars = [(k, v) for k, v in result.items() if k not in SKIPPED_SCALARS and _scalar(v) and k != "warnings"]
+    scalars = [(k, v) for k, v in result.items() if k not in SKIPPED_SCALARS and _scalar(v) and v is not None]
     if scalars:
         rows = "".join(f"<tr><th>{_e(k)}</th>{_cell(v)}</tr>" for k, v in scalars)
-        parts.append(f"<table>{rows}</table>")
+        parts.append(f"<div><p><b>numbers</b></p><table>{rows}</table></div>")
     for key, value in result.items():
         if (
             isinstance(value, list)
@@ -109,8 +111,8 @@ def key_numbers(result: Any) -> str:
                 "<tr>" + "".join(_cell(item.get(c)) for c in columns) + "</tr>" for item in value[:MAX_TABLE_ROWS]
             )
             more = f"<caption>first {MAX_TABLE_ROWS} of {len(value)}</caption>" if len(value) > MAX_TABLE_ROWS else ""
-            parts.append(f"<p><b>{_e(key)}</b></p><table>{more}<tr>{head}</tr>{body}</table>")
-    return "".join(parts)
+            parts.append(f"<div><p><b>{_e(key)}</b></p><table>{more}<tr>{head}</tr>{body}</table></div>")
+    return f'<div class="numbers">{"".join(parts)}</div>'
 
 
 def figures(tool: str, result: Any) -> str:
@@ -190,8 +192,8 @@ def _call(entry: dict[str, Any]) -> str:
             body.append(f'<div class="meaning">{_e(result["meaning"])}</div>')
         for warning in result.get("warnings") or []:
             body.append(f'<div class="warning">warning: {_e(warning)}</div>')
-        body.append(key_numbers(result))
         body.append(figures(tool, result))
+        body.append(key_numbers(result))
         body.append(f"<details><summary>full result</summary><pre>{_e(_json(result))}</pre></details>")
     else:
         body.append(f"<pre>{_e(_json(result))}</pre>")
