@@ -211,3 +211,23 @@ def test_replay_text_output_names_the_differing_call(tmp_path: Path, capsys: pyt
     out = capsys.readouterr().out
     assert "line 1 tokenize: DIFFERS: result.n_tokens: recorded 3, now 2" in out
     assert "3 calls" in out and "2 same, 1 differ" in out and "fingerprint matches" in out
+
+
+@pytest.mark.subprocess
+async def test_serve_over_stdio_records_with_the_flag(tmp_path: Path) -> None:
+    from mcp import Client, StdioServerParameters
+
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "lens_mcp", "serve", "--model", "toy-induction", "--device", "cpu", "--record", str(tmp_path)],
+        env={**os.environ},
+    )
+    async with Client(params, mode="legacy", read_timeout_seconds=600) as client:
+        drawn = await client.call_tool("logit_lens", {"prompt": PROMPT, "answer": " w3", "image": True})
+        refused = await client.call_tool("logit_lens", {"prompt": PROMPT, "top_k": 0})
+    assert [block.type for block in drawn.content] == ["text", "image", "text"]  # stdout stayed protocol-only
+    (path,) = tmp_path.glob("lens-mcp-*-serve-*.jsonl")
+    entries = read_record(path).entries
+    assert [(e["tool"], e["ok"]) for e in entries] == [("logit_lens", True), ("logit_lens", False)]
+    assert entries[0]["result"] == drawn.structured_content
+    assert entries[1]["error"] == refused.content[0].text

@@ -45,7 +45,9 @@ class Result(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    meaning: str = Field("", description="One line: what the main number(s) of this result mean (sign, units, scale)")
+    meaning: str = Field(
+        default="", description="One line: what the main number(s) of this result mean (sign, units, scale)"
+    )
 
     def explain(self) -> str:
         """The default `meaning`, built from the result's fields; result models override it."""

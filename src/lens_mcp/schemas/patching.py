@@ -67,7 +67,7 @@ class PatchSweepResult(Result):
         layers = [str(layer) for layer in self.layers]
         if self.axes == ["layer", "head", "position"]:
             assert self.heads is not None and self.positions is not None
-            values = [list(row) for layer_rows in self.grid for row in layer_rows]  # type: ignore[union-attr]
+            values = [list(row) for layer_rows in self.grid for row in layer_rows]  # type: ignore[union-attr,arg-type]
             rows = [f"L{layer}H{head}" for layer in self.layers for head in self.heads]
             return [
                 Heatmap(

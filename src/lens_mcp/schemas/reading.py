@@ -172,7 +172,9 @@ class LogitLens(Result):
         return text + "; the 'final' row is the model's real prediction"
 
     def heatmaps(self) -> list[Heatmap]:
-        rows, values, notes = [], [], []
+        rows: list[str] = []
+        values: list[list[float | None]] = []
+        notes: list[str] = []
         annotations: list[list[str]] = []
         if self.answer is not None:
             rows.append(f"p({self.answer.token!r})")

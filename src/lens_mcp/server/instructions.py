@@ -14,7 +14,8 @@ Workflow:
    ablate_heads zero- or mean-ablates heads and reports the metric before and after.
 5. induction_scores finds induction, previous-token and duplicate-token heads.
 Units: logits and logit differences in raw logit units, probabilities 0..1, losses in nats; all numbers
-rounded to 4 significant digits. Ask for few layers/positions and small top_k: results are capped.
+rounded to 4 significant digits; each result's `meaning` says what its main number means. Ask for few
+layers/positions and small top_k: results are capped. Grid tools take image=true for PNG heatmaps.
 Prompts with step-by-step plans: locate_fact (where is a fact stored), find_induction_circuit,
 explain_prediction. Resources: lens://model/info, lens://model/hooks (hook names), lens://server/limits.
 Long tools report progress and can be cancelled. load_model switches the model (the old one stays

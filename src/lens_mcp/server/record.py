@@ -80,7 +80,7 @@ def compute_fingerprint(bridge: Any) -> str:
             data = tensor.detach()
             if data.device.type != "cpu":
                 data = data.cpu()
-            digest.update(data.contiguous().reshape(-1).view(torch.uint8).numpy())
+            digest.update(data.contiguous().reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
     return f"{FINGERPRINT_ALGORITHM}:{digest.hexdigest()}"
 
 

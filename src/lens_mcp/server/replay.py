@@ -119,7 +119,7 @@ async def replay(record: RecordFile, args: argparse.Namespace, out: TextIO, err:
                 now: dict[str, Any] = {"ok": False, "error": result_text(result)}
             else:
                 now = {"ok": True, "result": result_data(result)}
-            before = {"ok": bool(entry.get("ok"))}
+            before: dict[str, Any] = {"ok": bool(entry.get("ok"))}
             before.update({"result": entry.get("result")} if entry.get("ok") else {"error": entry.get("error")})
             found = differences(before, now, atol=args.atol)
             recorded_model = entry.get("model") if isinstance(entry.get("model"), dict) else None

@@ -84,10 +84,9 @@ def head_attribution(
         names.append("ln_final.hook_scale")
     logits, cache = cached_forward(tc, tokens, names, positions=[pos])
     with torch.no_grad():
-        result = _attribute(
-            tc, metric, cache, float(metric(logits[0, pos])), pos, top_k, token_string(tc, int(tokens[0, pos]))
-        )
-    result.warnings = metric_warnings(tc, metric, logits[0, pos])
+        read = logits[0, pos]
+        result = _attribute(tc, metric, cache, float(metric(read)), pos, top_k, token_string(tc, int(tokens[0, pos])))
+    result.warnings = metric_warnings(tc, metric, read)
     return result
 
 
