@@ -54,8 +54,10 @@ def supports_images(result_model: Any) -> bool:
 
 
 def heatmaps_of(result: BaseModel) -> list[Heatmap]:
+    """The result's heatmaps that have cells (a dry run's empty grids draw nothing)."""
     method = getattr(result, "heatmaps", None)
-    return list(method()) if callable(method) else []
+    maps = list(method()) if callable(method) else []
+    return [heatmap for heatmap in maps if heatmap.shape[0] and heatmap.shape[1]]
 
 
 @dataclass(frozen=True)
