@@ -4,15 +4,18 @@ import from here; no test module imports another."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformer_lens import patching
 
 from lens_mcp.tools.core.context import ToolContext
@@ -436,3 +439,23 @@ def by_hand(tc: ToolContext, tokens: torch.Tensor) -> tuple[dict[str, torch.Tens
     first = losses[:, 0:seq_len].mean().item()  # tokens 1..seq_len
     copy = losses[:, seq_len + 1 :].mean().item()  # tokens seq_len+2..2*seq_len (the first is unpredictable)
     return grids, first, copy
+
+
+# ---- SAEs ---------------------------------------------------------------------------------------------------
+
+
+def write_sae_folder(folder: Path, d_in: int, hook: str, d_sae: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random ReLU SAE in SAELens's disk format (cfg.json + sae_weights.safetensors) reading `hook`; returns its
+    weights (W_enc, b_enc, W_dec, b_dec)."""
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {
+        "W_enc": torch.randn(d_in, d_sae, generator=gen) / d_in**0.5,
+        "b_enc": torch.full((d_sae,), 0.05),
+        "W_dec": torch.randn(d_sae, d_in, generator=gen) / d_in**0.5,
+        "b_dec": torch.randn(d_in, generator=gen) * 0.01,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "sae_weights.safetensors"))
+    cfg = {"architecture": "standard", "d_in": d_in, "d_sae": d_sae, "metadata": {"hook_name": hook}}
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    return tensors

@@ -11,7 +11,6 @@ from CHECKS (and from NOT_IN_MATRIX) fails test_every_registered_tool_is_in_the_
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import tempfile
@@ -24,7 +23,6 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import save_file
 from transformer_lens import patching
 from transformer_lens.tools.analysis.logit_lens import logit_lens as tl_logit_lens
 
@@ -57,6 +55,7 @@ from lens_mcp.tools.reading.run_with_cache import run_with_cache
 from lens_mcp.tools.weights.composition_scores import all_scores, one_thread
 from tests.architectures import FAMILIES, Family, build
 from tests.registry_helpers import registered_tool_names
+from tests.shared import write_sae_folder
 
 TOL = 1e-4
 REL = 1e-3  # rounded results: 4 significant digits
@@ -526,28 +525,12 @@ SAE_HOOK = "blocks.1.hook_resid_pre"
 D_SAE = 32
 
 
-def write_sae_folder(folder: Path, d_in: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A ReLU SAE in SAELens's disk format on SAE_HOOK (cfg.json + sae_weights.safetensors); returns its weights."""
-    gen = torch.Generator().manual_seed(seed)
-    tensors = {
-        "W_enc": torch.randn(d_in, D_SAE, generator=gen) / d_in**0.5,
-        "b_enc": torch.full((D_SAE,), 0.05),
-        "W_dec": torch.randn(D_SAE, d_in, generator=gen) / d_in**0.5,
-        "b_dec": torch.randn(d_in, generator=gen) * 0.01,
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(folder / "sae_weights.safetensors"))
-    cfg = {"architecture": "standard", "d_in": d_in, "d_sae": D_SAE, "metadata": {"hook_name": SAE_HOOK}}
-    (folder / "cfg.json").write_text(json.dumps(cfg))
-    return tensors
-
-
 @contextmanager
 def sae_loaded(case: Case) -> Iterator[dict[str, torch.Tensor]]:
     """A random SAE with d_in = the family's d_model on SAE_HOOK, loaded through the load_sae tool; removed after."""
     assert case.host.model is not None
     with tempfile.TemporaryDirectory() as folder:
-        weights = write_sae_folder(Path(folder), int(case.hf.config.hidden_size))
+        weights = write_sae_folder(Path(folder), int(case.hf.config.hidden_size), SAE_HOOK, D_SAE)
         result = load_sae(case.host, no_progress, folder)
     assert result.loaded.hook == SAE_HOOK and not result.replaced
     try:
@@ -582,7 +565,7 @@ def check_load_sae(case: Case) -> None:
     assert case.host.model is not None
     d_model = int(case.hf.config.hidden_size)
     with tempfile.TemporaryDirectory() as folder:
-        write_sae_folder(Path(folder), d_model + 1)
+        write_sae_folder(Path(folder), d_model + 1, SAE_HOOK, D_SAE)
         _refused(lambda: load_sae(case.host, no_progress, folder), f"d_in={d_model + 1} but the activation")
     assert case.host.model.saes == {}
     with sae_loaded(case) as weights:
@@ -710,7 +693,6 @@ def check_generate(case: Case) -> None:
         with case.tc() as tc:
             steering_vector(tc, "v", POSITIVE, NEGATIVE, layer=1)
             vector = tc.model.steering_vectors["v"].vector.float().cpu()
-            plain = generate(tc, GENERATE_PROMPT, max_new_tokens=N_NEW)
             zero = generate(tc, GENERATE_PROMPT, max_new_tokens=N_NEW, interventions=[{"steer": "v", "alpha": 0}])
             steered = generate(
                 tc, GENERATE_PROMPT, max_new_tokens=N_NEW, interventions=[{"steer": "v", "alpha": alpha}]
@@ -727,9 +709,9 @@ def check_generate(case: Case) -> None:
             expected_strings, steered_strings = strings(expected_ids), strings(steered_ids)
     finally:
         case.host.model.steering_vectors.clear()
-    assert plain.baseline is not None and zero.intervened is not None and steered.intervened is not None
-    assert [t.token for t in plain.baseline.tokens] == expected_strings
-    assert [t.logprob for t in plain.baseline.tokens] == pytest.approx(expected_lp, rel=REL, abs=TOL)
+    assert zero.baseline is not None and zero.intervened is not None and steered.intervened is not None
+    assert [t.token for t in zero.baseline.tokens] == expected_strings
+    assert [t.logprob for t in zero.baseline.tokens] == pytest.approx(expected_lp, rel=REL, abs=TOL)
     assert [t.model_dump() for t in zero.intervened.tokens] == [t.model_dump() for t in zero.baseline.tokens]
     assert [t.token for t in steered.intervened.tokens] == steered_strings
     assert [t.logprob for t in steered.intervened.tokens] == pytest.approx(steered_lp, rel=REL, abs=TOL)
