@@ -3,7 +3,8 @@ save_pretrained and loaded through ModelHost.load, the path a user's `--model <f
 
 Each check compares a tool's numbers with an independent computation on the same model: the Hugging Face
 model's own logits (the weights TransformerLens booted from), TransformerLens's patching and logit-lens
-functions, or TransformerLens's cache. Raw (unrounded) internals are compared within 1e-4; rounded results
+functions, TransformerLens's cache, or the Hugging Face model driven by hand (autograd gradients at its layer inputs
+and attention output projections, edits there through forward pre-hooks, a no-cache greedy loop). Raw (unrounded) internals are compared within 1e-4; rounded results
 within their 4 significant digits.
 
 To put a new tool in the matrix: write `check_<tool>(case)` and add it to CHECKS. A registered tool missing
