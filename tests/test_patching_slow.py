@@ -55,7 +55,7 @@ def test_the_eiffel_tower_sweep_finds_the_subject_tokens(smol: ToolContext) -> N
     # Up to the middle layers the subject tokens carry the answer; late layers, the last position does.
     assert all(max(row[2:5]) > 0.5 for row in result.grid[:20])
     assert all(max(row[2:5]) < 0.1 and row[9] > 0.5 for row in result.grid[-5:])
-    assert all(value == 0 for row in result.grid for value in row[:2])  # BOS and 'The' are the same in both
+    assert all(value is None for row in result.grid for value in row[:2])  # BOS and 'The' are the same in both
     top = result.top_cells[0]
     assert (top.position, top.clean_token, top.corrupted_token) == (3, "iffel", "osse")
     assert result.method == "driven" and result.forward_passes < 30
@@ -77,3 +77,22 @@ def test_ablate_heads_equals_hand_written_hooks(smol: ToolContext) -> None:
     with torch.no_grad():
         logits = smol.bridge(smol.bridge.to_tokens(CLEAN))[0, -1]
     assert result.metric_before == pytest.approx(float(logits[a] - logits[b]), rel=1e-3)
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+@pytest.mark.parametrize("component", ["q", "k", "v", "pattern"])
+def test_head_inputs_equal_transformer_lens(smol: ToolContext, component: str, direction: str) -> None:
+    """Under grouped-query attention k and v are patched per key/value head (3 per layer, not 9)."""
+    from tests.test_patching_inputs import tl_head_values
+
+    sweep = run_sweep(smol, CLEAN, CORRUPTED, ANSWER, WRONG, component, layers=[0, 13, 29], direction=direction)
+    assert sweep.heads == list(range(3 if component in ("k", "v") else 9))
+    reference = tl_head_values(smol, component, sweep.cells, direction, CLEAN, CORRUPTED, ANSWER, WRONG)
+    assert float((sweep.values - reference).abs().max()) <= TOL
+    assert sweep.engine.stats.method == "driven"
+
+
+def test_key_value_heads_are_labelled_under_grouped_query_attention(smol: ToolContext) -> None:
+    result = patch_sweep(smol, CLEAN, CORRUPTED, ANSWER, WRONG, "v", layers=[20, 29])
+    assert result.axes == ["layer", "kv_head"] and result.heads == [0, 1, 2]
+    assert any("grouped-query attention" in note and "3 query heads" in note for note in result.notes)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Annotated, Literal
 
-from lens_mcp.schemas.common import Grid, Grid3, Result, Rounded
+from pydantic import AfterValidator, BaseModel, Field
+
+from lens_mcp.schemas.common import Result, Rounded, round_nested
+
+NullableGrid = Annotated[list[list[float | None]], AfterValidator(round_nested)]
+"""A 2-D grid of rounded floats; null where a cell was skipped."""
+NullableGrid3 = Annotated[list[list[list[float | None]]], AfterValidator(round_nested)]
 
 
 class PatchCell(BaseModel):
@@ -16,21 +22,43 @@ class PatchCell(BaseModel):
     value: Rounded = Field(description="The cell's value, as in the grid")
 
 
+class PairMetrics(BaseModel):
+    clean_metric: Rounded = Field(description="Metric on this pair's clean prompt")
+    corrupted_metric: Rounded = Field(description="Metric on this pair's corrupted prompt")
+    clean_tokens: list[str] = Field(description="This pair's clean prompt tokens (BOS is position 0)")
+    corrupted_tokens: list[str] = Field(description="This pair's corrupted prompt tokens")
+
+
 class PatchSweepResult(Result):
     component: str
-    metric: str = Field(description="What the metric measures, at the last position")
-    normalized: bool = Field(
-        description="True: grid = (patched - corrupted) / (clean - corrupted); false: the raw patched metric"
+    direction: Literal["denoise", "noise"] = Field(
+        description="denoise: clean activations patched into the corrupted run; noise: corrupted into the clean run"
     )
-    clean_tokens: list[str] = Field(description="The clean prompt's tokens (BOS is position 0)")
-    corrupted_tokens: list[str] = Field(description="The corrupted prompt's tokens")
-    clean_metric: Rounded = Field(description="Metric on the clean prompt")
-    corrupted_metric: Rounded = Field(description="Metric on the corrupted prompt")
-    axes: list[str] = Field(description="Grid axes, outermost first, e.g. ['layer', 'position']")
+    metric: str = Field(description="What the metric measures, at the last position")
+    normalized: bool = Field(description="True: the grid is normalized as `meaning` says; false: the raw metric")
+    meaning: str = Field(description="What a grid value means: sign, and what 1 is")
+    clean_tokens: list[str] | None = Field(
+        None, description="The clean prompt's tokens (BOS is position 0); with pairs, in `pairs`"
+    )
+    corrupted_tokens: list[str] | None = Field(None, description="The corrupted prompt's tokens")
+    clean_metric: Rounded = Field(description="Metric on the clean prompt (with pairs: mean over pairs)")
+    corrupted_metric: Rounded = Field(description="Metric on the corrupted prompt (with pairs: mean over pairs)")
+    axes: list[str] = Field(
+        description="Grid axes, outermost first, e.g. ['layer', 'position']; 'kv_head' = key/value head"
+    )
     layers: list[int] = Field(description="Layer of each grid row")
-    positions: list[int] | None = Field(None, description="Position of each position-axis entry")
-    heads: list[int] | None = Field(None, description="Head of each head-axis entry")
-    grid: Grid | Grid3 = Field(description="Values, indexed as `axes` says (4 significant digits)")
+    positions: list[int] | None = Field(
+        None, description="Position of each position-axis entry (as given, when pairs differ in length)"
+    )
+    heads: list[int] | None = Field(None, description="Head (or key/value head) of each head-axis entry")
+    grid: NullableGrid | NullableGrid3 = Field(
+        description="Values, indexed as `axes` says (4 significant digits; with pairs, the mean over pairs); "
+        "null = skipped (identical activations)"
+    )
+    spread: NullableGrid | NullableGrid3 | None = Field(
+        None, description="With pairs: standard deviation over pairs of each cell (same layout as grid)"
+    )
+    pairs: list[PairMetrics] | None = Field(None, description="With pairs: each pair's metrics and tokens")
     top_cells: list[PatchCell] = Field(description="Cells with the largest |value|, largest first")
     n_cells: int
     forward_passes: int = Field(
@@ -38,8 +66,7 @@ class PatchSweepResult(Result):
         "(TransformerLens's patching functions run one per cell)"
     )
     skipped_cells: int = Field(
-        description="Cells whose clean and corrupted activations are identical "
-        "(they equal the corrupted metric; nothing to run)"
+        description="Cells whose clean and corrupted activations are identical (null in the grid; nothing to run)"
     )
     method: str = Field(
         description="driven: patched rows start at the patched layer and reuse the corrupted "

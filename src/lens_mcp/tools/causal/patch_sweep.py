@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
 
 from lens_mcp.errors import LensError
-from lens_mcp.schemas.patching import PatchCell, PatchSweepResult
+from lens_mcp.schemas.patching import PairMetrics, PatchCell, PatchSweepResult
 from lens_mcp.tools.causal.patching_engine import Patch, PatchEngine, Readout, make_patch
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
@@ -19,7 +20,10 @@ from lens_mcp.tools.core.metrics import AnswerMetric, MetricName, resolve_metric
 from lens_mcp.tools.core.tokens import encode_pair, token_strings
 from lens_mcp.tools.core.validation import resolve_layers, resolve_positions
 
-Component = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos"]
+Component = Literal[
+    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos", "q", "k", "v", "pattern"
+]
+Direction = Literal["denoise", "noise"]
 COMPONENT_FAMILY = {
     "resid_pre": "resid_pre",
     "resid_mid": "resid_mid",
@@ -28,7 +32,16 @@ COMPONENT_FAMILY = {
     "mlp_out": "mlp_out",
     "heads": "z",
     "heads_by_pos": "z",
+    "q": "q",
+    "k": "k",
+    "v": "v",
+    "pattern": "pattern",
 }
+PER_HEAD = ("heads", "q", "k", "v", "pattern")
+"""Components that patch one head at every position (no position axis)."""
+AFTER_LAST_ATTENTION = ("resid_mid", "resid_post", "attn_out", "mlp_out", "heads_by_pos")
+"""Per-position components that, in the last layer, reach the last position only through that position."""
+DIRECTIONS = ("denoise", "noise")
 TOP_CELLS = 10
 
 
@@ -45,14 +58,20 @@ def _check_component(tc: ToolContext, component: str) -> str:
     return family
 
 
+def n_kv_heads(tc: ToolContext) -> int:
+    """Key/value heads per layer (fewer than query heads under grouped-query attention)."""
+    return int(getattr(tc.cfg, "n_key_value_heads", None) or tc.cfg.n_heads)
+
+
 @dataclass
 class Sweep:
     """The raw outcome of a sweep (unrounded), for patch_sweep and for tests against TransformerLens."""
 
     values: torch.Tensor
-    """Patched metric per cell (not normalized), in the order of `cells`."""
+    """Patched metric per cell (not normalized), in the order of `cells`; a skipped or inert cell holds the
+    metric of the run patched into."""
     cells: list[tuple[int, int | None, int | None]]
-    """(layer, head, position) of each cell: layer-major, then head, then position."""
+    """(layer, head, position) of each cell: layer-major, then head, then position (absolute positions)."""
     clean_metric: float
     corrupted_metric: float
     layers: list[int]
@@ -61,33 +80,83 @@ class Sweep:
     tokens: torch.Tensor
     metric: AnswerMetric
     engine: PatchEngine
+    direction: str = "denoise"
+    skipped: list[bool] = field(default_factory=list)
+    """Per cell: the clean and corrupted activations are bitwise identical (patching cannot change anything)."""
+    inert: list[bool] = field(default_factory=list)
+    """Per cell: the patch cannot reach the metric by construction (last layer, an earlier position)."""
+
+    @property
+    def base_metric(self) -> float:
+        """The metric of the run patched into (corrupted when denoising, clean when noising)."""
+        return self.corrupted_metric if self.direction == "denoise" else self.clean_metric
+
+    @property
+    def source_metric(self) -> float:
+        return self.clean_metric if self.direction == "denoise" else self.corrupted_metric
 
 
-def run_sweep(
+@dataclass(frozen=True)
+class PairSpec:
+    """One prompt pair of a sweep."""
+
+    clean_prompt: str
+    corrupted_prompt: str
+    answer: str
+    wrong_answer: str | None
+
+
+def _arg(prefix: str, name: str) -> str:
+    return f"{prefix}{name}" if prefix else name
+
+
+def run_sweeps(
     tc: ToolContext,
-    clean_prompt: str,
-    corrupted_prompt: str,
-    answer: str,
-    wrong_answer: str | None,
+    pairs: Sequence[PairSpec],
     component: str = "resid_pre",
     layers: list[int] | None = None,
     positions: list[int] | None = None,
     metric: str = "logit_diff",
-) -> Sweep:
-    """Validate the arguments and run every cell of the sweep; see patch_sweep."""
+    direction: str = "denoise",
+    *,
+    arg_prefix: Callable[[int], str] | None = None,
+) -> list[Sweep]:
+    """Validate the arguments and run every cell of the sweep for each pair, rows of all pairs of one length
+    batched together in one engine. Positions are resolved per pair (negative ones count from each pair's end);
+    pairs of different lengths need negative positions, or a per-head component."""
     family = _check_component(tc, component)
-    tokens = encode_pair(tc, clean_prompt, corrupted_prompt, "clean_prompt", "corrupted_prompt")
-    answer_metric = resolve_metric(tc, answer, wrong_answer, metric, require_wrong=True)
-    n_layers, n_tokens, n_heads = int(tc.cfg.n_layers), int(tokens.shape[-1]), int(tc.cfg.n_heads)
-    layer_list = resolve_layers(layers, n_layers)
-    by_head = component in ("heads", "heads_by_pos")
-    if component == "heads" and positions is not None:
+    if direction not in DIRECTIONS:
+        raise LensError(f"direction={direction!r} is not one of {', '.join(DIRECTIONS)}.")
+    if component in PER_HEAD and positions is not None:
         raise LensError(
-            "positions= does not apply to component='heads' (it patches every position of a head); "
-            "use component='heads_by_pos' to patch one position at a time."
+            f"positions= does not apply to component={component!r} (it patches every position of a head); "
+            "use component='heads_by_pos' to patch one head output at one position at a time."
         )
-    position_list = None if component == "heads" else resolve_positions(positions, n_tokens)
-    head_list = list(range(n_heads)) if by_head else None
+    prefix = arg_prefix or (lambda _i: "")
+    encoded = [
+        encode_pair(
+            tc, p.clean_prompt, p.corrupted_prompt, _arg(prefix(i), "clean_prompt"), _arg(prefix(i), "corrupted_prompt")
+        )
+        for i, p in enumerate(pairs)
+    ]
+    metrics = [resolve_metric(tc, p.answer, p.wrong_answer, metric, require_wrong=True) for p in pairs]
+    n_layers, n_heads = int(tc.cfg.n_layers), int(tc.cfg.n_heads)
+    layer_list = resolve_layers(layers, n_layers)
+    lengths = [int(t.shape[-1]) for t in encoded]
+    position_lists: list[list[int] | None] = [None] * len(pairs)
+    if component not in PER_HEAD:
+        if len(set(lengths)) > 1 and (positions is None or any(int(q) >= 0 for q in positions if isinstance(q, int))):
+            first = next(i for i, n in enumerate(lengths) if n != lengths[0])
+            raise LensError(
+                f"pairs[{first}] tokenizes to {lengths[first]} tokens but pairs[0] to {lengths[0]}: with "
+                f"component={component!r} every pair must have the same length, unless positions are all "
+                "negative (counted from the end, e.g. positions=[-1, -2]); per-head components (heads, q, k, v, "
+                "pattern) accept any lengths."
+            )
+        position_lists = [resolve_positions(positions, n) for n in lengths]
+    head_count = n_kv_heads(tc) if component in ("k", "v") else n_heads
+    head_list = list(range(head_count)) if component in (*PER_HEAD, "heads_by_pos") else None
+    position_list = position_lists[0]
     n_cells = len(layer_list) * (len(head_list) if head_list else 1) * (len(position_list) if position_list else 1)
     if n_cells > tc.limits.max_sweep_cells:
         shape = " x ".join(
@@ -102,35 +171,249 @@ def run_sweep(
         )
 
     hooks = {layer: hook_name(family, layer) for layer in layer_list}
-    readout = Readout(tc, answer_metric)
-    counter = ProgressCounter(tc.progress, total=n_cells, unit="cells patched")
+    head_axis = 1 if component == "pattern" else 2
+    last_layer = n_layers - 1
+    total = n_cells * len(pairs)
+    counter = ProgressCounter(tc.progress, total=total, unit="cells patched")
+    by_length: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        by_length.setdefault(n, []).append(i)
+    sweeps: list[Sweep | None] = [None] * len(pairs)
     with torch.no_grad():
-        engine = PatchEngine(tc, tokens, readout, list(hooks.values()))
-        engine.prepare()
-        tc.progress(0, n_cells, "clean and corrupted runs done")
-
-        cells: list[tuple[int, int | None, int | None]] = []  # (layer, head, position)
-        patches: list[Patch] = []
-        for layer in layer_list:
-            hook = hooks[layer]
-            for head in head_list or [None]:
-                for position in position_list or [None]:
-                    cells.append((layer, head, position))
-                    patches.append(
-                        make_patch(layer, hook, engine.clean_cache[hook], engine.cache[hook], position, head)
+        for n_tokens, members in by_length.items():
+            ordered = [
+                encoded[i] if direction == "denoise" else encoded[i].flip(0) for i in members
+            ]  # row 0 of each pair is read from, row 1 is patched into
+            readouts = [Readout(tc, metrics[i]) for i in members]
+            engine = PatchEngine(tc, torch.cat(ordered, dim=0), readouts, list(hooks.values()))
+            engine.prepare()
+            for hook in hooks.values():
+                shape = engine.cache[hook].shape
+                if head_list is not None and shape[head_axis] != len(head_list):
+                    raise LensError(
+                        f"component={component!r}: {hook} has {shape[head_axis]} heads on this model, expected "
+                        f"{len(head_list)}; this architecture is not supported for this component."
                     )
-        values = engine.run(patches, counter)
-    return Sweep(
-        values,
-        cells,
-        engine.clean_value,
-        engine.metric_value,
-        layer_list,
-        head_list,
-        position_list,
-        tokens,
-        answer_metric,
-        engine,
+            tc.progress(0, total, "clean and corrupted runs done")
+            patches: list[Patch] = []
+            per_pair: list[tuple[list, list[bool]]] = []
+            for slot, i in enumerate(members):
+                cells: list[tuple[int, int | None, int | None]] = []
+                inert: list[bool] = []
+                for layer in layer_list:
+                    hook = hooks[layer]
+                    source, base = engine.clean_cache[hook][slot : slot + 1], engine.cache[hook][slot : slot + 1]
+                    for head in head_list if head_list is not None else [None]:
+                        for position in position_lists[i] or [None]:
+                            cells.append((layer, head, position))
+                            dead = (
+                                component in AFTER_LAST_ATTENTION
+                                and layer == last_layer
+                                and position is not None
+                                and position != n_tokens - 1
+                            )
+                            inert.append(dead)
+                            patch = make_patch(
+                                layer, hook, source, base, position, head, head_axis=head_axis, pair=slot
+                            )
+                            if dead:
+                                patch = replace(patch, first_diff=None)
+                            patches.append(patch)
+                per_pair.append((cells, inert))
+            values = engine.run(patches, counter)
+            skipped_all = [p.first_diff is None for p in patches]
+            for slot, i in enumerate(members):
+                cells, inert = per_pair[slot]
+                part = slice(slot * len(cells), (slot + 1) * len(cells))
+                source_value, base_value = engine.clean_values[slot], engine.metric_values[slot]
+                clean_value, corrupted_value = (
+                    (source_value, base_value) if direction == "denoise" else (base_value, source_value)
+                )
+                sweeps[i] = Sweep(
+                    values[part].clone(),
+                    cells,
+                    clean_value,
+                    corrupted_value,
+                    layer_list,
+                    head_list,
+                    position_lists[i],
+                    encoded[i],
+                    metrics[i],
+                    engine,
+                    direction,
+                    [s and not d for s, d in zip(skipped_all[part], inert, strict=True)],
+                    inert,
+                )
+    return [s for s in sweeps if s is not None]
+
+
+def run_sweep(
+    tc: ToolContext,
+    clean_prompt: str,
+    corrupted_prompt: str,
+    answer: str,
+    wrong_answer: str | None,
+    component: str = "resid_pre",
+    layers: list[int] | None = None,
+    positions: list[int] | None = None,
+    metric: str = "logit_diff",
+    direction: str = "denoise",
+) -> Sweep:
+    """Validate the arguments and run every cell of the sweep on one pair; see patch_sweep."""
+    pair = PairSpec(clean_prompt, corrupted_prompt, answer, wrong_answer)
+    return run_sweeps(tc, [pair], component, layers, positions, metric, direction)[0]
+
+
+def _meaning(direction: str, normalized: bool, metric: str) -> str:
+    if not normalized:
+        return f"each cell is the raw metric ({metric}) with that one activation patched"
+    if direction == "denoise":
+        return (
+            "(patched - corrupted) / (clean - corrupted): 1 = this clean activation alone restores the clean "
+            "behaviour in the corrupted run, 0 = no effect, negative = pushes further toward the corrupted answer"
+        )
+    return (
+        "(clean - patched) / (clean - corrupted): 1 = this corrupted activation alone fully breaks the clean "
+        "behaviour in the clean run, 0 = no effect, negative = strengthens the clean answer"
+    )
+
+
+def _shape_grid(flat: list[float | None], n_layers: int, n_heads: int | None, n_pos: int | None) -> list:
+    if n_heads is not None and n_pos is not None:
+        return [
+            [flat[(i * n_heads + h) * n_pos : (i * n_heads + h + 1) * n_pos] for h in range(n_heads)]
+            for i in range(n_layers)
+        ]
+    width = n_heads if n_heads is not None else n_pos or 1
+    return [flat[i * width : (i + 1) * width] for i in range(n_layers)]
+
+
+def summarize_sweeps(
+    tc: ToolContext,
+    sweeps: list[Sweep],
+    component: str,
+    normalize: bool,
+    positions: list[int] | None,
+    started: float,
+) -> PatchSweepResult:
+    """The result of patch_sweep from the raw sweeps of one or more pairs: per pair normalized (if asked and
+    possible), then averaged cell by cell; skipped cells (identical activations in every pair) are null."""
+    first = sweeps[0]
+    direction, metric_text = first.direction, f"{first.metric.description} at the last position"
+    notes: list[str] = []
+    for note in (n for s in sweeps for n in s.engine.stats.notes):
+        if note not in notes:
+            notes.append(note)
+    spans = [s.source_metric - s.base_metric for s in sweeps]
+    do_normalize = normalize
+    flat_spans = [i for i, span in enumerate(spans) if abs(span) < 1e-6]
+    if normalize and flat_spans:
+        do_normalize = False
+        which = "" if len(sweeps) == 1 else f" (pairs[{flat_spans[0]}])"
+        notes.append(
+            f"clean and corrupted metrics are equal{which}, so the grid cannot be normalized: raw metric shown"
+        )
+    rows = []
+    for sweep, span in zip(sweeps, spans, strict=True):
+        values = sweep.values.double()
+        rows.append((values - sweep.base_metric) / span if do_normalize else values)
+    stacked = torch.stack(rows)  # [pairs, cells]
+    mean = stacked.mean(dim=0)
+    skipped = [all(s.skipped[c] for s in sweeps) for c in range(len(first.cells))]
+    inert = [all(s.inert[c] for s in sweeps) for c in range(len(first.cells))]
+    flat: list[float | None] = [None if skip else float(v) for v, skip in zip(mean.tolist(), skipped, strict=True)]
+    if do_normalize:
+        flat = [0.0 if dead else v for v, dead in zip(flat, inert, strict=True)]
+    n_skipped = sum(skipped)
+    if n_skipped:
+        notes.append(
+            f"skipped: {n_skipped} cells are null: the clean and corrupted activations there are bitwise identical "
+            f"{'in every pair ' if len(sweeps) > 1 else ''}(e.g. BOS, shared prefix), so patching cannot change "
+            "anything"
+        )
+    if any(inert):
+        notes.append(
+            "cells in the last layer at positions before the last cannot reach the metric (read at the last "
+            "position): they are exactly 0 (not computed)"
+        )
+    layer_list, head_list = first.layers, first.heads
+    n_heads = len(head_list) if head_list is not None else None
+    pos_axis: list[int] | None = None
+    if first.positions is not None:
+        same_length = len({int(s.tokens.shape[-1]) for s in sweeps}) == 1
+        pos_axis = first.positions if same_length else list(positions or [])
+    n_pos = len(pos_axis) if pos_axis is not None else None
+    grid = _shape_grid(flat, len(layer_list), n_heads, n_pos)
+    head_name = "kv_head" if component in ("k", "v") and n_kv_heads(tc) != int(tc.cfg.n_heads) else "head"
+    axes = ["layer"] + ([head_name] if head_list is not None else []) + (["position"] if pos_axis is not None else [])
+    if head_name == "kv_head":
+        notes.append(
+            f"grouped-query attention: each {component} cell patches one key/value head, shared by "
+            f"{int(tc.cfg.n_heads) // n_kv_heads(tc)} query heads ({n_kv_heads(tc)} key/value heads per layer)"
+        )
+    spread = None
+    if len(sweeps) > 1:
+        std = stacked.std(dim=0, unbiased=False).tolist()
+        spread = _shape_grid(
+            [None if skip else float(v) for v, skip in zip(std, skipped, strict=True)], len(layer_list), n_heads, n_pos
+        )
+
+    single = len(sweeps) == 1
+    token_lists = [(token_strings(tc, s.tokens[0]), token_strings(tc, s.tokens[1])) for s in sweeps]
+    order = sorted((i for i, v in enumerate(flat) if v is not None), key=lambda i: abs(flat[i] or 0.0), reverse=True)[
+        :TOP_CELLS
+    ]
+    top = []
+    for i in order:
+        layer, head, position = first.cells[i]
+        shown_position = position if pos_axis is None or position is None else pos_axis[i % len(pos_axis)]
+        top.append(
+            PatchCell(
+                layer=layer,
+                head=head,
+                position=shown_position,
+                value=flat[i] or 0.0,
+                clean_token=token_lists[0][0][position] if single and position is not None else None,
+                corrupted_token=token_lists[0][1][position] if single and position is not None else None,
+            )
+        )
+    pair_rows = None
+    if not single:
+        pair_rows = [
+            PairMetrics(
+                clean_metric=s.clean_metric,
+                corrupted_metric=s.corrupted_metric,
+                clean_tokens=clean,
+                corrupted_tokens=corrupted,
+            )
+            for s, (clean, corrupted) in zip(sweeps, token_lists, strict=True)
+        ]
+    engines = list({id(s.engine): s.engine for s in sweeps}.values())
+    return PatchSweepResult(
+        component=component,
+        direction=direction,  # type: ignore[arg-type]
+        metric=metric_text if single else f"{first.metric.name} of each pair's answer(s) at the last position",
+        normalized=do_normalize,
+        meaning=_meaning(direction, do_normalize, metric_text if single else first.metric.name)
+        + ("" if single else f"; mean over {len(sweeps)} pairs, each normalized on its own"),
+        clean_tokens=token_lists[0][0] if single else None,
+        corrupted_tokens=token_lists[0][1] if single else None,
+        clean_metric=sum(s.clean_metric for s in sweeps) / len(sweeps),
+        corrupted_metric=sum(s.corrupted_metric for s in sweeps) / len(sweeps),
+        axes=axes,
+        layers=layer_list,
+        positions=pos_axis,
+        heads=head_list,
+        grid=grid,
+        spread=spread,
+        pairs=pair_rows,
+        top_cells=top,
+        n_cells=len(first.cells),
+        forward_passes=sum(e.stats.forward_passes for e in engines),
+        skipped_cells=n_skipped,
+        method=engines[0].stats.method,
+        seconds=time.perf_counter() - started,
+        notes=notes,
     )
 
 
@@ -154,9 +437,9 @@ def patch_sweep(
     component: Annotated[
         Component,
         Field(
-            description="What to patch: resid_pre/resid_mid/resid_post/attn_out/"
-            "mlp_out (layer x position grid), heads (each head's z at "
-            "all positions: layer x head), heads_by_pos (layer x head x "
+            description="What to patch: resid_pre/resid_mid/resid_post/attn_out/mlp_out (layer x position grid); "
+            "per head at all positions (layer x head): heads (output z), q, k, v (inputs; k/v per key/value "
+            "head under grouped-query attention), pattern (attention weights); heads_by_pos (layer x head x "
             "position)"
         ),
     ] = "resid_pre",
@@ -165,7 +448,7 @@ def patch_sweep(
     ] = None,
     positions: Annotated[
         list[int] | None,
-        Field(description="Positions to sweep (null: all; BOS is 0, -1 the last); not used by component='heads'"),
+        Field(description="Positions to sweep (null: all; BOS is 0, -1 the last); not used by per-head components"),
     ] = None,
     metric: Annotated[
         MetricName,
@@ -177,83 +460,33 @@ def patch_sweep(
     normalize: Annotated[
         bool,
         Field(
-            description="Report (patched - corrupted) / (clean - corrupted): 0 = no "
-            "effect, 1 = clean behaviour fully restored"
+            description="Normalize so 0 = no effect and 1 = the full clean-vs-corrupted difference (restored "
+            "when denoising, destroyed when noising)"
         ),
     ] = True,
+    direction: Annotated[
+        Direction,
+        Field(
+            description="denoise: clean activation into the corrupted run (1 = restores the clean behaviour); "
+            "noise: corrupted activation into the clean run (1 = fully breaks it)"
+        ),
+    ] = "denoise",
 ) -> PatchSweepResult:
-    """Activation patching: run the corrupted prompt with ONE activation at a time restored from the clean
-    run and measure how much of the clean behaviour each restores. Grid: normalized (0 = no effect, 1 = full
-    restoration, negative = pushes further toward the corrupted answer) or the raw metric; the clean and
-    corrupted metrics are always reported. Components: resid_pre/resid_mid/resid_post/attn_out/mlp_out give a
-    layer x position grid; heads patches each head's output z at all positions (layer x head); heads_by_pos
-    gives layer x head x position (narrow it with layers=/positions=). Prompts must tokenize to the same
-    length (call tokenize). Exact (equals TransformerLens's patching functions) and batched: far faster than
-    one forward pass per cell. Progress is reported per batch; the call can be cancelled. Next: zoom in with
-    heads_by_pos on the layers that matter, or ablate_heads on the top heads."""
+    """Activation patching: run one prompt with ONE activation at a time taken from the other prompt and
+    measure the change. direction='denoise' (default) patches clean into corrupted (1 = restores the clean
+    behaviour: the activation is sufficient); 'noise' patches corrupted into clean (1 = fully breaks it: the
+    activation is necessary). 0 = no effect. normalize=false gives the raw metric; clean and corrupted metrics
+    are always reported. Components: resid_pre/resid_mid/resid_post/attn_out/mlp_out give a layer x position
+    grid; heads (output z), q, k, v, pattern patch one head at all positions (layer x head; k and v per
+    key/value head under grouped-query attention); heads_by_pos gives layer x head x position (narrow it with
+    layers=/positions=). Null cells: clean and corrupted activations are identical there (nothing to patch).
+    Prompts must tokenize to the same length (call tokenize). Exact (equals TransformerLens's patching
+    functions) and batched. Progress is reported per batch; the call can be cancelled. Next: heads_by_pos on
+    the layers that matter, or ablate_heads on the top heads."""
     started = time.perf_counter()
-    sweep = run_sweep(tc, clean_prompt, corrupted_prompt, answer, wrong_answer, component, layers, positions, metric)
-    values, engine, cells = sweep.values, sweep.engine, sweep.cells
-    clean_value, corrupted_value = sweep.clean_metric, sweep.corrupted_metric
-    layer_list, head_list, position_list = sweep.layers, sweep.heads, sweep.positions
-    n_heads, n_cells, tokens, answer_metric = int(tc.cfg.n_heads), len(cells), sweep.tokens, sweep.metric
-    notes = list(engine.stats.notes)
-    span = clean_value - corrupted_value
-    do_normalize = normalize
-    if normalize and abs(span) < 1e-6:
-        do_normalize = False
-        notes.append("clean and corrupted metrics are equal, so the grid cannot be normalized: raw metric shown")
-    shown = (values - corrupted_value) / span if do_normalize else values
-
-    flat = shown.tolist()
-    if component == "heads":
-        axes, grid = ["layer", "head"], [flat[i * n_heads : (i + 1) * n_heads] for i in range(len(layer_list))]
-    elif component == "heads_by_pos":
-        assert position_list is not None
-        n_pos = len(position_list)
-        axes = ["layer", "head", "position"]
-        grid = [
-            [flat[(i * n_heads + h) * n_pos : (i * n_heads + h + 1) * n_pos] for h in range(n_heads)]
-            for i in range(len(layer_list))
-        ]
-    else:
-        assert position_list is not None
-        n_pos = len(position_list)
-        axes, grid = ["layer", "position"], [flat[i * n_pos : (i + 1) * n_pos] for i in range(len(layer_list))]
-
-    clean_strings, corrupted_strings = token_strings(tc, tokens[0]), token_strings(tc, tokens[1])
-    order = sorted(range(len(cells)), key=lambda i: abs(flat[i]), reverse=True)[:TOP_CELLS]
-    top = []
-    for i in order:
-        layer, head, position = cells[i]
-        top.append(
-            PatchCell(
-                layer=layer,
-                head=head,
-                position=position,
-                value=flat[i],
-                clean_token=None if position is None else clean_strings[position],
-                corrupted_token=None if position is None else corrupted_strings[position],
-            )
+    sweeps = [
+        run_sweep(
+            tc, clean_prompt, corrupted_prompt, answer, wrong_answer, component, layers, positions, metric, direction
         )
-    return PatchSweepResult(
-        component=component,
-        metric=f"{answer_metric.description} at the last position",
-        normalized=do_normalize,
-        clean_tokens=clean_strings,
-        corrupted_tokens=corrupted_strings,
-        clean_metric=clean_value,
-        corrupted_metric=corrupted_value,
-        axes=axes,
-        layers=layer_list,
-        positions=position_list,
-        heads=head_list,
-        grid=grid,
-        top_cells=top,
-        n_cells=n_cells,
-        forward_passes=engine.stats.forward_passes,
-        skipped_cells=engine.stats.skipped,
-        method=engine.stats.method,
-        seconds=time.perf_counter() - started,
-        notes=notes,
-    )
+    ]
+    return summarize_sweeps(tc, sweeps, component, normalize, positions, started)
