@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from lens_mcp.schemas.common import Result, Rounded, round_nested
+from lens_mcp.schemas.common import Cost, PairMetrics, Result, Rounded, round_nested
 
 NullableGrid = Annotated[list[list[float | None]], AfterValidator(round_nested)]
 """A 2-D grid of rounded floats; null where a cell was skipped."""
@@ -22,11 +22,18 @@ class PatchCell(BaseModel):
     value: Rounded = Field(description="The cell's value, as in the grid")
 
 
-class PairMetrics(BaseModel):
-    clean_metric: Rounded = Field(description="Metric on this pair's clean prompt")
-    corrupted_metric: Rounded = Field(description="Metric on this pair's corrupted prompt")
+class PatchPairMetrics(PairMetrics):
     clean_tokens: list[str] = Field(description="This pair's clean prompt tokens (BOS is position 0)")
     corrupted_tokens: list[str] = Field(description="This pair's corrupted prompt tokens")
+
+
+class SweepSpread(BaseModel):
+    """How much each cell varies over the pairs (same layout as the grid; null where the grid is null)."""
+
+    n_pairs: int
+    std: NullableGrid | NullableGrid3 = Field(description="Population standard deviation over pairs")
+    min: NullableGrid | NullableGrid3
+    max: NullableGrid | NullableGrid3
 
 
 class PatchSweepResult(Result):
@@ -41,38 +48,46 @@ class PatchSweepResult(Result):
         None, description="The clean prompt's tokens (BOS is position 0); with pairs, in `pairs`"
     )
     corrupted_tokens: list[str] | None = Field(None, description="The corrupted prompt's tokens")
-    clean_metric: Rounded = Field(description="Metric on the clean prompt (with pairs: mean over pairs)")
-    corrupted_metric: Rounded = Field(description="Metric on the corrupted prompt (with pairs: mean over pairs)")
-    axes: list[str] = Field(
-        description="Grid axes, outermost first, e.g. ['layer', 'position']; 'kv_head' = key/value head"
+    clean_metric: Rounded | None = Field(None, description="Metric on the clean prompt (with pairs: mean over pairs)")
+    corrupted_metric: Rounded | None = Field(
+        None, description="Metric on the corrupted prompt (with pairs: mean over pairs)"
     )
-    layers: list[int] = Field(description="Layer of each grid row")
+    axes: list[str] = Field(
+        default_factory=list,
+        description="Grid axes, outermost first, e.g. ['layer', 'position']; 'kv_head' = key/value head",
+    )
+    layers: list[int] = Field(default_factory=list, description="Layer of each grid row")
     positions: list[int] | None = Field(
         None, description="Position of each position-axis entry (as given, when pairs differ in length)"
     )
     heads: list[int] | None = Field(None, description="Head (or key/value head) of each head-axis entry")
     grid: NullableGrid | NullableGrid3 = Field(
+        default_factory=list,
         description="Values, indexed as `axes` says (4 significant digits; with pairs, the mean over pairs); "
-        "null = skipped (identical activations)"
+        "null = skipped (identical activations)",
     )
-    spread: NullableGrid | NullableGrid3 | None = Field(
-        None, description="With pairs: standard deviation over pairs of each cell (same layout as grid)"
+    spread: SweepSpread | None = Field(None, description="With pairs: each cell's spread over pairs")
+    pairs: list[PatchPairMetrics] | None = Field(None, description="With pairs: each pair's metrics and tokens")
+    top_cells: list[PatchCell] = Field(
+        default_factory=list, description="Cells with the largest |value|, largest first"
     )
-    pairs: list[PairMetrics] | None = Field(None, description="With pairs: each pair's metrics and tokens")
-    top_cells: list[PatchCell] = Field(description="Cells with the largest |value|, largest first")
-    n_cells: int
+    n_cells: int = Field(description="Cells per pair")
     forward_passes: int = Field(
+        0,
         description="Batched forward passes run, the clean and corrupted runs included "
-        "(TransformerLens's patching functions run one per cell)"
+        "(TransformerLens's patching functions run one per cell)",
     )
     skipped_cells: int = Field(
-        description="Cells whose clean and corrupted activations are identical (null in the grid; nothing to run)"
+        0, description="Cells whose clean and corrupted activations are identical (null in the grid; nothing to run)"
     )
     method: str = Field(
+        "",
         description="driven: patched rows start at the patched layer and reuse the corrupted "
-        "run for unchanged positions; hooked: full forward passes with hooks"
+        "run for unchanged positions; hooked: full forward passes with hooks",
     )
-    seconds: Rounded
+    seconds: Rounded = 0.0
+    cost: Cost | None = Field(None, description="The estimate made before computing (always given with dry_run)")
+    dry_run: bool = Field(False, description="True: nothing was computed; only `cost` is filled in")
     notes: list[str] = Field(default_factory=list)
 
 

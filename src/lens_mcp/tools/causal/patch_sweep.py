@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Literal
 
@@ -11,13 +11,24 @@ import torch
 from pydantic import Field
 
 from lens_mcp.errors import LensError
-from lens_mcp.schemas.patching import PairMetrics, PatchCell, PatchSweepResult
+from lens_mcp.schemas.common import Cost
+from lens_mcp.schemas.patching import PatchCell, PatchPairMetrics, PatchSweepResult, SweepSpread
 from lens_mcp.tools.causal.patching_engine import Patch, PatchEngine, Readout, make_patch
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.metrics import AnswerMetric, MetricName, resolve_metric
-from lens_mcp.tools.core.tokens import encode_pair, token_strings
+from lens_mcp.tools.core.pairs import (
+    PairsArgument,
+    PromptPair,
+    encode_pairs,
+    pair_label,
+    positions_from_end,
+    resolve_pairs,
+    spread,
+)
+from lens_mcp.tools.core.tokens import token_strings
 from lens_mcp.tools.core.validation import resolve_layers, resolve_positions
 
 Component = Literal[
@@ -106,54 +117,51 @@ class PairSpec:
     wrong_answer: str | None
 
 
-def _arg(prefix: str, name: str) -> str:
-    return f"{prefix}{name}" if prefix else name
+@dataclass
+class SweepPlan:
+    """A sweep's arguments, checked and resolved before any forward pass."""
+
+    encoded: list[torch.Tensor]
+    """Token ids per pair, [2, n] (clean, corrupted)."""
+    metrics: list[AnswerMetric]
+    layers: list[int]
+    heads: list[int] | None
+    positions: list[list[int] | None]
+    """Absolute positions per pair (None: a per-head component)."""
+    n_cells: int
+    """Cells per pair."""
 
 
-def run_sweeps(
+def plan_sweep(
     tc: ToolContext,
-    pairs: Sequence[PairSpec],
-    component: str = "resid_pre",
-    layers: list[int] | None = None,
-    positions: list[int] | None = None,
-    metric: str = "logit_diff",
-    direction: str = "denoise",
-    *,
-    arg_prefix: Callable[[int], str] | None = None,
-) -> list[Sweep]:
-    """Validate the arguments and run every cell of the sweep for each pair, rows of all pairs of one length
-    batched together in one engine. Positions are resolved per pair (negative ones count from each pair's end);
-    pairs of different lengths need negative positions, or a per-head component."""
-    family = _check_component(tc, component)
-    if direction not in DIRECTIONS:
-        raise LensError(f"direction={direction!r} is not one of {', '.join(DIRECTIONS)}.")
+    pairs: Sequence[PairSpec | PromptPair],
+    component: str,
+    layers: list[int] | None,
+    positions: list[int] | None,
+    metric: str,
+) -> SweepPlan:
+    """Check every argument and count the cells (refusing a sweep over max_sweep_cells), without running.
+    Pairs may differ in length only for per-head components or positions counted from the end."""
+    _check_component(tc, component)
     if component in PER_HEAD and positions is not None:
         raise LensError(
             f"positions= does not apply to component={component!r} (it patches every position of a head); "
             "use component='heads_by_pos' to patch one head output at one position at a time."
         )
-    prefix = arg_prefix or (lambda _i: "")
-    encoded = [
-        encode_pair(
-            tc, p.clean_prompt, p.corrupted_prompt, _arg(prefix(i), "clean_prompt"), _arg(prefix(i), "corrupted_prompt")
-        )
-        for i, p in enumerate(pairs)
-    ]
-    metrics = [resolve_metric(tc, p.answer, p.wrong_answer, metric, require_wrong=True) for p in pairs]
+    items = [p if isinstance(p, PromptPair) else PromptPair(**vars(p)) for p in pairs]
+    fixed = component not in PER_HEAD and not positions_from_end(positions)
+    encoded = encode_pairs(tc, items, fixed_positions=fixed)
+    metrics = []
+    for index, pair in enumerate(items):
+        try:
+            metrics.append(resolve_metric(tc, pair.answer or "", pair.wrong_answer, metric, require_wrong=True))
+        except LensError as exc:
+            raise LensError(f"{pair_label(index, len(items))}{exc}") from None
     n_layers, n_heads = int(tc.cfg.n_layers), int(tc.cfg.n_heads)
     layer_list = resolve_layers(layers, n_layers)
-    lengths = [int(t.shape[-1]) for t in encoded]
-    position_lists: list[list[int] | None] = [None] * len(pairs)
+    position_lists: list[list[int] | None] = [None] * len(items)
     if component not in PER_HEAD:
-        if len(set(lengths)) > 1 and (positions is None or any(int(q) >= 0 for q in positions if isinstance(q, int))):
-            first = next(i for i, n in enumerate(lengths) if n != lengths[0])
-            raise LensError(
-                f"pairs[{first}] tokenizes to {lengths[first]} tokens but pairs[0] to {lengths[0]}: with "
-                f"component={component!r} every pair must have the same length, unless positions are all "
-                "negative (counted from the end, e.g. positions=[-1, -2]); per-head components (heads, q, k, v, "
-                "pattern) accept any lengths."
-            )
-        position_lists = [resolve_positions(positions, n) for n in lengths]
+        position_lists = [resolve_positions(positions, int(t.shape[-1])) for t in encoded]
     head_count = n_kv_heads(tc) if component in ("k", "v") else n_heads
     head_list = list(range(head_count)) if component in (*PER_HEAD, "heads_by_pos") else None
     position_list = position_lists[0]
@@ -169,7 +177,53 @@ def run_sweeps(
             f"{tc.limits.max_sweep_cells} (LENS_MCP_MAX_SWEEP_CELLS); narrow it with layers=[...] "
             "and/or positions=[...]."
         )
+    return SweepPlan(encoded, metrics, layer_list, head_list, position_lists, n_cells)
 
+
+NARROW = "pass fewer layers=[...] or positions=[...], use a per-head component, or pass fewer pairs"
+
+
+def sweep_cost(tc: ToolContext, plan: SweepPlan) -> Cost:
+    """The sweep's cost before any forward pass: one patched row per cell and pair, each from its layer on,
+    plus the clean and corrupted runs; the result's characters (mean and spread grids with several pairs)."""
+    n_pairs, n_layers = len(plan.encoded), int(tc.cfg.n_layers)
+    tokens = max(int(t.shape[-1]) for t in plan.encoded)
+    per_layer = plan.n_cells // max(1, len(plan.layers))
+    patched = plan.n_cells * n_pairs
+    layer_rows = sum((n_layers - layer) * per_layer * n_pairs for layer in plan.layers) + 2 * n_pairs * n_layers
+    rows = patched + 2 * n_pairs
+    work = Work(
+        rows=rows,
+        tokens_per_row=tokens,
+        layer_fraction=layer_rows / rows / n_layers,
+        cells=patched,
+        result_chars=grid_chars(plan.n_cells * (4 if n_pairs > 1 else 1), 1500 + 24 * tokens * n_pairs),
+    )
+    return estimate(tc, work)
+
+
+def run_sweeps(
+    tc: ToolContext,
+    pairs: Sequence[PairSpec | PromptPair],
+    component: str = "resid_pre",
+    layers: list[int] | None = None,
+    positions: list[int] | None = None,
+    metric: str = "logit_diff",
+    direction: str = "denoise",
+    *,
+    plan: SweepPlan | None = None,
+) -> list[Sweep]:
+    """Validate the arguments and run every cell of the sweep for each pair, rows of all pairs of one length
+    batched together in one engine. Positions are resolved per pair (negative ones count from each pair's end);
+    pairs of different lengths need negative positions, or a per-head component."""
+    family = _check_component(tc, component)
+    if direction not in DIRECTIONS:
+        raise LensError(f"direction={direction!r} is not one of {', '.join(DIRECTIONS)}.")
+    spec = plan or plan_sweep(tc, pairs, component, layers, positions, metric)
+    encoded, metrics, layer_list = spec.encoded, spec.metrics, spec.layers
+    position_lists, head_list, n_cells = spec.positions, spec.heads, spec.n_cells
+    n_layers = int(tc.cfg.n_layers)
+    lengths = [int(t.shape[-1]) for t in encoded]
     hooks = {layer: hook_name(family, layer) for layer in layer_list}
     head_axis = 1 if component == "pattern" else 2
     last_layer = n_layers - 1
@@ -194,7 +248,8 @@ def run_sweeps(
                         f"component={component!r}: {hook} has {shape[head_axis]} heads on this model, expected "
                         f"{len(head_list)}; this architecture is not supported for this component."
                     )
-            tc.progress(0, total, "clean and corrupted runs done")
+            if counter.done == 0:
+                tc.progress(0, total, "clean and corrupted runs done")
             patches: list[Patch] = []
             per_pair: list[tuple[list, list[bool]]] = []
             for slot, i in enumerate(members):
@@ -351,11 +406,16 @@ def summarize_sweeps(
             f"grouped-query attention: each {component} cell patches one key/value head, shared by "
             f"{int(tc.cfg.n_heads) // n_kv_heads(tc)} query heads ({n_kv_heads(tc)} key/value heads per layer)"
         )
-    spread = None
+    cell_spread = None
     if len(sweeps) > 1:
-        std = stacked.std(dim=0, unbiased=False).tolist()
-        spread = _shape_grid(
-            [None if skip else float(v) for v, skip in zip(std, skipped, strict=True)], len(layer_list), n_heads, n_pos
+        stats = spread(stacked)
+
+        def shaped(values: torch.Tensor) -> list:
+            flat_values = [None if skip else float(v) for v, skip in zip(values.tolist(), skipped, strict=True)]
+            return _shape_grid(flat_values, len(layer_list), n_heads, n_pos)
+
+        cell_spread = SweepSpread(
+            n_pairs=len(sweeps), std=shaped(stats.std), min=shaped(stats.min), max=shaped(stats.max)
         )
 
     single = len(sweeps) == 1
@@ -380,13 +440,14 @@ def summarize_sweeps(
     pair_rows = None
     if not single:
         pair_rows = [
-            PairMetrics(
+            PatchPairMetrics(
+                index=index,
                 clean_metric=s.clean_metric,
                 corrupted_metric=s.corrupted_metric,
                 clean_tokens=clean,
                 corrupted_tokens=corrupted,
             )
-            for s, (clean, corrupted) in zip(sweeps, token_lists, strict=True)
+            for index, (s, (clean, corrupted)) in enumerate(zip(sweeps, token_lists, strict=True))
         ]
     engines = list({id(s.engine): s.engine for s in sweeps}.values())
     return PatchSweepResult(
@@ -405,7 +466,7 @@ def summarize_sweeps(
         positions=pos_axis,
         heads=head_list,
         grid=grid,
-        spread=spread,
+        spread=cell_spread,
         pairs=pair_rows,
         top_cells=top,
         n_cells=len(first.cells),
@@ -420,16 +481,16 @@ def summarize_sweeps(
 def patch_sweep(
     tc: ToolContext,
     clean_prompt: Annotated[
-        str, Field(description="Prompt whose activations are patched in, e.g. 'The Eiffel Tower is in the city of'")
-    ],
+        str | None,
+        Field(description="The clean prompt, e.g. 'The Eiffel Tower is in the city of' (or pass pairs)"),
+    ] = None,
     corrupted_prompt: Annotated[
-        str,
+        str | None,
         Field(
-            description="Prompt that receives them; must tokenize to the same "
-            "length, e.g. 'The Colosseum is in the city of'"
+            description="The corrupted prompt; must tokenize to the same length, e.g. 'The Colosseum is in the city of'"
         ),
-    ],
-    answer: Annotated[str, Field(description="The clean prompt's answer, one token (e.g. ' Paris')")],
+    ] = None,
+    answer: Annotated[str | None, Field(description="The clean prompt's answer, one token (e.g. ' Paris')")] = None,
     wrong_answer: Annotated[
         str | None,
         Field(description="The corrupted prompt's answer, one token (e.g. ' Rome'); needed for metric='logit_diff'"),
@@ -471,6 +532,10 @@ def patch_sweep(
             "noise: corrupted activation into the clean run (1 = fully breaks it)"
         ),
     ] = "denoise",
+    pairs: PairsArgument = None,
+    dry_run: Annotated[
+        bool, Field(description="Only estimate the cost (cells, passes, seconds, result size); compute nothing")
+    ] = False,
 ) -> PatchSweepResult:
     """Activation patching: run one prompt with ONE activation at a time taken from the other prompt and
     measure the change. direction='denoise' (default) patches clean into corrupted (1 = restores the clean
@@ -484,9 +549,32 @@ def patch_sweep(
     functions) and batched. Progress is reported per batch; the call can be cancelled. Next: heads_by_pos on
     the layers that matter, or ablate_heads on the top heads."""
     started = time.perf_counter()
-    sweeps = [
-        run_sweep(
-            tc, clean_prompt, corrupted_prompt, answer, wrong_answer, component, layers, positions, metric, direction
+    if direction not in DIRECTIONS:
+        raise LensError(f"direction={direction!r} is not one of {', '.join(DIRECTIONS)}.")
+    items = resolve_pairs(
+        tc,
+        pairs,
+        clean_prompt=clean_prompt,
+        corrupted_prompt=corrupted_prompt,
+        answer=answer,
+        wrong_answer=wrong_answer,
+    )
+    plan = plan_sweep(tc, items, component, layers, positions, metric)
+    cost = sweep_cost(tc, plan)
+    if dry_run:
+        return PatchSweepResult(
+            component=component,
+            direction=direction,
+            metric=metric,
+            normalized=normalize,
+            meaning="dry run: nothing computed; `cost` is the estimate for this call",
+            n_cells=plan.n_cells,
+            cost=cost,
+            dry_run=True,
+            seconds=time.perf_counter() - started,
         )
-    ]
-    return summarize_sweeps(tc, sweeps, component, normalize, positions, started)
+    enforce(tc, cost, NARROW)
+    sweeps = run_sweeps(tc, items, component, layers, positions, metric, direction, plan=plan)
+    result = summarize_sweeps(tc, sweeps, component, normalize, positions, started)
+    result.cost = cost
+    return result
