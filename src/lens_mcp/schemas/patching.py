@@ -94,20 +94,49 @@ class PatchSweepResult(Result):
 class HeadEffect(BaseModel):
     layer: int
     head: int
-    metric: Rounded = Field(description="Metric with only this head ablated")
-    effect: Rounded = Field(description="metric - metric_before (negative: the head supported the answer)")
+    metric: Rounded = Field(description="Metric with only this head ablated (with pairs: mean over pairs)")
+    effect: Rounded = Field(
+        description="metric - metric_before (negative: the head supported the answer; for the loss, positive: "
+        "it helped)"
+    )
+    effect_std: Rounded | None = Field(None, description="With pairs: standard deviation of the effect over pairs")
+
+
+class EffectSpread(BaseModel):
+    std: Rounded = Field(description="Population standard deviation of the effect over pairs")
+    min: Rounded
+    max: Rounded
+
+
+class AblationPairResult(PairMetrics):
+    metric_after: Rounded = Field(description="This pair's metric with all listed heads ablated")
+    effect: Rounded
+    tokens: list[str] = Field(description="This pair's prompt tokens (BOS is position 0)")
 
 
 class AblateHeadsResult(Result):
-    tokens: list[str] = Field(description="The prompt's tokens (BOS is position 0)")
+    tokens: list[str] | None = Field(None, description="The prompt's tokens (BOS is position 0); with pairs, in pairs")
     mode: str
-    metric: str = Field(description="What the metric measures, at the last position")
+    metric: str = Field(description="What the metric measures")
+    meaning: str = Field("", description="What the effect means: sign")
     heads: list[tuple[int, int]] = Field(description="Ablated heads as [layer, head]")
-    metric_before: Rounded
-    metric_after: Rounded = Field(description="Metric with all listed heads ablated together")
-    effect: Rounded = Field(description="metric_after - metric_before")
-    prob_before: Rounded = Field(description="Probability of the answer before ablation")
-    prob_after: Rounded = Field(description="Probability of the answer with all listed heads ablated")
-    individual: list[HeadEffect] | None = Field(
-        None, description="Each head ablated alone (individually=true), most negative effect first"
+    metric_before: Rounded | None = Field(None, description="Metric without ablation (with pairs: mean)")
+    metric_after: Rounded | None = Field(
+        None, description="Metric with all listed heads ablated together (with pairs: mean)"
     )
+    effect: Rounded | None = Field(None, description="metric_after - metric_before (with pairs: mean)")
+    effect_spread: EffectSpread | None = Field(None, description="With pairs: the effect's spread over pairs")
+    prob_before: Rounded | None = Field(
+        None, description="Probability of the answer before ablation (answer metrics only)"
+    )
+    prob_after: Rounded | None = Field(None, description="Probability of the answer with all listed heads ablated")
+    individual: list[HeadEffect] | None = Field(
+        None, description="Each head ablated alone (individually=true), the heads the behaviour needs most first"
+    )
+    pairs: list[AblationPairResult] | None = Field(
+        None,
+        description="With pairs: per pair, the metric on its prompt (clean_metric), on its corrupted prompt, and "
+        "after ablation",
+    )
+    cost: Cost | None = Field(None, description="The estimate made before computing")
+    dry_run: bool = Field(False, description="True: nothing was computed; only `cost` is filled in")
