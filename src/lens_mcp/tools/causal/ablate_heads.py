@@ -28,17 +28,17 @@ AblationMetric = Literal["logit_diff", "logprob", "prob", "loss"]
 ABLATION_METRICS = ("logit_diff", "logprob", "prob", "loss")
 
 
-def resolve_heads(tc: ToolContext, heads: object) -> list[tuple[int, int]]:
+def resolve_heads(tc: ToolContext, heads: object, arg: str = "heads") -> list[tuple[int, int]]:
     """[[layer, head], ...] checked against the model, deduplicated, in the order given."""
-    example = "e.g. heads=[[1, 2], [0, 3]]"
+    example = f"e.g. {arg}=[[1, 2], [0, 3]]"
     if not isinstance(heads, (list, tuple)) or len(heads) == 0:
-        raise LensError(f"heads: expected a non-empty list of [layer, head] pairs, {example}.")
+        raise LensError(f"{arg}: expected a non-empty list of [layer, head] pairs, {example}.")
     resolved: list[tuple[int, int]] = []
     for index, pair in enumerate(heads):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise LensError(f"heads[{index}]={pair!r}: each entry must be a [layer, head] pair, {example}.")
-        layer = resolve_layer(pair[0], int(tc.cfg.n_layers), f"heads[{index}][0] (layer)")
-        head = resolve_head(pair[1], int(tc.cfg.n_heads), f"heads[{index}][1] (head)")
+            raise LensError(f"{arg}[{index}]={pair!r}: each entry must be a [layer, head] pair, {example}.")
+        layer = resolve_layer(pair[0], int(tc.cfg.n_layers), f"{arg}[{index}][0] (layer)")
+        head = resolve_head(pair[1], int(tc.cfg.n_heads), f"{arg}[{index}][1] (head)")
         if (layer, head) not in resolved:
             resolved.append((layer, head))
     return resolved
