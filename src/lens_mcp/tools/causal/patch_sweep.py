@@ -545,9 +545,12 @@ def patch_sweep(
     grid; heads (output z), q, k, v, pattern patch one head at all positions (layer x head; k and v per
     key/value head under grouped-query attention); heads_by_pos gives layer x head x position (narrow it with
     layers=/positions=). Null cells: clean and corrupted activations are identical there (nothing to patch).
-    Prompts must tokenize to the same length (call tokenize). Exact (equals TransformerLens's patching
-    functions) and batched. Progress is reported per batch; the call can be cancelled. Next: heads_by_pos on
-    the layers that matter, or ablate_heads on the top heads."""
+    Prompts must tokenize to the same length (call tokenize). pairs=[{clean_prompt, corrupted_prompt, answer,
+    wrong_answer}, ...]: a dataset, each pair normalized then averaged per cell, with the spread and per-pair
+    metrics (pairs may differ in length only with negative positions or per-head components). The cost is
+    estimated first: over a cap the call is refused at once; dry_run=true returns only the estimate. Exact
+    (equals TransformerLens's patching functions) and batched, rows of all pairs together. Progress is reported
+    per batch; the call can be cancelled. Next: heads_by_pos on the layers that matter, or ablate_heads."""
     started = time.perf_counter()
     if direction not in DIRECTIONS:
         raise LensError(f"direction={direction!r} is not one of {', '.join(DIRECTIONS)}.")
