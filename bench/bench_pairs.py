@@ -6,6 +6,7 @@ cells; the dataset call batches the patched rows of all pairs together. Prints t
 and the largest difference between the dataset's mean grid and the mean of the single calls' grids.
 
     .venv/bin/python bench/bench_pairs.py [--device cpu|cuda] [--components resid_pre heads] [--repeat 2]
+        [--layers 20 25 29]
 
 Results are recorded in bench/RESULTS.md.
 """
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--components", nargs="+", default=["resid_pre", "heads"])
     parser.add_argument("--repeat", type=int, default=2, help="runs of each way (the fastest is reported)")
+    parser.add_argument("--layers", type=int, nargs="+", default=None, help="layers to sweep (default all)")
     args = parser.parse_args()
 
     import torch
@@ -86,10 +88,10 @@ def main() -> None:
             singles, together = [], None
             for _ in range(args.repeat):
                 started = time.perf_counter()
-                singles = [patch_sweep(tc, **pair, component=component) for pair in dataset]
+                singles = [patch_sweep(tc, **pair, component=component, layers=args.layers) for pair in dataset]
                 single_best = min(single_best, time.perf_counter() - started)
                 started = time.perf_counter()
-                together = patch_sweep(tc, pairs=dataset, component=component)
+                together = patch_sweep(tc, pairs=dataset, component=component, layers=args.layers)
                 pairs_best = min(pairs_best, time.perf_counter() - started)
             assert together is not None
             columns = list(zip(*(flat(s.grid) for s in singles), strict=True))
