@@ -134,9 +134,12 @@ def test_the_result_grid_is_normalized_and_rounded(toy: ToolContext) -> None:
     assert result.grid[0][5] == pytest.approx(1.0, abs=1e-3)
     # Positions before the first differing token hold identical activations: skipped, null, and said so.
     assert all(result.grid[layer][p] is None for layer in range(2) for p in range(5))
-    assert result.skipped_cells == 10 and any(note.startswith("skipped: 10 cells are null") for note in result.notes)
+    # Layer 0's input is the token embedding: every position with the same token in both prompts (all but 5)
+    # is identical; at layer 1 only the prefix before position 5 is.
+    assert all(result.grid[0][p] is None for p in range(6, 10)) and result.grid[1][6] is not None
+    assert result.skipped_cells == 14 and any(note.startswith("skipped: 14 cells are null") for note in result.notes)
     top = result.top_cells[0]
-    assert abs(top.value) == max(abs(v) for row in result.grid for v in row)
+    assert abs(top.value) == max(abs(v) for row in result.grid for v in row if v is not None)
     assert result.clean_tokens[5] == "w64" and result.corrupted_tokens[5] == "w77"
     raw = patch_sweep(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "resid_pre", normalize=False)
     raw_expected = [None if skip else v for v, skip in zip(sweep.values.tolist(), sweep.skipped, strict=True)]
@@ -310,7 +313,7 @@ async def test_patch_sweep_through_a_client_reports_progress(toy_host: ModelHost
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
         data = result_data(await client.call_tool("patch_sweep", arguments, progress_callback=on_progress))
     schema = tools["patch_sweep"].input_schema
-    assert schema["required"] == ["clean_prompt", "corrupted_prompt", "answer"]
+    assert schema.get("required", []) == []  # the prompts, or pairs=[...]
     assert set(schema["properties"]) == {
         "clean_prompt",
         "corrupted_prompt",
@@ -322,6 +325,8 @@ async def test_patch_sweep_through_a_client_reports_progress(toy_host: ModelHost
         "metric",
         "normalize",
         "direction",
+        "pairs",
+        "dry_run",
     }
     assert tools["patch_sweep"].annotations.read_only_hint is True
     n_cells = toy_host.model.cfg.n_layers * toy_host.model.cfg.n_heads * 10
