@@ -155,7 +155,8 @@ def ablate_heads(
     each head's own effect (metric with only that head ablated minus metric before; sorted so the heads the
     behaviour depends on most come first). pairs=[{clean_prompt, corrupted_prompt, answer, wrong_answer}]: a
     dataset (the pair's clean_prompt is the prompt); metrics are means over pairs with their spread and
-    per-pair values. Find candidate heads with patch_sweep(component='heads')."""
+    per-pair values. The cost is estimated first (refused over a cap; dry_run=true returns only the
+    estimate). Find candidate heads with patch_sweep(component='heads')."""
     if mode not in MODES:
         raise LensError(f"mode={mode!r} is not one of {', '.join(MODES)}.")
     if metric not in ABLATION_METRICS:
@@ -247,8 +248,8 @@ def ablate_heads(
         z_of: dict[int, dict[str, torch.Tensor]] = {}
         before_values: dict[int, tuple[float, float | None]] = {}
         for group in _by_length(references):
-            batch = torch.cat([references[i].tokens for i in group], dim=0)
-            logits, cache = tc.bridge.run_with_cache(batch, names_filter=lambda name: name in wanted)
+            reference_tokens = torch.cat([references[i].tokens for i in group], dim=0)
+            logits, cache = tc.bridge.run_with_cache(reference_tokens, names_filter=lambda name: name in wanted)
             for row, i in enumerate(group):
                 value, prob = _measure(references[i], logits[row : row + 1])
                 before_values[i] = (float(value[0]), None if prob is None else float(prob[0]))

@@ -226,6 +226,7 @@ def run_sweeps(
     lengths = [int(t.shape[-1]) for t in encoded]
     hooks = {layer: hook_name(family, layer) for layer in layer_list}
     head_axis = 1 if component == "pattern" else 2
+    head_axis_values: list[int | None] = list(head_list) if head_list is not None else [None]
     last_layer = n_layers - 1
     total = n_cells * len(pairs)
     counter = ProgressCounter(tc.progress, total=total, unit="cells patched")
@@ -258,7 +259,7 @@ def run_sweeps(
                 for layer in layer_list:
                     hook = hooks[layer]
                     source, base = engine.clean_cache[hook][slot : slot + 1], engine.cache[hook][slot : slot + 1]
-                    for head in head_list if head_list is not None else [None]:
+                    for head in head_axis_values:
                         for position in position_lists[i] or [None]:
                             cells.append((layer, head, position))
                             dead = (
