@@ -13,12 +13,13 @@ from pydantic import Field
 
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.patching import AblateHeadsResult, AblationPairResult, EffectSpread, HeadEffect
+from lens_mcp.tools.causal.patch_sweep import check_positions, resolve_pairs_checked
 from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, seconds_per_row
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.metrics import AnswerMetric, resolve_metric
-from lens_mcp.tools.core.pairs import PairsArgument, pair_label, positions_from_end, resolve_pairs, spread
+from lens_mcp.tools.core.pairs import PairsArgument, pair_label, positions_from_end, spread
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import resolve_head, resolve_layer, resolve_positions
 
@@ -161,7 +162,10 @@ def ablate_heads(
         raise LensError(f"mode={mode!r} is not one of {', '.join(MODES)}.")
     if metric not in ABLATION_METRICS:
         raise LensError(f"metric={metric!r} is not one of {', '.join(ABLATION_METRICS)}.")
+    if heads is None:
+        raise LensError("heads is required: pass heads=[[layer, head], ...], e.g. heads=[[1, 2]].")
     head_list = resolve_heads(tc, heads)
+    positions = check_positions(positions)
     need_corrupted = mode in ("resample", "corrupted_mean")
     if not need_corrupted and corrupted_prompt is not None and pairs is None:
         raise LensError(
@@ -170,7 +174,7 @@ def ablate_heads(
         )
     if metric != "loss" and positions is not None:
         raise LensError("positions= is only used by metric='loss' (the answer metrics read the last position).")
-    items = resolve_pairs(
+    items = resolve_pairs_checked(
         tc,
         pairs,
         clean_prompt=prompt,

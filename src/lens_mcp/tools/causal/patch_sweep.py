@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.common import Cost
@@ -29,7 +29,7 @@ from lens_mcp.tools.core.pairs import (
     spread,
 )
 from lens_mcp.tools.core.tokens import token_strings
-from lens_mcp.tools.core.validation import resolve_layers, resolve_positions
+from lens_mcp.tools.core.validation import check_int, resolve_layers, resolve_positions
 
 Component = Literal[
     "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos", "q", "k", "v", "pattern"
@@ -117,6 +117,40 @@ class PairSpec:
     wrong_answer: str | None
 
 
+def resolve_pairs_checked(tc: ToolContext, pairs: object, **arguments: Any) -> list[PromptPair]:
+    """core.pairs.resolve_pairs, with arguments of the wrong type (a direct call, not through the MCP schema)
+    reported as a LensError naming the argument instead of a raw validation error."""
+    for name in ("clean_prompt", "corrupted_prompt", "answer", "wrong_answer"):
+        value = arguments.get(name)
+        if value is not None and not isinstance(value, str):
+            shown = arguments.get("prompt_arg", name) if name == "clean_prompt" else name
+            raise LensError(f"{shown}: expected a string, got {value!r:.80}.")
+    if pairs is not None and not isinstance(pairs, (list, tuple)):
+        raise LensError(
+            f"pairs: expected a list of {{clean_prompt, corrupted_prompt, answer, ...}} items, got {pairs!r:.80}."
+        )
+    try:
+        return resolve_pairs(tc, pairs, **arguments)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error.get("loc", ()))
+        raise LensError(
+            f"pairs: an item is invalid ({where}: {error.get('msg')}); each item is {{clean_prompt, "
+            "corrupted_prompt, answer, wrong_answer}} with string values."
+        ) from None
+
+
+def check_positions(positions: object) -> list[int] | None:
+    """positions as a list of integers (or None), checked before anything reads them."""
+    if positions is None:
+        return None
+    if not isinstance(positions, (list, tuple)):
+        raise LensError(
+            f"positions: expected a list of integers (e.g. positions=[0, -1]) or null for all, got {positions!r:.80}."
+        )
+    return [check_int(p, "positions") for p in positions]
+
+
 @dataclass
 class SweepPlan:
     """A sweep's arguments, checked and resolved before any forward pass."""
@@ -149,6 +183,7 @@ def plan_sweep(
             "use component='heads_by_pos' to patch one head output at one position at a time."
         )
     items = [p if isinstance(p, PromptPair) else PromptPair(**vars(p)) for p in pairs]
+    positions = check_positions(positions)
     fixed = component not in PER_HEAD and not positions_from_end(positions)
     encoded = encode_pairs(tc, items, fixed_positions=fixed)
     metrics = []
@@ -555,7 +590,12 @@ def patch_sweep(
     started = time.perf_counter()
     if direction not in DIRECTIONS:
         raise LensError(f"direction={direction!r} is not one of {', '.join(DIRECTIONS)}.")
-    items = resolve_pairs(
+    if pairs is None and clean_prompt is not None and answer is None:
+        raise LensError(
+            "answer is required: pass answer (the clean prompt's answer, one token, e.g. ' Paris'), or a dataset "
+            "as pairs=[...]."
+        )
+    items = resolve_pairs_checked(
         tc,
         pairs,
         clean_prompt=clean_prompt,
