@@ -12,6 +12,12 @@ NullableGrid = Annotated[list[list[float | None]], AfterValidator(round_nested)]
 """A 2-D grid of rounded floats; null where a cell was skipped."""
 NullableGrid3 = Annotated[list[list[list[float | None]]], AfterValidator(round_nested)]
 
+Component = Literal[
+    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos", "q", "k", "v", "pattern"
+]
+PatchMethod = Literal["driven", "driven-full", "hooked"]
+AblationMode = Literal["zero", "mean", "resample", "corrupted_mean"]
+
 
 class PatchCell(BaseModel):
     layer: int
@@ -37,7 +43,7 @@ class SweepSpread(BaseModel):
 
 
 class PatchSweepResult(Result):
-    component: str
+    component: Component
     direction: Literal["denoise", "noise"] = Field(
         description="denoise: clean activations patched into the corrupted run; noise: corrupted into the clean run"
     )
@@ -80,10 +86,11 @@ class PatchSweepResult(Result):
     skipped_cells: int = Field(
         0, description="Cells whose clean and corrupted activations are identical (null in the grid; nothing to run)"
     )
-    method: str = Field(
-        "",
-        description="driven: patched rows start at the patched layer and reuse the corrupted "
-        "run for unchanged positions; hooked: full forward passes with hooks",
+    method: PatchMethod | None = Field(
+        None,
+        description="driven: patched rows start at the patched layer and reuse the corrupted run for unchanged "
+        "positions; driven-full: start at the patched layer but recompute every position (the model's blocks "
+        "take an argument that cannot be cut to a suffix); hooked: full forward passes with hooks; null: dry run",
     )
     seconds: Rounded = 0.0
     cost: Cost | None = Field(None, description="The estimate made before computing (always given with dry_run)")
@@ -116,7 +123,7 @@ class AblationPairResult(PairMetrics):
 
 class AblateHeadsResult(Result):
     tokens: list[str] | None = Field(None, description="The prompt's tokens (BOS is position 0); with pairs, in pairs")
-    mode: str
+    mode: AblationMode
     metric: str = Field(description="What the metric measures")
     meaning: str = Field("", description="What the effect means: sign")
     heads: list[tuple[int, int]] = Field(description="Ablated heads as [layer, head]")

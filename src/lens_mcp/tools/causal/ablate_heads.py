@@ -12,7 +12,7 @@ import torch
 from pydantic import Field
 
 from lens_mcp.errors import LensError
-from lens_mcp.schemas.patching import AblateHeadsResult, AblationPairResult, EffectSpread, HeadEffect
+from lens_mcp.schemas.patching import AblateHeadsResult, AblationMode, AblationPairResult, EffectSpread, HeadEffect
 from lens_mcp.tools.causal.patch_sweep import check_positions, resolve_pairs_checked
 from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
@@ -23,7 +23,6 @@ from lens_mcp.tools.core.pairs import PairsArgument, pair_label, positions_from_
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import resolve_head, resolve_layer, resolve_positions
 
-Mode = Literal["zero", "mean", "resample", "corrupted_mean"]
 MODES = ("zero", "mean", "resample", "corrupted_mean")
 AblationMetric = Literal["logit_diff", "logprob", "prob", "loss"]
 ABLATION_METRICS = ("logit_diff", "logprob", "prob", "loss")
@@ -118,7 +117,7 @@ def ablate_heads(
         ),
     ] = None,
     mode: Annotated[
-        Mode,
+        AblationMode,
         Field(
             description="zero: z = 0; mean: z = its mean over the prompt's positions; resample: z from "
             "corrupted_prompt at the same position; corrupted_mean: z = its mean over corrupted_prompt's "

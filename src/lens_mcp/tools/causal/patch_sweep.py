@@ -12,7 +12,7 @@ from pydantic import Field, ValidationError
 
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.common import Cost
-from lens_mcp.schemas.patching import PatchCell, PatchPairMetrics, PatchSweepResult, SweepSpread
+from lens_mcp.schemas.patching import Component, PatchCell, PatchPairMetrics, PatchSweepResult, SweepSpread
 from lens_mcp.tools.causal.patching_engine import Patch, PatchEngine, Readout, make_patch
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
@@ -31,9 +31,6 @@ from lens_mcp.tools.core.pairs import (
 from lens_mcp.tools.core.tokens import token_strings
 from lens_mcp.tools.core.validation import check_int, resolve_layers, resolve_positions
 
-Component = Literal[
-    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos", "q", "k", "v", "pattern"
-]
 Direction = Literal["denoise", "noise"]
 COMPONENT_FAMILY = {
     "resid_pre": "resid_pre",
