@@ -6,15 +6,18 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from lens_mcp.schemas.common import Cost, PairMetrics, Result, Rounded, round_nested
+from lens_mcp.schemas.common import Cost, Grid, Grid3, GridSpread, PairMetrics, Result, Rounded, round_nested
 
 NullableGrid = Annotated[list[list[float | None]], AfterValidator(round_nested)]
 """A 2-D grid of rounded floats; null where a cell was skipped."""
 NullableGrid3 = Annotated[list[list[list[float | None]]], AfterValidator(round_nested)]
 
-Component = Literal[
+Component = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos"]
+"""What a patch writes: outputs (the residual stream, sublayer outputs, head outputs)."""
+SweepComponent = Literal[
     "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos", "q", "k", "v", "pattern"
 ]
+"""patch_sweep's components: the outputs, plus head inputs (q, k, v) and attention patterns."""
 PatchMethod = Literal["driven", "driven-full", "hooked"]
 AblationMode = Literal["zero", "mean", "resample", "corrupted_mean"]
 
@@ -43,7 +46,7 @@ class SweepSpread(BaseModel):
 
 
 class PatchSweepResult(Result):
-    component: Component
+    component: SweepComponent
     direction: Literal["denoise", "noise"] = Field(
         description="denoise: clean activations patched into the corrupted run; noise: corrupted into the clean run"
     )
@@ -147,3 +150,73 @@ class AblateHeadsResult(Result):
     )
     cost: Cost | None = Field(None, description="The estimate made before computing")
     dry_run: bool = Field(False, description="True: nothing was computed; only `cost` is filled in")
+
+
+# ---- attribution_patch ----------------------------------------------------------------------------------------
+
+
+class VerifiedCell(BaseModel):
+    layer: int
+    head: int | None = Field(None, description="Head (heads / heads_by_pos)")
+    position: int | None = Field(None, description="Position (null when every position was patched)")
+    clean_token: str | None = Field(None, description="The clean prompt's token at that position")
+    corrupted_token: str | None = Field(None, description="The corrupted prompt's token at that position")
+    estimate: Rounded = Field(description="Attribution estimate, in the grid's units")
+    exact: Rounded = Field(description="Exact activation patching (as patch_sweep computes it), same units")
+    problem: Literal["sign", "magnitude"] | None = Field(
+        None,
+        description="sign: estimate and exact differ in sign; magnitude: same sign but off by more than half "
+        "of the exact value; null: agree (differences under 1% of the clean-corrupted gap are ignored)",
+    )
+
+
+class RankAgreement(BaseModel):
+    n_verified: int = Field(description="Cells checked exactly")
+    spearman: Rounded | None = Field(
+        None, description="Spearman rank correlation of estimate and exact over the verified cells (null if < 3)"
+    )
+    top_k: int = Field(description="k of top_k_overlap: half the verified cells, at least 1")
+    top_k_overlap: int = Field(
+        description="Cells among the k largest |estimate| that are also among the k largest |exact|"
+    )
+    sign_wrong: int = Field(description="Verified cells whose estimate has the wrong sign")
+    magnitude_wrong: int = Field(description="Verified cells with the right sign but off by more than half")
+
+
+class AttributionPatchResult(Result):
+    component: str
+    direction: Literal["denoise", "noise"] = Field(
+        description="denoise: clean activation into the corrupted run; noise: corrupted activation into the clean run"
+    )
+    meaning: str = Field(description="What a grid value means: sign, units, what 1 is")
+    metric: str = Field(description="What the metric measures, at the last position")
+    normalized: bool = Field(description="True: grid in units of the clean - corrupted gap (as patch_sweep)")
+    dry_run: bool = Field(False, description="True: only the cost estimate; nothing was computed")
+    cost: Cost = Field(description="The estimate made before computing: cells, passes, seconds, result size")
+    clean_tokens: list[str] = Field(description="The clean prompt's tokens (BOS is position 0); pairs: pair 0's")
+    corrupted_tokens: list[str] = Field(description="The corrupted prompt's tokens; pairs: pair 0's")
+    clean_metric: Rounded | None = Field(None, description="Metric on the clean prompt (pairs: mean over pairs)")
+    corrupted_metric: Rounded | None = Field(None, description="Metric on the corrupted prompt (pairs: mean)")
+    pair_metrics: list[PairMetrics] | None = Field(None, description="Each pair's clean and corrupted metric (pairs)")
+    axes: list[str] = Field(description="Grid axes, outermost first, e.g. ['layer', 'head', 'position']")
+    layers: list[int] = Field(description="Layer of each grid row")
+    positions: list[int] | None = Field(
+        None, description="Position of each position-axis entry (negative: counted from the end of each pair)"
+    )
+    heads: list[int] | None = Field(None, description="Head of each head-axis entry")
+    grid: Grid | Grid3 = Field(
+        default_factory=list, description="Estimated effect per cell, indexed as `axes` says (pairs: mean over pairs)"
+    )
+    spread: GridSpread | None = Field(None, description="Spread of each cell's estimate over pairs (pairs only)")
+    top_cells: list[PatchCell] = Field(
+        default_factory=list, description="Cells with the largest |estimate|, largest first"
+    )
+    verified: list[VerifiedCell] = Field(
+        default_factory=list,
+        description="The verify_top cells with the largest |estimate|, patched exactly; largest |estimate| first",
+    )
+    agreement: RankAgreement | None = Field(None, description="How well estimate and exact agree (null: none verified)")
+    n_cells: int
+    forward_passes: int = Field(0, description="Batched passes run: gradient passes plus exact verification passes")
+    seconds: Rounded
+    notes: list[str] = Field(default_factory=list)

@@ -23,7 +23,9 @@ from lens_mcp.tools.core.pairs import PairsArgument, pair_label, positions_from_
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import resolve_head, resolve_layer, resolve_positions
 
-MODES = ("zero", "mean", "resample", "corrupted_mean")
+MODES = ("zero", "mean")
+"""Modes that need only the prompt itself (what generate's head ablation offers)."""
+ALL_MODES = ("zero", "mean", "resample", "corrupted_mean")
 AblationMetric = Literal["logit_diff", "logprob", "prob", "loss"]
 ABLATION_METRICS = ("logit_diff", "logprob", "prob", "loss")
 
@@ -157,8 +159,8 @@ def ablate_heads(
     dataset (the pair's clean_prompt is the prompt); metrics are means over pairs with their spread and
     per-pair values. The cost is estimated first (refused over a cap; dry_run=true returns only the
     estimate). Find candidate heads with patch_sweep(component='heads')."""
-    if mode not in MODES:
-        raise LensError(f"mode={mode!r} is not one of {', '.join(MODES)}.")
+    if mode not in ALL_MODES:
+        raise LensError(f"mode={mode!r} is not one of {', '.join(ALL_MODES)}.")
     if metric not in ABLATION_METRICS:
         raise LensError(f"metric={metric!r} is not one of {', '.join(ABLATION_METRICS)}.")
     if heads is None:

@@ -12,7 +12,14 @@ from pydantic import Field, ValidationError
 
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.common import Cost
-from lens_mcp.schemas.patching import Component, PatchCell, PatchPairMetrics, PatchSweepResult, SweepSpread
+from lens_mcp.schemas.patching import Component as Component  # re-exported: attribution_patch's components
+from lens_mcp.schemas.patching import (
+    PatchCell,
+    PatchPairMetrics,
+    PatchSweepResult,
+    SweepComponent,
+    SweepSpread,
+)
 from lens_mcp.tools.causal.patching_engine import Patch, PatchEngine, Readout, make_patch
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
@@ -53,12 +60,24 @@ DIRECTIONS = ("denoise", "noise")
 TOP_CELLS = 10
 
 
-def _check_component(tc: ToolContext, component: str) -> str:
-    if component not in COMPONENT_FAMILY:
-        raise LensError(f"component={component!r} is not one of {', '.join(COMPONENT_FAMILY)}.")
+OUTPUT_COMPONENTS: tuple[str, ...] = (
+    "resid_pre",
+    "resid_mid",
+    "resid_post",
+    "attn_out",
+    "mlp_out",
+    "heads",
+    "heads_by_pos",
+)
+"""The components other tools (attribution_patch) share with patch_sweep: outputs, not head inputs or patterns."""
+
+
+def _check_component(tc: ToolContext, component: str, components: Sequence[str] = OUTPUT_COMPONENTS) -> str:
+    if component not in components:
+        raise LensError(f"component={component!r} is not one of {', '.join(components)}.")
     family = COMPONENT_FAMILY[component]
     if hook_name(family, 0) not in tc.bridge.hook_dict:
-        available = [c for c, f in COMPONENT_FAMILY.items() if hook_name(f, 0) in tc.bridge.hook_dict]
+        available = [c for c in components if hook_name(COMPONENT_FAMILY[c], 0) in tc.bridge.hook_dict]
         raise LensError(
             f"component={component!r}: this model has no {hook_name(family, 0)} hook point "
             f"(e.g. an attention-only model has no MLP); use one of {', '.join(available)}."
@@ -173,7 +192,7 @@ def plan_sweep(
 ) -> SweepPlan:
     """Check every argument and count the cells (refusing a sweep over max_sweep_cells), without running.
     Pairs may differ in length only for per-head components or positions counted from the end."""
-    _check_component(tc, component)
+    _check_component(tc, component, tuple(COMPONENT_FAMILY))
     if component in PER_HEAD and positions is not None:
         raise LensError(
             f"positions= does not apply to component={component!r} (it patches every position of a head); "
@@ -248,7 +267,7 @@ def run_sweeps(
     """Validate the arguments and run every cell of the sweep for each pair, rows of all pairs of one length
     batched together in one engine. Positions are resolved per pair (negative ones count from each pair's end);
     pairs of different lengths need negative positions, or a per-head component."""
-    family = _check_component(tc, component)
+    family = _check_component(tc, component, tuple(COMPONENT_FAMILY))
     if direction not in DIRECTIONS:
         raise LensError(f"direction={direction!r} is not one of {', '.join(DIRECTIONS)}.")
     spec = plan or plan_sweep(tc, pairs, component, layers, positions, metric)
@@ -529,7 +548,7 @@ def patch_sweep(
         Field(description="The corrupted prompt's answer, one token (e.g. ' Rome'); needed for metric='logit_diff'"),
     ] = None,
     component: Annotated[
-        Component,
+        SweepComponent,
         Field(
             description="What to patch: resid_pre/resid_mid/resid_post/attn_out/mlp_out (layer x position grid); "
             "per head at all positions (layer x head): heads (output z), q, k, v (inputs; k/v per key/value "
