@@ -3,8 +3,6 @@ model against hand-written hooks (and the planted induction head L1H2)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
 
@@ -15,51 +13,11 @@ from lens_mcp.server.app import build_server
 from lens_mcp.tools.causal.ablate_heads import ablate_heads
 from lens_mcp.tools.core.context import ToolContext
 from tests.mcp_client import call_tool, error_text, result_data
-from tests.test_patching import ANSWER, CLEAN, CORRUPTED, WRONG
+from tests.shared import ANSWER, CLEAN, CORRUPTED, WRONG, hand_logits, loss
 
 HALF = " ".join(f"w{(17 * i + 5) % 250}" for i in range(20))  # 20 distinct words, as the toy model was trained on
 REPEATED = f"{HALF} {HALF}"  # BOS + 20 tokens + the same 20 again
 SECOND_HALF = list(range(22, 41))  # tokens an induction copy predicts (the second repeat after its first token)
-
-
-def hand_logits(
-    tc: ToolContext, prompt: str, heads: list[tuple[int, int]], mode: str, source: str | None
-) -> torch.Tensor:
-    """Full logits [pos, vocab] of `prompt` with `heads`' z replaced by a hand-written hook."""
-    bridge = tc.bridge
-    tokens = bridge.to_tokens(prompt)
-    with torch.no_grad():
-        _, own = bridge.run_with_cache(tokens, names_filter=lambda name: name.endswith("attn.hook_z"))
-        other = None
-        if source is not None:
-            _, other = bridge.run_with_cache(bridge.to_tokens(source), names_filter=lambda n: n.endswith("attn.hook_z"))
-        hooks = []
-        for layer, head in heads:
-            name = f"blocks.{layer}.attn.hook_z"
-            if mode == "zero":
-                value: Any = 0.0
-            elif mode == "mean":
-                value = own[name][0, :, head].mean(0)
-            elif mode == "resample":
-                assert other is not None
-                value = other[name][0, :, head]
-            else:
-                assert other is not None
-                value = other[name][0, :, head].mean(0)
-
-            def hook(z: torch.Tensor, hook: Any, head: int = head, value: Any = value) -> torch.Tensor:
-                z = z.clone()
-                z[0, :, head] = value
-                return z
-
-            hooks.append((name, hook))
-        return bridge.run_with_hooks(tokens, fwd_hooks=hooks)[0]
-
-
-def loss(tc: ToolContext, logits: torch.Tensor, prompt: str, positions: list[int]) -> float:
-    tokens = tc.bridge.to_tokens(prompt)[0]
-    logprobs = logits.float().log_softmax(-1)
-    return float(-torch.stack([logprobs[p - 1, tokens[p]] for p in positions]).mean())
 
 
 @pytest.mark.parametrize("mode", ["resample", "corrupted_mean"])

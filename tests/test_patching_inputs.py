@@ -3,10 +3,7 @@ TransformerLens's get_act_patch_attn_head_*_all_pos; result hygiene (null for sk
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
-import torch
-from transformer_lens import patching
 
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.schemas.common import round_sig
@@ -14,45 +11,7 @@ from lens_mcp.server.app import build_server
 from lens_mcp.tools.causal.patch_sweep import patch_sweep, run_sweep
 from lens_mcp.tools.core.context import ToolContext
 from tests.mcp_client import call_tool, error_text, result_data
-from tests.test_patching import ANSWER, CLEAN, CORRUPTED, TOL, WRONG, transformer_lens_values
-
-HEAD_FUNCTIONS = {
-    "q": "get_act_patch_attn_head_q_all_pos",
-    "k": "get_act_patch_attn_head_k_all_pos",
-    "v": "get_act_patch_attn_head_v_all_pos",
-    "pattern": "get_act_patch_attn_head_pattern_all_pos",
-    "heads": "get_act_patch_attn_head_out_all_pos",
-}
-
-
-def tl_head_values(
-    tc: ToolContext,
-    component: str,
-    cells: list,
-    direction: str = "denoise",
-    clean: str = CLEAN,
-    corrupted: str = CORRUPTED,
-    answer: str = ANSWER,
-    wrong: str = WRONG,
-) -> torch.Tensor:
-    """TransformerLens's per-head patching function; noising = the same function with the roles swapped
-    (the corrupted run's cache patched into the clean tokens)."""
-    bridge = tc.bridge
-    tokens = bridge.to_tokens([clean, corrupted])
-    source, base = (0, 1) if direction == "denoise" else (1, 0)
-    a, b = bridge.to_single_token(answer), bridge.to_single_token(wrong)
-    index = pd.DataFrame([(layer, head) for layer, head, _ in cells], columns=["layer", "head"])
-    with torch.no_grad():
-        _, cache = bridge.run_with_cache(tokens[source : source + 1])
-        function = getattr(patching, HEAD_FUNCTIONS[component])
-        return function(
-            bridge,
-            tokens[base : base + 1],
-            cache,
-            lambda logits: logits[0, -1, a] - logits[0, -1, b],
-            index_axis_names=None,
-            index_df=index,
-        )
+from tests.shared import ANSWER, CLEAN, CORRUPTED, TOL, WRONG, tl_head_values, transformer_lens_values
 
 
 @pytest.mark.parametrize("direction", ["denoise", "noise"])

@@ -9,7 +9,7 @@ import torch
 from lens_mcp.tools.causal.ablate_heads import ablate_heads
 from lens_mcp.tools.causal.patch_sweep import patch_sweep, run_sweep
 from lens_mcp.tools.core.context import ToolContext
-from tests.shared import TL_FUNCTIONS, TOL, hand_ablation, transformer_lens_values
+from tests.shared import TL_FUNCTIONS, TOL, hand_ablation, hand_logits, loss, tl_head_values, transformer_lens_values
 
 pytestmark = pytest.mark.slow
 
@@ -83,8 +83,6 @@ def test_ablate_heads_equals_hand_written_hooks(smol: ToolContext) -> None:
 @pytest.mark.parametrize("component", ["q", "k", "v", "pattern"])
 def test_head_inputs_equal_transformer_lens(smol: ToolContext, component: str, direction: str) -> None:
     """Under grouped-query attention k and v are patched per key/value head (3 per layer, not 9)."""
-    from tests.test_patching_inputs import tl_head_values
-
     sweep = run_sweep(smol, CLEAN, CORRUPTED, ANSWER, WRONG, component, layers=[0, 13, 29], direction=direction)
     assert sweep.heads == list(range(3 if component in ("k", "v") else 9))
     reference = tl_head_values(smol, component, sweep.cells, direction, CLEAN, CORRUPTED, ANSWER, WRONG)
@@ -140,8 +138,6 @@ def test_pairs_mean_equals_the_mean_of_single_sweeps(smol: ToolContext) -> None:
 
 
 def test_ablate_heads_resample_and_loss_equal_hand_written_hooks(smol: ToolContext) -> None:
-    from tests.test_ablation_modes import hand_logits, loss
-
     heads = [(21, 3), (25, 0)]
     a, b = smol.bridge.to_single_token(ANSWER), smol.bridge.to_single_token(WRONG)
     result = ablate_heads(
