@@ -31,7 +31,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -68,6 +68,15 @@ class EngineMismatch(RuntimeError):
     """The driven blocks did not reproduce the model's forward pass; use the hooked path instead."""
 
 
+class Edit(Protocol):
+    """One change a patched row makes at one hook point (a Patch is one)."""
+
+    @property
+    def hook(self) -> str: ...
+
+    def apply(self, act: torch.Tensor, row: int, offset: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class Patch:
     """Write `value` (a clean activation) into the hook point `hook` of block `layer`.
@@ -82,15 +91,33 @@ class Patch:
     head: int | None
     value: torch.Tensor
     first_diff: int | None
+    add: bool = False
+    """Add `value` to the activation instead of writing it (path patching adds a sender's clean-minus-corrupted
+    write to a receiver's input)."""
+    also: tuple[Edit, ...] = ()
+    """Further edits made in the same row (at other hook points or heads); `layer` and `first_diff` must then
+    be the earliest over all of them."""
+
+    def edits(self) -> tuple[Edit, ...]:
+        """Every edit this row makes, each applied at its own `hook` (a Patch whose `hook` is empty only carries
+        `also`)."""
+        return (self, *self.also) if self.hook else self.also
 
     def apply(self, act: torch.Tensor, row: int, offset: int) -> None:
         """Write into row `row` of an activation [batch, pos, ...] that starts at absolute position `offset`."""
         if self.position is None:
             target = act[row, :, self.head] if self.head is not None else act[row]
-            target.copy_(self.value[offset : offset + target.shape[0]])
+            value = self.value[offset : offset + target.shape[0]]
+            if self.add:
+                target.add_(value)
+            else:
+                target.copy_(value)
         else:
             index = (row, self.position - offset) if self.head is None else (row, self.position - offset, self.head)
-            act[index] = self.value
+            if self.add:
+                act[index] += self.value
+            else:
+                act[index] = self.value
 
 
 def first_difference(clean: torch.Tensor, corrupted: torch.Tensor) -> int | None:
@@ -455,11 +482,12 @@ class PatchEngine:
         start = batch[0].layer
         first = 1 if control else 0
         starts = [start] * first + [patch.layer for patch in batch]
-        by_hook: dict[str, list[tuple[int, Patch]]] = defaultdict(list)
+        by_hook: dict[str, list[tuple[int, Edit]]] = defaultdict(list)
         for row, patch in enumerate(batch, start=first):
-            by_hook[patch.hook].append((row, patch))
+            for edit in patch.edits():
+                by_hook[edit.hook].append((row, edit))
 
-        def make_hook(entries: list[tuple[int, Patch]]) -> Callable[..., torch.Tensor]:
+        def make_hook(entries: list[tuple[int, Edit]]) -> Callable[..., torch.Tensor]:
             def hook(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
                 for row, patch in entries:
                     patch.apply(act, row, offset)
@@ -506,11 +534,12 @@ class PatchEngine:
         self.stats.batch_bound = plan.reason
 
         def run_batch(batch: Sequence[int]) -> torch.Tensor:
-            by_hook: dict[str, list[tuple[int, Patch]]] = defaultdict(list)
+            by_hook: dict[str, list[tuple[int, Edit]]] = defaultdict(list)
             for row, i in enumerate(batch):
-                by_hook[patches[i].hook].append((row, patches[i]))
+                for edit in patches[i].edits():
+                    by_hook[edit.hook].append((row, edit))
 
-            def make_hook(entries: list[tuple[int, Patch]]) -> Callable[..., torch.Tensor]:
+            def make_hook(entries: list[tuple[int, Edit]]) -> Callable[..., torch.Tensor]:
                 def hook(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
                     for row, patch in entries:
                         patch.apply(act, row, 0)
