@@ -7,6 +7,7 @@ from mcp.server.mcpserver import MCPServer
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server.adapter import add_host_tool, add_model_tool
 from lens_mcp.tools.causal.ablate_heads import ablate_heads
+from lens_mcp.tools.causal.path_patch import path_patch
 from lens_mcp.tools.causal.patch_sweep import patch_sweep
 from lens_mcp.tools.model.load_model import load_model
 from lens_mcp.tools.model.model_info import model_info
@@ -28,4 +29,5 @@ def register_tools(server: MCPServer, host: ModelHost) -> None:
     add_model_tool(server, host, attention_pattern, title="Attention pattern of one head")
     add_model_tool(server, host, patch_sweep, title="Activation patching sweep")
     add_model_tool(server, host, ablate_heads, title="Ablate attention heads")
+    add_model_tool(server, host, path_patch, title="Path patching between heads")
     add_model_tool(server, host, induction_scores, title="Find induction heads")

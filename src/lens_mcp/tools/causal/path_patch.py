@@ -264,7 +264,8 @@ def _logit_rows(
             f"stream ({float(values[0]):.6g} vs {engine.metric_value:.6g}), so it refuses rather than report wrong "
             "numbers; use receivers={'resid': layer} or head receivers."
         )
-    return values[1:]
+    unchanged = torch.tensor([not bool(delta[-1].any()) for delta in deltas], dtype=torch.bool)
+    return torch.where(unchanged, torch.tensor(engine.metric_value, dtype=values.dtype), values[1:])
 
 
 def run_path_patch(
@@ -316,6 +317,12 @@ def run_path_patch(
             )
     else:
         paths = [(sender, receiver_list) for sender in sender_list]
+    if form_name != "logits" and not any(r.layer > s[0] for s, receivers_of_row in paths for r in receivers_of_row):
+        raise LensError(
+            f"no path: every receiver is in the same layer as the senders or before them (a head reads the "
+            f"residual stream before its own layer's heads write to it). Choose senders before layer "
+            f"{last_receiver_layer}, or later receivers."
+        )
     n_paths = len(paths)
     if n_paths > tc.limits.max_sweep_cells:
         raise LensError(
