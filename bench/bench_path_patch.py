@@ -58,7 +58,7 @@ def main() -> None:
         f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
     )
     if hasattr(os, "getloadavg"):
-        print("load average before: %.2f %.2f %.2f" % os.getloadavg())
+        print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     corrupted = CORRUPTED[args.pair]
     sender_layer, sender_head = args.sender
 
@@ -125,7 +125,7 @@ def main() -> None:
             elapsed, grid, run = ours()
             times.append(elapsed)
         if hasattr(os, "getloadavg"):
-            print("load average after: %.2f %.2f %.2f" % os.getloadavg())
+            print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
         best = min(times)
         later = slice(sender_layer + 1, n_layers)
         diff = float((grid[later] - reference.cpu()[later]).abs().max())

@@ -18,8 +18,8 @@ from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.schemas.common import round_sig
 from lens_mcp.server.app import build_server
-from lens_mcp.tools.causal.path_patch import path_patch, run_path_patch
 from lens_mcp.tools.causal.patching_engine import PatchEngine
+from lens_mcp.tools.causal.path_patch import path_patch, run_path_patch
 from lens_mcp.tools.core.context import ToolContext
 from tests.mcp_client import call_tool, error_text, result_data
 
@@ -140,7 +140,9 @@ def test_the_planted_circuit_is_found(toy: ToolContext) -> None:
     assert max(abs(keys.grid[0][h]) for h in (0, 2)) < 0.05
     # Through the queries or values of L1H2 the previous-token head carries nothing here.
     for receiver_input in ("q", "v"):
-        other = path_patch(toy, KEY_CLEAN, KEY_CORRUPTED, ANSWER, None, [[0, 1]], [[1, 2]], receiver_input, None, "prob")
+        other = path_patch(
+            toy, KEY_CLEAN, KEY_CORRUPTED, ANSWER, None, [[0, 1]], [[1, 2]], receiver_input, None, "prob"
+        )
         assert abs(other.grid[0][1]) < 0.05
     # Direct paths to the logits: only the induction head writes the answer.
     direct = path_patch(toy, KEY_CLEAN, KEY_CORRUPTED, ANSWER, None, None, "logits", metric="logprob")

@@ -7,8 +7,8 @@ from mcp.server.mcpserver import MCPServer
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server.adapter import add_host_tool, add_model_tool
 from lens_mcp.tools.causal.ablate_heads import ablate_heads
-from lens_mcp.tools.causal.path_patch import path_patch
 from lens_mcp.tools.causal.patch_sweep import patch_sweep
+from lens_mcp.tools.causal.path_patch import path_patch
 from lens_mcp.tools.model.load_model import load_model
 from lens_mcp.tools.model.model_info import model_info
 from lens_mcp.tools.model.tokenize import tokenize
