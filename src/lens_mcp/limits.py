@@ -23,6 +23,14 @@ class Limits:
     """Tokens in one forward batch (sequences x length): bounds the activation memory of a batch."""
     max_induction_tokens: int = 65_536
     """n_seqs x (2 * seq_len + 1) tokens for induction_scores."""
+    max_work_units: int = 50_000_000
+    """Token-layers of work in one call (tokens x transformer blocks over every row it runs)."""
+    max_call_seconds: int = 300
+    """Estimated seconds one call may hold the model, from a throughput measured on the loaded model."""
+    max_batch_seconds: int = 3
+    """Target seconds of one batch, so progress arrives (and a cancel lands) every few seconds."""
+    max_pairs: int = 64
+    """Items in one `pairs=[...]` prompt dataset."""
     max_top_k: int = 100
     """Largest top_k any tool accepts."""
     max_response_chars: int = 40_000

@@ -54,3 +54,31 @@ class HeadScore(BaseModel):
     layer: int
     head: int
     score: Rounded = Field(description="The value for this head (sign kept)")
+
+
+class PairMetrics(BaseModel):
+    """One pair of a prompt dataset: its metric on the clean and the corrupted prompt."""
+
+    index: int = Field(description="The pair's index in pairs=[...]")
+    clean_metric: Rounded = Field(description="The metric on the pair's clean prompt")
+    corrupted_metric: Rounded | None = Field(default=None, description="The metric on its corrupted prompt")
+
+
+class GridSpread(BaseModel):
+    """How much a grid's cells vary over the pairs of a dataset (same shape as the mean grid)."""
+
+    n_pairs: int = Field(description="How many pairs the mean is over")
+    std: Grid = Field(description="Population standard deviation of each cell over pairs")
+    min: Grid = Field(description="Smallest value of each cell over pairs")
+    max: Grid = Field(description="Largest value of each cell over pairs")
+
+
+class Cost(BaseModel):
+    """What a call costs, estimated before its first forward pass."""
+
+    cells: int = Field(description="Cells in the result")
+    forward_passes: int = Field(description="Batched forward (and backward) passes the call runs")
+    work_units: int = Field(description="Token-layers of work: tokens x transformer blocks, backward passes twice")
+    seconds: Rounded = Field(description="Estimated seconds on this model and device, from a measured throughput")
+    result_chars: int = Field(description="Estimated characters of the JSON result")
+    throughput: Rounded = Field(description="Measured token-layers per second of this model on this device")

@@ -31,6 +31,10 @@ LIMIT_FLAGS = {
     "max_batch_sequences": "sequences per forward batch",
     "max_batch_tokens": "tokens per forward batch",
     "max_induction_tokens": "tokens in one induction_scores call",
+    "max_work_units": "token-layers of work in one call (tokens x blocks over every row it runs)",
+    "max_call_seconds": "estimated seconds one call may hold the model (measured throughput)",
+    "max_batch_seconds": "target seconds of one batch (progress and cancellation every few seconds)",
+    "max_pairs": "items in one pairs=[...] prompt dataset",
     "max_top_k": "largest top_k",
     "max_response_chars": "characters of JSON per tool result",
 }

@@ -13,6 +13,7 @@ from lens_mcp.errors import LensError
 from lens_mcp.schemas.patching import AblateHeadsResult, HeadEffect
 from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.cost import seconds_per_row
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.metrics import resolve_metric
 from lens_mcp.tools.core.tokens import encode, token_strings
@@ -118,6 +119,7 @@ def ablate_heads(
             n_tokens,
             sequence_bytes(tc.cfg, n_tokens, logits_tokens=n_tokens),
             wanted=len(rows),
+            seconds_per_row=seconds_per_row(tc, n_tokens),
         )
 
         def run_batch(batch: Sequence[list[tuple[int, int]]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,6 +37,7 @@ import torch
 
 from lens_mcp.tools.core.batching import ProgressCounter, is_out_of_memory, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.cost import seconds_per_row
 from lens_mcp.tools.core.metrics import AnswerMetric
 
 log = logging.getLogger(__name__)
@@ -428,6 +429,7 @@ class PatchEngine:
                 length,
                 sequence_bytes(self.tc.cfg, length, self.n_tokens),
                 wanted=len(members) + 1,
+                seconds_per_row=seconds_per_row(self.tc, length, int(self.tc.cfg.n_layers) - patches[members[0]].layer),
             )
             control = plan.rows >= 2  # a control row needs room for one more sequence in the batch
             rows = plan.rows - 1 if control else 1
@@ -529,6 +531,7 @@ class PatchEngine:
             n,
             sequence_bytes(self.tc.cfg, n, n, logits_tokens=n),
             wanted=len(active),
+            seconds_per_row=seconds_per_row(self.tc, n),
         )
         self.stats.batch_rows = plan.rows
         self.stats.batch_bound = plan.reason

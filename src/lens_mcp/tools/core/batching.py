@@ -67,18 +67,27 @@ class BatchPlan:
     rows: int
     """Sequences per forward batch."""
     reason: str
-    """Which bound decided it (for logs and results): max_batch_sequences, max_batch_tokens or memory."""
+    """Which bound decided it (for logs and results): max_batch_sequences, max_batch_tokens, max_batch_seconds,
+    memory or wanted."""
 
 
 def plan_rows(
-    limits: Any, device: torch.device | str, tokens_per_row: int, bytes_per_row: int, wanted: int | None = None
+    limits: Any,
+    device: torch.device | str,
+    tokens_per_row: int,
+    bytes_per_row: int,
+    wanted: int | None = None,
+    seconds_per_row: float | None = None,
 ) -> BatchPlan:
     """Rows per batch: the smallest of `max_batch_sequences`, `max_batch_tokens // tokens_per_row`, what fits
-    in MEMORY_FRACTION of free memory, and `wanted` (the rows there are); at least 1."""
+    in MEMORY_FRACTION of free memory, what runs in `max_batch_seconds` when `seconds_per_row` is known
+    (cost.seconds_per_row), and `wanted` (the rows there are); at least 1."""
     bounds = {
         "max_batch_sequences": int(limits.max_batch_sequences),
         "max_batch_tokens": max(1, int(limits.max_batch_tokens) // max(1, tokens_per_row)),
     }
+    if seconds_per_row is not None and seconds_per_row > 0:
+        bounds["max_batch_seconds"] = max(1, int(limits.max_batch_seconds / seconds_per_row))
     free = available_memory_bytes(device)
     if free is not None and bytes_per_row > 0:
         bounds["memory"] = max(1, int(free * MEMORY_FRACTION) // bytes_per_row)

@@ -32,8 +32,9 @@ from pydantic import Field
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.common import HeadScore
 from lens_mcp.schemas.induction import InductionScores, ScoredPositions
-from lens_mcp.tools.core.batching import iter_batched
+from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.cost import Work, enforce, estimate, seconds_per_row
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import check_range, check_top_k
@@ -223,10 +224,21 @@ def head_scores_and_losses(
 def _scores_in_batches(
     tc: ToolContext, tokens: torch.Tensor, targets: Targets
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """head_scores_and_losses over all sequences in one pass; only if that runs out of memory, in halves
-    (iter_batched), with the per-batch sums added up so the scores are the same."""
+    """head_scores_and_losses over all sequences, in batches sized by memory and by time (each batch takes
+    about Limits.max_batch_seconds, so progress and cancellation land every few seconds; a batch that still
+    runs out of memory is halved), with the per-batch sums added up so the scores are the same."""
     if tokens.shape[0] == 1:
         return head_scores_and_losses(tc, tokens, targets)
+    n_tokens = int(tokens.shape[1])
+    plan = plan_rows(
+        tc.limits,
+        tc.cfg.device,
+        n_tokens,
+        sequence_bytes(tc.cfg, n_tokens),
+        wanted=int(tokens.shape[0]),
+        seconds_per_row=seconds_per_row(tc, n_tokens),
+    )
+    counter = ProgressCounter(tc.progress, total=int(tokens.shape[0]), unit="sequences scored")
 
     def run_batch(rows: Sequence[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         part = tokens[list(rows)]
@@ -235,7 +247,10 @@ def _scores_in_batches(
         return {kind: scores[kind] * part_targets.n_queries[kind] for kind in KINDS}, first, copy
 
     results = [
-        result for _, result in iter_batched(range(tokens.shape[0]), run_batch, tokens.shape[0], device=tc.cfg.device)
+        result
+        for _, result in iter_batched(
+            range(tokens.shape[0]), run_batch, plan.rows, device=tc.cfg.device, counter=counter
+        )
     ]
     sums = {kind: sum(r[0][kind] for r in results) for kind in KINDS}
     scores = {kind: sums[kind] / max(1, targets.n_queries[kind]) for kind in KINDS}
@@ -369,6 +384,9 @@ def induction_scores(
         tokens, pool = encode(tc, prompt).cpu(), None
         n_seqs = 1
         _check_size(tc, 1, int(tokens.shape[1]), prompt_mode=True)
+    n_tokens = int(tokens.shape[1])
+    cost = estimate(tc, Work(rows=n_seqs, tokens_per_row=n_tokens, cells=3 * n_layers * int(tc.cfg.n_heads)))
+    enforce(tc, cost, "a smaller n_seqs or seq_len" if prompt is None else "a shorter prompt")
     targets = find_targets(tokens)
     if prompt is not None and targets.n_queries["induction"] == 0:
         shown = token_strings(tc, tokens[0, :60])

@@ -12,8 +12,9 @@ from pydantic import Field
 from lens_mcp.schemas.common import TopToken
 from lens_mcp.schemas.reading import CacheSummary, HookSummary
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars
 from lens_mcp.tools.core.forward import summarizing_forward
-from lens_mcp.tools.core.hook_names import resolve_hook_selection
+from lens_mcp.tools.core.hook_names import HookGroup, resolve_hook_selection
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import check_top_k, resolve_layers, resolve_positions
 
@@ -46,6 +47,19 @@ def position_norms(tensor: torch.Tensor, axis: int | None, positions: list[int])
         return [float(x.norm())] * len(positions)
     rows = x.movedim(axis, 0)[positions]
     return rows.reshape(len(positions), -1).norm(dim=1).tolist()
+
+
+def _enforce_cost(tc: ToolContext, groups: list[HookGroup], n_tokens: int, n_positions: int, top_k: int) -> None:
+    """Refuse, before the forward pass, a summary whose JSON would be over the response cap: norms are one
+    number per hooked layer and position; a pattern is an entropy per head and a top source per head and
+    query position."""
+    n_heads = int(tc.cfg.n_heads)
+    cells = 0
+    for group in groups:
+        per_row = n_heads * (1 + n_positions) if "pattern" in group.label else n_positions
+        cells += len(group.names) * per_row
+    work = Work(rows=1, tokens_per_row=n_tokens, cells=cells, result_chars=grid_chars(cells, 40 * (n_tokens + top_k)))
+    enforce(tc, estimate(tc, work), "fewer hooks=, layers=[...] or positions=[...]")
 
 
 def run_with_cache(
@@ -95,6 +109,7 @@ def run_with_cache(
     position_list = resolve_positions(positions, n_tokens)
     groups = resolve_hook_selection(tc.bridge, [hooks] if isinstance(hooks, str) else hooks, layer_list)
     hook_dict = tc.bridge.hook_dict
+    _enforce_cost(tc, groups, n_tokens, len(position_list), top_k)
 
     summaries: dict[str, dict[str, Any]] = {}
 

@@ -1,0 +1,154 @@
+"""Cost before compute: what a call will cost, known before its first forward pass.
+
+Every tool whose work grows with its arguments does, before any forward pass:
+
+    work = Work(cells=..., rows=..., tokens_per_row=..., layer_fraction=..., result_chars=...)
+    cost = estimate(tc, work)
+    enforce(tc, cost, narrow="fewer layers=[...] or positions=[...]")   # LensError over a cap, at once
+    if dry_run:
+        return Result(..., cost=cost, dry_run=True)                     # data fields empty
+
+and sizes its batches with `rows_for_time(tc, tokens_per_row, layers_per_row)` (passed to
+`batching.plan_rows(..., seconds_per_row=...)`), so each batch takes about `Limits.max_batch_seconds` and
+progress (which is also where a cancellation lands) arrives every few seconds.
+
+Work is counted in token-layers: one token through one transformer block (a backward pass counts as two
+forwards). The seconds come from a throughput measured once on the loaded model and device
+(`measured_throughput`), so the same call is estimated at seconds on a GPU and minutes on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from lens_mcp.errors import LensError
+from lens_mcp.schemas.common import Cost
+from lens_mcp.tools.core.context import ToolContext
+
+log = logging.getLogger(__name__)
+
+CHARS_PER_CELL = 9
+"""JSON characters one rounded float takes in a grid, with its comma (e.g. '-0.1234,')."""
+_PROBE_BATCH = 4
+_PROBE_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a call will run, counted before it runs."""
+
+    rows: int
+    """Sequences pushed through the model, the call's reference runs (clean, corrupted) included."""
+    tokens_per_row: int
+    """Tokens in each sequence."""
+    layer_fraction: float = 1.0
+    """Mean share of the model's blocks each row runs (patching from layer L runs n_layers - L of them)."""
+    backward_rows: int = 0
+    """Rows that also run a backward pass (about twice a forward pass each)."""
+    cells: int = 0
+    """Cells of the result (what the caps on cells count)."""
+    result_chars: int = 0
+    """Estimated characters of the JSON result."""
+    rows_per_pass: int | None = None
+    """Rows per batched forward pass, when the tool already knows it (else derived from the time bound)."""
+
+
+def grid_chars(cells: int, overhead: int = 600) -> int:
+    """Estimated JSON characters of a result holding `cells` rounded floats plus `overhead` characters."""
+    return int(cells) * CHARS_PER_CELL + overhead
+
+
+def measured_throughput(tc: ToolContext) -> float:
+    """Token-layers per second of a batched forward pass on the loaded model, measured once per model (a
+    warm-up pass, then the faster of two timed passes) and kept on `tc.model.throughput`."""
+    if tc.model.throughput is not None:
+        return tc.model.throughput
+    cfg = tc.cfg
+    n_tokens = max(2, min(_PROBE_TOKENS, int(cfg.n_ctx)))
+    device = next(iter(tc.bridge.parameters())).device
+    tokens = torch.randint(0, int(cfg.d_vocab), (_PROBE_BATCH, n_tokens), device=device)
+    best = math.inf
+    with torch.no_grad():
+        for attempt in range(3):
+            _synchronize(device)
+            start = time.perf_counter()
+            tc.bridge(tokens)
+            _synchronize(device)
+            if attempt > 0:
+                best = min(best, time.perf_counter() - start)
+    throughput = _PROBE_BATCH * n_tokens * int(cfg.n_layers) / max(best, 1e-6)
+    tc.model.throughput = throughput
+    log.info("measured throughput: %.0f token-layers/s", throughput)
+    return throughput
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize(device)
+
+
+def work_units(tc: ToolContext, work: Work) -> int:
+    """Token-layers the call will run: rows x tokens x blocks, backward passes counted twice."""
+    per_row = work.tokens_per_row * int(tc.cfg.n_layers) * max(0.0, work.layer_fraction)
+    return int(math.ceil((work.rows + 2 * work.backward_rows) * per_row))
+
+
+def estimate(tc: ToolContext, work: Work) -> Cost:
+    """The call's cost: cells, batched passes, work units, seconds on this model and device, result size."""
+    throughput = measured_throughput(tc)
+    units = work_units(tc, work)
+    layers_per_row = max(1.0, int(tc.cfg.n_layers) * work.layer_fraction)
+    rows_per_pass = work.rows_per_pass or rows_for_time(tc, work.tokens_per_row, layers_per_row)
+    passes = math.ceil(work.rows / max(1, rows_per_pass)) + math.ceil(work.backward_rows / max(1, rows_per_pass))
+    return Cost(
+        cells=work.cells,
+        forward_passes=passes,
+        work_units=units,
+        seconds=units / throughput,
+        result_chars=work.result_chars,
+        throughput=throughput,
+    )
+
+
+def enforce(tc: ToolContext, cost: Cost, narrow: str) -> None:
+    """Refuse a call over any cap, at once, saying which cap and how to narrow the call (`narrow`, e.g.
+    "pass fewer layers=[...] or positions=[...]")."""
+    limits = tc.limits
+    problems = []
+    if cost.work_units > limits.max_work_units:
+        problems.append(
+            f"{cost.work_units:,} token-layers of work, over max_work_units={limits.max_work_units:,} "
+            "(LENS_MCP_MAX_WORK_UNITS)"
+        )
+    if cost.seconds > limits.max_call_seconds:
+        problems.append(
+            f"an estimated {cost.seconds:,.0f} s on this device, over max_call_seconds={limits.max_call_seconds} "
+            "(LENS_MCP_MAX_CALL_SECONDS, --max-call-seconds)"
+        )
+    if cost.result_chars > limits.max_response_chars:
+        problems.append(
+            f"about {cost.result_chars:,} characters of JSON, over max_response_chars={limits.max_response_chars} "
+            "(LENS_MCP_MAX_RESPONSE_CHARS)"
+        )
+    if problems:
+        raise LensError(
+            f"refused before computing: this call is {cost.cells:,} cells in {cost.forward_passes:,} batched passes, "
+            + "; ".join(problems)
+            + f". Narrow it: {narrow}. (dry_run=true returns this estimate without computing.)"
+        )
+
+
+def rows_for_time(tc: ToolContext, tokens_per_row: int, layers_per_row: float | None = None) -> int:
+    """Rows per batch so that one batch takes about Limits.max_batch_seconds on this model and device."""
+    return max(1, int(tc.limits.max_batch_seconds / seconds_per_row(tc, tokens_per_row, layers_per_row)))
+
+
+def seconds_per_row(tc: ToolContext, tokens_per_row: int, layers_per_row: float | None = None) -> float:
+    """Estimated seconds one row of `tokens_per_row` tokens takes through `layers_per_row` blocks."""
+    layers = float(layers_per_row if layers_per_row is not None else tc.cfg.n_layers)
+    return max(1.0, tokens_per_row * layers) / measured_throughput(tc)
