@@ -31,13 +31,16 @@ import torch
 from pydantic import Field
 
 from lens_mcp.errors import LensError
-from lens_mcp.schemas.paths import PathEdge, PathPatchResult
+from lens_mcp.schemas.common import Cost, PairMetrics
+from lens_mcp.schemas.paths import PathEdge, PathPatchResult, PathSpread
 from lens_mcp.tools.causal.patching_engine import EngineStats, Patch, PatchEngine, Readout
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars
 from lens_mcp.tools.core.forward import final_norm, unembed
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.metrics import AnswerMetric, MetricName, resolve_metric
+from lens_mcp.tools.core.pairs import PairsArgument, encode_pairs, pair_label, positions_from_end, resolve_pairs, spread
 from lens_mcp.tools.core.tokens import encode_pair, token_strings
 from lens_mcp.tools.core.validation import resolve_head_pairs, resolve_layer, resolve_positions
 
@@ -268,28 +271,44 @@ def _logit_rows(
     return torch.where(unchanged, torch.tensor(engine.metric_value, dtype=values.dtype), values[1:])
 
 
-def run_path_patch(
-    tc: ToolContext,
-    clean_prompt: str,
-    corrupted_prompt: str,
-    answer: str,
-    wrong_answer: str | None,
-    senders: list[list[int]] | None = None,
-    receivers: object = "logits",
-    receiver_input: str = "q",
-    positions: list[int] | None = None,
-    metric: str = "logit_diff",
-) -> PathRun:
-    """Validate the arguments and compute every path; see path_patch."""
+@dataclass
+class PathPlan:
+    """What a call patches, independent of the prompts: the senders, the receivers and every path."""
+
+    form_name: Literal["logits", "all_heads", "set", "resid"]
+    receivers: tuple[Receiver, ...]
+    senders: list[Head]
+    paths: list[tuple[Head, tuple[Receiver, ...]]]
+    receiver_input: str
+
+    @property
+    def heads_in(self) -> bool:
+        return self.form_name in ("all_heads", "set")
+
+    def start_layers(self) -> list[int | None]:
+        """The layer each path's row starts at (None: no path; the readout for 'logits')."""
+        if self.form_name == "logits":
+            return [int(r[0].layer) for _, r in self.paths]
+        starts: list[int | None] = []
+        for sender, receivers_of_row in self.paths:
+            reachable = [r.layer for r in receivers_of_row if r.layer > sender[0]]
+            starts.append(min(reachable) if reachable else None)
+        return starts
+
+
+def plan_paths(tc: ToolContext, senders: object, receivers: object, receiver_input: str) -> PathPlan:
+    """Check senders, receivers and receiver_input against the model and list every path (no forward pass)."""
     if receiver_input not in RECEIVER_INPUTS:
         raise LensError(f"receiver_input={receiver_input!r} is not one of 'q', 'k', 'v'.")
-    tokens = encode_pair(tc, clean_prompt, corrupted_prompt, "clean_prompt", "corrupted_prompt")
-    answer_metric = resolve_metric(tc, answer, wrong_answer, metric, require_wrong=True)
-    n_layers, n_heads, n_tokens = int(tc.cfg.n_layers), int(tc.cfg.n_heads), int(tokens.shape[-1])
+    n_layers, n_heads = int(tc.cfg.n_layers), int(tc.cfg.n_heads)
     form_name, receiver_list = _resolve_receivers(tc, receivers, receiver_input)
-    heads_in = form_name in ("all_heads", "set")
     last_receiver_layer = max(r.layer for r in receiver_list)
     if senders is None:
+        if form_name == "all_heads":
+            raise LensError(
+                "receivers='all_heads' with senders=null (every head) would patch every pair of heads; pass "
+                "senders=[[layer, head], ...] (one sender gives a receiver grid), or a fixed receiver set."
+            )
         sender_list = [(layer, head) for layer in range(min(last_receiver_layer, n_layers)) for head in range(n_heads)]
         if not sender_list:
             raise LensError(
@@ -298,14 +317,6 @@ def run_path_patch(
             )
     else:
         sender_list = resolve_head_pairs(senders, n_layers, n_heads, "senders")
-    position_list = None if positions is None else resolve_positions(positions, n_tokens)
-    if form_name == "all_heads" and len(sender_list) > 1 and senders is None:
-        raise LensError(
-            "receivers='all_heads' with senders=null (every head) would patch every pair of heads; pass "
-            "senders=[[layer, head], ...] (one sender gives a receiver grid), or a fixed receiver set."
-        )
-
-    # every (sender, receivers) row and whether it has a path at all
     paths: list[tuple[Head, tuple[Receiver, ...]]] = []
     if form_name == "all_heads":
         for sender in sender_list:
@@ -319,44 +330,89 @@ def run_path_patch(
         paths = [(sender, receiver_list) for sender in sender_list]
     if form_name != "logits" and not any(r.layer > s[0] for s, receivers_of_row in paths for r in receivers_of_row):
         raise LensError(
-            f"no path: every receiver is in the same layer as the senders or before them (a head reads the "
-            f"residual stream before its own layer's heads write to it). Choose senders before layer "
+            "no path: every receiver is in the same layer as the senders or before them (a head reads the "
+            "residual stream before its own layer's heads write to it). Choose senders before layer "
             f"{last_receiver_layer}, or later receivers."
         )
-    n_paths = len(paths)
-    if n_paths > tc.limits.max_sweep_cells:
+    if len(paths) > tc.limits.max_sweep_cells:
         raise LensError(
-            f"path_patch would compute {n_paths} paths, over the cap max_sweep_cells={tc.limits.max_sweep_cells} "
-            "(LENS_MCP_MAX_SWEEP_CELLS); pass fewer senders=[[layer, head], ...]."
+            f"path_patch would compute {len(paths)} paths, over the cap max_sweep_cells="
+            f"{tc.limits.max_sweep_cells} (LENS_MCP_MAX_SWEEP_CELLS); pass fewer senders=[[layer, head], ...]."
         )
     _check_architecture(tc, sorted({layer for layer, _ in sender_list}))
+    return PathPlan(form_name, receiver_list, sender_list, paths, receiver_input)
 
+
+def _first_changed(tokens: torch.Tensor, positions: list[int] | None) -> int:
+    """The earliest position a sender's write can differ at: the first token the prompts differ in (causal
+    attention), or the first patched position if later."""
+    differs = torch.nonzero(tokens[0] != tokens[1])
+    first = int(differs[0, 0]) if len(differs) else int(tokens.shape[-1])
+    return max(first, min(positions)) if positions else first
+
+
+def estimate_cost(
+    tc: ToolContext, plan: PathPlan, encoded: Sequence[torch.Tensor], positions: Sequence[list[int] | None]
+) -> Cost:
+    """Work, passes, seconds and result size of the call, from the plan and the token ids alone."""
+    n_layers = int(tc.cfg.n_layers)
+    starts = plan.start_layers()
+    units = 0.0
+    rows = 0
+    longest = max(int(tokens.shape[-1]) for tokens in encoded)
+    for tokens, position_list in zip(encoded, positions, strict=True):
+        n_tokens = int(tokens.shape[-1])
+        units += 2 * n_tokens * n_layers  # the clean and corrupted runs
+        rows += 2
+        suffix = max(0, n_tokens - _first_changed(tokens, position_list))
+        if plan.form_name != "logits" and suffix:
+            active = [start for start in starts if start is not None]
+            units += sum((n_layers - start) * suffix for start in active)
+            rows += len(active)
+    n_cells = len(plan.paths)
+    grid_cells = n_cells if plan.form_name == "all_heads" else len({s[0] for s in plan.senders}) * int(tc.cfg.n_heads)
+    statistics = 4 if len(encoded) > 1 else 1  # the mean grid, plus std / min / max over pairs
+    chars = grid_chars(grid_cells * statistics, 1500 + 24 * longest + 90 * TOP_EDGES + 80 * len(encoded))
+    fraction = units / max(1, rows * longest * n_layers)
+    return estimate(
+        tc, Work(rows=rows, tokens_per_row=longest, layer_fraction=fraction, cells=n_cells, result_chars=chars)
+    )
+
+
+def _run_pair(
+    tc: ToolContext,
+    plan: PathPlan,
+    tokens: torch.Tensor,
+    answer_metric: AnswerMetric,
+    position_list: list[int] | None,
+    counter: ProgressCounter,
+) -> PathRun:
+    """Every path of `plan` on one clean/corrupted pair."""
+    n_tokens, n_paths = int(tokens.shape[-1]), len(plan.paths)
     readout = Readout(tc, answer_metric)
-    z_hooks = [hook_name("z", layer) for layer in sorted({layer for layer, _ in sender_list})]
+    z_hooks = [hook_name("z", layer) for layer in sorted({layer for layer, _ in plan.senders})]
     notes: list[str] = []
     values = torch.full((n_paths,), math.nan, dtype=torch.float32)
     with torch.no_grad():
         engine = PatchEngine(tc, tokens, readout, z_hooks)
         engine.prepare()
-        tc.progress(0, n_paths, "clean and corrupted runs done")
-        deltas, first = _sender_writes(tc, engine, sender_list, position_list)
-        if form_name == "logits":
+        deltas, first = _sender_writes(tc, engine, plan.senders, position_list)
+        if plan.form_name == "logits":
             if position_list is not None and n_tokens - 1 not in position_list:
                 notes.append("positions leaves out the last position, the only one the logits read: no effect")
-            values = _logit_rows(tc, engine, answer_metric, [deltas[sender] for sender, _ in paths])
+            values = _logit_rows(tc, engine, answer_metric, [deltas[sender] for sender, _ in plan.paths])
             engine.stats.method = "readout"
-            tc.progress(n_paths, n_paths, "paths into the logits done")
+            counter.advance(n_paths, f"{n_paths} paths into the logits")
         else:
-            builder = _RowBuilder(tc, receiver_input)
+            builder = _RowBuilder(tc, plan.receiver_input)
             rows: list[Patch] = []
             index: list[int] = []
-            for i, (sender, receivers_of_row) in enumerate(paths):
+            for i, (sender, receivers_of_row) in enumerate(plan.paths):
                 reachable = [r for r in receivers_of_row if r.layer > sender[0]]
                 row = builder.row(deltas[sender], first[sender], reachable)
                 if row is not None:
                     rows.append(row)
                     index.append(i)
-            counter = ProgressCounter(tc.progress, total=len(rows), unit="paths patched")
             if rows:
                 values[index] = engine.run(rows, counter)
             missing = sorted(builder.edited - builder.fired)
@@ -370,11 +426,11 @@ def run_path_patch(
     notes += engine.stats.notes
     return PathRun(
         values=values,
-        paths=paths,
-        form="receivers" if form_name == "all_heads" else "senders",
-        senders=sender_list,
-        receivers=receiver_list,
-        receiver_input=receiver_input if heads_in else None,  # type: ignore[arg-type]
+        paths=plan.paths,
+        form="receivers" if plan.form_name == "all_heads" else "senders",
+        senders=plan.senders,
+        receivers=plan.receivers,
+        receiver_input=plan.receiver_input if plan.heads_in else None,  # type: ignore[arg-type]
         clean_metric=engine.clean_value,
         corrupted_metric=engine.metric_value,
         tokens=tokens,
@@ -383,6 +439,31 @@ def run_path_patch(
         stats=engine.stats,
         notes=notes,
     )
+
+
+def _counter(tc: ToolContext, plan: PathPlan, n_pairs: int) -> ProgressCounter:
+    per_pair = len(plan.paths) if plan.form_name == "logits" else sum(s is not None for s in plan.start_layers())
+    return ProgressCounter(tc.progress, total=per_pair * n_pairs, unit="paths patched")
+
+
+def run_path_patch(
+    tc: ToolContext,
+    clean_prompt: str,
+    corrupted_prompt: str,
+    answer: str,
+    wrong_answer: str | None,
+    senders: list[list[int]] | None = None,
+    receivers: object = "logits",
+    receiver_input: str = "q",
+    positions: list[int] | None = None,
+    metric: str = "logit_diff",
+) -> PathRun:
+    """Validate the arguments and compute every path on one pair (unrounded); see path_patch."""
+    plan = plan_paths(tc, senders, receivers, receiver_input)
+    tokens = encode_pair(tc, clean_prompt, corrupted_prompt, "clean_prompt", "corrupted_prompt")
+    answer_metric = resolve_metric(tc, answer, wrong_answer, metric, require_wrong=True)
+    position_list = None if positions is None else resolve_positions(positions, int(tokens.shape[-1]))
+    return _run_pair(tc, plan, tokens, answer_metric, position_list, _counter(tc, plan, 1))
 
 
 def _grid_axes(tc: ToolContext, run: PathRun, shown: list[float]) -> tuple[list[str], list[int], list[int], list[Any]]:
@@ -411,12 +492,13 @@ def _grid_axes(tc: ToolContext, run: PathRun, shown: list[float]) -> tuple[list[
 def path_patch(
     tc: ToolContext,
     clean_prompt: Annotated[
-        str, Field(description="Prompt whose sender outputs are patched in, e.g. 'When Mary and John went, John gave'")
-    ],
+        str | None,
+        Field(description="Prompt whose sender outputs are patched in, e.g. 'When Mary and John went, John gave'"),
+    ] = None,
     corrupted_prompt: Annotated[
-        str, Field(description="Prompt that is run; must tokenize to the same length as clean_prompt")
-    ],
-    answer: Annotated[str, Field(description="The clean prompt's answer, one token (e.g. ' Mary')")],
+        str | None, Field(description="Prompt that is run; must tokenize to the same length as clean_prompt")
+    ] = None,
+    answer: Annotated[str | None, Field(description="The clean prompt's answer, one token (e.g. ' Mary')")] = None,
     wrong_answer: Annotated[
         str | None, Field(description="The competing answer, one token; needed for metric='logit_diff'")
     ] = None,
@@ -451,6 +533,10 @@ def path_patch(
         bool,
         Field(description="Report (patched - corrupted) / (clean - corrupted): 0 = no effect, 1 = clean restored"),
     ] = True,
+    pairs: PairsArgument = None,
+    dry_run: Annotated[
+        bool, Field(description="Only estimate the cost (paths, passes, seconds, result size); compute nothing")
+    ] = False,
 ) -> PathPatchResult:
     """Path patching (Wang et al. 2022), TransformerLens's direct-path definition: run the corrupted prompt and
     add a sender head's clean-minus-corrupted write ((z_clean - z_corr) @ W_O, at `positions`) to the
@@ -465,17 +551,83 @@ def path_patch(
     start at the receiver's layer; far faster than one pass per path. Find senders with patch_sweep
     (component='heads') or head_attribution first."""
     started = time.perf_counter()
-    run = run_path_patch(
-        tc, clean_prompt, corrupted_prompt, answer, wrong_answer, senders, receivers, receiver_input, positions, metric
+    plan = plan_paths(tc, senders, receivers, receiver_input)
+    items = resolve_pairs(
+        tc,
+        pairs,
+        clean_prompt=clean_prompt,
+        corrupted_prompt=corrupted_prompt,
+        answer=answer,
+        wrong_answer=wrong_answer,
     )
-    span = run.clean_metric - run.corrupted_metric
-    notes = list(run.notes)
+    n_pairs = len(items)
+    encoded = encode_pairs(tc, items, fixed_positions=positions is not None and not positions_from_end(positions))
+    answer_metrics: list[AnswerMetric] = []
+    position_lists: list[list[int] | None] = []
+    for index, (item, tokens) in enumerate(zip(items, encoded, strict=True)):
+        where = pair_label(index, n_pairs)
+        try:
+            answer_metrics.append(resolve_metric(tc, item.answer or "", item.wrong_answer, metric, require_wrong=True))
+            position_lists.append(None if positions is None else resolve_positions(positions, int(tokens.shape[-1])))
+        except LensError as exc:
+            raise LensError(f"{where}{exc}" if where else str(exc)) from None
+    cost = estimate_cost(tc, plan, encoded, position_lists)
+    enforce(tc, cost, "fewer senders=[[layer, head], ...], later receivers, or fewer pairs")
+    first_metric = answer_metrics[0]
+    receiver_label = (
+        "all_heads"
+        if plan.form_name == "all_heads"
+        else ", ".join(r.label(plan.receiver_input) for r in plan.receivers)
+    )
+    shown_input = plan.receiver_input if plan.heads_in else None
+    metric_text = f"{first_metric.description} at the last position" + (
+        " (pair 0's answers; each pair uses its own)" if n_pairs > 1 else ""
+    )
+    if dry_run:
+        return PathPatchResult(
+            receivers=receiver_label,
+            receiver_input=shown_input,
+            metric=metric_text,
+            normalized=normalize,
+            meaning="dry run: nothing computed; `cost` is the estimate",
+            clean_tokens=token_strings(tc, encoded[0][0]),
+            corrupted_tokens=token_strings(tc, encoded[0][1]),
+            positions=position_lists[0],
+            n_paths=len(plan.paths),
+            method="dry_run",
+            seconds=time.perf_counter() - started,
+            cost=cost,
+            dry_run=True,
+        )
+
+    counter = _counter(tc, plan, n_pairs)
+    runs = [
+        _run_pair(tc, plan, tokens, answer_metric, position_list, counter)
+        for tokens, answer_metric, position_list in zip(encoded, answer_metrics, position_lists, strict=True)
+    ]
+    run = runs[0]
+    notes = list(dict.fromkeys(note for r in runs for note in r.notes))
+    per_pair = torch.stack([r.values for r in runs]).double()
+    clean = torch.tensor([r.clean_metric for r in runs], dtype=torch.float64)
+    corrupted = torch.tensor([r.corrupted_metric for r in runs], dtype=torch.float64)
+    span = float(clean.mean() - corrupted.mean())
     do_normalize = normalize
     if normalize and abs(span) < 1e-6:
         do_normalize = False
         notes.append("clean and corrupted metrics are equal, so the grid cannot be normalized: raw metric shown")
-    shown = ((run.values - run.corrupted_metric) / span if do_normalize else run.values).tolist()
+    if do_normalize:
+        per_pair = (per_pair - corrupted[:, None]) / span
+    statistics = spread(per_pair)
+    shown = statistics.mean.tolist()
     axes, layers, heads, grid = _grid_axes(tc, run, shown)
+    path_spread = None
+    if n_pairs > 1:
+        path_spread = PathSpread(
+            n_pairs=n_pairs,
+            std=_grid_axes(tc, run, statistics.std.tolist())[3],
+            min=_grid_axes(tc, run, statistics.min.tolist())[3],
+            max=_grid_axes(tc, run, statistics.max.tolist())[3],
+        )
 
     edges = [
         PathEdge(
@@ -494,33 +646,45 @@ def path_patch(
             f"grouped-query attention: receiver heads are key/value heads; KV head j is read by query heads "
             f"{group}j..{group}j+{group - 1}"
         )
-    unit = "fraction of the clean - corrupted difference restored" if do_normalize else f"{run.metric.description}"
+    if do_normalize:
+        unit = "fraction of the clean - corrupted difference restored"
+        scale = "1 = the path alone restores the clean metric, 0 = no effect"
+        if n_pairs > 1:
+            unit += f", mean over {n_pairs} pairs (each pair's change divided by the mean clean - corrupted difference)"
+    else:
+        unit = f"the raw metric{f', mean over {n_pairs} pairs' if n_pairs > 1 else ''}"
+        scale = f"compare with corrupted_metric {run.corrupted_metric:.4g}" if n_pairs == 1 else "raw metric"
     return PathPatchResult(
-        receivers=(
-            "all_heads" if run.form == "receivers" else ", ".join(r.label(run.receiver_input) for r in run.receivers)
-        ),
-        receiver_input=run.receiver_input,
-        metric=f"{run.metric.description} at the last position",
+        receivers=receiver_label,
+        receiver_input=shown_input,
+        metric=metric_text,
         normalized=do_normalize,
-        meaning=(
-            f"each cell: the metric with only that sender->receiver path patched, as {unit}; "
-            + ("1 = the path alone restores the clean metric, 0 = no effect" if do_normalize else "raw metric")
-            + "; null = no path"
-        ),
+        meaning=f"each cell: the metric with only that sender->receiver path patched, as {unit}; {scale}; "
+        "null = no path",
         clean_tokens=token_strings(tc, run.tokens[0]),
         corrupted_tokens=token_strings(tc, run.tokens[1]),
-        clean_metric=run.clean_metric,
-        corrupted_metric=run.corrupted_metric,
+        clean_metric=float(clean.mean()),
+        corrupted_metric=float(corrupted.mean()),
         positions=run.positions,
         axes=axes,
         senders=[list(s) for s in run.senders] if len(axes) == 3 else None,
         layers=layers,
         heads=heads,
         grid=grid,
+        spread=path_spread,
+        pairs=(
+            [
+                PairMetrics(index=i, clean_metric=r.clean_metric, corrupted_metric=r.corrupted_metric)
+                for i, r in enumerate(runs)
+            ]
+            if n_pairs > 1
+            else None
+        ),
         top_paths=edges[:TOP_EDGES],
         n_paths=len(run.paths),
-        forward_passes=run.stats.forward_passes,
+        forward_passes=sum(r.stats.forward_passes for r in runs),
         method=run.stats.method,
         seconds=time.perf_counter() - started,
+        cost=cost,
         notes=notes,
     )
