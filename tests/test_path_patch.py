@@ -308,3 +308,73 @@ def test_too_many_paths_are_refused_before_any_forward_pass(toy: ToolContext, mo
     small = ToolContext(toy.model, Limits(max_sweep_cells=2))
     with pytest.raises(LensError, match="over the cap"):
         run_path_patch(small, CLEAN, CORRUPTED, ANSWER, WRONG, None, "logits")
+
+
+# A second key-breaking pair, one token longer: w14 follows w13 in the clean prompt, w98 in the corrupted one.
+KEY_CLEAN_2 = "w10 w11 w12 w13 w14 w15 w10 w11 w12 w13"
+KEY_CORRUPTED_2 = "w10 w11 w12 w98 w14 w15 w10 w11 w12 w13"
+ANSWER_2 = " w14"
+
+
+@pytest.fixture()
+def fixed_speed(toy: ToolContext) -> Any:
+    """The toy model with a known throughput (1,000 token-layers per second), restored afterwards."""
+    saved = toy.model.throughput
+    toy.model.throughput = 1000.0
+    yield toy
+    toy.model.throughput = saved
+
+
+def test_pairs_give_the_mean_and_spread_of_single_pair_runs(toy: ToolContext) -> None:
+    pairs = [
+        {"clean_prompt": KEY_CLEAN, "corrupted_prompt": KEY_CORRUPTED, "answer": ANSWER, "wrong_answer": " w99"},
+        {"clean_prompt": KEY_CLEAN_2, "corrupted_prompt": KEY_CORRUPTED_2, "answer": ANSWER_2, "wrong_answer": " w98"},
+    ]
+    result = path_patch(toy, senders=None, receivers=[[1, 2]], receiver_input="k", pairs=pairs)  # type: ignore[arg-type]
+    runs = [
+        run_path_patch(
+            toy, p["clean_prompt"], p["corrupted_prompt"], p["answer"], p["wrong_answer"], None, [[1, 2]], "k"
+        )
+        for p in pairs
+    ]
+    clean = sum(r.clean_metric for r in runs) / 2
+    corrupted = sum(r.corrupted_metric for r in runs) / 2
+    per_pair = torch.stack([(r.values.double() - r.corrupted_metric) / (clean - corrupted) for r in runs])
+    assert result.grid == [[round_sig(v) for v in per_pair.mean(0).tolist()]]
+    assert result.spread is not None and result.spread.n_pairs == 2
+    assert result.spread.min == [[round_sig(v) for v in per_pair.min(0).values.tolist()]]
+    assert result.spread.max == [[round_sig(v) for v in per_pair.max(0).values.tolist()]]
+    assert result.pairs is not None and [p.clean_metric for p in result.pairs] == [
+        round_sig(r.clean_metric) for r in runs
+    ]
+    assert result.clean_metric == round_sig(clean) and "mean over 2 pairs" in result.meaning
+    # The planted circuit holds on both pairs: L0H1 into L1H2's keys restores about all of each.
+    assert result.top_paths[0].sender == (0, 1) and float(per_pair[:, 1].min()) > 0.8
+    # Pairs of different lengths line up only when positions count from the end.
+    with pytest.raises(LensError, match="count positions from the end|Count positions from the end"):
+        path_patch(toy, senders=None, receivers=[[1, 2]], receiver_input="k", positions=[5], pairs=pairs)  # type: ignore[arg-type]
+    from_end = path_patch(toy, senders=[[0, 1]], receivers=[[1, 2]], receiver_input="k", positions=[-1], pairs=pairs)  # type: ignore[arg-type]
+    assert from_end.grid is not None and from_end.grid[0][1] is not None
+    with pytest.raises(LensError, match="not both"):
+        path_patch(toy, KEY_CLEAN, senders=None, receivers=[[1, 2]], pairs=pairs)  # type: ignore[arg-type]
+
+
+def test_dry_run_estimates_the_work_without_computing(
+    fixed_speed: ToolContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tc = fixed_speed
+
+    def no_run(self: PatchEngine) -> None:
+        raise AssertionError("ran a forward pass")
+
+    monkeypatch.setattr(PatchEngine, "prepare", no_run)
+    result = path_patch(tc, KEY_CLEAN, KEY_CORRUPTED, ANSWER, " w99", None, [[1, 2]], "k", dry_run=True)
+    assert result.dry_run and result.grid is None and result.cost is not None and result.method == "dry_run"
+    # Hand count: the clean and corrupted runs (2 x 10 tokens x 2 blocks), then 3 senders of layer 0, each a row
+    # through block 1 only, over the 6 positions from the first differing token (position 4) on.
+    assert abs(result.cost.work_units - (2 * 10 * 2 + 3 * 1 * 6)) <= 1
+    assert result.cost.seconds == pytest.approx(result.cost.work_units / 1000.0, rel=0.05)
+    assert result.cost.cells == 3 and result.n_paths == 3
+    small = ToolContext(tc.model, Limits(max_work_units=40))
+    with pytest.raises(LensError, match="refused before computing.*fewer senders"):
+        path_patch(small, KEY_CLEAN, KEY_CORRUPTED, ANSWER, " w99", None, [[1, 2]], "k")
