@@ -53,31 +53,37 @@ class PathPatchResult(Result):
     meaning: str = Field(description="What one grid cell means")
     clean_tokens: list[str] = Field(description="The clean prompt's tokens (BOS is position 0; pair 0's with pairs)")
     corrupted_tokens: list[str] = Field(description="The corrupted prompt's tokens (pair 0's with pairs)")
-    clean_metric: Rounded | None = Field(None, description="Metric on the clean prompt (mean over pairs)")
-    corrupted_metric: Rounded | None = Field(None, description="Metric on the corrupted prompt (mean over pairs)")
-    positions: list[int] | None = Field(None, description="Positions whose sender write was patched (null: all)")
+    clean_metric: Rounded | None = Field(default=None, description="Metric on the clean prompt (mean over pairs)")
+    corrupted_metric: Rounded | None = Field(
+        default=None, description="Metric on the corrupted prompt (mean over pairs)"
+    )
+    positions: list[int] | None = Field(
+        default=None, description="Positions whose sender write was patched (null: all)"
+    )
     axes: list[str] = Field(
         default_factory=list,
         description="Grid axes, outermost first: ['sender_layer', 'sender_head'] for a fixed receiver set, "
         "['receiver_layer', 'receiver_head'] for one sender into 'all_heads', with a leading 'sender' axis for "
         "several",
     )
-    senders: list[list[int]] | None = Field(None, description="Sender of each entry of a leading 'sender' axis")
+    senders: list[list[int]] | None = Field(default=None, description="Sender of each entry of a leading 'sender' axis")
     layers: list[int] = Field(
         default_factory=list, description="Layer of each grid row (sender or receiver layer, as `axes` says)"
     )
     heads: list[int] = Field(default_factory=list, description="Head of each grid column")
     grid: NullableGrid | None = Field(
-        None,
+        default=None,
         description="Values indexed as `axes` says (4 significant digits; the mean over pairs); null: not asked, "
         "or no path (the receiver does not come after the sender)",
     )
-    spread: PathSpread | None = Field(None, description="With pairs: each cell's spread over the pairs")
-    pairs: list[PairMetrics] | None = Field(None, description="With pairs: each pair's clean and corrupted metric")
+    spread: PathSpread | None = Field(default=None, description="With pairs: each cell's spread over the pairs")
+    pairs: list[PairMetrics] | None = Field(
+        default=None, description="With pairs: each pair's clean and corrupted metric"
+    )
     top_paths: list[PathEdge] = Field(default_factory=list, description="Paths with the largest |value|, largest first")
     n_paths: int = Field(description="Paths (sender x receiver rows) per pair")
     forward_passes: int = Field(
-        0,
+        default=0,
         description="Batched passes run, the clean and corrupted runs included (TransformerLens's "
         "get_act_patch_direct_path runs one full pass per receiver)",
     )
@@ -87,6 +93,6 @@ class PathPatchResult(Result):
         "dry_run: nothing computed"
     )
     seconds: Rounded
-    cost: Cost | None = Field(None, description="The estimate made before computing")
-    dry_run: bool = Field(False, description="True: only `cost` is filled in")
+    cost: Cost | None = Field(default=None, description="The estimate made before computing")
+    dry_run: bool = Field(default=False, description="True: only `cost` is filled in")
     notes: list[str] = Field(default_factory=list)

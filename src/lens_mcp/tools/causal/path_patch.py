@@ -547,9 +547,11 @@ def path_patch(
     Grid over whichever side varies: a fixed receiver set gives sender layer x head ('which heads feed the name
     movers' queries'); one sender into 'all_heads' gives receiver layer x head ('who reads this head, through
     which input'). Normalized: 1 = the path alone restores the clean metric, 0 = no effect, null = no path
-    (receiver not after sender). Grouped-query attention: k/v receivers are key/value heads. Batched rows that
-    start at the receiver's layer; far faster than one pass per path. Find senders with patch_sweep
-    (component='heads') or head_attribution first."""
+    (receiver not after sender). Grouped-query attention: k/v receivers are key/value heads (query head h reads
+    KV head h // group). pairs=[...]: mean and spread over a prompt dataset. The cost is estimated first (over a
+    cap: refused at once; dry_run=true returns only the estimate). Batched rows that start at the receiver's
+    layer; far faster than one pass per path. Find senders with patch_sweep(component='heads') or
+    head_attribution first."""
     started = time.perf_counter()
     plan = plan_paths(tc, senders, receivers, receiver_input)
     items = resolve_pairs(
