@@ -1,6 +1,7 @@
 """GGUF loading with a dequantized cache: the first load dequantizes (tens of seconds), then the
 result is saved as an ordinary save_pretrained-style folder (safetensors, never pickle) so the next
-start of the same file loads in seconds.
+start of the same file loads in seconds. The completion marker records a hash of every file, checked on each
+load (loading/integrity.py): a cache that changed on disk is rebuilt, never used.
 
 The cache folder is $LENS_MCP_CACHE_DIR, else $XDG_CACHE_HOME/lens-mcp, else ~/.cache/lens-mcp.
 """
@@ -12,10 +13,20 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lens_mcp.loading.integrity import (
+    OWNER_FILE,
+    STAGING_PREFIX,
+    claim_staging,
+    clean_stale_staging,
+    verify,
+    write_marker,
+)
 
 log = logging.getLogger(__name__)
 CACHE_ENV = "LENS_MCP_CACHE_DIR"
@@ -36,20 +47,30 @@ def cache_dir_for(gguf_path: Path) -> Path:
     return cache_root() / "gguf" / f"{gguf_path.stem}-{key}"
 
 
-def load_gguf(folder: str, gguf_file: str) -> tuple[Any, Any, Path, bool]:
-    """Return (hf_model in float32, tokenizer, the cache folder, whether it came from the cache)."""
+def load_gguf(folder: str, gguf_file: str, notify: Callable[[str], None] | None = None) -> tuple[Any, Any, Path, bool]:
+    """Return (hf_model in float32, tokenizer, the cache folder, whether it came from the cache).
+
+    A cached copy is used only when every file matches the hash its completion marker recorded; otherwise it
+    is rebuilt, and `notify` (and the log) say why. Staging folders left by a killed writer are removed first."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = Path(folder) / gguf_file
     cached = cache_dir_for(gguf_path)
+    clean_stale_staging(cached.parent)
     if (cached / _COMPLETE_MARKER).is_file():
-        try:
-            model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(cached)
-            return model, tokenizer, cached, True
-        except Exception:  # a damaged cache must not stop the load: rebuild it
-            log.warning("dequantized cache at %s is unreadable; rebuilding it", cached, exc_info=True)
-            shutil.rmtree(cached, ignore_errors=True)
+        problem = verify(cached, _COMPLETE_MARKER)
+        if problem is None:
+            try:
+                model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32)
+                tokenizer = AutoTokenizer.from_pretrained(cached)
+                return model, tokenizer, cached, True
+            except Exception as exc:  # a damaged cache must not stop the load: rebuild it
+                problem = f"it is unreadable ({type(exc).__name__})"
+        message = f"the dequantized cache at {cached} failed its check: {problem}; rebuilding it from {gguf_file}"
+        log.warning(message)
+        if notify is not None:
+            notify(message)
+        shutil.rmtree(cached, ignore_errors=True)
 
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
@@ -66,8 +87,9 @@ def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
     from safetensors.torch import save_file
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{target.name}.", dir=target.parent))
     try:
+        claim_staging(staging)
         # Tied weights appear twice in a state dict; keep the first name, from_pretrained re-ties.
         unique = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
         state = {k: v for k, v in model.state_dict().items() if k in unique}
@@ -86,7 +108,8 @@ def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
             if quantization is not None:
                 config.quantization_config = quantization
         tokenizer.save_pretrained(staging)
-        (staging / _COMPLETE_MARKER).write_text("ok\n")
+        (staging / OWNER_FILE).unlink()
+        write_marker(staging, _COMPLETE_MARKER)  # last: a folder with a marker is complete, and hashed
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
     except BaseException:

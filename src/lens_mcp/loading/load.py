@@ -94,7 +94,9 @@ def _boot(
 
     if spec.gguf_file is not None:
         progress(1, 3, "reading GGUF (the first load dequantizes and caches it)")
-        hf_model, tokenizer, cache_dir, from_cache = load_gguf(spec.location, spec.gguf_file)
+        hf_model, tokenizer, cache_dir, from_cache = load_gguf(
+            spec.location, spec.gguf_file, notify=lambda message: progress(1, 3, message)
+        )
         bridge = TransformerBridge.boot_transformers(
             str(cache_dir), hf_model=hf_model, tokenizer=tokenizer, dtype=dtype, **placement
         )

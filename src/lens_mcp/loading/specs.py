@@ -82,9 +82,11 @@ def resolve_spec(spec: str) -> ModelSpec:
             )
         return ModelSpec(text, "local", str(path.resolve()))
     if path.is_file():
-        if path.suffix.lower() != ".gguf":
+        # Folder and name both from the target: a link (a Hugging Face cache snapshot) may carry another name.
+        target = path.resolve()
+        if path.suffix.lower() != ".gguf" and target.suffix.lower() != ".gguf":
             raise LensError(f"model: {path} is a file but not a .gguf file. {_SPEC_HINT}")
-        return ModelSpec(text, "gguf", str(path.resolve().parent), gguf_file=path.name)
+        return ModelSpec(text, "gguf", str(target.parent), gguf_file=target.name)
     looks_like_path = text.startswith(("/", ".", "~")) or text.lower().endswith(".gguf") or "\\" in text
     if looks_like_path:
         raise LensError(f"model: no such file or folder: {text}. {_SPEC_HINT}")

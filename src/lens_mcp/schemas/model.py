@@ -27,6 +27,8 @@ class ModelInfo(Result):
     load_seconds: Rounded = Field(description="Seconds the load took")
     from_cache: bool | None = Field(None, description="GGUF only: whether the dequantized cache was used")
     max_prompt_tokens: int = Field(description="Longest prompt this server accepts (min of n_ctx and its cap)")
+    saes: list[str] = Field(default_factory=list, description="Hooks with a sparse autoencoder loaded (load_sae)")
+    steering_vectors: list[str] = Field(default_factory=list, description="Names of stored steering vectors")
 
 
 class TokenizeResult(Result):

@@ -28,6 +28,7 @@ from lens_mcp.errors import LensError
 from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost
 from lens_mcp.progress import ProgressReporter
+from lens_mcp.server.finite import check_finite
 from lens_mcp.tools.core.batching import is_out_of_memory
 from lens_mcp.tools.core.context import ToolContext
 
@@ -50,6 +51,7 @@ def progress_reporter(ctx: Context) -> ProgressReporter:
 def compact_result(result: BaseModel, limits: Limits) -> CallToolResult:
     """Structured content plus the same JSON as compact text, refused when over the response cap."""
     data = result.model_dump(mode="json")
+    check_finite(data)  # JSON has no NaN/Inf: name where one appears instead of failing to serialize
     text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     if len(text) > limits.max_response_chars:
         raise LensError(

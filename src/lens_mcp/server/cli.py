@@ -61,6 +61,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow model repositories' own code to run (off by default)"
     )
+    parser.add_argument(
+        "--load-root",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="load_model may load paths only under this folder (repeatable); over HTTP, paths are off without it",
+    )
+    parser.add_argument(
+        "--allow-hub",
+        action="store_true",
+        help="http: let load_model fetch Hugging Face names (off by default over HTTP; always on otherwise)",
+    )
     limits = parser.add_argument_group("limits (also settable as LENS_MCP_<NAME> environment variables)")
     for name, what in LIMIT_FLAGS.items():
         limits.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=what)
@@ -86,6 +98,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PATH",
         help="http: file holding the bearer token clients must send (default: the LENS_MCP_TOKEN environment variable)",
+    )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME[:PORT]",
+        help="http: another Host name clients use to reach this server (a DNS name, an SSH tunnel's "
+        "localhost:9000); repeatable. Requests naming any other host are refused (DNS rebinding)",
+    )
+    serve.add_argument(
+        "--sessions-per-client",
+        type=int,
+        default=32,
+        metavar="N",
+        help="http: open sessions allowed per token and per client address (default 32)",
+    )
+    serve.add_argument(
+        "--session-idle-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="http: close sessions idle this long (default 300)",
     )
     serve.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
 
@@ -147,6 +181,7 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
 
 
 def make_host(args: argparse.Namespace) -> ModelHost:
+    from lens_mcp.loading.policy import LoadPolicy
     from lens_mcp.model_host import ModelHost
 
     return ModelHost(
@@ -154,18 +189,19 @@ def make_host(args: argparse.Namespace) -> ModelHost:
         trust_remote_code=args.trust_remote_code,
         device_map=args.device_map,
         n_devices=args.n_devices,
+        load_policy=LoadPolicy.for_transport(getattr(args, "transport", "stdio"), args.load_root, args.allow_hub),
     )
 
 
 def serve(args: argparse.Namespace) -> int:
     from lens_mcp.server.app import StartupModel, build_server
 
-    token = None
+    token: list[str] = []
     if args.transport == "http":
-        from lens_mcp.server.http import TokenError, check_exposure, read_token
+        from lens_mcp.server.http import TokenError, check_exposure, read_tokens
 
         try:  # before the model starts loading: a misconfigured server should fail at once
-            token = read_token(args.token_file)
+            token = read_tokens(args.token_file)
             check_exposure(args.host, token)
         except TokenError as exc:
             print(f"lens-mcp: error: {exc}", file=sys.stderr)
@@ -173,11 +209,22 @@ def serve(args: argparse.Namespace) -> int:
     host = make_host(args)
     server = build_server(host, StartupModel(args.model, args.device, args.dtype))
     if args.transport == "stdio":
-        server.run("stdio")
+        from lens_mcp.server.envelopes import serve_stdio
+
+        serve_stdio(server)  # the SDK's stdio transport, with malformed requests answered instead of dropped
         return 0
     from lens_mcp.server.http import serve_http
 
-    return serve_http(server, args.host, args.port, token=token, log_level=args.log_level)
+    return serve_http(
+        server,
+        args.host,
+        args.port,
+        token=token,
+        log_level=args.log_level,
+        allowed_hosts=args.allowed_host,
+        sessions_per_client=args.sessions_per_client,
+        session_idle_timeout=args.session_idle_timeout,
+    )
 
 
 def _loader(host: ModelHost, args: argparse.Namespace) -> Callable[[], None]:
@@ -201,9 +248,16 @@ def scripted(args: argparse.Namespace, out: TextIO, exit_hard: bool = False) -> 
             commands.call_one, host, _loader(host, args), args.tool, args.pairs, args.json_arguments, out, sys.stderr
         )
     else:
-        lines = _read_lines(args.file)
+        from lens_mcp.server.batch_io import GuardedOutput, close_output, read_lines, refuse_overwriting_input
+
+        refuse_overwriting_input(args.file, args.output)
+        lines = read_lines(args.file)
         with contextlib.ExitStack() as stack:
-            target = out if args.output == "-" else stack.enter_context(_open_output(args.output))
+            target = out
+            if args.output != "-":
+                target = _open_output(args.output)
+                stack.callback(close_output, target, args.output)
+            target = GuardedOutput(target, args.output)  # type: ignore[assignment]
             status = anyio.run(
                 commands.run_batch, host, _loader(host, args), lines, target, sys.stderr, not args.no_progress
             )
@@ -232,18 +286,6 @@ def _open_output(path: str) -> TextIO:
         return open(path, "w", encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
-def _read_lines(path: str) -> list[str]:
-    from lens_mcp.server.scripted import UsageError
-
-    if path == "-":
-        return sys.stdin.read().splitlines()
-    try:
-        with open(path, encoding="utf-8") as source:
-            return source.read().splitlines()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:

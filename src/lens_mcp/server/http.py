@@ -1,25 +1,28 @@
 """Streamable HTTP transport: the model lives on a GPU box, the agent runs elsewhere.
 
 Every request must carry `Authorization: Bearer <token>` when a token is configured (the environment
-variable LENS_MCP_TOKEN or `--token-file`). A token is required to bind anything but a loopback
-address: the server refuses to start without one. The endpoint is `http://HOST:PORT/mcp`.
+variable LENS_MCP_TOKEN or `--token-file`, which may list one token per client). A token is required to bind
+anything but a loopback address: the server refuses to start without one. Every request's Host (and Origin, when
+sent) must name the bound address and port, so web pages cannot reach a loopback server by DNS rebinding
+(server/security.py). Sessions belong to the token that opened them and are bounded per token and per client
+address (server/sessions.py). The endpoint is `http://HOST:PORT/mcp`.
 """
 
 from __future__ import annotations
 
 import copy
-import hmac
 import ipaddress
-import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
-from mcp.server.transport_security import TransportSecuritySettings
-from starlette.types import ASGIApp, Receive, Scope, Send
+
+from lens_mcp.server.security import RequestGuard, allowed_for
+from lens_mcp.server.sessions import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_SESSIONS_PER_OWNER, SessionGuard
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +66,9 @@ def read_token(token_file: str | None, environ: dict[str, str] | None = None) ->
     return token
 
 
-def check_exposure(host: str, token: str | None) -> None:
+def check_exposure(host: str, token: str | Sequence[str] | None) -> None:
     """Refuse to serve a non-loopback address without a token."""
-    if token is None and not is_loopback(host):
+    if not token and not is_loopback(host):
         raise TokenError(
             f"--host {host} is reachable from other machines, so a bearer token is required: set {TOKEN_ENV} "
             "or pass --token-file PATH (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
@@ -73,53 +76,42 @@ def check_exposure(host: str, token: str | None) -> None:
         )
 
 
-class BearerTokenMiddleware:
-    """ASGI middleware: HTTP requests without `Authorization: Bearer <token>` get a 401 JSON answer."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self._expected = f"Bearer {token}".encode()
-
-    def _authorized(self, scope: Scope) -> bool:
-        for name, value in scope.get("headers", []):
-            if name.lower() == b"authorization":
-                return hmac.compare_digest(value, self._expected)
-        return False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or self._authorized(scope):
-            await self.app(scope, receive, send)  # lifespan events pass through
-            return
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
-            return
-        body = json.dumps(
-            {"error": "unauthorized", "message": "missing or wrong bearer token: send 'Authorization: Bearer <token>'"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b'Bearer realm="lens-mcp"'),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+def read_tokens(token_file: str | None, environ: dict[str, str] | None = None) -> list[str]:
+    """All accepted tokens: a token file may hold several, one per line (one per client, so each client's
+    sessions are its own); blank lines and lines starting with # are skipped. Else LENS_MCP_TOKEN."""
+    if token_file is None:
+        token = read_token(None, environ)
+        return [] if token is None else [token]
+    read_token(token_file, environ)  # the same checks and messages (missing, unreadable, empty)
+    lines = Path(token_file).expanduser().read_text(encoding="utf-8").splitlines()
+    tokens = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not tokens:
+        raise TokenError(f"--token-file {token_file} holds no token (only blank or # lines)")
+    return list(dict.fromkeys(tokens))
 
 
-def build_http_app(server: MCPServer, host: str, token: str | None) -> Any:
-    """The streamable HTTP Starlette app, wrapped in the bearer-token check when a token is configured."""
-    security = None
-    if not is_loopback(host):
-        # The SDK's DNS-rebinding protection (Host/Origin allow-lists) is on by default only for loopback
-        # binds; a server exposed on a network address is reached under whatever name the client uses, and
-        # the bearer token is what protects it (a browser page cannot forge the header).
-        security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    app = server.streamable_http_app(streamable_http_path=MCP_PATH, host=host.strip("[]"), transport_security=security)
-    return BearerTokenMiddleware(app, token) if token is not None else app
+def build_http_app(
+    server: MCPServer,
+    host: str,
+    token: str | Sequence[str] | None,
+    port: int = 8000,
+    *,
+    allowed_hosts: Sequence[str] = (),
+    sessions_per_client: int = DEFAULT_SESSIONS_PER_OWNER,
+    session_idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
+) -> Any:
+    """The streamable HTTP Starlette app behind the request guard (Host/Origin allow-lists, bearer tokens) and
+    the session guard (sessions bound to their token, bounded per token and per client address)."""
+    tokens = [token] if isinstance(token, str) else list(token or [])
+    allowed = allowed_for(host, port, allowed_hosts)
+    app = server.streamable_http_app(
+        streamable_http_path=MCP_PATH,
+        host=host.strip("[]"),
+        transport_security=allowed.sdk_settings(),  # explicit always: never the SDK's loopback-only default
+        session_idle_timeout=session_idle_timeout,
+    )
+    guarded = SessionGuard(app, per_owner=sessions_per_client, idle_timeout=session_idle_timeout)
+    return RequestGuard(guarded, allowed, tokens)
 
 
 def url_for(host: str, port: int) -> str:
@@ -127,7 +119,14 @@ def url_for(host: str, port: int) -> str:
     return f"http://{shown}:{port}{MCP_PATH}"
 
 
-def serve_http(server: MCPServer, host: str, port: int, token: str | None = None, log_level: str = "info") -> int:
+def serve_http(
+    server: MCPServer,
+    host: str,
+    port: int,
+    token: str | Sequence[str] | None = None,
+    log_level: str = "info",
+    **guards: Any,
+) -> int:
     """Serve `server` over streamable HTTP until interrupted. Returns the process exit status."""
     import uvicorn
     from uvicorn.config import LOGGING_CONFIG
@@ -137,8 +136,9 @@ def serve_http(server: MCPServer, host: str, port: int, token: str | None = None
     except TokenError as exc:
         print(f"lens-mcp: error: {exc}", file=sys.stderr)
         return 2
-    app = build_http_app(server, host, token)
-    protection = "bearer token required" if token is not None else "no token: loopback only"
+    tokens = [token] if isinstance(token, str) else list(token or [])
+    app = build_http_app(server, host, tokens, port, **guards)
+    protection = "bearer token required" if tokens else "no token: loopback only"
     print(
         f"lens-mcp: serving MCP over streamable HTTP at {url_for(host, port)} ({protection})",
         file=sys.stderr,

@@ -9,6 +9,11 @@ from lens_mcp.server.adapter import add_host_tool, add_model_tool
 from lens_mcp.tools.causal.ablate_heads import ablate_heads
 from lens_mcp.tools.causal.patch_sweep import patch_sweep
 from lens_mcp.tools.causal.path_patch import path_patch
+from lens_mcp.tools.features.feature_attribution import feature_attribution
+from lens_mcp.tools.features.generate import generate
+from lens_mcp.tools.features.load_sae import load_sae
+from lens_mcp.tools.features.sae_features import sae_features
+from lens_mcp.tools.features.steering_vector import steering_vector
 from lens_mcp.tools.model.load_model import load_model
 from lens_mcp.tools.model.model_info import model_info
 from lens_mcp.tools.model.tokenize import tokenize
@@ -31,3 +36,8 @@ def register_tools(server: MCPServer, host: ModelHost) -> None:
     add_model_tool(server, host, ablate_heads, title="Ablate attention heads")
     add_model_tool(server, host, path_patch, title="Path patching between heads")
     add_model_tool(server, host, induction_scores, title="Find induction heads")
+    add_host_tool(server, host, load_sae, title="Load a sparse autoencoder")
+    add_model_tool(server, host, sae_features, title="SAE features of a prompt")
+    add_model_tool(server, host, feature_attribution, title="Attribute an answer to SAE features")
+    add_model_tool(server, host, steering_vector, title="Make a steering vector", read_only=False)
+    add_model_tool(server, host, generate, title="Generate with interventions")

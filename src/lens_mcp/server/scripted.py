@@ -9,7 +9,9 @@ stdout carries results only (compact JSON); progress, logs and error messages go
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TextIO
@@ -54,9 +56,13 @@ def parse_value(raw: str, schema: dict[str, Any] | None) -> Any:
     if "string" in types and types <= {"string", "null"}:
         return None if raw == "null" and "null" in types else raw
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_not_json)  # NaN/Infinity stay text: the server names them
     except ValueError:
         return raw
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def parse_key_values(pairs: list[str], tool: Tool) -> dict[str, Any]:
@@ -74,8 +80,10 @@ def parse_key_values(pairs: list[str], tool: Tool) -> dict[str, Any]:
 
 
 def parse_json_object(text: str, what: str) -> dict[str, Any]:
+    from lens_mcp.server.batch_io import loads_finite
+
     try:
-        value = json.loads(text)
+        value = loads_finite(text, what)
     except ValueError as exc:
         raise UsageError(f"{what} is not valid JSON ({exc})") from exc
     if not isinstance(value, dict):
@@ -118,15 +126,23 @@ class ProgressLine:
     """A one-line text progress display on stderr: redrawn in place on a terminal, one line per update
     otherwise (only for `every_update=True`; transient messages are shown on terminals only)."""
 
+    PIPE_INTERVAL_S = 2.0  # without a terminal, at most one line per this many seconds
+
     def __init__(self, stream: TextIO, enabled: bool = True) -> None:
         self.stream = stream
         self.enabled = enabled
         self.tty = enabled and stream.isatty()
         self._shown = 0
+        self._last_line = -math.inf
 
-    def show(self, text: str, *, durable: bool = True) -> None:
+    def show(self, text: str, *, durable: bool = True, force: bool = False) -> None:
         if not self.enabled or (not durable and not self.tty):
             return
+        if not self.tty:  # a log file or pipe: throttled (100k calls must not write 100k lines)
+            now = time.monotonic()
+            if now - self._last_line < self.PIPE_INTERVAL_S and not force:
+                return
+            self._last_line = now
         if self.tty:
             width = max(20, shutil.get_terminal_size((100, 20)).columns - 1)
             text = text[:width]
@@ -223,8 +239,11 @@ async def call_one(
 
 
 def _decode(text: str) -> dict[str, Any]:
+    from lens_mcp.server.batch_io import check_utf8, loads_finite
+
+    check_utf8(text)  # a line that is not UTF-8 fails alone
     try:
-        entry = json.loads(text)
+        entry = loads_finite(text)  # NaN/Infinity named as such, not sent on as null
     except ValueError as exc:
         raise UsageError(f"not valid JSON ({exc})") from exc
     if not isinstance(entry, dict):
@@ -301,7 +320,9 @@ async def run_batch(
             out.write(compact(record) + "\n")
             out.flush()
             status = "ok" if record["ok"] else "error"
-            progress.show(f"batch {bar(index, total)} line {number} {record['tool'] or '?'}: {status}")
+            progress.show(
+                f"batch {bar(index, total)} line {number} {record['tool'] or '?'}: {status}", force=index == total
+            )
     progress.close()
     err.write(f"lens-mcp batch: {total} calls, {total - failures} ok, {failures} failed\n")
     err.flush()

@@ -33,7 +33,9 @@ def load_model(
     ] = None,
 ) -> ModelInfo:
     """Load a different model and make it the one every tool uses; returns the same facts as model_info.
-    Takes seconds (a .gguf's first load dequantizes and caches it: ~30 s). If loading fails, the previous
-    model stays loaded and usable, and the error says why and what to try."""
-    loaded = host.load(model, device, dtype, progress)
+    Takes seconds (a .gguf's first load dequantizes and caches it: ~30 s). Other calls keep using the current
+    model until the new one is ready; cancelling this call abandons the load. If loading fails, the previous
+    model stays loaded and usable, and the error says why and what to try. The server may confine paths to
+    its --load-root folders and turn Hugging Face names off (then the error says "not allowed")."""
+    loaded = host.load(model, device, dtype, progress, confine=True)
     return describe(loaded, host.limits.prompt_cap(loaded.cfg.n_ctx))

@@ -28,11 +28,14 @@ def describe(model: LoadedModel, max_prompt_tokens: int) -> ModelInfo:
         load_seconds=model.load_seconds,
         from_cache=model.from_cache,
         max_prompt_tokens=max_prompt_tokens,
+        saes=[f"{hook} ({sae.architecture}, d_sae={sae.d_sae}, from {sae.source})" for hook, sae in model.saes.items()],
+        steering_vectors=list(model.steering_vectors),
     )
 
 
 def model_info(tc: ToolContext) -> ModelInfo:
     """Facts about the loaded model: layers, heads (n_kv_heads < n_heads means grouped-query attention),
-    sizes, context length, device, dtype, the hook families run_with_cache accepts, and load time.
+    sizes, context length, device, dtype, the hook families run_with_cache accepts, load time, and the loaded
+    SAEs and stored steering vectors.
     Call this first: every layer/head argument of the other tools is checked against these numbers."""
     return describe(tc.model, tc.max_prompt_tokens)

@@ -12,7 +12,7 @@ from pydantic import Field
 from lens_mcp.schemas.common import TopToken
 from lens_mcp.schemas.reading import CacheSummary, HookSummary
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars
+from lens_mcp.tools.core.cost import Work, enforce, estimate
 from lens_mcp.tools.core.forward import summarizing_forward
 from lens_mcp.tools.core.hook_names import HookGroup, resolve_hook_selection
 from lens_mcp.tools.core.tokens import encode, token_strings
@@ -58,7 +58,10 @@ def _enforce_cost(tc: ToolContext, groups: list[HookGroup], n_tokens: int, n_pos
     for group in groups:
         per_row = n_heads * (1 + n_positions) if "pattern" in group.label else n_positions
         cells += len(group.names) * per_row
-    work = Work(rows=1, tokens_per_row=n_tokens, cells=cells, result_chars=grid_chars(cells, 40 * (n_tokens + top_k)))
+    # a lower bound (short numbers, short tokens): a call refused on it is over the cap for certain, and one
+    # near the cap is computed and then measured exactly by the adapter
+    floor = 5 * cells + 4 * n_tokens + 30 * top_k
+    work = Work(rows=1, tokens_per_row=n_tokens, cells=cells, result_chars=floor)
     enforce(tc, estimate(tc, work), "fewer hooks=, layers=[...] or positions=[...]")
 
 

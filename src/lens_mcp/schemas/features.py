@@ -1,0 +1,149 @@
+"""Schemas of the feature and steering tools: load_sae, sae_features, feature_attribution, steering_vector,
+generate."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from lens_mcp.schemas.common import Cost, Result, Rounded
+
+
+class SaeInfo(BaseModel):
+    hook: str = Field(description="Hook name the SAE reads and is keyed by")
+    architecture: Literal["standard", "jumprelu", "topk"] = Field(description="standard = ReLU")
+    d_in: int
+    d_sae: int = Field(description="Number of features")
+    k: int | None = Field(None, description="TopK SAEs: active features per token")
+    normalize_activations: str
+    apply_b_dec_to_input: bool
+    source: str = Field(description="Where it was loaded from (builtin name, folder, or repo/sae_id)")
+    size_mb: Rounded = Field(description="Size of cfg.json + weights on disk, MB")
+
+
+class LoadSaeResult(Result):
+    loaded: SaeInfo
+    replaced: bool = Field(description="Whether an SAE on the same hook was replaced")
+    saes: list[str] = Field(description="Hooks of every SAE now loaded")
+    notes: list[str] = Field(default_factory=list, description="Caveats found in the file")
+    meaning: str
+
+
+class PromotedTokens(BaseModel):
+    feature: int
+    tokens: list[str] = Field(description="Tokens the decoder direction raises most through final norm + unembed")
+    logits: list[Rounded] = Field(description="Their logit contributions (direction of unit activation)")
+
+
+class ActiveFeature(BaseModel):
+    feature: int
+    activation: Rounded
+
+
+class PositionFeatures(BaseModel):
+    position: int
+    token: str
+    features: list[ActiveFeature] = Field(description="Top active features here, largest activation first")
+    n_active: int = Field(description="How many features are non-zero at this position (L0)")
+
+
+class Reconstruction(BaseModel):
+    variance_explained: Rounded | None = Field(
+        description="1 - sum|x - x_hat|^2 / sum|x - mean x|^2 over the non-BOS positions (null with fewer than 2)"
+    )
+    relative_error: Rounded = Field(description="Mean over non-BOS positions of |x - x_hat| / |x|")
+    mean_l0: Rounded = Field(description="Mean number of active features per non-BOS position")
+    loss_clean: Rounded | None = Field(description="Mean next-token loss (nats) of the prompt, model as is")
+    loss_spliced: Rounded | None = Field(
+        description="Same with the SAE reconstruction replacing the activation at every non-BOS position"
+    )
+    loss_zero_ablated: Rounded | None = Field(description="Same with the activation zeroed there (reference)")
+    loss_increase: Rounded | None = Field(description="loss_spliced - loss_clean (0 = SAE loses nothing)")
+
+
+class SaeFeaturesResult(Result):
+    hook: str
+    tokens: list[str]
+    positions: list[PositionFeatures]
+    reconstruction: Reconstruction | None
+    promoted: list[PromotedTokens] = Field(description="For each listed feature, what its decoder direction promotes")
+    meaning: str
+    cost: Cost | None = Field(None, description="The estimate made before computing")
+    dry_run: bool = Field(False, description="True: only the estimate, nothing computed")
+
+
+class FeatureAttributionEntry(BaseModel):
+    feature: int
+    attribution: Rounded = Field(description="activation x (decoder direction . d metric / d activation)")
+    activation: Rounded
+    ablation_effect: Rounded | None = Field(
+        None, description="metric - metric with this feature removed from the activation (exact, one forward pass)"
+    )
+
+
+class FeatureAttributionResult(Result):
+    hook: str
+    metric: str
+    metric_value: Rounded | None
+    positions: list[int] = Field(description="Positions whose features were summed")
+    tokens: list[str]
+    features: list[FeatureAttributionEntry] = Field(description="Largest |attribution| first")
+    total_attribution: Rounded | None = Field(description="Sum over all active features at these positions")
+    meaning: str
+    cost: Cost | None = Field(None, description="The estimate made before computing")
+    dry_run: bool = Field(False, description="True: only the estimate, nothing computed")
+
+
+class SteeringVectorResult(Result):
+    name: str
+    hook: str = Field(description="Where generate adds it by default (resid_pre of `layer`)")
+    layer: int
+    source: str = Field(description="'contrast' (difference of means) or 'sae feature N on HOOK'")
+    norm: Rounded
+    typical_resid_norm: Rounded | None = Field(
+        description="Mean norm of the residual at this hook over the prompts' non-BOS tokens"
+    )
+    norm_ratio: Rounded | None = Field(description="norm / typical_resid_norm")
+    positive_projection: Rounded | None = Field(
+        None, description="Mean projection of the positive prompts' residuals on the unit vector"
+    )
+    negative_projection: Rounded | None = Field(None, description="Same for the negative prompts")
+    n_positive: int
+    n_negative: int
+    stored: list[str] = Field(description="Names of all stored steering vectors")
+    meaning: str
+
+
+class GeneratedToken(BaseModel):
+    token: str
+    logprob: Rounded = Field(description="log-prob of this token under the run that produced it")
+    logprob_other: Rounded = Field(
+        description="log-prob of the same token, same prefix, under the other run (baseline <-> intervened)"
+    )
+
+
+class Continuation(BaseModel):
+    label: str = Field(description="baseline, intervened, or control:<steer name>")
+    text: str = Field(description="The generated text (prompt not included)")
+    tokens: list[GeneratedToken]
+    total_logprob: Rounded
+    total_logprob_other: Rounded
+
+
+class GenerateResult(Result):
+    prompt_tokens: int
+    interventions: list[str] = Field(description="The interventions applied, in words")
+    baseline: Continuation | None = Field(description="The continuation without interventions (null on a dry run)")
+    intervened: Continuation | None
+    controls: list[Continuation] = Field(
+        description="Per steer: the same run with the steering vector replaced by a random one of equal norm"
+    )
+    first_difference: int | None = Field(
+        description="Index of the first new token where intervened differs from baseline (null: identical)"
+    )
+    temperature: Rounded
+    seed: int
+    meaning: str
+    cost: Cost | None = Field(None, description="The estimate made before computing")
+    dry_run: bool = Field(False, description="True: only the estimate, nothing computed")

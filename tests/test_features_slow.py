@@ -1,0 +1,119 @@
+"""Features and steering on SmolLM2-135M with the builtin SAE smollm2-135m-resid: out of the box (no load_sae),
+encoding against a hand computation, the SAE's quality, attribution against finite differences, and generate
+against a no-cache greedy loop under grouped-query attention."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from lens_mcp.loading.specs import BUILTIN_DIR
+from lens_mcp.model_host import count_hooks
+from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.features.feature_attribution import feature_attribution
+from lens_mcp.tools.features.generate import generate
+from lens_mcp.tools.features.load_sae import BUILTIN_SAES
+from lens_mcp.tools.features.sae_features import sae_features
+from lens_mcp.tools.features.steering_vector import steering_vector
+from lens_mcp.tools.model.model_info import model_info
+
+pytestmark = pytest.mark.slow
+
+HOOK = "blocks.15.hook_resid_pre"
+EIFFEL = "The Eiffel Tower is in the city of"
+DOCSTRING = (
+    "Return a new list containing all items from the iterable in ascending order. A custom key function can be "
+    "supplied to customize the sort order, and the reverse flag can be set to request the result in descending order."
+)
+
+
+@pytest.fixture
+def smol_clean(smol: ToolContext) -> Iterator[ToolContext]:
+    smol.model.saes.clear()
+    smol.model.steering_vectors.clear()
+    yield smol
+    smol.model.saes.clear()
+    smol.model.steering_vectors.clear()
+    assert count_hooks(smol.bridge) == 0
+
+
+def test_builtin_sae_out_of_the_box(smol_clean: ToolContext) -> None:
+    tc = smol_clean
+    result = sae_features(tc, EIFFEL, top_k=8)
+    assert result.hook == HOOK and list(tc.model.saes) == [HOOK]
+    assert any(entry.startswith(HOOK) for entry in model_info(tc).saes)
+    sae = tc.model.saes[HOOK]
+    assert sae.architecture == "topk" and sae.k is not None
+    tokens = tc.bridge.to_tokens(EIFFEL)
+    with torch.no_grad():
+        _, cache = tc.bridge.run_with_cache(tokens, names_filter=[HOOK])
+    x = cache[HOOK][0]
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    values, ids = pre.topk(sae.k, dim=-1)
+    for row in result.positions:
+        top = [(int(i), float(v)) for v, i in zip(values[row.position], ids[row.position], strict=True) if v > 0][:8]
+        assert [f.feature for f in row.features] == [i for i, _ in top]
+        assert [f.activation for f in row.features] == pytest.approx([v for _, v in top], rel=2e-3)
+    quality = result.reconstruction
+    # out of the training domain (docstrings) the SAE is weaker but far better than nothing
+    assert quality.loss_spliced is not None and quality.loss_zero_ablated is not None
+    assert quality.loss_spliced < quality.loss_zero_ablated
+    # in domain, the quality the README reports for held-out text
+    in_domain = sae_features(tc, DOCSTRING, positions=[-1], top_k=1).reconstruction
+    assert in_domain.variance_explained is not None and in_domain.variance_explained > 0.5
+    assert in_domain.loss_increase is not None and in_domain.loss_increase < 1.0
+    stats = json.loads((BUILTIN_DIR / BUILTIN_SAES["smollm2-135m-resid"][0] / "stats.json").read_text())
+    assert stats["d_sae"] == sae.d_sae and stats["hook_name"] == HOOK
+
+
+def test_attribution_against_finite_differences_on_smollm2(smol_clean: ToolContext) -> None:
+    tc = smol_clean
+    result = feature_attribution(tc, EIFFEL, answer=" Paris", wrong_answer=" Rome", top_k=2)
+    sae = tc.model.saes[HOOK]
+    tokens = tc.bridge.to_tokens(EIFFEL)
+    with torch.no_grad():
+        _, cache = tc.bridge.run_with_cache(tokens, names_filter=[HOOK])
+    acts, _ = sae.encode(cache[HOOK][0])
+    paris, rome = (tc.bridge.to_single_token(t) for t in (" Paris", " Rome"))
+
+    def metric(feature: int, scale: float) -> float:
+        def remove(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+            activation[0, -1] -= scale * acts[-1, feature] * sae.W_dec[feature]
+            return activation
+
+        with torch.no_grad():
+            logits = tc.bridge.run_with_hooks(tokens, fwd_hooks=[(HOOK, remove)])[0, -1]
+        return float(logits[paris] - logits[rome])
+
+    base = metric(0, 0.0)
+    assert result.metric_value == pytest.approx(base, rel=1e-3)
+    for entry in result.features[:2]:
+        eps = 0.05
+        assert entry.attribution == pytest.approx((base - metric(entry.feature, eps)) / eps, rel=0.1, abs=2e-3)
+        assert entry.ablation_effect == pytest.approx(base - metric(entry.feature, 1.0), rel=1e-2, abs=1e-3)
+
+
+def test_generate_on_smollm2_equals_no_cache_loop_and_steers(smol_clean: ToolContext) -> None:
+    tc = smol_clean
+    n = 3
+    result = generate(tc, EIFFEL, max_new_tokens=n)
+    tokens = tc.bridge.to_tokens(EIFFEL)
+    for _ in range(n):
+        with torch.no_grad():
+            logits = tc.bridge(tokens)
+        tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert [tc.bridge.to_single_token(t.token) for t in result.baseline.tokens] == tokens[0, -n:].tolist()
+    assert result.baseline.tokens[0].token == " Paris"
+
+    steering_vector(tc, "rome", ["The Colosseum is in the city of"], [EIFFEL], layer=15)
+    zero = generate(tc, EIFFEL, max_new_tokens=1, interventions=[{"steer": "rome", "alpha": 0}])
+    assert zero.first_difference is None and zero.intervened is not None
+    assert [t.logprob for t in zero.intervened.tokens] == [t.logprob for t in zero.baseline.tokens]
+    pushed = generate(tc, EIFFEL, max_new_tokens=1, interventions=[{"steer": "rome", "alpha": 1.5}])
+    assert pushed.intervened is not None
+    # the steered run prefers its token more than the baseline model does
+    assert pushed.intervened.tokens[0].logprob >= pushed.intervened.tokens[0].logprob_other
