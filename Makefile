@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-# On a machine without an NVIDIA GPU, install this torch first so pyproject's range (torch>=2.4) is
+# On a machine without an NVIDIA GPU, install this torch first so pyproject's range (torch>=2.6) is
 # already satisfied and pip does not pull a multi-GB CUDA build. With a GPU, pip's default build is kept.
 TORCH_CPU_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
@@ -16,7 +16,7 @@ INSPECTOR_VERSION ?= 2.12.0
 INSPECTOR_DIR := .inspector
 INSPECTOR_STAMP := $(INSPECTOR_DIR)/.installed-$(INSPECTOR_VERSION)
 
-.PHONY: install serve test test-fast bench toy-model
+.PHONY: install serve check test test-fast bench toy-model
 
 install: $(STAMP) $(INSPECTOR_STAMP)
 
@@ -39,6 +39,12 @@ $(INSPECTOR_STAMP):
 
 serve: $(STAMP)
 	@$(VENV)/bin/lens-mcp serve
+
+# Lint, format and types (ruff and pyright come with the dev extra; configuration in pyproject.toml).
+check: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check src tests bench scripts
+	$(VENV)/bin/pyright --pythonpath $(PY)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -30,7 +30,7 @@ TL_FUNCTIONS = {"resid_pre": "get_act_patch_resid_pre", "heads": "get_act_patch_
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--components", nargs="+", default=["resid_pre", "heads"], choices=sorted(TL_FUNCTIONS))

@@ -34,6 +34,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -77,7 +78,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def _plant_head(
-    attn: torch.nn.Module,
+    attn: Any,
     head: int,
     query: dict[int, int],
     key: dict[int, int],
@@ -120,7 +121,7 @@ def build_model(gen: torch.Generator) -> GPT2LMHeadModel:
         eos_token_id=0,
         pad_token_id=0,
     )
-    model = GPT2LMHeadModel(config)
+    model: Any = GPT2LMHeadModel(config)
     for p in model.parameters():
         p.mul_(0.5)
     embed = torch.randn(VOCAB, SUBSPACE, generator=gen)
@@ -236,7 +237,7 @@ Regenerate: `python scripts/train_toy_induction.py --seed {circuit["seed"]} --st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=250)

@@ -1,4 +1,4 @@
-"""Issue 6, bad input: a battery of malformed calls across every tool through a real MCP client session (both
+"""Bad input: a battery of malformed calls across every tool through a real MCP client session (both
 client modes). Each must come back as an error whose text names the argument and says how to fix it; after
 each one the server still answers and no hook is left on the model; a reference set of calls returns exactly
 the same numbers before and after the battery."""
@@ -14,16 +14,14 @@ import pytest
 from mcp import Client
 
 from lens_mcp.limits import Limits
-from lens_mcp.model_host import ModelHost, count_hooks
-from lens_mcp.server.adapter import readable_errors
+from lens_mcp.model_host import ModelHost
 from lens_mcp.server.app import build_server
+from lens_mcp.server.readable_errors import readable_errors
 from tests.mcp_client import MODES, result_data, spawn_toy_server
+from tests.registry_helpers import registered_tools
+from tests.shared import CLEAN, CORRUPTED, SWEEP, TIMING_FIELDS, P, leak_reports
 
-P = "w1 w2 w3 w4 w5 w1 w2 w3"  # 9 tokens with BOS
 LONG = " ".join(f"w{i % 250}" for i in range(60))  # 61 tokens: over the toy model's context of 48
-CLEAN = "w20 w31 w42 w53 w64 w20 w31 w42 w53"
-CORRUPTED = "w20 w31 w42 w53 w77 w20 w31 w42 w53"
-SWEEP = {"clean_prompt": CLEAN, "corrupted_prompt": CORRUPTED, "answer": " w64", "wrong_answer": " w77"}
 AB = {"prompt": P, "heads": [[1, 2]], "answer": " w4"}
 AP = {"prompt": P, "layer": 1, "head": 2}
 NAN, INF = float("nan"), float("inf")  # the Python client sends both as null
@@ -130,6 +128,15 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("patch_sweep", {**SWEEP, "wrong_answer": " w64"}, ("wrong_answer is the same token", "pass a different")),
     ("patch_sweep", {**SWEEP, "normalize": "perhaps"}, ("normalize", "true or false")),
     ("patch_sweep", {**SWEEP, "positions": [1, "x"]}, ('positions[1]="x"', "pass positions as a list of integers")),
+    # ---- attribution_patch
+    ("attribution_patch", {**SWEEP, "direction": "sideways"}, ('direction="sideways"', "pass direction as one of")),
+    ("attribution_patch", {**SWEEP, "verify_top": -1}, ("verify_top=-1", "use 0..100")),
+    ("attribution_patch", {**SWEEP, "verify_top": 10**6}, ("verify_top=1000000", "use 0..100")),
+    ("attribution_patch", {**SWEEP, "positions": [1]}, ("positions=", "use component='heads_by_pos'")),
+    ("attribution_patch", {**SWEEP, "corrupted_prompt": "w1 w2"}, ("corrupted_prompt", "same length", "reword")),
+    ("attribution_patch", {**SWEEP, "wrong_answer": None}, ("needs wrong_answer", "use metric='prob'")),
+    ("attribution_patch", {**SWEEP, "layers": [9]}, ("layers=9", "use 0..1")),
+    ("attribution_patch", {**SWEEP, "component": "mlp_in"}, ('component="mlp_in"', "pass component as one of")),
     # ---- ablate_heads
     ("ablate_heads", {"prompt": P, "answer": " w4"}, ("heads is required", "pass heads")),
     ("ablate_heads", {**AB, "heads": []}, ("heads", "e.g. heads=[[1, 2]")),
@@ -168,14 +175,27 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("load_model", {"model": "toy\x00induction"}, ("model:", "control characters", "pass a builtin")),
     ("load_model", {"model": "toy-induction", "device": "gpu"}, ('device="gpu"', "pass device as one of")),
     ("load_model", {"model": "toy-induction", "dtype": "float8"}, ('dtype="float8"', "pass dtype as one of")),
+    # ---- unknown argument names (the SDK alone would ignore them and run with the defaults)
+    ("logit_lens", {"prompt": P, "toplk": 3}, ("unknown argument 'toplk'", "top_k", "remove or rename")),
+    ("model_info", {"layer": 0}, ("unknown argument 'layer'", "no arguments")),
     # ---- no such tool
     ("no_such_tool", {"text": "w1"}, ("unknown tool: 'no_such_tool'", "use one of", "tokenize")),
+    # ---- component readers
+    ("head_output", {"prompt": P, "layer": 9, "head": 0}, ("layer=9", "use 0..1")),
+    ("head_output", {"prompt": P, "layer": 1, "head": 2, "source_position": 99}, ("source_position=99", "use 0..")),
+    ("neuron_attribution", {"prompt": P, "answer": " w4", "layers": []}, ("layers: got an empty list", "omit layers")),
+    ("neuron_attribution", {"prompt": P, "answer": " w4 w5"}, ("answer must be a single token", "use the first")),
+    ("mlp_neurons", {"prompt": P, "layer": 0, "top_tokens": 0}, ("top_tokens=0", "use 1..20")),
+    ("mlp_neurons", {"prompt": P, "layer": -9}, ("layer=-9", "use 0..1")),
+    ("composition_scores", {"kind": "k", "layers": [0]}, ("layers", "pass later layers")),
+    ("composition_scores", {"kind": "k", "top_k": 0}, ("top_k=0", "use 1..100")),
 ]
 
 REFERENCE: list[tuple[str, dict[str, Any]]] = [
     ("head_attribution", {"prompt": CLEAN, "answer": " w64", "wrong_answer": " w77"}),
     ("patch_sweep", {**SWEEP, "component": "heads"}),
     ("patch_sweep", {**SWEEP, "component": "resid_pre"}),
+    ("attribution_patch", {**SWEEP, "component": "heads_by_pos", "verify_top": 3}),
     ("attention_pattern", {"prompt": CLEAN, "layer": 1, "head": 2, "top_k": 2}),
     ("logit_lens", {"prompt": CLEAN, "answer": " w64", "top_k": 3}),
     (
@@ -184,7 +204,6 @@ REFERENCE: list[tuple[str, dict[str, Any]]] = [
     ),
     ("induction_scores", {"seq_len": 10, "n_seqs": 4}),
 ]
-TIMING_FIELDS = {"seconds", "load_seconds"}
 
 
 def numbers(data: dict[str, Any]) -> dict[str, Any]:
@@ -199,19 +218,13 @@ def battery_host() -> ModelHost:
 
 
 def test_the_battery_is_large_and_covers_every_tool() -> None:
+    """Every registered tool that takes arguments has at least one bad-input case (derived from the registry:
+    a newly registered tool fails here until cases are added to CASES)."""
     assert len(CASES) >= 60
-    tools = {tool for tool, _, _ in CASES}
-    assert tools >= {
-        "tokenize",
-        "run_with_cache",
-        "head_attribution",
-        "logit_lens",
-        "attention_pattern",
-        "patch_sweep",
-        "ablate_heads",
-        "induction_scores",
-        "load_model",
-    }  # model_info takes nothing
+    covered = {tool for tool, _, _ in CASES}
+    with_arguments = [tool["name"] for tool in registered_tools() if tool["inputSchema"].get("properties")]
+    missing = sorted(set(with_arguments) - covered)
+    assert not missing, f"add bad-input cases to CASES in tests/test_bad_input.py for {missing}"
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -220,9 +233,8 @@ async def test_malformed_calls_get_clear_errors_and_change_nothing(
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # an unknown Hub name must fail fast, without the network
     host = battery_host
-    bridge = host.model.bridge
-    assert count_hooks(bridge) == 0
     failures: list[str] = []
+    reported = len(leak_reports())
     async with Client(build_server(host), mode=mode) as client:
         before = [numbers(result_data(await client.call_tool(name, args))) for name, args in REFERENCE]
         for name, arguments, expected in CASES:
@@ -240,15 +252,15 @@ async def test_malformed_calls_get_clear_errors_and_change_nothing(
                 failures.append(f"{shown}: message says no fix: {text[:400]}")
             if "failed unexpectedly" in body or "validation error for" in body:
                 failures.append(f"{shown}: unexpected failure or raw pydantic report: {text[:400]}")
-            if count_hooks(bridge) != 0:
-                failures.append(f"{shown}: left {count_hooks(bridge)} hooks on the model")
-                bridge.reset_hooks(including_permanent=False)
+            if len(leak_reports()) > reported:
+                failures.append(f"{shown}: {leak_reports()[reported:]}")
+                reported = len(leak_reports())
             alive = await client.call_tool("tokenize", {"text": "w1 w2"})
             if alive.is_error or alive.structured_content["n_tokens"] != 3:
                 failures.append(f"{shown}: the server stopped answering: {alive.content[0].text[:200]}")
         after = [numbers(result_data(await client.call_tool(name, args))) for name, args in REFERENCE]
     assert host.model is not None and host.model.spec.name == "toy-induction"
-    assert count_hooks(bridge) == 0
+    assert leak_reports() == []
     assert failures == [], "\n".join(failures)
     for (name, _), first, second in zip(REFERENCE, before, after, strict=True):
         assert first == second, f"{name} changed after the battery"

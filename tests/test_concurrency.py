@@ -1,5 +1,5 @@
-"""Issue 6, concurrency and cancellation: 32 concurrent mixed calls on one client session return exactly what
-they return one by one, in about the same total time (the model is serialized, nothing else is); a long
+"""Concurrency and cancellation: 32 concurrent mixed calls on one client session return exactly what
+they return one by one (their timing is measured by bench/bench_concurrency.py); a long
 patch_sweep cancelled midway stops within one batch, leaves no hook, and the server keeps serving."""
 
 from __future__ import annotations
@@ -12,47 +12,11 @@ import pytest
 from mcp import Client
 
 from lens_mcp.limits import Limits
-from lens_mcp.model_host import ModelHost, count_hooks
+from lens_mcp.model_host import ModelHost
 from lens_mcp.server.app import build_server
 from lens_mcp.tools.core.batching import ProgressCounter
 from tests.mcp_client import MODES, result_data
-
-P = "w1 w2 w3 w4 w5 w1 w2 w3"
-CLEAN = "w20 w31 w42 w53 w64 w20 w31 w42 w53"
-CORRUPTED = "w20 w31 w42 w53 w77 w20 w31 w42 w53"
-SWEEP = {"clean_prompt": CLEAN, "corrupted_prompt": CORRUPTED, "answer": " w64", "wrong_answer": " w77"}
-TIMING_FIELDS = {"seconds", "load_seconds"}
-
-MIXED: list[tuple[str, dict[str, Any]]] = [
-    ("model_info", {}),
-    ("tokenize", {"text": P}),
-    ("tokenize", {"text": "w7 w8 w9", "prepend_bos": False}),
-    ("run_with_cache", {"prompt": P, "hooks": ["resid_post", "pattern"]}),
-    ("run_with_cache", {"prompt": CLEAN, "hooks": ["z", "attn_out"], "layers": [1], "positions": [-1, 2]}),
-    ("head_attribution", {"prompt": CLEAN, "answer": " w64", "wrong_answer": " w77"}),
-    ("head_attribution", {"prompt": P, "answer": " w4", "position": 6}),
-    ("logit_lens", {"prompt": P, "answer": " w4"}),
-    ("logit_lens", {"prompt": CLEAN, "position": 4, "top_k": 2}),
-    ("attention_pattern", {"prompt": CLEAN, "layer": 1, "head": 2}),
-    ("attention_pattern", {"prompt": P, "layer": 0, "head": 1, "query_positions": [1, -1]}),
-    ("patch_sweep", {**SWEEP, "component": "heads"}),
-    ("patch_sweep", {**SWEEP, "component": "resid_pre"}),
-    ("patch_sweep", {**SWEEP, "component": "heads_by_pos", "layers": [1]}),
-    ("patch_sweep", {**SWEEP, "component": "attn_out", "metric": "prob"}),
-    ("ablate_heads", {"prompt": CLEAN, "heads": [[1, 2]], "answer": " w64", "wrong_answer": " w77"}),
-    (
-        "ablate_heads",
-        {"prompt": CLEAN, "heads": [[0, 1], [1, 2]], "answer": " w64", "mode": "mean", "individually": True},
-    ),
-    ("induction_scores", {"seq_len": 10, "n_seqs": 4}),
-    ("induction_scores", {"prompt": P}),
-    # a few malformed calls in the mix: errors must not disturb their neighbours
-    ("attention_pattern", {"prompt": P, "layer": 5, "head": 0}),
-    ("patch_sweep", {**SWEEP, "corrupted_prompt": "w1 w2"}),
-    ("tokenize", {"text": ""}),
-    ("head_attribution", {"prompt": P, "answer": " w4 w5"}),
-]
-MIXED = (MIXED * 2)[:32]
+from tests.shared import MIXED, SWEEP, TIMING_FIELDS, leak_reports
 
 
 def outcome(result: Any) -> tuple[bool, Any]:
@@ -89,10 +53,9 @@ async def test_32_concurrent_calls_equal_the_sequential_ones(toy_host: ModelHost
     for index, (expected, got) in enumerate(zip(sequential, concurrent, strict=True)):
         assert got == expected, f"call {index} {MIXED[index][0]} differs when run concurrently"
     assert sum(is_error for is_error, _ in sequential) == 4  # the four malformed calls
-    assert count_hooks(toy_host.model.bridge) == 0
+    assert leak_reports() == []
     print(f"[{mode}] sequential {sequential_s:.2f} s, concurrent {concurrent_s:.2f} s")
-    # Only the model is serialized: 32 queued calls cost about what they cost one by one.
-    assert concurrent_s <= 1.5 * sequential_s + 0.5, (sequential_s, concurrent_s)  # measured: 0.8-1.55 x
+    # How long they take against the sequential run is measured by bench/bench_concurrency.py, not here.
 
 
 # ---- cancellation ------------------------------------------------------------------------------------------
@@ -112,7 +75,6 @@ async def test_a_cancelled_sweep_stops_within_one_batch(
     one_row_host: ModelHost, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     host = one_row_host
-    bridge = host.model.bridge
     words = [f"w{i}" for i in range(10, 56)]
     big = {
         "clean_prompt": " ".join(["w1", *words]),
@@ -177,6 +139,6 @@ async def test_a_cancelled_sweep_stops_within_one_batch(
     assert len(late) <= 2, f"{len(late)} batches finished after the cancel"
     assert stopped[0] - cancelled_at < 2 * BATCH_S + 0.5
     assert max(done for _, done in finished) < big_cells, "the sweep ran to the end"
-    assert count_hooks(bridge) == 0
+    assert leak_reports() == []
     assert after == before and not after[0]
     assert alive[1]["n_tokens"] == 3

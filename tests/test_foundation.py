@@ -11,11 +11,12 @@ from mcp import Client
 
 from lens_mcp.limits import Limits
 from lens_mcp.loading.specs import BUILTIN_DIR
-from lens_mcp.model_host import ModelHost, count_hooks
+from lens_mcp.model_host import ModelHost
 from lens_mcp.schemas.common import round_sig
 from lens_mcp.server.app import StartupModel, build_server
 from lens_mcp.server.instructions import INSTRUCTIONS
 from tests.mcp_client import MODES, call_tool, error_text, result_data
+from tests.shared import leak_reports
 
 TOY_DIR = str(BUILTIN_DIR / "toy_induction")
 
@@ -145,4 +146,4 @@ def test_limits_come_from_env_then_flags() -> None:
 
 
 def test_no_hook_is_left_after_calls(toy_host: ModelHost) -> None:
-    assert count_hooks(toy_host.model.bridge) == 0
+    assert leak_reports() == []

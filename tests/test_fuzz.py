@@ -1,4 +1,4 @@
-"""Issue 6, fuzzing: generated arguments for tokenize, attention_pattern, run_with_cache and patch_sweep (plus
+"""Fuzzing: generated arguments for tokenize, attention_pattern, run_with_cache and patch_sweep (plus
 the answer-taking reading tools, and arbitrary JSON through a real client) on the toy model. The contract: a
 valid result (finite JSON under the response cap) or a LensError/ToolError that says what to fix; never any
 other exception, and never a hook left on the model.
@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from lens_mcp.errors import LensError
 from lens_mcp.limits import Limits
-from lens_mcp.model_host import ModelHost, count_hooks
+from lens_mcp.model_host import ModelHost
 from lens_mcp.server.adapter import compact_result
 from lens_mcp.server.app import build_server
 from lens_mcp.tools.causal.patch_sweep import COMPONENT_FAMILY, patch_sweep
@@ -33,6 +33,7 @@ from lens_mcp.tools.reading.attention_pattern import attention_pattern
 from lens_mcp.tools.reading.head_attribution import head_attribution
 from lens_mcp.tools.reading.logit_lens import logit_lens
 from lens_mcp.tools.reading.run_with_cache import run_with_cache
+from tests.shared import leak_reports
 
 _EXAMPLES = os.environ.get("LENS_MCP_FUZZ_EXAMPLES")
 FUZZ = settings(
@@ -128,7 +129,7 @@ def check_contract(host: ModelHost, fn: Callable[..., BaseModel], **arguments: A
         except LensError as exc:
             message = str(exc)
             assert message.strip() and len(message) < 4000, message[:500]
-    assert count_hooks(host.model.bridge) == 0
+    assert leak_reports() == []
     event(f"{fn.__name__}: {'result' if result is not None else 'LensError'}")
     if result is not None:
         try:
@@ -331,7 +332,7 @@ def test_fuzz_any_json_through_the_client(fuzz_host: ModelHost, calls: list[tupl
                     if result.is_error:
                         text = result.content[0].text
                         assert "failed unexpectedly" not in text and "validation error for" not in text, text
-                    assert count_hooks(fuzz_host.model.bridge) == 0
+                    assert leak_reports() == []
                 alive = await client.call_tool("tokenize", {"text": "w1 w2"})
                 assert not alive.is_error
 

@@ -19,42 +19,13 @@ from lens_mcp.server.app import build_server
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.reading.induction_scores import find_targets, induction_scores, repeated_random_tokens
 from tests.mcp_client import MODES, call_tool, error_text, result_data
+from tests.shared import assert_grid_close, by_hand
 
 CIRCUIT_FILE = BUILTIN_DIR / "toy_induction" / "circuit.json"
 
 
 def circuit() -> dict:
     return json.loads(CIRCUIT_FILE.read_text())
-
-
-def assert_grid_close(grid: list[list[float]], expected: torch.Tensor, what: str) -> None:
-    """`grid` (rounded to 4 significant digits) equals `expected` (layers x heads)."""
-    assert (len(grid), len(grid[0])) == tuple(expected.shape), what
-    for layer, row in enumerate(grid):
-        for head, value in enumerate(row):
-            want = float(expected[layer, head])
-            assert math.isclose(value, want, rel_tol=6e-4, abs_tol=2e-5), (what, layer, head, value, want)
-
-
-def by_hand(tc: ToolContext, tokens: torch.Tensor) -> tuple[dict[str, torch.Tensor], float, float]:
-    """Scores and losses of a random-mode batch (BOS + half + half, no token twice in a half), computed here
-    from the patterns and logits of bridge.run_with_cache."""
-    seq_len = (tokens.shape[1] - 1) // 2
-    with torch.no_grad():
-        logits, cache = tc.bridge.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_pattern"))
-    second = torch.arange(seq_len + 1, 2 * seq_len + 1)  # queries of the second repeat
-    everything = torch.arange(1, 2 * seq_len + 1)
-    grids = {kind: torch.zeros(tc.cfg.n_layers, tc.cfg.n_heads) for kind in ("induction", "duplicate", "previous")}
-    for layer in range(tc.cfg.n_layers):
-        pattern = cache[f"blocks.{layer}.attn.hook_pattern"]
-        assert pattern.shape == (tokens.shape[0], tc.cfg.n_heads, tokens.shape[1], tokens.shape[1])
-        grids["induction"][layer] = pattern[:, :, second, second - seq_len + 1].mean(dim=(0, 2))
-        grids["duplicate"][layer] = pattern[:, :, second, second - seq_len].mean(dim=(0, 2))
-        grids["previous"][layer] = pattern[:, :, everything, everything - 1].mean(dim=(0, 2))
-    losses = -logits.log_softmax(-1)[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]  # [:, p-1]: token p
-    first = losses[:, 0:seq_len].mean().item()  # tokens 1..seq_len
-    copy = losses[:, seq_len + 1 :].mean().item()  # tokens seq_len+2..2*seq_len (the first is unpredictable)
-    return grids, first, copy
 
 
 def test_known_circuit_ranks_first(toy: ToolContext) -> None:

@@ -14,7 +14,7 @@ from transformer_lens.head_detector import detect_head
 from lens_mcp.errors import LensError
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.reading.induction_scores import induction_scores, repeated_random_tokens
-from tests.test_induction import assert_grid_close, by_hand
+from tests.shared import assert_grid_close, by_hand
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Issue 6, limits: one configuration (flags or LENS_MCP_* environment variables) for every cap; a call over a
+"""Limits: one configuration (flags or LENS_MCP_* environment variables) for every cap; a call over a
 cap gets a ToolError naming the cap and how to narrow the call; batch sizes follow the caps and free memory;
 an out-of-memory error in a batch halves the batch and retries, with identical numbers."""
 
@@ -14,16 +14,13 @@ import torch
 from mcp import Client
 
 from lens_mcp.limits import ENV_PREFIX, Limits
-from lens_mcp.model_host import ModelHost, count_hooks
+from lens_mcp.model_host import ModelHost
 from lens_mcp.server.app import build_server
 from lens_mcp.server.cli import LIMIT_FLAGS, build_parser, limits_from_args
 from lens_mcp.tools.core import batching
 from tests.mcp_client import error_text, result_data
+from tests.shared import CLEAN, SWEEP, TIMING_FIELDS, P, leak_reports
 
-P = "w1 w2 w3 w4 w5 w1 w2 w3"
-CLEAN = "w20 w31 w42 w53 w64 w20 w31 w42 w53"
-CORRUPTED = "w20 w31 w42 w53 w77 w20 w31 w42 w53"
-SWEEP = {"clean_prompt": CLEAN, "corrupted_prompt": CORRUPTED, "answer": " w64", "wrong_answer": " w77"}
 ABLATE = {
     "prompt": CLEAN,
     "heads": [[0, 1], [1, 2], [1, 0], [0, 2]],
@@ -32,7 +29,6 @@ ABLATE = {
     "individually": True,
 }
 INDUCTION = {"seq_len": 10, "n_seqs": 8}
-TIMING_FIELDS = {"seconds", "load_seconds"}
 README = (__import__("pathlib").Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
@@ -292,7 +288,7 @@ async def test_patch_sweep_halves_a_batch_that_runs_out_of_memory(
     sweep = result_data(await call_with(capped_host, Limits(), "patch_sweep", {**SWEEP, "component": "heads"}))
     injector.check_halved()
     assert_same_numbers(sweep_numbers(sweep), sweep_numbers(reference["heads"]))
-    assert count_hooks(capped_host.model.bridge) == 0
+    assert leak_reports() == []
 
 
 @pytest.mark.parametrize("error", OOM_ERRORS, ids=OOM_IDS)
@@ -304,13 +300,13 @@ async def test_ablate_heads_halves_a_batch_that_runs_out_of_memory(
     injector.check_halved()
     assert injector.items == 5  # all four heads together, then each alone
     assert_same_numbers(ablate, reference["ablate"])
-    assert count_hooks(capped_host.model.bridge) == 0
+    assert leak_reports() == []
 
 
 async def test_induction_scores_halves_a_batch_that_runs_out_of_memory(
     capped_host: ModelHost, monkeypatch: pytest.MonkeyPatch, reference: dict[str, dict[str, Any]]
 ) -> None:
-    """Issue 6: 'an out-of-memory error during a batch halves the batch and retries instead of failing the
+    """'An out-of-memory error during a batch halves the batch and retries instead of failing the
     call'. induction_scores runs its n_seqs sequences as one batch."""
     bridge = capped_host.model.bridge
     forward = bridge.forward
@@ -348,5 +344,5 @@ async def test_a_single_sequence_out_of_memory_is_a_clear_error(
     text = error_text(await call_with(capped_host, Limits(), "logit_lens", {"prompt": P}))
     assert "logit_lens ran out of GPU memory" in text and "narrow the call" in text
     monkeypatch.undo()
-    assert count_hooks(capped_host.model.bridge) == 0
+    assert leak_reports() == []
     assert result_data(await call_with(capped_host, Limits(), "tokenize", {"text": "w1 w2"}))["n_tokens"] == 3

@@ -8,15 +8,13 @@ import time
 from typing import Any
 
 import anyio
-import pandas as pd
 import pytest
 import torch
 from mcp import Client
-from transformer_lens import patching
 
 from lens_mcp.errors import LensError
 from lens_mcp.limits import Limits
-from lens_mcp.model_host import ModelHost, count_hooks
+from lens_mcp.model_host import ModelHost
 from lens_mcp.schemas.common import round_sig
 from lens_mcp.server.app import build_server
 from lens_mcp.tools.causal import patching_engine
@@ -27,68 +25,17 @@ from lens_mcp.tools.core import batching
 from lens_mcp.tools.core.batching import ProgressCounter, plan_rows, run_batched
 from lens_mcp.tools.core.context import ToolContext
 from tests.mcp_client import call_tool, error_text, result_data
-
-# An induction-shaped pair: the clean prompt repeats "... w53 w64", the corrupted one "... w53 w77".
-CLEAN = "w20 w31 w42 w53 w64 w20 w31 w42 w53"
-CORRUPTED = "w20 w31 w42 w53 w77 w20 w31 w42 w53"
-ANSWER, WRONG = " w64", " w77"
-TOL = 1e-4
-
-TL_FUNCTIONS = {
-    "resid_pre": "get_act_patch_resid_pre",
-    "resid_mid": "get_act_patch_resid_mid",
-    "attn_out": "get_act_patch_attn_out",
-    "mlp_out": "get_act_patch_mlp_out",
-    "heads": "get_act_patch_attn_head_out_all_pos",
-    "heads_by_pos": "get_act_patch_attn_head_out_by_pos",
-}
-
-
-def transformer_lens_values(
-    tc: ToolContext,
-    component: str,
-    cells: list[tuple[int, Any, Any]],
-    metric: str = "logit_diff",
-    clean: str = CLEAN,
-    corrupted: str = CORRUPTED,
-    answer: str = ANSWER,
-    wrong: str = WRONG,
-) -> torch.Tensor:
-    """TransformerLens's patching function for `component`, on exactly `cells` (layer, head, position)."""
-    bridge = tc.bridge
-    tokens = bridge.to_tokens([clean, corrupted])
-    a, b = bridge.to_single_token(answer), bridge.to_single_token(wrong)
-
-    def tl_metric(logits: torch.Tensor) -> torch.Tensor:
-        last = logits[0, -1].float()
-        if metric == "logit_diff":
-            return last[a] - last[b]
-        logprob = last.log_softmax(-1)[a]
-        return logprob.exp() if metric == "prob" else logprob
-
-    with torch.no_grad():
-        _, clean_cache = bridge.run_with_cache(tokens[:1])
-        if component in ("heads", "heads_by_pos"):
-            if component == "heads":
-                index = pd.DataFrame([(layer, head) for layer, head, _ in cells], columns=["layer", "head"])
-            else:
-                index = pd.DataFrame(
-                    [(layer, pos, head) for layer, head, pos in cells], columns=["layer", "pos", "head"]
-                )
-        else:
-            index = pd.DataFrame([(layer, pos) for layer, _, pos in cells], columns=["layer", "pos"])
-        if component == "resid_post":  # TransformerLens has no named function for it: the generic one
-            return patching.generic_activation_patch(
-                bridge,
-                tokens[1:],
-                clean_cache,
-                tl_metric,
-                patch_setter=patching.layer_pos_patch_setter,
-                activation_name="resid_post",
-                index_df=index,
-            )
-        function = getattr(patching, TL_FUNCTIONS[component])
-        return function(bridge, tokens[1:], clean_cache, tl_metric, index_axis_names=None, index_df=index)
+from tests.shared import (
+    ANSWER,
+    CLEAN,
+    CORRUPTED,
+    TL_FUNCTIONS,
+    TOL,
+    WRONG,
+    hand_ablation,
+    leak_reports,
+    transformer_lens_values,
+)
 
 
 @pytest.mark.parametrize("component", [*TL_FUNCTIONS, "resid_post"])
@@ -349,7 +296,6 @@ async def test_a_cancelled_sweep_leaves_no_hook_and_changes_nothing(monkeypatch:
     host = ModelHost(Limits(max_batch_sequences=1))
     host.load("toy-induction", device="cpu")
     server = build_server(host)
-    baseline = count_hooks(host.model.bridge)
     reference = {
         "clean_prompt": CLEAN,
         "corrupted_prompt": CORRUPTED,
@@ -399,7 +345,7 @@ async def test_a_cancelled_sweep_leaves_no_hook_and_changes_nothing(monkeypatch:
         # The next call waits for the cancelled one to let go of the model.
         after = result_data(await client.call_tool("patch_sweep", reference))
 
-    assert count_hooks(host.model.bridge) == baseline
+    assert leak_reports() == []
     big_progress = [done for total, done in seen if total == big_cells]
     assert big_progress and max(big_progress) < big_cells, "the sweep ran to the end instead of stopping"
     for key in ("grid", "clean_metric", "corrupted_metric", "top_cells"):
@@ -407,25 +353,6 @@ async def test_a_cancelled_sweep_leaves_no_hook_and_changes_nothing(monkeypatch:
 
 
 # ---- ablate_heads ------------------------------------------------------------------------------------------
-
-
-def hand_ablation(tc: ToolContext, prompt: str, heads: list[tuple[int, int]], mode: str) -> torch.Tensor:
-    """Last-position logits with `heads` ablated by a hand-written hook on hook_z."""
-    bridge = tc.bridge
-    tokens = bridge.to_tokens(prompt)
-    with torch.no_grad():
-        _, cache = bridge.run_with_cache(tokens, names_filter=lambda name: name.endswith("attn.hook_z"))
-        hooks = []
-        for layer, head in heads:
-            mean = cache[f"blocks.{layer}.attn.hook_z"][0, :, head].mean(0)
-
-            def hook(z: torch.Tensor, hook: Any, head: int = head, mean: torch.Tensor = mean) -> torch.Tensor:
-                z = z.clone()
-                z[:, :, head] = 0.0 if mode == "zero" else mean
-                return z
-
-            hooks.append((f"blocks.{layer}.attn.hook_z", hook))
-        return bridge.run_with_hooks(tokens, fwd_hooks=hooks)[0, -1]
 
 
 @pytest.mark.parametrize("mode", ["zero", "mean"])

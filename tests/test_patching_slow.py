@@ -9,7 +9,7 @@ import torch
 from lens_mcp.tools.causal.ablate_heads import ablate_heads
 from lens_mcp.tools.causal.patch_sweep import patch_sweep, run_sweep
 from lens_mcp.tools.core.context import ToolContext
-from tests.test_patching import TL_FUNCTIONS, TOL, hand_ablation, transformer_lens_values
+from tests.shared import TL_FUNCTIONS, TOL, hand_ablation, transformer_lens_values
 
 pytestmark = pytest.mark.slow
 

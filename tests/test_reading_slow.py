@@ -1,4 +1,4 @@
-"""The read-only tools (issue 3) on SmolLM2-135M: grouped-query attention (9 query heads, 3 key/value heads),
+"""The read-only tools on SmolLM2-135M: grouped-query attention (9 query heads, 3 key/value heads),
 RMSNorm, no biases. Same independent TransformerLens references as tests/test_reading.py, plus result sizes."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from lens_mcp.tools.reading.head_attribution import head_attribution
 from lens_mcp.tools.reading.logit_lens import logit_lens
 from lens_mcp.tools.reading.run_with_cache import run_with_cache
 from tests.mcp_client import call_tool, error_text, result_data
-from tests.test_reading import (
+from tests.shared import (
     check_attention_pattern,
     check_head_attribution,
     check_logit_lens,

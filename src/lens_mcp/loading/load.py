@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +18,9 @@ from lens_mcp.loading.hub import hub_host_and_port, hub_reachable, in_local_cach
 from lens_mcp.loading.specs import ModelSpec
 from lens_mcp.progress import ProgressReporter, no_progress
 
+if TYPE_CHECKING:  # imported lazily at run time: transformer_lens takes seconds to import
+    from transformer_lens import TransformerBridge
+
 log = logging.getLogger(__name__)
 
 
@@ -26,7 +29,7 @@ class LoadedModel:
     """One loaded model and the facts about how it was loaded."""
 
     spec: ModelSpec
-    bridge: Any  # transformer_lens.TransformerBridge
+    bridge: TransformerBridge
     device: str
     dtype: torch.dtype
     load_seconds: float

@@ -68,9 +68,9 @@ class GridSpread(BaseModel):
     """How much a grid's cells vary over the pairs of a dataset (same shape as the mean grid)."""
 
     n_pairs: int = Field(description="How many pairs the mean is over")
-    std: Grid = Field(description="Population standard deviation of each cell over pairs")
-    min: Grid = Field(description="Smallest value of each cell over pairs")
-    max: Grid = Field(description="Largest value of each cell over pairs")
+    std: Grid | Grid3 = Field(description="Population standard deviation of each cell over pairs")
+    min: Grid | Grid3 = Field(description="Smallest value of each cell over pairs")
+    max: Grid | Grid3 = Field(description="Largest value of each cell over pairs")
 
 
 class Cost(BaseModel):

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
-from lens_mcp.schemas.common import Grid, Grid3, Result, Rounded
+from lens_mcp.schemas.common import Cost, Grid, Grid3, GridSpread, PairMetrics, Result, Rounded
+
+Component = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos"]
+PatchMethod = Literal["driven", "driven-full", "hooked"]
+AblationMode = Literal["zero", "mean"]
 
 
 class PatchCell(BaseModel):
@@ -17,7 +23,7 @@ class PatchCell(BaseModel):
 
 
 class PatchSweepResult(Result):
-    component: str
+    component: Component
     metric: str = Field(description="What the metric measures, at the last position")
     normalized: bool = Field(
         description="True: grid = (patched - corrupted) / (clean - corrupted); false: the raw patched metric"
@@ -41,9 +47,10 @@ class PatchSweepResult(Result):
         description="Cells whose clean and corrupted activations are identical "
         "(they equal the corrupted metric; nothing to run)"
     )
-    method: str = Field(
-        description="driven: patched rows start at the patched layer and reuse the corrupted "
-        "run for unchanged positions; hooked: full forward passes with hooks"
+    method: PatchMethod = Field(
+        description="driven: patched rows start at the patched layer and reuse the corrupted run for unchanged "
+        "positions; driven-full: start at the patched layer but recompute every position (the model's blocks "
+        "take an argument that cannot be cut to a suffix); hooked: full forward passes with hooks"
     )
     seconds: Rounded
     notes: list[str] = Field(default_factory=list)
@@ -58,7 +65,7 @@ class HeadEffect(BaseModel):
 
 class AblateHeadsResult(Result):
     tokens: list[str] = Field(description="The prompt's tokens (BOS is position 0)")
-    mode: str
+    mode: AblationMode
     metric: str = Field(description="What the metric measures, at the last position")
     heads: list[tuple[int, int]] = Field(description="Ablated heads as [layer, head]")
     metric_before: Rounded
@@ -69,3 +76,73 @@ class AblateHeadsResult(Result):
     individual: list[HeadEffect] | None = Field(
         None, description="Each head ablated alone (individually=true), most negative effect first"
     )
+
+
+# ---- attribution_patch ----------------------------------------------------------------------------------------
+
+
+class VerifiedCell(BaseModel):
+    layer: int
+    head: int | None = Field(None, description="Head (heads / heads_by_pos)")
+    position: int | None = Field(None, description="Position (null when every position was patched)")
+    clean_token: str | None = Field(None, description="The clean prompt's token at that position")
+    corrupted_token: str | None = Field(None, description="The corrupted prompt's token at that position")
+    estimate: Rounded = Field(description="Attribution estimate, in the grid's units")
+    exact: Rounded = Field(description="Exact activation patching (as patch_sweep computes it), same units")
+    problem: Literal["sign", "magnitude"] | None = Field(
+        None,
+        description="sign: estimate and exact differ in sign; magnitude: same sign but off by more than half "
+        "of the exact value; null: agree (differences under 1% of the clean-corrupted gap are ignored)",
+    )
+
+
+class RankAgreement(BaseModel):
+    n_verified: int = Field(description="Cells checked exactly")
+    spearman: Rounded | None = Field(
+        None, description="Spearman rank correlation of estimate and exact over the verified cells (null if < 3)"
+    )
+    top_k: int = Field(description="k of top_k_overlap: half the verified cells, at least 1")
+    top_k_overlap: int = Field(
+        description="Cells among the k largest |estimate| that are also among the k largest |exact|"
+    )
+    sign_wrong: int = Field(description="Verified cells whose estimate has the wrong sign")
+    magnitude_wrong: int = Field(description="Verified cells with the right sign but off by more than half")
+
+
+class AttributionPatchResult(Result):
+    component: str
+    direction: Literal["denoise", "noise"] = Field(
+        description="denoise: clean activation into the corrupted run; noise: corrupted activation into the clean run"
+    )
+    meaning: str = Field(description="What a grid value means: sign, units, what 1 is")
+    metric: str = Field(description="What the metric measures, at the last position")
+    normalized: bool = Field(description="True: grid in units of the clean - corrupted gap (as patch_sweep)")
+    dry_run: bool = Field(False, description="True: only the cost estimate; nothing was computed")
+    cost: Cost = Field(description="The estimate made before computing: cells, passes, seconds, result size")
+    clean_tokens: list[str] = Field(description="The clean prompt's tokens (BOS is position 0); pairs: pair 0's")
+    corrupted_tokens: list[str] = Field(description="The corrupted prompt's tokens; pairs: pair 0's")
+    clean_metric: Rounded | None = Field(None, description="Metric on the clean prompt (pairs: mean over pairs)")
+    corrupted_metric: Rounded | None = Field(None, description="Metric on the corrupted prompt (pairs: mean)")
+    pair_metrics: list[PairMetrics] | None = Field(None, description="Each pair's clean and corrupted metric (pairs)")
+    axes: list[str] = Field(description="Grid axes, outermost first, e.g. ['layer', 'head', 'position']")
+    layers: list[int] = Field(description="Layer of each grid row")
+    positions: list[int] | None = Field(
+        None, description="Position of each position-axis entry (negative: counted from the end of each pair)"
+    )
+    heads: list[int] | None = Field(None, description="Head of each head-axis entry")
+    grid: Grid | Grid3 = Field(
+        default_factory=list, description="Estimated effect per cell, indexed as `axes` says (pairs: mean over pairs)"
+    )
+    spread: GridSpread | None = Field(None, description="Spread of each cell's estimate over pairs (pairs only)")
+    top_cells: list[PatchCell] = Field(
+        default_factory=list, description="Cells with the largest |estimate|, largest first"
+    )
+    verified: list[VerifiedCell] = Field(
+        default_factory=list,
+        description="The verify_top cells with the largest |estimate|, patched exactly; largest |estimate| first",
+    )
+    agreement: RankAgreement | None = Field(None, description="How well estimate and exact agree (null: none verified)")
+    n_cells: int
+    forward_passes: int = Field(0, description="Batched passes run: gradient passes plus exact verification passes")
+    seconds: Rounded
+    notes: list[str] = Field(default_factory=list)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from lens_mcp.schemas.common import Grid, HeadScore, Result, Rounded, TopToken
+from lens_mcp.schemas.common import Grid, GridSpread, HeadScore, PairMetrics, Result, Rounded, TopToken
+from lens_mcp.schemas.components import BaselineComparison, SourceSplit
 
 # ---- run_with_cache ------------------------------------------------------------------------------
 
@@ -75,6 +76,16 @@ class HeadAttribution(Result):
     actual: Rounded = Field(description="The metric computed from the model's real logits")
     explained: bool = Field(description="Whether total equals actual within the tolerance")
     note: str = Field(description="How well the decomposition accounts for the real value")
+    by_source: SourceSplit | None = Field(
+        None, description="With by_source=true: one head's cell split over the source positions it reads"
+    )
+    baseline: BaselineComparison | None = Field(
+        None, description="With baseline_prompt: every number above is prompt minus baseline; this has both sides"
+    )
+    spread: GridSpread | None = Field(None, description="With pairs: how each cell of `heads` varies over the pairs")
+    pairs: list[PairMetrics] | None = Field(
+        None, description="With pairs: each pair's metric on its prompt (and on its corrupted_prompt, the baseline)"
+    )
 
 
 # ---- logit_lens ----------------------------------------------------------------------------------

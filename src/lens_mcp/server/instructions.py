@@ -12,9 +12,12 @@ Workflow:
 4. Intervene: patch_sweep restores clean activations into a corrupted run (1 = fully restores the
    clean behaviour, 0 = no effect); clean and corrupted prompts must have equal token counts.
    ablate_heads zero- or mean-ablates heads and reports the metric before and after.
+   attribution_patch screens big grids by gradient (cheap); confirm with patch_sweep.
 5. induction_scores finds induction, previous-token and duplicate-token heads.
-Units: logits and logit differences in raw logit units, probabilities 0..1, losses in nats; all numbers
-rounded to 4 significant digits. Ask for few layers/positions and small top_k: results are capped.
+6. Components: head_output (what a head writes, copying or suppression), neuron_attribution and
+   mlp_neurons (MLP neurons), composition_scores (weight-based Q/K/V composition between heads).
+7. Features: load_sae, sae_features, feature_attribution, steering_vector, generate (with interventions).
+Units: raw logits, probabilities 0..1, losses in nats; numbers rounded to 4 significant digits. Ask for few layers/positions and small top_k: results are capped.
 Prompts with step-by-step plans: locate_fact (where is a fact stored), find_induction_circuit,
 explain_prediction. Resources: lens://model/info, lens://model/hooks (hook names), lens://server/limits.
 Long tools report progress and can be cancelled. load_model switches the model (the old one stays

@@ -1,12 +1,19 @@
-"""Every tool the server offers, one line each. The science lives in lens_mcp.tools.<name>."""
+"""Every tool the server offers, one entry each: the one list everything else derives from (the server's
+tools, the CLI's host tools, and, checked by tests, the server instructions, the README's tool table, the
+bad-input battery, the architecture matrix and the tools/list snapshot). The science lives in lens_mcp.tools."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server.adapter import add_host_tool, add_model_tool
 from lens_mcp.tools.causal.ablate_heads import ablate_heads
+from lens_mcp.tools.causal.attribution_patch import attribution_patch
 from lens_mcp.tools.causal.patch_sweep import patch_sweep
 from lens_mcp.tools.causal.path_patch import path_patch
 from lens_mcp.tools.features.feature_attribution import feature_attribution
@@ -19,25 +26,60 @@ from lens_mcp.tools.model.model_info import model_info
 from lens_mcp.tools.model.tokenize import tokenize
 from lens_mcp.tools.reading.attention_pattern import attention_pattern
 from lens_mcp.tools.reading.head_attribution import head_attribution
+from lens_mcp.tools.reading.head_output import head_output
 from lens_mcp.tools.reading.induction_scores import induction_scores
 from lens_mcp.tools.reading.logit_lens import logit_lens
+from lens_mcp.tools.reading.mlp_neurons import mlp_neurons
+from lens_mcp.tools.reading.neuron_attribution import neuron_attribution
 from lens_mcp.tools.reading.run_with_cache import run_with_cache
+from lens_mcp.tools.weights.composition_scores import composition_scores
+
+
+@dataclass(frozen=True)
+class ToolEntry:
+    fn: Callable[..., Any]
+    title: str
+    host: bool = False
+    """A tool that manages the host itself (`fn(host, report, ...)`, e.g. load_model) rather than running on
+    the loaded model (`fn(tc, ...)`)."""
+    options: tuple[tuple[str, Any], ...] = ()
+    """Extra keyword arguments for add_model_tool / add_host_tool (e.g. (("read_only", False),))."""
+
+    @property
+    def name(self) -> str:
+        return self.fn.__name__
+
+
+TOOLS: tuple[ToolEntry, ...] = (
+    ToolEntry(model_info, "Model facts"),
+    ToolEntry(load_model, "Load a model", host=True),
+    ToolEntry(tokenize, "Tokenize text"),
+    ToolEntry(run_with_cache, "Run and summarize activations"),
+    ToolEntry(head_attribution, "Direct logit attribution per head"),
+    ToolEntry(logit_lens, "Logit lens"),
+    ToolEntry(attention_pattern, "Attention pattern of one head"),
+    ToolEntry(patch_sweep, "Activation patching sweep"),
+    ToolEntry(ablate_heads, "Ablate attention heads"),
+    ToolEntry(attribution_patch, "Attribution patching (gradient estimate)"),
+    ToolEntry(path_patch, "Path patching between heads"),
+    ToolEntry(induction_scores, "Find induction heads"),
+    ToolEntry(head_output, "What one head writes"),
+    ToolEntry(neuron_attribution, "Direct logit attribution per MLP neuron"),
+    ToolEntry(mlp_neurons, "Most active neurons of one MLP"),
+    ToolEntry(composition_scores, "Q/K/V composition between heads"),
+    ToolEntry(load_sae, "Load a sparse autoencoder", host=True),
+    ToolEntry(sae_features, "SAE features of a prompt"),
+    ToolEntry(feature_attribution, "Attribute an answer to SAE features"),
+    ToolEntry(steering_vector, "Make a steering vector", options=(("read_only", False),)),
+    ToolEntry(generate, "Generate with interventions"),
+)
+
+TOOL_NAMES: tuple[str, ...] = tuple(tool.name for tool in TOOLS)
+HOST_TOOLS: frozenset[str] = frozenset(tool.name for tool in TOOLS if tool.host)
+"""Tools that bring their own model: the CLI starts no default load for them."""
 
 
 def register_tools(server: MCPServer, host: ModelHost) -> None:
-    add_model_tool(server, host, model_info, title="Model facts")
-    add_host_tool(server, host, load_model, title="Load a model")
-    add_model_tool(server, host, tokenize, title="Tokenize text")
-    add_model_tool(server, host, run_with_cache, title="Run and summarize activations")
-    add_model_tool(server, host, head_attribution, title="Direct logit attribution per head")
-    add_model_tool(server, host, logit_lens, title="Logit lens")
-    add_model_tool(server, host, attention_pattern, title="Attention pattern of one head")
-    add_model_tool(server, host, patch_sweep, title="Activation patching sweep")
-    add_model_tool(server, host, ablate_heads, title="Ablate attention heads")
-    add_model_tool(server, host, path_patch, title="Path patching between heads")
-    add_model_tool(server, host, induction_scores, title="Find induction heads")
-    add_host_tool(server, host, load_sae, title="Load a sparse autoencoder")
-    add_model_tool(server, host, sae_features, title="SAE features of a prompt")
-    add_model_tool(server, host, feature_attribution, title="Attribute an answer to SAE features")
-    add_model_tool(server, host, steering_vector, title="Make a steering vector", read_only=False)
-    add_model_tool(server, host, generate, title="Generate with interventions")
+    for tool in TOOLS:
+        add = add_host_tool if tool.host else add_model_tool
+        add(server, host, tool.fn, title=tool.title, **dict(tool.options))

@@ -21,8 +21,7 @@ from mcp.types import CallToolResult, Tool
 
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server.app import build_server
-
-HOST_TOOLS = {"load_model"}  # tools that bring their own model: no default load is started for them
+from lens_mcp.server.registry import HOST_TOOLS  # tools that bring their own model: no default load for them
 
 
 class UsageError(Exception):
@@ -92,7 +91,8 @@ def parse_json_object(text: str, what: str) -> dict[str, Any]:
 
 
 def check_argument_names(tool: Tool, arguments: dict[str, Any]) -> None:
-    """Unknown names would be dropped silently by the server: refuse them here, naming the accepted ones."""
+    """Refuse unknown argument names here, naming the accepted ones, before any model loads (the server
+    refuses them too)."""
     properties = (tool.input_schema or {}).get("properties", {})
     unknown = sorted(set(arguments) - set(properties))
     if unknown:
@@ -124,7 +124,7 @@ def result_data(result: CallToolResult) -> Any:
 # ---- progress ------------------------------------------------------------------------------------
 class ProgressLine:
     """A one-line text progress display on stderr: redrawn in place on a terminal, one line per update
-    otherwise (only for `every_update=True`; transient messages are shown on terminals only)."""
+    otherwise (only for durable updates: `show(..., durable=False)` messages are shown on terminals only)."""
 
     PIPE_INTERVAL_S = 2.0  # without a terminal, at most one line per this many seconds
 
@@ -218,8 +218,10 @@ async def call_one(
     arguments = parse_json_object(json_arguments, "--json") if json_arguments is not None else {}
     progress = ProgressLine(err)
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.show(f"{name}: {message or ''} {f'{done:g}/{total:g}' if total else ''}".strip(), durable=False)
+    show = progress.show
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:  # the SDK's names
+        show(f"{name}: {message or ''} {f'{progress:g}/{total:g}' if total else ''}".strip(), durable=False)
 
     async with session(host) as (client, tools):
         tool = find_tool(tools, name)
@@ -289,6 +291,7 @@ async def run_batch(
     calls = [(number, text) for number, text in enumerate(lines, start=1) if text.strip()]
     total = len(calls)
     progress = ProgressLine(err, enabled=show_progress)
+    show = progress.show
     failures = 0
     async with session(host) as (client, tools):
         if calls and _first_tool(calls[0][1]) not in HOST_TOOLS:
@@ -298,8 +301,10 @@ async def run_batch(
             record: dict[str, Any] = {"line": number, "tool": None}
             label = f"batch {bar(index - 1, total)} line {number}"
 
-            async def on_progress(done: float, steps: float | None, message: str | None, label: str = label) -> None:
-                progress.show(f"{label}: {message or ''}", durable=False)
+            async def on_progress(
+                progress: float, total: float | None, message: str | None, label: str = label
+            ) -> None:
+                show(f"{label}: {message or ''}", durable=False)
 
             try:
                 entry = _decode(text)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated
 
 import torch
 from pydantic import Field
 
 from lens_mcp.errors import LensError
-from lens_mcp.schemas.patching import PatchCell, PatchSweepResult
+from lens_mcp.schemas.patching import Component, PatchCell, PatchSweepResult
 from lens_mcp.tools.causal.patching_engine import Patch, PatchEngine, Readout, make_patch
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
@@ -19,7 +19,6 @@ from lens_mcp.tools.core.metrics import AnswerMetric, MetricName, resolve_metric
 from lens_mcp.tools.core.tokens import encode_pair, token_strings
 from lens_mcp.tools.core.validation import resolve_layers, resolve_positions
 
-Component = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos"]
 COMPONENT_FAMILY = {
     "resid_pre": "resid_pre",
     "resid_mid": "resid_mid",

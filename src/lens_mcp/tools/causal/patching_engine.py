@@ -35,9 +35,11 @@ from typing import Any, Protocol
 
 import torch
 
+from lens_mcp.schemas.patching import PatchMethod
 from lens_mcp.tools.core.batching import ProgressCounter, is_out_of_memory, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import seconds_per_row
+from lens_mcp.tools.core.forward import readout
 from lens_mcp.tools.core.metrics import AnswerMetric
 
 log = logging.getLogger(__name__)
@@ -146,30 +148,26 @@ def make_patch(
 
 
 class Readout:
-    """The metric from the final residual stream at the last position (final norm + unembedding there
-    only), or from full logits."""
+    """The metric from the final residual stream at the last position, through the one readout path
+    (`core.forward.readout`: final norm, unembedding, output transform), there only (two columns of the
+    unembedding for a logit difference), or from full logits."""
 
     def __init__(self, tc: ToolContext, metric: AnswerMetric):
-        self.bridge = tc.bridge
+        self.tc = tc
         self.metric = metric
-        self._columns: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        lm_head = getattr(self.bridge.unembed, "original_component", None)
-        if metric.name == "logit_diff" and isinstance(lm_head, torch.nn.Linear):
-            ids = [metric.answer_id] + ([metric.wrong_id] if metric.wrong_id is not None else [])
-            bias = lm_head.bias[ids] if lm_head.bias is not None else None
-            self._columns = (lm_head.weight[ids], bias)
+        self._ids: list[int] | None = None
+        if metric.name == "logit_diff":
+            self._ids = [metric.answer_id] + ([metric.wrong_id] if metric.wrong_id is not None else [])
 
     def from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         return self.metric(logits)
 
     def from_resid(self, resid: torch.Tensor) -> torch.Tensor:
         """resid: [batch, d_model] residual stream after the last block, at the last position."""
-        normed = self.bridge.ln_final(resid[:, None, :])
-        if self._columns is not None:
-            weight, bias = self._columns
-            logits = torch.nn.functional.linear(normed, weight, bias)[:, 0].float()
+        if self._ids is not None:
+            logits = readout(self.tc, resid, self._ids).float()
             return logits[:, 0] - logits[:, 1] if logits.shape[-1] == 2 else logits[:, 0]
-        return self.metric(self.bridge.unembed(normed)[:, 0])
+        return self.metric(readout(self.tc, resid))
 
 
 class _PrefixKV:
@@ -222,7 +220,7 @@ class EngineStats:
     """Patched rows computed (no-op cells excluded)."""
     skipped: int = 0
     """Cells whose clean and corrupted activations are identical (no computation needed)."""
-    method: str = "driven"
+    method: PatchMethod = "driven"
     batch_rows: int = 0
     batch_bound: str = ""
     notes: list[str] = field(default_factory=list)

@@ -12,7 +12,7 @@ import gc
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -155,6 +155,7 @@ def iter_batched(
     while start < len(items):
         batch = items[start : start + size]
         out_of_memory = False
+        result: R | None = None
         try:
             result = run_batch(batch)
         except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
@@ -169,7 +170,7 @@ def iter_batched(
         start += len(batch)
         if counter is not None:
             counter.advance(len(batch), message(counter.done + len(batch), len(batch)) if message else None)
-        yield batch, result
+        yield batch, cast(R, result)  # set: the batch did not run out of memory
 
 
 def run_batched(

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 CHARS_PER_CELL = 9
 """JSON characters one rounded float takes in a grid, with its comma (e.g. '-0.1234,')."""
-_PROBE_BATCH = 4
+_PROBE_BATCH = 8
 _PROBE_TOKENS = 64
 
 

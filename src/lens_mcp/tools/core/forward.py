@@ -5,6 +5,8 @@ cache), optionally sliced to a few positions and stopped early, under `torch.no_
 `summarizing_forward`: one forward pass whose hooks reduce each requested activation to a small summary as
 it is produced, so memory holds one activation at a time whatever was asked for.
 Both attach hooks only through TransformerLens context managers, so nothing outlives the call.
+`readout` (final norm -> unembedding -> the architecture's output transform) is the one way every tool turns
+a residual-stream vector into logits; `final_norm`, `unembed` and `output_transform` are its steps.
 """
 
 from __future__ import annotations
@@ -61,25 +63,64 @@ def summarizing_forward(
 
     fwd_hooks = [(name, make_hook(name)) for name in dict.fromkeys(names)]
     with torch.no_grad(), tc.bridge.hooks(fwd_hooks=fwd_hooks):
-        return tc.bridge(tokens)
+        logits = tc.bridge(tokens)
+    assert isinstance(logits, torch.Tensor)
+    return logits
 
 
-def unembed(tc: ToolContext, normalized: torch.Tensor) -> torch.Tensor:
-    """Logits from vectors that already went through the final norm: `x @ W_U + b_U`, then the
-    adapter's output transform (e.g. logit soft-capping) as TransformerLens's logit_readout applies it."""
+def output_transform(tc: ToolContext, logits: torch.Tensor) -> torch.Tensor:
+    """The architecture's transform of the unembedding's output (Gemma's soft cap, Cohere's logit scale,
+    Granite's logits scaling, ...): the adapter's `apply_output_logits_transform`, exactly what
+    TransformerLens's `logit_readout` applies. Every transform TransformerLens 4.3 declares is elementwise,
+    so it may be applied to a subset of the vocabulary's columns."""
+    transform = getattr(getattr(tc.bridge, "adapter", None), "apply_output_logits_transform", None)
+    if not callable(transform):
+        return logits
+    transformed = transform(logits)
+    assert isinstance(transformed, torch.Tensor)
+    return transformed
+
+
+def output_slope(tc: ToolContext) -> tuple[float, bool]:
+    """(slope at 0, linear) of the output transform: a pure logit scale s gives (s, True); a soft cap
+    c * tanh(s * x / c) gives (s, False). Linear parts of the readout commute with attribution; the
+    non-linear part (the cap) does not, so attributions read the pre-cap logits `slope * raw`."""
+    h = 1e-3
+    probe = torch.tensor([-h, h, 1.0, -2.0, 7.0], dtype=torch.float64)
+    out = output_transform(tc, probe.clone()).to(torch.float64)
+    slope = float((out[1] - out[0]) / (2 * h))
+    linear = bool(torch.allclose(out, slope * probe, rtol=1e-6, atol=1e-9))
+    return slope, linear
+
+
+def unembed(
+    tc: ToolContext, normalized: torch.Tensor, ids: Sequence[int] | None = None, *, transform: bool = True
+) -> torch.Tensor:
+    """Logits from vectors (..., d_model) that already went through the final norm: `x @ W_U + b_U`, then
+    the output transform (unless transform=False). ids: only these vocabulary columns, in that order."""
     bridge = tc.bridge
-    weight = bridge.W_U
+    weight = bridge.W_U if ids is None else bridge.W_U[:, list(ids)]
     logits = normalized.to(device=weight.device, dtype=weight.dtype) @ weight
     bias = getattr(bridge, "b_U", None)
-    if bias is not None:
-        logits = logits + bias
-    transform = getattr(getattr(bridge, "adapter", None), "apply_output_logits_transform", None)
-    return transform(logits) if callable(transform) else logits
+    if isinstance(bias, torch.Tensor):
+        logits = logits + (bias if ids is None else bias[list(ids)])
+    return output_transform(tc, logits) if transform else logits
 
 
 def final_norm(tc: ToolContext, vectors: torch.Tensor) -> torch.Tensor:
-    """The model's own final norm applied to each row of `vectors` (n, d_model), statistics recomputed per row."""
+    """The model's own final norm applied to each vector (..., d_model), statistics recomputed per vector."""
     ln_final = getattr(tc.bridge, "ln_final", None)
     if ln_final is None:
         return vectors
-    return ln_final(vectors.unsqueeze(0)).squeeze(0)
+    shape = vectors.shape
+    return ln_final(vectors.reshape(1, -1, shape[-1])).reshape(shape)
+
+
+def readout(
+    tc: ToolContext, resid: torch.Tensor, ids: Sequence[int] | None = None, *, transform: bool = True
+) -> torch.Tensor:
+    """The one readout path: residual stream after the last block (..., d_model) -> final norm ->
+    unembedding -> the architecture's output transform, i.e. the model's logits (only columns `ids` if
+    given). The same computation as TransformerLens's `logit_readout`, without its full-vocabulary
+    softmax per call, so that a metric reading two columns costs two columns."""
+    return unembed(tc, final_norm(tc, resid), ids, transform=transform)

@@ -39,8 +39,8 @@ def available_families(bridge: Any) -> list[str]:
 
 
 # ---- hook selection by family, exact name or glob (never code) ------------------------------------
-# Appended for run_with_cache (issue 3); the selection rule of issue 6: a selector is a family name, an
-# exact hook name, or a glob matched with fnmatch. Nothing is evaluated.
+# Selecting hooks for run_with_cache: a selector is a family name, an exact hook name, or a glob matched with
+# fnmatch. Nothing is evaluated.
 
 _GLOB_CHARS = frozenset("*?[")
 _LAYER_PART = re.compile(r"^blocks\.(\d+)\.")

@@ -4,7 +4,13 @@ stream) to logit(answer) - logit(wrong_answer) at one position.
 Each component's output at the position is divided by the final norm's scale cached on this very run (and
 centred first when the final norm is a LayerNorm), then projected on W_U[:, answer] - W_U[:, wrong]: the
 convention of TransformerLens's `apply_ln_to_stack`. Head outputs are z @ W_O per query head, so grouped-query
-models (fewer key/value heads) need nothing special."""
+models (fewer key/value heads) need nothing special.
+
+Whatever a block does between the heads' summed output and the residual stream is frozen on this very run, as
+the final norm is: a norm after the sublayer (Gemma 2, OLMo 2) by its cached scale and its weight, a residual
+multiplier (Granite) by its value, so the heads' terms sum exactly to the attention output. A linear output
+transform (a logit scale) multiplies every term; a soft cap does not distribute over a sum, so on soft-capped
+models the pre-cap logits (`slope * raw`) are attributed and the result says so."""
 
 from __future__ import annotations
 
@@ -16,8 +22,9 @@ from pydantic import Field
 from lens_mcp.schemas.common import HeadScore
 from lens_mcp.schemas.reading import HeadAttribution, OtherComponents
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.forward import cached_forward
+from lens_mcp.tools.core.forward import cached_forward, output_slope, readout
 from lens_mcp.tools.core.metrics import AnswerMetric, resolve_metric
+from lens_mcp.tools.core.pairs import PairsArgument
 from lens_mcp.tools.core.tokens import encode, token_string
 from lens_mcp.tools.core.validation import check_top_k, resolve_position
 
@@ -46,10 +53,10 @@ def _stacked_or_none(tc: ToolContext, attribute: str) -> torch.Tensor | None:
 
 def head_attribution(
     tc: ToolContext,
-    prompt: Annotated[str, Field(description="The text to run (BOS is prepended)")],
+    prompt: Annotated[str | None, Field(description="The text to run (BOS is prepended). Or pass pairs")] = None,
     answer: Annotated[
-        str, Field(description="The expected next token, one token (usually with a leading space: ' Paris')")
-    ],
+        str | None, Field(description="The expected next token, one token (usually with a leading space: ' Paris')")
+    ] = None,
     wrong_answer: Annotated[
         str | None,
         Field(
@@ -61,14 +68,51 @@ def head_attribution(
     ] = None,
     position: Annotated[int, Field(description="Position whose prediction is attributed (-1 = last)")] = -1,
     top_k: Annotated[int, Field(description="How many heads to list by absolute contribution")] = 10,
+    by_source: Annotated[
+        bool,
+        Field(description="Also split one head's cell over the source positions it attends to (layer/head below)"),
+    ] = False,
+    layer: Annotated[int | None, Field(description="With by_source: the head's layer. Default: the top head's")] = None,
+    head: Annotated[int | None, Field(description="With by_source: the head. Default: the top head")] = None,
+    baseline_prompt: Annotated[
+        str | None,
+        Field(
+            description="Attribute prompt minus this prompt (same answer tokens): separates heads that push the "
+            "answer on any prompt from heads that carry what differs (e.g. the subject)"
+        ),
+    ] = None,
+    pairs: PairsArgument = None,
 ) -> HeadAttribution:
     """Direct logit attribution: how much each attention head writes logit(answer) - logit(wrong_answer) (or
     logit(answer)) into the residual stream at `position`, through the final norm's scale taken from the same
     run (TransformerLens's apply_ln_to_stack convention). Returns the layer x head grid, the top_k heads by
     absolute value (sign kept: positive pushes towards answer), the direct contributions of the embeddings, each
     MLP and the biases, their sum `total`, and `actual` (the metric from the model's real logits); `explained`
-    and `note` say whether total matches actual (within 1e-3 on fp32). Direct effects only: a head that matters
-    through later layers can score near 0 here; patch it to see its total effect."""
+    and `note` say whether total matches actual (within 1e-3 on fp32). Norms after each sublayer (Gemma 2, OLMo 2)
+    are frozen on this run like the final norm; on soft-capped models (Gemma) every number is the pre-cap logit
+    difference, as `metric` says. Direct effects only: a head that matters through later layers can score near 0
+    here; patch it to see its total effect.
+    by_source=true: the head (layer, head; default the top one) split over source positions: attention weight x
+    value through W_O, in the grid's units; the parts sum to its cell. baseline_prompt: every number is prompt
+    minus baseline (a head that pushes the answer on any prompt nets out). pairs=[{clean_prompt, answer,
+    wrong_answer, corrupted_prompt?}]: the mean grid over pairs (corrupted_prompt, if given, is each pair's
+    baseline) with its spread and each pair's metric."""
+    from lens_mcp.tools.reading.head_sources import attribution_call  # it builds on this module
+
+    return attribution_call(
+        tc, prompt, answer, wrong_answer, position, top_k, by_source, layer, head, baseline_prompt, pairs
+    )
+
+
+def _attribute_prompt(
+    tc: ToolContext,
+    prompt: str,
+    answer: str,
+    wrong_answer: str | None,
+    position: int,
+    top_k: int,
+    unrounded: dict[str, Any] | None = None,
+) -> HeadAttribution:
     tokens = encode(tc, prompt)
     n_tokens = int(tokens.shape[-1])
     pos = resolve_position(position, n_tokens)
@@ -79,23 +123,86 @@ def head_attribution(
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
     if not getattr(tc.cfg, "attn_only", False):
         names += [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)]
+    attn_out = [f"blocks.{layer}.hook_attn_out" for layer in range(n_layers)]
+    names += [name for name in attn_out if name in tc.bridge.hook_dict]
+    names += _post_norm_hooks(tc)
     names += [name for name in ("hook_embed", "hook_pos_embed") if name in tc.bridge.hook_dict]
+    names += ["blocks.0.hook_resid_pre", f"blocks.{n_layers - 1}.hook_resid_post"]
     if _has_final_norm(tc):
         names.append("ln_final.hook_scale")
     logits, cache = cached_forward(tc, tokens, names, positions=[pos])
+    assert logits is not None
     with torch.no_grad():
         return _attribute(
-            tc, metric, cache, float(metric(logits[0, pos])), pos, top_k, token_string(tc, int(tokens[0, pos]))
+            tc,
+            metric,
+            cache,
+            float(metric(logits[0, pos])),
+            pos,
+            top_k,
+            token_string(tc, int(tokens[0, pos])),
+            unrounded,
         )
 
 
+def _post_norm(tc: ToolContext, layer: int) -> Any:
+    """The norm a block applies to its attention output before adding it to the residual stream, or None."""
+    block = tc.bridge.blocks[layer]
+    return getattr(block, "ln1_post", None) if f"blocks.{layer}.ln1_post.hook_scale" in tc.bridge.hook_dict else None
+
+
+def _post_norm_hooks(tc: ToolContext) -> list[str]:
+    return [
+        f"blocks.{layer}.ln1_post.hook_scale"
+        for layer in range(int(tc.cfg.n_layers))
+        if _post_norm(tc, layer) is not None
+    ]
+
+
+def _rms_weight(norm: Any, d_model: int, like: torch.Tensor) -> torch.Tensor:
+    """The elementwise weight an RMS norm multiplies x / rms(x) by, whatever its parametrization (w or 1 + w):
+    the norm of a constant vector so large that eps does not count."""
+    probe = torch.full((1, 1, d_model), 1e3, dtype=like.dtype, device=like.device)
+    return norm(probe)[0, 0].float()
+
+
+def _attention_maps(tc: ToolContext, cache: Any, raw: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """(layers, d_model): per layer, the elementwise factor that takes the heads' summed output (z @ W_O + b_O)
+    to the block's attention output in the residual stream, frozen on this run: 1/scale * weight for a norm
+    after the sublayer, the residual multiplier (fitted and checked) otherwise, 1 for most models."""
+    factors = []
+    d_model = int(tc.cfg.d_model)
+    for layer in range(int(tc.cfg.n_layers)):
+        if f"blocks.{layer}.hook_attn_out" not in cache.cache_dict:  # nothing to freeze against: the identity
+            factors.append(torch.ones(d_model, device=direction.device))
+            continue
+        out = cache[f"blocks.{layer}.hook_attn_out"][0, 0].to(direction.device).float()
+        norm = _post_norm(tc, layer)
+        if norm is not None:
+            scale = cache[f"blocks.{layer}.ln1_post.hook_scale"][0, 0].reshape(-1)[0].to(direction.device).float()
+            factors.append(_rms_weight(norm, d_model, out).to(direction.device) / scale)
+            continue
+        energy = float(raw[layer] @ raw[layer])
+        factor = float(out @ raw[layer]) / energy if energy > 0 else 1.0
+        factors.append(torch.full((d_model,), factor, device=direction.device))
+    return torch.stack(factors)
+
+
 def _attribute(
-    tc: ToolContext, metric: AnswerMetric, cache: Any, actual: float, pos: int, top_k: int, token: str
+    tc: ToolContext,
+    metric: AnswerMetric,
+    cache: Any,
+    actual: float,
+    pos: int,
+    top_k: int,
+    token: str,
+    unrounded: dict[str, Any] | None = None,
 ) -> HeadAttribution:
     bridge, cfg = tc.bridge, tc.cfg
     n_layers, n_heads = int(cfg.n_layers), int(cfg.n_heads)
     attn_only = bool(getattr(cfg, "attn_only", False))
 
+    slope, linear = output_slope(tc)
     W_U = bridge.W_U
     direction = W_U[:, metric.answer_id].float()
     if metric.wrong_id is not None:
@@ -103,36 +210,76 @@ def _attribute(
     if _final_norm_centres(tc):
         # (x - mean(x)) . d == x . (d - mean(d)): centring each component equals centring the direction.
         direction = direction - direction.mean()
+    elif _has_final_norm(tc):
+        direction = direction * _rms_weight(bridge.ln_final, int(cfg.d_model), direction).to(direction.device)
     scale = float(cache["ln_final.hook_scale"][0, 0].reshape(-1)[0]) if _has_final_norm(tc) else 1.0
+    direction = direction * slope  # a logit scale is linear: it multiplies every term
 
     def project(vector: torch.Tensor) -> float:
         return float(vector.to(direction.device).float() @ direction) / scale
 
-    # Heads: z (layers, heads, d_head) at the position through each head's W_O (layers, heads, d_head, d_model),
-    # contracted with the direction first so no (heads, d_model) output is built.
+    # Heads: z (layers, heads, d_head) at the position through each head's W_O (layers, heads, d_head, d_model).
     # (.to: under a device_map the layers live on different devices.)
     z = torch.stack(
         [cache[f"blocks.{layer}.attn.hook_z"][0, 0].to(direction.device) for layer in range(n_layers)]
     ).float()
-    head_directions = torch.einsum("lhdm,m->lhd", bridge.W_O.to(direction.device).float(), direction)
+    W_O = bridge.W_O.to(direction.device).float()
+    b_O = _stacked_or_none(tc, "b_O")
+    b_O = (
+        b_O.to(direction.device).float()
+        if b_O is not None
+        else torch.zeros(n_layers, int(cfg.d_model), device=direction.device)
+    )
+    raw = torch.einsum("lhd,lhdm->lm", z, W_O) + b_O  # each layer's summed head output before the block's map
+    factors = _attention_maps(tc, cache, raw, direction)  # (layers, d_model)
+    layer_directions = factors * direction  # (layers, d_model)
+    head_directions = torch.einsum("lhdm,lm->lhd", W_O, layer_directions)
     heads = torch.einsum("lhd,lhd->lh", z, head_directions) / scale
 
-    b_O = _stacked_or_none(tc, "b_O")
-    attn_bias = project(b_O.sum(dim=0)) if b_O is not None else 0.0
+    attn_bias = float((b_O * layer_directions).sum()) / scale
     b_U = _stacked_or_none(tc, "b_U")
     unembed_bias = 0.0
     if b_U is not None:
         unembed_bias = float(b_U[metric.answer_id])
         if metric.wrong_id is not None:
             unembed_bias -= float(b_U[metric.wrong_id])
-    embed = project(cache["hook_embed"][0, 0])
+        unembed_bias *= slope
     pos_embed = project(cache["hook_pos_embed"][0, 0]) if "hook_pos_embed" in cache.cache_dict else None
+    if "hook_embed" in cache.cache_dict:
+        embed = project(cache["hook_embed"][0, 0])
+    else:  # no separate embedding hook: what enters block 0, less any positional embedding
+        embed = project(cache["blocks.0.hook_resid_pre"][0, 0]) - (pos_embed or 0.0)
     mlp = None if attn_only else [project(cache[f"blocks.{layer}.hook_mlp_out"][0, 0]) for layer in range(n_layers)]
+
+    capped_note = ""
+    if not linear:
+        final = cache[f"blocks.{n_layers - 1}.hook_resid_post"][0, 0]
+        ids = [metric.answer_id] + ([metric.wrong_id] if metric.wrong_id is not None else [])
+        raw_logits = readout(tc, final, ids, transform=False).float() * slope
+        capped = actual
+        actual = float(raw_logits[0] - raw_logits[1]) if len(ids) == 2 else float(raw_logits[0])
+        capped_note = (
+            f" This model soft-caps its logits, which does not distribute over a sum: every number here is the "
+            f"pre-cap metric (actual {actual:.4g}); after the cap the model's metric is {capped:.4g}."
+        )
 
     heads_total = float(heads.sum())
     total = heads_total + embed + (pos_embed or 0.0) + sum(mlp or []) + attn_bias + unembed_bias
     tolerance = FP32_TOLERANCE if tc.model.dtype == torch.float32 else 0.02 * max(1.0, abs(actual))
     gap = total - actual
+    if unrounded is not None:  # the unrounded parts, for callers combining attributions (baselines, pairs, sources)
+        unrounded.update(
+            heads=heads,
+            head_directions=head_directions,
+            scale=scale,
+            embed=embed,
+            pos_embed=pos_embed,
+            mlp=mlp,
+            attn_bias=attn_bias,
+            unembed_bias=unembed_bias,
+            total=total,
+            actual=actual,
+        )
     explained = abs(gap) <= tolerance
     if explained:
         note = (
@@ -141,16 +288,17 @@ def _attribute(
         )
     else:
         note = (
-            f"total differs from actual by {gap:+.4g} (tolerance {tolerance:.0e}): this model's residual "
-            "stream holds something the listed components miss (e.g. a norm after each sublayer); read the "
-            "grid as approximate."
+            f"total differs from actual by {gap:+.4g} (tolerance {tolerance:.0e}): this model's blocks do "
+            "something between the components and the residual stream that this decomposition does not model; "
+            "read the grid as approximate."
         )
+    note += capped_note
 
     flat = heads.flatten()
     order = flat.abs().argsort(descending=True)[: min(top_k, flat.numel())]
     top_heads = [HeadScore(layer=int(i) // n_heads, head=int(i) % n_heads, score=float(flat[i])) for i in order]
     return HeadAttribution(
-        metric=metric.description,
+        metric=metric.description + ("" if linear else ", before the output soft cap"),
         position=pos,
         token=token,
         heads=heads.tolist(),

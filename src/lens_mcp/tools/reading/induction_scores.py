@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import torch
 from pydantic import Field
@@ -35,6 +35,7 @@ from lens_mcp.schemas.induction import InductionScores, ScoredPositions
 from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, seconds_per_row
+from lens_mcp.tools.core.forward import unembed
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import check_range, check_top_k
@@ -142,7 +143,7 @@ def find_targets(tokens: torch.Tensor) -> Targets:
     pos = torch.arange(n)
     earlier = (pos[None, :] < pos[:, None]) & (pos[None, :] >= 1)  # [q, k]: 1 <= k < q
     triples: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {kind: [] for kind in KINDS}
-    n_queries = dict.fromkeys(KINDS, 0)
+    n_queries: dict[str, int] = dict.fromkeys(KINDS, 0)
     first_seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     copyable: list[tuple[torch.Tensor, torch.Tensor]] = []
     for b, row in enumerate(tokens):
@@ -168,11 +169,11 @@ def find_targets(tokens: torch.Tensor) -> Targets:
         return tuple(torch.cat(column) for column in zip(*parts, strict=True))
 
     return Targets(
-        {kind: cat(triples[kind]) for kind in KINDS},
-        n_queries,  # type: ignore[misc]
-        cat(first_seen),
-        cat(copyable),
-    )  # type: ignore[arg-type]
+        {kind: cast(tuple[torch.Tensor, torch.Tensor, torch.Tensor], cat(triples[kind])) for kind in KINDS},
+        n_queries,
+        cast(tuple[torch.Tensor, torch.Tensor], cat(first_seen)),
+        cast(tuple[torch.Tensor, torch.Tensor], cat(copyable)),
+    )
 
 
 # ---- the one forward pass ----------------------------------------------------------------------------
@@ -207,7 +208,9 @@ def head_scores_and_losses(
         kept["resid"] = resid
         raise _StopBeforeUnembed
 
-    hooks = [(hook_name("pattern", layer), partial(reduce_pattern, layer=layer)) for layer in range(n_layers)]
+    hooks: list[tuple[str, Callable[..., Any]]] = [
+        (hook_name("pattern", layer), partial(reduce_pattern, layer=layer)) for layer in range(n_layers)
+    ]
     hooks.append(("unembed.hook_in", keep_residual))
     with torch.no_grad():
         try:
@@ -252,7 +255,7 @@ def _scores_in_batches(
             range(tokens.shape[0]), run_batch, plan.rows, device=tc.cfg.device, counter=counter
         )
     ]
-    sums = {kind: sum(r[0][kind] for r in results) for kind in KINDS}
+    sums = {kind: sum((r[0][kind] for r in results), torch.zeros(())) for kind in KINDS}
     scores = {kind: sums[kind] / max(1, targets.n_queries[kind]) for kind in KINDS}
     return scores, torch.cat([r[1] for r in results]), torch.cat([r[2] for r in results])
 
@@ -267,12 +270,9 @@ def _token_losses(
     rows = resid[b.to(resid.device), (p - 1).to(resid.device)]  # [n, d_model]
     answers = tokens[b, p]
     chunk = max(1, _LOGIT_CHUNK_ENTRIES // int(tc.cfg.d_vocab))
-    cap = getattr(tc.cfg, "output_logits_soft_cap", None)
     losses = []
     for start in range(0, len(rows), chunk):
-        logits = tc.bridge.unembed(rows[None, start : start + chunk])[0].float()
-        if cap is not None and cap > 0:
-            logits = cap * torch.tanh(logits / cap)
+        logits = unembed(tc, rows[start : start + chunk]).float()  # resid is after the final norm
         logprobs = logits.log_softmax(dim=-1)
         losses.append(-logprobs.gather(-1, answers[start : start + chunk, None].to(logprobs.device))[:, 0].cpu())
     return torch.cat(losses)
@@ -411,7 +411,7 @@ def induction_scores(
         top_induction=_top(scores["induction"], top_k),
         top_previous_token=_top(scores["previous_token"], top_k),
         top_duplicate_token=_top(scores["duplicate_token"], top_k),
-        loss_first_repeat=_mean(first_losses),
+        loss_first_repeat=_mean(first_losses),  # pyright: ignore[reportArgumentType]  (never empty in practice)
         loss_second_repeat=_mean(copy_losses),
         positions=ScoredPositions(
             induction=targets.n_queries["induction"],
