@@ -13,6 +13,7 @@ Workflow:
    clean behaviour, 0 = no effect); clean and corrupted prompts must have equal token counts.
    ablate_heads zero- or mean-ablates heads and reports the metric before and after.
    attribution_patch screens big grids by gradient (cheap); confirm with patch_sweep.
+   path_patch: one edge, head -> logits or head q/k/v.
 5. induction_scores finds induction, previous-token and duplicate-token heads.
 6. Components: head_output (what a head writes, copying or suppression), neuron_attribution and
    mlp_neurons (MLP neurons), composition_scores (weight-based Q/K/V composition between heads).
