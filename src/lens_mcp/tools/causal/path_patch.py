@@ -313,7 +313,7 @@ def plan_paths(tc: ToolContext, senders: object, receivers: object, receiver_inp
         if not sender_list:
             raise LensError(
                 f"receivers={receivers!r:.80}: no head comes before it, so there is no path to patch; "
-                "choose a later receiver."
+                "use a later receiver."
             )
     else:
         sender_list = resolve_head_pairs(senders, n_layers, n_heads, "senders")
@@ -324,14 +324,14 @@ def plan_paths(tc: ToolContext, senders: object, receivers: object, receiver_inp
         if not paths:
             raise LensError(
                 f"senders={[list(s) for s in sender_list]}: no head comes after "
-                f"{'this sender' if len(sender_list) == 1 else 'these senders'}; choose an earlier sender."
+                f"{'this sender' if len(sender_list) == 1 else 'these senders'}; use an earlier sender."
             )
     else:
         paths = [(sender, receiver_list) for sender in sender_list]
     if form_name != "logits" and not any(r.layer > s[0] for s, receivers_of_row in paths for r in receivers_of_row):
         raise LensError(
             "no path: every receiver is in the same layer as the senders or before them (a head reads the "
-            "residual stream before its own layer's heads write to it). Choose senders before layer "
+            "residual stream before its own layer's heads write to it). Use senders before layer "
             f"{last_receiver_layer}, or later receivers."
         )
     if len(paths) > tc.limits.max_sweep_cells:
