@@ -261,6 +261,7 @@ async def test_patch_sweep_through_a_client_reports_progress(toy_host: ModelHost
         "positions",
         "metric",
         "normalize",
+        "image",
     }
     assert tools["patch_sweep"].annotations.read_only_hint is True
     n_cells = toy_host.model.cfg.n_layers * toy_host.model.cfg.n_heads * 10

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 SIGNIFICANT_DIGITS = 4
 
@@ -39,9 +39,34 @@ TokenPair = tuple[int, str]
 
 
 class Result(BaseModel):
-    """Base of every tool result."""
+    """Base of every tool result. `meaning` comes first in the JSON: one line saying what the main number means
+    (sign convention, units, what 1 means), so an agent that reads only this result does not misread it. A tool
+    may pass it; otherwise the model's `explain()` fills it from the result's own fields."""
 
     model_config = ConfigDict(extra="forbid")
+
+    meaning: str = Field(
+        default="", description="One line: what the main number(s) of this result mean (sign, units, scale)"
+    )
+
+    def explain(self) -> str:
+        """The default `meaning`, built from the result's fields; result models override it."""
+        return ""
+
+    @model_validator(mode="after")
+    def _fill_meaning(self) -> Result:
+        if not self.meaning:
+            self.meaning = self.explain()
+        return self
+
+
+def warnings_field() -> list[str]:
+    """`warnings: list[str] = warnings_field()` on results that take answers (see tools.core.metrics)."""
+    return Field(  # type: ignore[no-any-return]
+        default_factory=list,
+        description="Things to check about the inputs, e.g. an answer that is far less likely than its "
+        "leading-space variant at this position",
+    )
 
 
 class TopToken(BaseModel):

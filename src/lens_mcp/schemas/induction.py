@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from lens_mcp.schemas.common import Grid, HeadScore, Result, Rounded
+from lens_mcp.schemas.figures import Heatmap
 
 
 class ScoredPositions(BaseModel):
@@ -57,3 +58,34 @@ class InductionScores(Result):
         description="Random mode: sequence 0 as text (without BOS), which tokenizes back to the same tokens; "
         "pass it to other tools. Null if it would not round-trip or is too long.",
     )
+
+    def explain(self) -> str:
+        return (
+            "induction/previous_token/duplicate_token[layer][head]: mean attention fraction 0..1 on the expected "
+            "source (1 = all attention there, ~1/n = none special); losses in nats per token"
+        )
+
+    def heatmaps(self) -> list[Heatmap]:
+        grids = {
+            "induction": ("Induction score", self.induction),
+            "previous_token": ("Previous-token score", self.previous_token),
+            "duplicate_token": ("Duplicate-token score", self.duplicate_token),
+        }
+        maps = []
+        for name, (title, grid) in grids.items():
+            n_heads = len(grid[0]) if grid else 0
+            maps.append(
+                Heatmap(
+                    name=name,
+                    title=f"{title} per head ({self.mode} mode)",
+                    values=[list(row) for row in grid],
+                    rows=[str(layer) for layer in range(len(grid))],
+                    columns=[str(head) for head in range(n_heads)],
+                    row_axis="layer",
+                    column_axis="head",
+                    units="attention fraction",
+                    signed=False,
+                    value_range=(0.0, 1.0),
+                )
+            )
+        return maps

@@ -30,9 +30,21 @@ class ModelInfo(Result):
     saes: list[str] = Field(default_factory=list, description="Hooks with a sparse autoencoder loaded (load_sae)")
     steering_vectors: list[str] = Field(default_factory=list, description="Names of stored steering vectors")
 
+    def explain(self) -> str:
+        return (
+            f"{self.n_layers} layers (0..{self.n_layers - 1}) x {self.n_heads} query heads (0..{self.n_heads - 1}); "
+            "positions count from 0 with BOS at 0"
+        )
+
 
 class TokenizeResult(Result):
     n_tokens: int
     tokens: list[TokenPair] = Field(description="[id, string] per token, BOS included when prepended")
     is_single_token: bool = Field(description="Whether the text itself (without BOS) is exactly one token")
     single_token: TokenPair | None = Field(None, description="That token, when is_single_token")
+
+    def explain(self) -> str:
+        return (
+            "n_tokens counts BOS when prepended; is_single_token: whether the text alone is one token (answers "
+            "must be, usually with a leading space)"
+        )

@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from lens_mcp.schemas.common import Cost, Grid, Grid3, GridSpread, PairMetrics, Result, Rounded
+from lens_mcp.schemas.common import Cost, Grid, Grid3, GridSpread, PairMetrics, Result, Rounded, warnings_field
+from lens_mcp.schemas.figures import Heatmap, position_labels
 
 Component = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos"]
 PatchMethod = Literal["driven", "driven-full", "hooked"]
@@ -54,6 +55,57 @@ class PatchSweepResult(Result):
     )
     seconds: Rounded
     notes: list[str] = Field(default_factory=list)
+    warnings: list[str] = warnings_field()
+
+    def explain(self) -> str:
+        if self.normalized:
+            return (
+                "grid: (patched - corrupted) / (clean - corrupted) of the metric; 1 = restoring that activation "
+                "fully restores the clean behaviour, 0 = no effect, negative = pushes further toward the corrupted answer"
+            )
+        return f"grid: the raw metric ({self.metric}) with that one activation patched in; compare to clean_metric and corrupted_metric"
+
+    def heatmaps(self) -> list[Heatmap]:
+        units = "fraction of clean restored" if self.normalized else self.metric.removesuffix(" at the last position")
+        signed = self.normalized or self.metric.startswith("logit(")
+        title = f"patch_sweep {self.component}: {self.metric}{' (normalized)' if self.normalized else ''}"
+        value_range = (0.0, 1.0) if not signed and self.metric.startswith("probability") else None
+        common = {"units": units, "signed": signed, "value_range": value_range}
+        layers = [str(layer) for layer in self.layers]
+        if self.axes == ["layer", "head", "position"]:
+            assert self.heads is not None and self.positions is not None
+            values = [list(row) for layer_rows in self.grid for row in layer_rows]  # type: ignore[union-attr,arg-type]
+            rows = [f"L{layer}H{head}" for layer in self.layers for head in self.heads]
+            return [
+                Heatmap(
+                    name="grid",
+                    title=title,
+                    values=values,  # type: ignore[arg-type]
+                    rows=rows,
+                    columns=position_labels(self.positions, self.clean_tokens),
+                    row_axis="layer, head",
+                    column_axis="position (clean token)",
+                    **common,  # type: ignore[arg-type]
+                )
+            ]
+        if self.axes == ["layer", "head"]:
+            columns = [str(head) for head in self.heads or []]
+            column_axis = "head"
+        else:
+            columns = position_labels(self.positions or [], self.clean_tokens)
+            column_axis = "position (clean token)"
+        return [
+            Heatmap(
+                name="grid",
+                title=title,
+                values=[list(row) for row in self.grid],  # type: ignore[arg-type]
+                rows=layers,
+                columns=columns,
+                row_axis="layer",
+                column_axis=column_axis,
+                **common,  # type: ignore[arg-type]
+            )
+        ]
 
 
 class HeadEffect(BaseModel):
@@ -76,6 +128,13 @@ class AblateHeadsResult(Result):
     individual: list[HeadEffect] | None = Field(
         None, description="Each head ablated alone (individually=true), most negative effect first"
     )
+    warnings: list[str] = warnings_field()
+
+    def explain(self) -> str:
+        return (
+            f"effect = metric_after - metric_before, in the units of {self.metric}; negative: the ablated heads "
+            "supported the answer, 0: no effect"
+        )
 
 
 # ---- attribution_patch ----------------------------------------------------------------------------------------

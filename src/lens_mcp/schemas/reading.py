@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from lens_mcp.schemas.common import Grid, GridSpread, HeadScore, PairMetrics, Result, Rounded, TopToken
+from lens_mcp.schemas.common import Grid, GridSpread, HeadScore, PairMetrics, Result, Rounded, TopToken, warnings_field
 from lens_mcp.schemas.components import BaselineComparison, SourceSplit
+from lens_mcp.schemas.figures import Heatmap, layer_labels, position_labels
+
+MAX_CACHE_HEATMAPS = 6
 
 # ---- run_with_cache ------------------------------------------------------------------------------
 
@@ -47,6 +50,47 @@ class CacheSummary(Result):
         "rotary embeddings)",
     )
 
+    def explain(self) -> str:
+        return (
+            "norms: L2 norm of each activation per layer (row) and position (column), >= 0, in the model's units; "
+            "attention patterns: mean entropy in nats per head (0 = one source, ln(n) = uniform)"
+        )
+
+    def heatmaps(self) -> list[Heatmap]:
+        maps = []
+        for summary in self.hooks[:MAX_CACHE_HEATMAPS]:
+            rows = layer_labels(summary.layers)
+            if summary.norms is not None:
+                maps.append(
+                    Heatmap(
+                        name=f"norms-{summary.hook}",
+                        title=f"{summary.hook}: L2 norm per position",
+                        values=[list(row) for row in summary.norms],
+                        rows=rows,
+                        columns=position_labels(self.positions, self.tokens),
+                        row_axis="layer",
+                        column_axis="position",
+                        units="L2 norm",
+                        signed=False,
+                    )
+                )
+            elif summary.entropy is not None:
+                n_heads = len(summary.entropy[0]) if summary.entropy else 0
+                maps.append(
+                    Heatmap(
+                        name=f"entropy-{summary.hook}",
+                        title=f"{summary.hook}: mean attention entropy per head",
+                        values=[list(row) for row in summary.entropy],
+                        rows=rows,
+                        columns=[str(h) for h in range(n_heads)],
+                        row_axis="layer",
+                        column_axis="head",
+                        units="entropy (nats)",
+                        signed=False,
+                    )
+                )
+        return maps
+
 
 # ---- head_attribution ----------------------------------------------------------------------------
 
@@ -86,6 +130,29 @@ class HeadAttribution(Result):
     pairs: list[PairMetrics] | None = Field(
         None, description="With pairs: each pair's metric on its prompt (and on its corrupted_prompt, the baseline)"
     )
+    warnings: list[str] = warnings_field()
+
+    def explain(self) -> str:
+        return (
+            f"heads[layer][head]: that head's direct contribution to {self.metric} at position {self.position}, "
+            "in logits; positive pushes towards the answer; total sums every component"
+        )
+
+    def heatmaps(self) -> list[Heatmap]:
+        n_heads = len(self.heads[0]) if self.heads else 0
+        return [
+            Heatmap(
+                name="heads",
+                title=f"Direct logit attribution to {self.metric} at position {self.position} {self.token!r}",
+                values=[list(row) for row in self.heads],
+                rows=[str(layer) for layer in range(len(self.heads))],
+                columns=[str(head) for head in range(n_heads)],
+                row_axis="layer",
+                column_axis="head",
+                units="direct contribution (logits)",
+                signed=True,
+            )
+        ]
 
 
 # ---- logit_lens ----------------------------------------------------------------------------------
@@ -107,6 +174,44 @@ class LogitLens(Result):
     )
     top: list[list[TopToken]] = Field(description="Per row, the top-k tokens after the final norm and unembedding")
     answer: AnswerTrajectory | None = Field(None, description="The answer's probability and rank per row")
+    warnings: list[str] = warnings_field()
+
+    def explain(self) -> str:
+        text = "prob: softmax probability 0..1 of each token, read off the residual stream before each layer"
+        if self.answer is not None:
+            text += f"; answer.ranks: rank of {self.answer.token!r} per row (1 = top prediction)"
+        return text + "; the 'final' row is the model's real prediction"
+
+    def heatmaps(self) -> list[Heatmap]:
+        rows: list[str] = []
+        values: list[list[float | None]] = []
+        notes: list[str] = []
+        annotations: list[list[str]] = []
+        if self.answer is not None:
+            rows.append(f"p({self.answer.token!r})")
+            values.append(list(self.answer.probs))
+            annotations.append([f"#{rank}" for rank in self.answer.ranks])
+            notes.append(f"row p({self.answer.token!r}): cell text = the answer's rank (#1 = top)")
+        rows.append("top-1")
+        values.append([row[0].prob if row else None for row in self.top])
+        annotations.append([row[0].token if row else "" for row in self.top])
+        notes.append("row top-1: cell text = the top token")
+        return [
+            Heatmap(
+                name="lens",
+                title=f"Logit lens at position {self.position} {self.token!r}",
+                values=values,
+                rows=rows,
+                columns=[label.removesuffix("_pre") for label in self.rows],
+                row_axis="",
+                column_axis="residual stream entering layer (final = model output)",
+                units="probability",
+                signed=False,
+                value_range=(0.0, 1.0),
+                annotations=annotations,
+                notes=notes,
+            )
+        ]
 
 
 # ---- attention_pattern ---------------------------------------------------------------------------
@@ -136,3 +241,37 @@ class AttentionPattern(Result):
         description="Mean entropy (nats) over the listed query positions; 0 = one source only, ln(n) = uniform"
     )
     queries: list[QueryAttention]
+
+    def explain(self) -> str:
+        return (
+            f"weight: share 0..1 of L{self.layer}H{self.head}'s attention from each query position to a source "
+            "position (each query's weights over all sources sum to 1); entropy in nats (0 = one source)"
+        )
+
+    def heatmaps(self) -> list[Heatmap]:
+        tokens: dict[int, str] = {q.position: q.token for q in self.queries}
+        for query in self.queries:
+            for source in query.top:
+                tokens[source.position] = source.token
+        n = self.n_tokens
+        values: list[list[float | None]] = [[None] * n for _ in self.queries]
+        for row, query in enumerate(self.queries):
+            for source in query.top:
+                values[row][source.position] = source.weight
+        token_list = [tokens.get(position) for position in range(n)]
+        labels = [f"{p} {t!r}" if t is not None else str(p) for p, t in enumerate(token_list)]
+        return [
+            Heatmap(
+                name="pattern",
+                title=f"Attention of L{self.layer}H{self.head}: top sources per query",
+                values=values,
+                rows=position_labels([q.position for q in self.queries], token_list),
+                columns=labels,
+                row_axis="query position",
+                column_axis="source position",
+                units="attention weight",
+                signed=False,
+                value_range=(0.0, 1.0),
+                notes=["blank: a source outside the top_k listed for that query (its weight is not reported)"],
+            )
+        ]

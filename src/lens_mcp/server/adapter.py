@@ -27,6 +27,7 @@ from lens_mcp.errors import LensError
 from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost
 from lens_mcp.progress import ProgressReporter
+from lens_mcp.server import images
 from lens_mcp.server.finite import check_finite
 from lens_mcp.server.readable_errors import readable_errors
 from lens_mcp.tools.core.batching import is_out_of_memory
@@ -99,8 +100,11 @@ def _publish(
     skip: int,
     annotations: ToolAnnotations,
     title: str | None,
+    extra: tuple[inspect.Parameter, ...] = (),
 ) -> None:
     parameters, result_model = _exposed_signature(fn, skip)
+    parameters += extra  # adapter-level arguments (image)
+    images.RESULT_MODELS[fn.__name__] = result_model
     context_parameter = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)
     returns = Annotated[CallToolResult, result_model]
     body.__signature__ = inspect.Signature([*parameters, context_parameter], return_annotation=returns)  # type: ignore[attr-defined]
@@ -121,14 +125,20 @@ def add_model_tool(
 ) -> None:
     """Register `fn(tc, **arguments)` as a tool that runs on the loaded model."""
 
+    draws = images.supports_images(_exposed_signature(fn, 1)[1])
+
     def body(ctx: Context, **arguments: Any) -> CallToolResult:
         report = progress_reporter(ctx)
+        image = bool(arguments.pop(images.IMAGE_ARGUMENT, False))
+        produced: list[BaseModel] = []
 
         def call() -> BaseModel:
             with host.use(report) as model:
-                return fn(ToolContext(model, host.limits, report), **arguments)
+                produced.append(fn(ToolContext(model, host.limits, report), **arguments))
+            return produced[-1]
 
-        return run_guarded(fn.__name__, call, host.limits)
+        result = run_guarded(fn.__name__, call, host.limits)
+        return images.with_images(result, produced[-1], fn.__name__) if image else result
 
     _publish(
         server,
@@ -137,6 +147,7 @@ def add_model_tool(
         skip=1,
         annotations=ToolAnnotations(read_only_hint=read_only, idempotent_hint=read_only, open_world_hint=False),
         title=title,
+        extra=(images.IMAGE_PARAMETER,) if draws else (),
     )
 
 

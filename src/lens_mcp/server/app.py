@@ -12,6 +12,7 @@ from lens_mcp import __version__
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server.instructions import INSTRUCTIONS
 from lens_mcp.server.prompts import register_prompts
+from lens_mcp.server.record import install_recording
 from lens_mcp.server.registry import register_tools
 from lens_mcp.server.resources import register_resources
 
@@ -37,4 +38,5 @@ def build_server(host: ModelHost, startup: StartupModel | None = None) -> MCPSer
     register_tools(server, host)
     register_prompts(server)
     register_resources(server, host)
+    install_recording(server, host)  # records calls only when a recorder is attached to the host
     return server

@@ -4,6 +4,10 @@
   tools   list the tools, one line each (loads no model)
   call    run one tool through a real MCP client session; prints its compact JSON result
   batch   run a JSONL file of calls in one session (model loaded once); one JSON result line per call
+  prompts / prompt NAME key=value     list the MCP prompts / print one rendered
+  resources / resource URI            list the MCP resources / print one
+  report RECORD.jsonl -o report.html  a self-contained HTML page of a record (--record DIR)
+  replay RECORD.jsonl                 re-run a record's calls and compare the results
 
 Exit status: 0 success, 1 a tool reported an error (message on stderr), 2 bad command-line input.
 """
@@ -25,6 +29,7 @@ from lens_mcp.loading import DEFAULT_MODEL
 if TYPE_CHECKING:
     from lens_mcp.model_host import ModelHost
 
+CATALOG_COMMANDS = ("prompts", "prompt", "resources", "resource")
 LIMIT_FLAGS = {
     "max_prompt_tokens": "tokens per prompt",
     "max_sweep_cells": "patched cells per patch_sweep",
@@ -81,6 +86,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
+def add_record_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--record",
+        default=None,
+        metavar="DIR",
+        help="append every tool call (arguments, result or error, seconds, weights fingerprint, versions) to a "
+        "JSONL file in DIR, fsynced per call (default: $LENS_MCP_RECORD_DIR; off when neither is set)",
+    )
+
+
+def add_image_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--image-dir", default=None, metavar="DIR", help="write the PNG images of image=true calls to DIR"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lens-mcp", description="MCP server for mechanistic interpretability.")
     parser.add_argument("--version", action="version", version=f"lens-mcp {__version__}")
@@ -122,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="http: close sessions idle this long (default 300)",
     )
     serve.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
+    add_record_argument(serve)
 
     tools = commands.add_parser("tools", help="list the tools with a one-line description each (loads no model)")
     tools.add_argument(
@@ -155,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_arguments(call)
     call.add_argument("--log-level", default="WARNING", choices=LOG_LEVELS)
+    add_record_argument(call)
+    add_image_argument(call)
 
     batch = commands.add_parser(
         "batch",
@@ -173,7 +197,32 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_model_arguments(batch)
     batch.add_argument("--log-level", default="WARNING", choices=LOG_LEVELS)
+    add_record_argument(batch)
+    add_image_argument(batch)
+    add_catalog_commands(commands)
+    from lens_mcp.server.replay import add_record_commands
+
+    add_record_commands(commands, add_model_arguments, LOG_LEVELS)
     return parser
+
+
+def add_catalog_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    prompts = commands.add_parser("prompts", help="list the MCP prompts (guided investigations) with their arguments")
+    prompt = commands.add_parser(
+        "prompt",
+        help="print one MCP prompt's rendered plan",
+        description="Print an MCP prompt rendered with your arguments, e.g.\n"
+        "  lens-mcp prompt locate_fact prompt='The Eiffel Tower is in the city of' answer=' Paris'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prompt.add_argument("name", help="prompt name (see `lens-mcp prompts`)")
+    prompt.add_argument("pairs", nargs="*", metavar="key=value", help="prompt arguments (strings)")
+    resources = commands.add_parser("resources", help="list the MCP resources")
+    resource = commands.add_parser("resource", help="print one MCP resource, e.g. lens://model/info")
+    resource.add_argument("uri", help="resource URI (see `lens-mcp resources`)")
+    for parser in (prompts, prompt, resources, resource):
+        add_model_arguments(parser)
+        parser.add_argument("--log-level", default="WARNING", choices=LOG_LEVELS)
 
 
 def limits_from_args(args: argparse.Namespace) -> Limits:
@@ -207,6 +256,9 @@ def serve(args: argparse.Namespace) -> int:
             print(f"lens-mcp: error: {exc}", file=sys.stderr)
             return 2
     host = make_host(args)
+    from lens_mcp.server.record import start_recording
+
+    start_recording(host, args.record, "serve", _say)
     server = build_server(host, StartupModel(args.model, args.device, args.dtype))
     if args.transport == "stdio":
         from lens_mcp.server.envelopes import serve_stdio
@@ -227,6 +279,10 @@ def serve(args: argparse.Namespace) -> int:
     )
 
 
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 def _loader(host: ModelHost, args: argparse.Namespace) -> Callable[[], None]:
     def start() -> None:
         if host.model is None and host.loading is None:
@@ -241,12 +297,35 @@ def scripted(args: argparse.Namespace, out: TextIO, exit_hard: bool = False) -> 
     from lens_mcp.server import scripted as commands
 
     host = make_host(args)
+    if args.command in ("call", "batch"):
+        from lens_mcp.server.record import start_recording
+
+        start_recording(host, args.record, args.command, _say)
     if args.command == "tools":
         status = anyio.run(commands.list_tools, host, args.as_json, out)
     elif args.command == "call":
         status = anyio.run(
-            commands.call_one, host, _loader(host, args), args.tool, args.pairs, args.json_arguments, out, sys.stderr
+            commands.call_one,
+            host,
+            _loader(host, args),
+            args.tool,
+            args.pairs,
+            args.json_arguments,
+            out,
+            sys.stderr,
+            args.image_dir,
         )
+    elif args.command in CATALOG_COMMANDS:
+        from lens_mcp.server import catalog
+
+        if args.command == "prompts":
+            status = anyio.run(catalog.list_prompts, host, out)
+        elif args.command == "prompt":
+            status = anyio.run(catalog.get_prompt, host, args.name, args.pairs, out)
+        elif args.command == "resources":
+            status = anyio.run(catalog.list_resources, host, out)
+        else:
+            status = anyio.run(catalog.read_resource, host, _loader(host, args), args.uri, out)
     else:
         from lens_mcp.server.batch_io import GuardedOutput, close_output, read_lines, refuse_overwriting_input
 
@@ -259,7 +338,14 @@ def scripted(args: argparse.Namespace, out: TextIO, exit_hard: bool = False) -> 
                 stack.callback(close_output, target, args.output)
             target = GuardedOutput(target, args.output)  # type: ignore[assignment]
             status = anyio.run(
-                commands.run_batch, host, _loader(host, args), lines, target, sys.stderr, not args.no_progress
+                commands.run_batch,
+                host,
+                _loader(host, args),
+                lines,
+                target,
+                sys.stderr,
+                not args.no_progress,
+                args.image_dir,
             )
     if exit_hard and host.loading is not None:
         # The load is still running in its thread (the call failed before it needed the model): leave now
@@ -292,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = sys.stdout  # results only; model loading redirects sys.stdout to stderr while it runs
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "call":  # key=value pairs may come after options too: call tokenize --model X text=...
+    if args.command in ("call", "prompt"):  # key=value pairs may come after options: call tokenize --model X text=...
         args.pairs += [item for item in extra if not item.startswith("-")]
         extra = [item for item in extra if item.startswith("-")]
     if extra:
@@ -305,7 +391,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(args)
-        if args.command in ("tools", "call", "batch"):
+        if args.command in ("report", "replay"):
+            from lens_mcp.server.replay import run_record_command
+
+            return run_record_command(args, out)
+        if args.command in ("tools", "call", "batch", *CATALOG_COMMANDS):
             try:
                 return scripted(args, out, exit_hard=argv is None)
             except KeyboardInterrupt:

@@ -21,6 +21,7 @@ from mcp.types import CallToolResult, Tool
 
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server.app import build_server
+from lens_mcp.server.images import count_images, save_images
 from lens_mcp.server.registry import HOST_TOOLS  # tools that bring their own model: no default load for them
 
 
@@ -214,6 +215,7 @@ async def call_one(
     json_arguments: str | None,
     out: TextIO,
     err: TextIO,
+    image_dir: str | None = None,
 ) -> int:
     arguments = parse_json_object(json_arguments, "--json") if json_arguments is not None else {}
     progress = ProgressLine(err)
@@ -237,7 +239,19 @@ async def call_one(
         return 1
     out.write(compact(result_data(result)) + "\n")
     out.flush()
+    _report_images(result, image_dir, name, err)
     return 0
+
+
+def _report_images(result: CallToolResult, image_dir: str | None, stem: str, err: TextIO) -> list[str]:
+    """Save a result's PNG blocks under image_dir and say where (stderr); returns the paths."""
+    saved = save_images(result, image_dir, stem)
+    for path, about in saved:
+        err.write(f"lens-mcp: wrote {path}{f' ({about})' if about else ''}\n")
+    if image_dir is None and count_images(result):
+        err.write(f"lens-mcp: {count_images(result)} image(s) not saved: pass --image-dir DIR to write them\n")
+    err.flush()
+    return [path for path, _ in saved]
 
 
 def _decode(text: str) -> dict[str, Any]:
@@ -287,6 +301,7 @@ async def run_batch(
     out: TextIO,
     err: TextIO,
     show_progress: bool = True,
+    image_dir: str | None = None,
 ) -> int:
     calls = [(number, text) for number, text in enumerate(lines, start=1) if text.strip()]
     total = len(calls)
@@ -306,6 +321,7 @@ async def run_batch(
             ) -> None:
                 show(f"{label}: {message or ''}", durable=False)
 
+            started = time.perf_counter()
             try:
                 entry = _decode(text)
                 record["tool"] = _tool_name(entry)
@@ -317,10 +333,14 @@ async def run_batch(
                     record.update(ok=False, error=result_text(result))
                 else:
                     record.update(ok=True, result=result_data(result))
+                    paths = save_images(result, image_dir, f"line{number}-{name}")
+                    if paths:
+                        record["images"] = [path for path, _ in paths]
             except UsageError as exc:
                 record.update(ok=False, error=str(exc))
             except Exception as exc:  # a protocol failure on one call must not lose the rest of the batch
                 record.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+            record["seconds"] = round(time.perf_counter() - started, 4)
             failures += not record["ok"]
             out.write(compact(record) + "\n")
             out.flush()

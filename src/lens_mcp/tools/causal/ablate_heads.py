@@ -15,7 +15,7 @@ from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_row
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import seconds_per_row
 from lens_mcp.tools.core.hook_names import hook_name
-from lens_mcp.tools.core.metrics import resolve_metric
+from lens_mcp.tools.core.metrics import metric_warnings, resolve_metric
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import resolve_head, resolve_layer
 
@@ -106,6 +106,7 @@ def ablate_heads(
     with torch.no_grad():
         logits, cache = tc.bridge.run_with_cache(tokens, names_filter=lambda name: name in wanted)
         before, prob_before = measure(logits)
+        warnings = metric_warnings(tc, answer_metric, logits[0, -1])
         del logits
         means = {(layer, head): cache[hook_name("z", layer)][0, :, head].mean(dim=0) for layer, head in head_list}
         del cache
@@ -155,4 +156,5 @@ def ablate_heads(
         prob_before=float(prob_before[0]),
         prob_after=probs[0],
         individual=individual,
+        warnings=warnings,
     )

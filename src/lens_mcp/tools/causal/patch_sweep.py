@@ -15,7 +15,7 @@ from lens_mcp.tools.causal.patching_engine import Patch, PatchEngine, Readout, m
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.hook_names import hook_name
-from lens_mcp.tools.core.metrics import AnswerMetric, MetricName, resolve_metric
+from lens_mcp.tools.core.metrics import AnswerMetric, MetricName, metric_warnings, resolve_metric
 from lens_mcp.tools.core.tokens import encode_pair, token_strings
 from lens_mcp.tools.core.validation import resolve_layers, resolve_positions
 
@@ -255,4 +255,5 @@ def patch_sweep(
         method=engine.stats.method,
         seconds=time.perf_counter() - started,
         notes=notes,
+        warnings=metric_warnings(tc, answer_metric, engine.last_logits[0], engine.last_logits[1]),
     )

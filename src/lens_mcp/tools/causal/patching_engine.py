@@ -257,6 +257,8 @@ class PatchEngine:
         self.metric_value: float = float("nan")
         """The metric on the corrupted prompt."""
         self.clean_value: float = float("nan")
+        self.last_logits: torch.Tensor = torch.empty(0)
+        """Logits at the last position after prepare(): row 0 the clean run, row 1 the corrupted run."""
 
     # ---- preparation -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -317,7 +319,8 @@ class PatchEngine:
         self.stats.forward_passes += 1
         self.cache = {name: cache[name][1:2] for name in self.cache_names}
         self.clean_cache = {name: cache[name][0:1] for name in self.cache_hooks}
-        values = self.readout.from_logits(logits[:, -1].detach())
+        self.last_logits = logits[:, -1].detach()
+        values = self.readout.from_logits(self.last_logits)
         self.clean_value, self.metric_value = float(values[0]), float(values[1])
         return captured
 

@@ -23,7 +23,7 @@ from lens_mcp.schemas.common import HeadScore
 from lens_mcp.schemas.reading import HeadAttribution, OtherComponents
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.forward import cached_forward, output_slope, readout
-from lens_mcp.tools.core.metrics import AnswerMetric, resolve_metric
+from lens_mcp.tools.core.metrics import AnswerMetric, metric_warnings, resolve_metric
 from lens_mcp.tools.core.pairs import PairsArgument
 from lens_mcp.tools.core.tokens import encode, token_string
 from lens_mcp.tools.core.validation import check_top_k, resolve_position
@@ -133,16 +133,10 @@ def _attribute_prompt(
     logits, cache = cached_forward(tc, tokens, names, positions=[pos])
     assert logits is not None
     with torch.no_grad():
-        return _attribute(
-            tc,
-            metric,
-            cache,
-            float(metric(logits[0, pos])),
-            pos,
-            top_k,
-            token_string(tc, int(tokens[0, pos])),
-            unrounded,
-        )
+        read = logits[0, pos]
+        result = _attribute(tc, metric, cache, float(metric(read)), pos, top_k, token_string(tc, int(tokens[0, pos])))
+    result.warnings = metric_warnings(tc, metric, read)
+    return result
 
 
 def _post_norm(tc: ToolContext, layer: int) -> Any:

@@ -16,6 +16,7 @@ from lens_mcp.schemas.common import TopToken
 from lens_mcp.schemas.reading import AnswerTrajectory, LogitLens
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.forward import cached_forward, final_norm, unembed
+from lens_mcp.tools.core.metrics import answer_warnings
 from lens_mcp.tools.core.tokens import encode, single_token_id, token_string, token_strings
 from lens_mcp.tools.core.validation import check_top_k, resolve_position
 
@@ -64,7 +65,9 @@ def logit_lens(
         for row_ids, row_values in zip(ids, values, strict=True)
     ]
     trajectory = None
-    if answer_id is not None:
+    warnings: list[str] = []
+    if answer_id is not None and answer is not None:
+        warnings = answer_warnings(tc, [("answer", answer, answer_id)], [logits[-1]])
         answer_logits = logits[:, answer_id : answer_id + 1]
         ranks = (logits > answer_logits).sum(dim=-1) + 1
         trajectory = AnswerTrajectory(
@@ -77,4 +80,5 @@ def logit_lens(
         rows=[f"{layer}_pre" for layer in range(n_layers)] + ["final"],
         top=top,
         answer=trajectory,
+        warnings=warnings,
     )

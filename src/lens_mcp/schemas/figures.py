@@ -1,0 +1,71 @@
+"""Heatmap: the picture a result offers, as plain data (no plotting library here).
+
+A result model opts in to images by defining `heatmaps(self) -> list[Heatmap]`. The server adapter then gives
+its tool an `image` argument and, when it is true, renders each Heatmap as a PNG (lens_mcp.server.images) beside
+the unchanged structured JSON; `lens-mcp report` renders the same heatmaps from a record. Building a Heatmap
+must not need the model: only the result's own fields.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """A rows x columns grid of numbers with everything needed to draw it honestly."""
+
+    name: str
+    """Short identifier, used in file names: 'grid', 'induction', 'answer'."""
+    title: str
+    values: list[list[float | None]]
+    """rows x columns; None (or NaN) = no value (drawn blank)."""
+    rows: list[str]
+    """One label per row, e.g. layers '0'..'29' or 'L3H2'."""
+    columns: list[str]
+    """One label per column, e.g. "5 ' Tower'" (position and token) or head numbers."""
+    row_axis: str
+    """What the rows are: 'layer', 'layer, head', 'query position'."""
+    column_axis: str
+    """What the columns are: 'position', 'head', 'source position'."""
+    units: str
+    """Colour bar label: what a cell's number is, e.g. 'fraction of clean restored'."""
+    signed: bool
+    """True: a diverging colour map centred at 0; false: a sequential one from the smallest value."""
+    value_range: tuple[float, float] | None = None
+    """Fixed colour limits (e.g. (0, 1) for probabilities); None: from the data (symmetric when signed)."""
+    annotations: list[list[str]] | None = None
+    """Optional text per cell (e.g. a token or a rank), drawn when the grid is small enough to read."""
+    notes: list[str] = field(default_factory=list)
+    """Caveats printed under the picture (e.g. 'grey: not in the top-k')."""
+
+    def __post_init__(self) -> None:
+        if len(self.values) != len(self.rows):
+            raise ValueError(f"heatmap {self.name!r}: {len(self.values)} rows of values, {len(self.rows)} labels")
+        for row in self.values:
+            if len(row) != len(self.columns):
+                raise ValueError(
+                    f"heatmap {self.name!r}: a row has {len(row)} values, {len(self.columns)} column labels"
+                )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.rows), len(self.columns)
+
+    def finite_values(self) -> list[float]:
+        return [v for row in self.values for v in row if v is not None and math.isfinite(v)]
+
+
+def position_labels(positions: Sequence[int], tokens: Sequence[str | None] | None) -> list[str]:
+    """ "5 ' Tower'" per position (just the number when the token is unknown)."""
+    labels = []
+    for position in positions:
+        token = tokens[position] if tokens is not None and 0 <= position < len(tokens) else None
+        labels.append(f"{position} {token!r}" if token is not None else str(position))
+    return labels
+
+
+def layer_labels(layers: Sequence[int | None]) -> list[str]:
+    return ["embed" if layer is None else str(layer) for layer in layers]

@@ -1,0 +1,224 @@
+"""Heatmap images: the PNG decodes, has the grid's shape, puts each value (and the extreme cell) in the right place,
+stays small, and reaches a legacy (Claude Code-style) client as an image block beside the unchanged JSON."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from matplotlib import colormaps
+from matplotlib.colors import Normalize, TwoSlopeNorm
+from PIL import Image
+
+from lens_mcp.model_host import ModelHost
+from lens_mcp.schemas.figures import Heatmap
+from lens_mcp.server.app import build_server
+from lens_mcp.server.images import MAX_PNG_BYTES, RenderedImage, render_heatmap
+from tests.mcp_client import call_tool, error_text, result_data
+
+EIFFEL_TOY = {
+    "clean_prompt": "w1 w2 w3 w1 w2",
+    "corrupted_prompt": "w1 w2 w3 w4 w2",
+    "answer": " w3",
+    "wrong_answer": " w4",
+}
+DRAWING_TOOLS = {
+    "patch_sweep",
+    "head_attribution",
+    "run_with_cache",
+    "logit_lens",
+    "attention_pattern",
+    "induction_scores",
+}
+
+
+def decode(png: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG"
+    return np.asarray(image.convert("RGB"), dtype=float) / 255.0
+
+
+def read_cells(pixels: np.ndarray, box: tuple[float, float, float, float], shape: tuple[int, int]) -> np.ndarray:
+    """The colour of every cell, sampled near each cell's top-left corner (away from any cell text)."""
+    left, top, right, bottom = box
+    n_rows, n_cols = shape
+    width, height = (right - left) / n_cols, (bottom - top) / n_rows
+    colours = np.zeros((n_rows, n_cols, 3))
+    for r in range(n_rows):
+        for c in range(n_cols):
+            x, y = int(left + (c + 0.2) * width), int(top + (r + 0.2) * height)
+            colours[r, c] = pixels[y, x]
+    return colours
+
+
+def invert_colours(colours: np.ndarray, cmap_name: str, norm: Normalize) -> np.ndarray:
+    """Each colour back to a value: the nearest entry of the colour map, through the inverse of the norm."""
+    table = colormaps[cmap_name](np.linspace(0, 1, 256))[:, :3]
+    distances = ((colours[..., None, :] - table) ** 2).sum(axis=-1)
+    fractions = distances.argmin(axis=-1) / 255.0
+    return np.asarray(norm.inverse(fractions))
+
+
+def test_signed_png_has_the_grid_shape_and_values_in_place() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.uniform(-0.5, 0.5, size=(7, 11))
+    values[4, 8] = 2.0  # the extreme cell
+    values[1, 2] = -1.2
+    heatmap = Heatmap(
+        name="grid",
+        title="test",
+        values=values.tolist(),
+        rows=[str(i) for i in range(7)],
+        columns=[f"{i} 'tok{i}'" for i in range(11)],
+        row_axis="layer",
+        column_axis="position",
+        units="fraction of clean restored",
+        signed=True,
+    )
+    rendered = render_heatmap(heatmap)
+    assert isinstance(rendered, RenderedImage)
+    assert len(rendered.png) <= MAX_PNG_BYTES
+    pixels = decode(rendered.png)
+    assert pixels.shape[:2] == (rendered.height, rendered.width)
+    colours = read_cells(pixels, rendered.axes_box, (7, 11))
+    recovered = invert_colours(colours, "RdBu_r", TwoSlopeNorm(vcenter=0.0, vmin=-2.0, vmax=2.0))
+    # every cell in its place, to the colour map's resolution (4/255 of the range per step)
+    assert np.abs(recovered - values).max() < 0.05
+    assert np.unravel_index(recovered.argmax(), recovered.shape) == (4, 8)
+    assert np.unravel_index(recovered.argmin(), recovered.shape) == (1, 2)
+    # diverging and centred at 0: positive cells are red, negative blue, a zero cell white
+    red, blue = colours[4, 8], colours[1, 2]
+    assert red[0] > 2 * red[2] and blue[2] > 2 * blue[0]
+    assert np.allclose(colormaps["RdBu_r"](0.5)[:3], 0.97, atol=0.03)  # the colour map's centre is near white
+
+
+def test_unsigned_png_uses_the_fixed_range_and_marks_missing_cells() -> None:
+    values: list[list[float | None]] = [[0.1, None, 0.9], [0.5, 0.0, 1.0]]
+    heatmap = Heatmap(
+        name="p",
+        title="probabilities",
+        values=values,
+        rows=["a", "b"],
+        columns=["x", "y", "z"],
+        row_axis="row",
+        column_axis="column",
+        units="probability",
+        signed=False,
+        value_range=(0.0, 1.0),
+    )
+    rendered = render_heatmap(heatmap)
+    colours = read_cells(decode(rendered.png), rendered.axes_box, (2, 3))
+    recovered = invert_colours(colours, "viridis", Normalize(0.0, 1.0))
+    for (r, c), expected in {(0, 0): 0.1, (0, 2): 0.9, (1, 0): 0.5, (1, 1): 0.0, (1, 2): 1.0}.items():
+        assert abs(recovered[r, c] - expected) < 0.02
+    assert np.allclose(colours[0, 1], 0xE6 / 255, atol=0.02)  # no value: light grey, not a colour of the map
+
+
+def test_large_grid_stays_under_the_size_cap() -> None:
+    values = np.random.default_rng(1).normal(size=(270, 40)).tolist()  # heads_by_pos on a 30-layer, 9-head model
+    heatmap = Heatmap(
+        name="big",
+        title="big",
+        values=values,
+        rows=[f"L{i // 9}H{i % 9}" for i in range(270)],
+        columns=[str(i) for i in range(40)],
+        row_axis="layer, head",
+        column_axis="position",
+        units="u",
+        signed=True,
+    )
+    rendered = render_heatmap(heatmap)
+    assert len(rendered.png) <= MAX_PNG_BYTES * 1.1
+    decode(rendered.png)
+
+
+async def test_tools_list_offers_image_on_drawing_tools_only(toy_host: ModelHost) -> None:
+    from mcp import Client
+
+    async with Client(build_server(toy_host)) as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+    with_image = {name for name, tool in tools.items() if "image" in (tool.input_schema or {}).get("properties", {})}
+    assert DRAWING_TOOLS <= with_image
+    assert not with_image & {"tokenize", "model_info", "load_model", "ablate_heads"}
+    assert tools["patch_sweep"].input_schema["properties"]["image"]["default"] is False
+
+
+async def test_legacy_client_gets_the_image_beside_unchanged_json(toy_host: ModelHost) -> None:
+    server = build_server(toy_host)
+    plain = await call_tool(server, "patch_sweep", EIFFEL_TOY, mode="legacy")
+    drawn = await call_tool(server, "patch_sweep", {**EIFFEL_TOY, "image": True}, mode="legacy")
+    plain_data, drawn_data = result_data(plain), result_data(drawn)
+    assert len(plain.content) == 1
+    untimed = {k: v for k, v in drawn_data.items() if k != "seconds"}
+    assert untimed == {k: v for k, v in plain_data.items() if k != "seconds"}  # the JSON (and its text) is unchanged
+    kinds = [block.type for block in drawn.content]
+    assert kinds == ["text", "image", "text"]
+    image, note = drawn.content[1], drawn.content[2]
+    assert image.mime_type == "image/png"
+    png = base64.b64decode(image.data)
+    assert f"{len(png) / 1000:.1f} KB" in note.text and "px" in note.text
+    # the grid drawn is the grid returned: every cell in its place
+    grid = np.array(drawn_data["grid"])
+    pixels = decode(png)
+    height, width = pixels.shape[:2]
+    assert f"{width}x{height} px" in note.text
+    box = _axes_box_of(drawn_data)
+    colours = read_cells(pixels, box, grid.shape)
+    bound = np.abs(grid).max()
+    recovered = invert_colours(colours, "RdBu_r", TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound))
+    assert np.abs(recovered - grid).max() < 0.03 * bound
+    assert np.unravel_index(np.abs(recovered).argmax(), grid.shape) == np.unravel_index(
+        np.abs(grid).argmax(), grid.shape
+    )
+
+
+def _axes_box_of(data: dict) -> tuple[float, float, float, float]:
+    """Render the result's heatmap again here to learn where the grid sits in the picture."""
+    from lens_mcp.schemas.patching import PatchSweepResult
+
+    return render_heatmap(PatchSweepResult.model_validate(data).heatmaps()[0]).axes_box
+
+
+async def test_induction_image_shows_the_planted_induction_head(toy_host: ModelHost) -> None:
+    """toy-induction's planted induction head is L1H2: the brightest cell of the induction picture."""
+    result = await call_tool(build_server(toy_host), "induction_scores", {"seq_len": 10, "image": True}, mode="legacy")
+    data = result_data(result)
+    images = [block for block in result.content if block.type == "image"]
+    assert len(images) == 3  # induction, previous-token, duplicate-token
+    grid = np.array(data["induction"])
+    from lens_mcp.schemas.induction import InductionScores
+
+    box = render_heatmap(InductionScores.model_validate(data).heatmaps()[0]).axes_box
+    colours = read_cells(decode(base64.b64decode(images[0].data)), box, grid.shape)
+    recovered = invert_colours(colours, "viridis", Normalize(0.0, 1.0))
+    assert np.unravel_index(recovered.argmax(), grid.shape) == (1, 2)
+    assert np.abs(recovered - grid).max() < 0.02
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments"),
+    [
+        ("head_attribution", {"prompt": "w1 w2 w3 w1 w2", "answer": " w3"}),
+        ("logit_lens", {"prompt": "w1 w2 w3 w1 w2", "answer": " w3"}),
+        ("attention_pattern", {"prompt": "w1 w2 w3 w1 w2", "layer": 1, "head": 2}),
+        ("run_with_cache", {"prompt": "w1 w2 w3 w1 w2", "hooks": ["resid_post", "pattern"]}),
+        ("patch_sweep", {**EIFFEL_TOY, "component": "heads_by_pos"}),
+    ],
+)
+async def test_every_drawing_tool_returns_decodable_pngs(toy_host: ModelHost, tool: str, arguments: dict) -> None:
+    result = await call_tool(build_server(toy_host), tool, {**arguments, "image": True}, mode="legacy")
+    data = result_data(result)
+    assert json.loads(result.content[0].text) == data
+    pngs = [base64.b64decode(block.data) for block in result.content if block.type == "image"]
+    assert pngs and all(len(png) <= MAX_PNG_BYTES for png in pngs)
+    for png in pngs:
+        assert decode(png).shape[0] > 100
+
+
+async def test_bad_image_value_is_a_readable_error(toy_host: ModelHost) -> None:
+    result = await call_tool(build_server(toy_host), "logit_lens", {"prompt": "w1 w2", "image": [1]})
+    text = error_text(result)
+    assert "image" in text and "true or false" in text
