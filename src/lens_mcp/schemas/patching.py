@@ -112,16 +112,9 @@ class PatchSweepResult(Result):
     notes: list[str] = Field(default_factory=list)
     warnings: list[str] = warnings_field()
 
-    def explain(self) -> str:
-        if self.normalized:
-            return (
-                "grid: (patched - corrupted) / (clean - corrupted) of the metric; 1 = restoring that activation "
-                "fully restores the clean behaviour, 0 = no effect, negative = pushes further toward the corrupted answer"
-            )
-        return f"grid: the raw metric ({self.metric}) with that one activation patched in; compare to clean_metric and corrupted_metric"
-
     def heatmaps(self) -> list[Heatmap]:
-        units = "fraction of clean restored" if self.normalized else self.metric.removesuffix(" at the last position")
+        restored = "fraction of clean restored" if self.direction == "denoise" else "fraction of clean broken"
+        units = restored if self.normalized else self.metric.removesuffix(" at the last position")
         signed = self.normalized or self.metric.startswith("logit(")
         title = f"patch_sweep {self.component}: {self.metric}{' (normalized)' if self.normalized else ''}"
         value_range = (0.0, 1.0) if not signed and self.metric.startswith("probability") else None

@@ -31,7 +31,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -71,6 +71,15 @@ class EngineMismatch(RuntimeError):
     """The driven blocks did not reproduce the model's forward pass; use the hooked path instead."""
 
 
+class Edit(Protocol):
+    """One change a patched row makes at one hook point (a Patch is one)."""
+
+    @property
+    def hook(self) -> str: ...
+
+    def apply(self, act: torch.Tensor, row: int, offset: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class Patch:
     """Write `value` (a clean activation) into the hook point `hook` of block `layer`.
@@ -89,6 +98,17 @@ class Patch:
     first_diff: int | None
     head_axis: int = 2
     pair: int = 0
+    add: bool = False
+    """Add `value` to the activation instead of writing it (path patching adds a sender's clean-minus-corrupted
+    write to a receiver's input)."""
+    also: tuple[Edit, ...] = ()
+    """Further edits made in the same row (at other hook points or heads); `layer` and `first_diff` must then
+    be the earliest over all of them."""
+
+    def edits(self) -> tuple[Edit, ...]:
+        """Every edit this row makes, each applied at its own `hook` (a Patch whose `hook` is empty only carries
+        `also`)."""
+        return (self, *self.also) if self.hook else self.also
 
     def apply(self, act: torch.Tensor, row: int, offset: int) -> None:
         """Write into row `row` of an activation [batch, pos, ...] that starts at absolute position `offset`."""
@@ -100,10 +120,17 @@ class Patch:
                 target[self.position - offset] = self.value
         elif self.position is None:
             target = act[row, :, self.head] if self.head is not None else act[row]
-            target.copy_(self.value[offset : offset + target.shape[0]])
+            value = self.value[offset : offset + target.shape[0]]
+            if self.add:
+                target.add_(value)
+            else:
+                target.copy_(value)
         else:
             index = (row, self.position - offset) if self.head is None else (row, self.position - offset, self.head)
-            act[index] = self.value
+            if self.add:
+                act[index] += self.value
+            else:
+                act[index] = self.value
 
 
 def first_difference(clean: torch.Tensor, corrupted: torch.Tensor) -> int | None:
@@ -540,11 +567,12 @@ class PatchEngine:
         starts = [start] * first + [patch.layer for patch in batch]
         row_pairs = [batch[0].pair] * first + [patch.pair for patch in batch]
         pair_index = torch.tensor(row_pairs, device=self.tokens.device)
-        by_hook: dict[str, list[tuple[int, Patch]]] = defaultdict(list)
+        by_hook: dict[str, list[tuple[int, Edit]]] = defaultdict(list)
         for row, patch in enumerate(batch, start=first):
-            by_hook[patch.hook].append((row, patch))
+            for edit in patch.edits():
+                by_hook[edit.hook].append((row, edit))
 
-        def make_hook(entries: list[tuple[int, Patch]]) -> Callable[..., torch.Tensor]:
+        def make_hook(entries: list[tuple[int, Edit]]) -> Callable[..., torch.Tensor]:
             def hook(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
                 for row, patch in entries:
                     patch.apply(act, row, offset)
@@ -597,11 +625,12 @@ class PatchEngine:
         self.stats.batch_bound = plan.reason
 
         def run_batch(batch: Sequence[int]) -> torch.Tensor:
-            by_hook: dict[str, list[tuple[int, Patch]]] = defaultdict(list)
+            by_hook: dict[str, list[tuple[int, Edit]]] = defaultdict(list)
             for row, i in enumerate(batch):
-                by_hook[patches[i].hook].append((row, patches[i]))
+                for edit in patches[i].edits():
+                    by_hook[edit.hook].append((row, edit))
 
-            def make_hook(entries: list[tuple[int, Patch]]) -> Callable[..., torch.Tensor]:
+            def make_hook(entries: list[tuple[int, Edit]]) -> Callable[..., torch.Tensor]:
                 def hook(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
                     for row, patch in entries:
                         patch.apply(act, row, 0)
