@@ -70,42 +70,48 @@ class PatchSweepResult(Result):
         signed = self.normalized or self.metric.startswith("logit(")
         title = f"patch_sweep {self.component}: {self.metric}{' (normalized)' if self.normalized else ''}"
         value_range = (0.0, 1.0) if not signed and self.metric.startswith("probability") else None
-        common = {"units": units, "signed": signed, "value_range": value_range}
-        layers = [str(layer) for layer in self.layers]
-        if self.axes == ["layer", "head", "position"]:
-            assert self.heads is not None and self.positions is not None
-            values = [list(row) for layer_rows in self.grid for row in layer_rows]  # type: ignore[union-attr,arg-type]
-            rows = [f"L{layer}H{head}" for layer in self.layers for head in self.heads]
-            return [
-                Heatmap(
-                    name="grid",
-                    title=title,
-                    values=values,  # type: ignore[arg-type]
-                    rows=rows,
-                    columns=position_labels(self.positions, self.clean_tokens),
-                    row_axis="layer, head",
-                    column_axis="position (clean token)",
-                    **common,  # type: ignore[arg-type]
-                )
-            ]
-        if self.axes == ["layer", "head"]:
-            columns = [str(head) for head in self.heads or []]
-            column_axis = "head"
-        else:
-            columns = position_labels(self.positions or [], self.clean_tokens)
-            column_axis = "position (clean token)"
-        return [
-            Heatmap(
-                name="grid",
-                title=title,
-                values=[list(row) for row in self.grid],  # type: ignore[arg-type]
-                rows=layers,
-                columns=columns,
-                row_axis="layer",
-                column_axis=column_axis,
-                **common,  # type: ignore[arg-type]
-            )
-        ]
+        return [sweep_heatmap(self, title=title, units=units, signed=signed, value_range=value_range)]
+
+
+def sweep_heatmap(
+    result: PatchSweepResult | AttributionPatchResult,
+    *,
+    title: str,
+    units: str,
+    signed: bool,
+    value_range: tuple[float, float] | None = None,
+    notes: list[str] | None = None,
+) -> Heatmap:
+    """A sweep's grid as one heatmap: layer x position, layer x head, or (layer, head) x position for the 3-D
+    heads_by_pos grid (one row per head, layer-major, as the grid is nested)."""
+    common = {"units": units, "signed": signed, "value_range": value_range, "notes": notes or [], "title": title}
+    if result.axes == ["layer", "head", "position"]:
+        assert result.heads is not None and result.positions is not None
+        values = [list(row) for layer_rows in result.grid for row in layer_rows]  # type: ignore[union-attr,arg-type]
+        return Heatmap(
+            name="grid",
+            values=values,  # type: ignore[arg-type]
+            rows=[f"L{layer}H{head}" for layer in result.layers for head in result.heads],
+            columns=position_labels(result.positions, result.clean_tokens),
+            row_axis="layer, head",
+            column_axis="position (clean token)",
+            **common,  # type: ignore[arg-type]
+        )
+    if result.axes == ["layer", "head"]:
+        columns = [str(head) for head in result.heads or []]
+        column_axis = "head"
+    else:
+        columns = position_labels(result.positions or [], result.clean_tokens)
+        column_axis = "position (clean token)"
+    return Heatmap(
+        name="grid",
+        values=[list(row) for row in result.grid],  # type: ignore[arg-type]
+        rows=[str(layer) for layer in result.layers],
+        columns=columns,
+        row_axis="layer",
+        column_axis=column_axis,
+        **common,  # type: ignore[arg-type]
+    )
 
 
 class HeadEffect(BaseModel):
@@ -205,3 +211,31 @@ class AttributionPatchResult(Result):
     forward_passes: int = Field(0, description="Batched passes run: gradient passes plus exact verification passes")
     seconds: Rounded
     notes: list[str] = Field(default_factory=list)
+
+    def heatmaps(self) -> list[Heatmap]:
+        if self.dry_run or not self.grid:
+            return []
+        metric = self.metric.removesuffix(" at the last position")
+        if self.normalized:
+            units = "fraction of clean " + ("restored" if self.direction == "denoise" else "broken") + " (estimate)"
+        else:
+            units = f"{metric} (estimate)"
+        notes = ["linear (gradient) estimate of activation patching; `verified` holds exact values of the top cells"]
+        if self.agreement is not None and self.agreement.sign_wrong:
+            notes.append(
+                f"{self.agreement.sign_wrong} of {self.agreement.n_verified} verified cells have the wrong sign here"
+            )
+        if self.spread is not None:
+            notes.append(f"mean over {self.spread.n_pairs} pairs; tokens are pair 0's")
+        if any(position < 0 for position in self.positions or []):
+            notes.append("negative positions count from the end of each pair")
+        return [
+            sweep_heatmap(
+                self,
+                title=f"attribution_patch {self.component} ({self.direction}): {metric}"
+                f"{' (normalized)' if self.normalized else ''}",
+                units=units,
+                signed=self.normalized or metric.startswith("logit"),
+                notes=notes,
+            )
+        ]
