@@ -92,11 +92,9 @@ class SaeFeaturesResult(Result):
                 if entry.feature in column_of:
                     values[r][column_of[entry.feature]] = entry.activation
         finite = [v for line in values for v in line if v is not None]
-        notes = [
-            "blank: not among that position's listed features (its activation there is at most the smallest listed)"
-        ]
+        notes = ["blank: not listed at that position (<= its smallest listed activation)"]
         if len(ranked) > len(drawn):
-            notes.append(f"the {len(drawn)} features with the largest activation of {len(ranked)} listed")
+            notes.append(f"drawn: the {len(drawn)} strongest of the {len(ranked)} features listed")
         return [
             Heatmap(
                 name="features",

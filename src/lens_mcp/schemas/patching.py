@@ -220,15 +220,15 @@ class AttributionPatchResult(Result):
             units = "fraction of clean " + ("restored" if self.direction == "denoise" else "broken") + " (estimate)"
         else:
             units = f"{metric} (estimate)"
-        notes = ["linear (gradient) estimate of activation patching; `verified` holds exact values of the top cells"]
+        notes = ["gradient (linear) estimate; `verified` has exact values of top cells"]
         if self.agreement is not None and self.agreement.sign_wrong:
             notes.append(
-                f"{self.agreement.sign_wrong} of {self.agreement.n_verified} verified cells have the wrong sign here"
+                f"{self.agreement.sign_wrong} of {self.agreement.n_verified} verified cells: estimate has the wrong sign"
             )
         if self.spread is not None:
             notes.append(f"mean over {self.spread.n_pairs} pairs; tokens are pair 0's")
         if any(position < 0 for position in self.positions or []):
-            notes.append("negative positions count from the end of each pair")
+            notes.append("negative positions: counted from the end of each pair")
         return [
             sweep_heatmap(
                 self,

@@ -177,8 +177,7 @@ class HeadAttribution(Result):
             annotations=[[f"a={part.attention:.2f}" for part in sources]],
             notes=[
                 "cell text: the head's attention weight to that source",
-                f"only the {len(sources)} sources with the largest |contribution|; the rest sum to {split.rest:.4g} "
-                f"(total = score {split.score:.4g})",
+                f"the {len(sources)} largest |contribution|; the rest sum to {split.rest:.3g} (score {split.score:.3g})",
             ],
         )
 
