@@ -118,7 +118,7 @@ class PatchSweepResult(Result):
         signed = self.normalized or self.metric.startswith("logit(")
         title = f"patch_sweep {self.component}: {self.metric}{' (normalized)' if self.normalized else ''}"
         value_range = (0.0, 1.0) if not signed and self.metric.startswith("probability") else None
-        return [sweep_heatmap(self, title=title, units=units, signed=signed, value_range=value_range)]
+        return sweep_heatmap(self, title=title, units=units, signed=signed, value_range=value_range)
 
 
 def sweep_heatmap(
@@ -129,37 +129,48 @@ def sweep_heatmap(
     signed: bool,
     value_range: tuple[float, float] | None = None,
     notes: list[str] | None = None,
-) -> Heatmap:
-    """A sweep's grid as one heatmap: layer x position, layer x head, or (layer, head) x position for the 3-D
-    heads_by_pos grid (one row per head, layer-major, as the grid is nested)."""
+) -> list[Heatmap]:
+    """A sweep's grid as one heatmap: layer x position, layer x head, or (layer, head) x position for a 3-D grid
+    (one row per head, layer-major, as the grid nests); key/value heads are labelled KV. Nothing for an empty
+    grid (a dry run)."""
+    if not result.grid or not result.layers:
+        return []
+    head_axis = result.axes[1] if len(result.axes) > 1 and result.axes[1] in ("head", "kv_head") else None
+    kv = head_axis == "kv_head"
+    head_word, head_letter = ("key/value head", "KV") if kv else ("head", "H")
+    position_axis = "position" + (" (clean token)" if result.clean_tokens else "")
     common = {"units": units, "signed": signed, "value_range": value_range, "notes": notes or [], "title": title}
-    if result.axes == ["layer", "head", "position"]:
-        assert result.heads is not None and result.positions is not None
+    if head_axis is not None and result.axes[-1] == "position":
+        heads, positions = result.heads or [], result.positions or []
         values = [list(row) for layer_rows in result.grid for row in layer_rows]  # type: ignore[union-attr,arg-type]
-        return Heatmap(
+        return [
+            Heatmap(
+                name="grid",
+                values=values,  # type: ignore[arg-type]
+                rows=[f"L{layer}{head_letter}{head}" for layer in result.layers for head in heads],
+                columns=position_labels(positions, result.clean_tokens),
+                row_axis=f"layer, {head_word}",
+                column_axis=position_axis,
+                **common,  # type: ignore[arg-type]
+            )
+        ]
+    if head_axis is not None:
+        columns, column_axis = [str(head) for head in result.heads or []], head_word
+    elif result.axes[-1] == "position":
+        columns, column_axis = position_labels(result.positions or [], result.clean_tokens), position_axis
+    else:  # one value per layer
+        columns, column_axis = ["all"], "positions"
+    return [
+        Heatmap(
             name="grid",
-            values=values,  # type: ignore[arg-type]
-            rows=[f"L{layer}H{head}" for layer in result.layers for head in result.heads],
-            columns=position_labels(result.positions, result.clean_tokens),
-            row_axis="layer, head",
-            column_axis="position (clean token)",
+            values=[list(row) for row in result.grid],  # type: ignore[arg-type]
+            rows=[str(layer) for layer in result.layers],
+            columns=columns,
+            row_axis="layer",
+            column_axis=column_axis,
             **common,  # type: ignore[arg-type]
         )
-    if result.axes == ["layer", "head"]:
-        columns = [str(head) for head in result.heads or []]
-        column_axis = "head"
-    else:
-        columns = position_labels(result.positions or [], result.clean_tokens)
-        column_axis = "position (clean token)"
-    return Heatmap(
-        name="grid",
-        values=[list(row) for row in result.grid],  # type: ignore[arg-type]
-        rows=[str(layer) for layer in result.layers],
-        columns=columns,
-        row_axis="layer",
-        column_axis=column_axis,
-        **common,  # type: ignore[arg-type]
-    )
+    ]
 
 
 class HeadEffect(BaseModel):
@@ -306,13 +317,11 @@ class AttributionPatchResult(Result):
             notes.append(f"mean over {self.spread.n_pairs} pairs; tokens are pair 0's")
         if any(position < 0 for position in self.positions or []):
             notes.append("negative positions: counted from the end of each pair")
-        return [
-            sweep_heatmap(
-                self,
-                title=f"attribution_patch {self.component} ({self.direction}): {metric}"
-                f"{' (normalized)' if self.normalized else ''}",
-                units=units,
-                signed=self.normalized or metric.startswith("logit"),
-                notes=notes,
-            )
-        ]
+        return sweep_heatmap(
+            self,
+            title=f"attribution_patch {self.component} ({self.direction}): {metric}"
+            f"{' (normalized)' if self.normalized else ''}",
+            units=units,
+            signed=self.normalized or metric.startswith("logit"),
+            notes=notes,
+        )
