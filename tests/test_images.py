@@ -35,6 +35,7 @@ DRAWING_TOOLS = {
     "attribution_patch",
     "composition_scores",
     "sae_features",
+    "path_patch",
 }
 
 

@@ -1,5 +1,5 @@
 """Heatmaps of the grid tools added after the first images: attribution_patch (2-D and heads_by_pos), head_attribution's
-by_source split, composition_scores' top pairs and sae_features. Each PNG decodes, has the grid's shape, puts every
+by_source split, composition_scores' top pairs, sae_features and path_patch. Each PNG decodes, has the grid's shape, puts every
 value (and the extreme cell) in the right place, and image=true leaves the structured JSON unchanged."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from lens_mcp.model_host import ModelHost
 from lens_mcp.schemas.features import SaeFeaturesResult
 from lens_mcp.schemas.figures import Heatmap
-from lens_mcp.schemas.patching import AttributionPatchResult
+from lens_mcp.schemas.patching import AttributionPatchResult, PatchSweepResult
+from lens_mcp.schemas.paths import PathPatchResult
 from lens_mcp.schemas.reading import HeadAttribution
 from lens_mcp.schemas.weights import CompositionScores
 from lens_mcp.server.app import build_server
@@ -192,3 +193,75 @@ async def test_sae_features_image_is_position_by_feature(toy_host: ModelHost, tm
     )
     column_max = np.nanmax(expected, axis=0)
     assert (np.diff(column_max) <= 0).all() and column_max[0] == highest  # strongest feature first
+
+
+# ---- path_patch ----------------------------------------------------------------------------------
+# The key pair of the path-patching tests: in the corrupted prompt w64 follows w99, not w53, so only the
+# previous-token head L0H1's write at position 5 tells the induction head L1H2 where to look.
+KEY_PAIR = {
+    "clean_prompt": "w20 w31 w42 w53 w64 w20 w31 w42 w53",
+    "corrupted_prompt": "w20 w31 w42 w99 w64 w20 w31 w42 w53",
+    "answer": " w64",
+    "metric": "logprob",
+}
+
+
+async def test_path_patch_senders_into_the_induction_key(toy_host: ModelHost) -> None:
+    arguments = {**KEY_PAIR, "receivers": [[1, 2]], "receiver_input": "k"}
+    data, pngs = await drawn(build_server(toy_host), "path_patch", arguments)
+    assert data["axes"] == ["sender_layer", "sender_head"]
+    (heatmap,) = model_of(PathPatchResult, data).heatmaps()
+    grid = np.array([[np.nan if v is None else v for v in row] for row in data["grid"]], dtype=float)
+    assert heatmap.shape == grid.shape == (len(data["layers"]), len(data["heads"]))
+    recovered = signed_values(pngs[0], heatmap, grid)
+    assert_extreme_at(recovered, grid)
+    r, c = np.unravel_index(np.nanargmax(np.abs(recovered)), grid.shape)
+    assert (heatmap.rows[r], heatmap.columns[c]) == ("0", "1")  # the previous-token head is the sender that matters
+
+
+async def test_path_patch_one_sender_into_all_heads(toy_host: ModelHost) -> None:
+    arguments = {**KEY_PAIR, "senders": [[0, 1]], "receivers": "all_heads", "receiver_input": "k"}
+    data, pngs = await drawn(build_server(toy_host), "path_patch", arguments)
+    assert data["axes"] == ["receiver_layer", "receiver_head"]
+    (heatmap,) = model_of(PathPatchResult, data).heatmaps()
+    grid = np.array(data["grid"], dtype=float)
+    assert heatmap.shape == grid.shape and heatmap.rows == [str(layer) for layer in data["layers"]]
+    recovered = signed_values(pngs[0], heatmap, grid)
+    r, c = np.unravel_index(np.nanargmax(np.abs(recovered)), grid.shape)
+    assert (heatmap.rows[r], heatmap.columns[c]) == ("1", "2")  # it is read through the induction head's key
+
+
+async def test_path_patch_several_senders_draw_one_row_per_sender_and_layer(toy_host: ModelHost) -> None:
+    arguments = {**KEY_PAIR, "senders": [[0, 1], [0, 2]], "receivers": "all_heads", "receiver_input": "k"}
+    data, pngs = await drawn(build_server(toy_host), "path_patch", arguments)
+    assert data["axes"] == ["sender", "receiver_layer", "receiver_head"]
+    (heatmap,) = model_of(PathPatchResult, data).heatmaps()
+    grid3 = np.array(data["grid"], dtype=float)
+    n_senders, n_layers, n_heads = grid3.shape
+    assert heatmap.rows == [f"L{s[0]}H{s[1]} > L{layer}" for s in data["senders"] for layer in data["layers"]]
+    grid = grid3.reshape(n_senders * n_layers, n_heads)
+    assert_extreme_at(signed_values(pngs[0], heatmap, grid), grid)
+
+
+async def test_dry_runs_draw_nothing(toy_host: ModelHost) -> None:
+    server = build_server(toy_host)
+    for tool, arguments in (
+        ("path_patch", {**KEY_PAIR, "receivers": [[1, 2]], "receiver_input": "k"}),
+        ("patch_sweep", EIFFEL_TOY),
+    ):
+        result = await call_tool(server, tool, {**arguments, "dry_run": True, "image": True}, mode="legacy")
+        assert [block.type for block in result.content] == ["text", "text"], tool
+        assert "nothing to draw" in result.content[1].text
+
+
+async def test_patch_sweep_key_value_head_axis_is_labelled(toy_host: ModelHost) -> None:
+    """Under grouped-query attention k/v sweeps have a kv_head axis (not on the toy model: relabel its grids)."""
+    server = build_server(toy_host)
+    keys = result_data(await call_tool(server, "patch_sweep", {**EIFFEL_TOY, "component": "k"}))
+    assert keys["axes"] == ["layer", "head"]
+    (heatmap,) = PatchSweepResult.model_validate({**keys, "axes": ["layer", "kv_head"]}).heatmaps()
+    assert heatmap.column_axis == "key/value head" and heatmap.shape == (len(keys["layers"]), len(keys["heads"]))
+    by_pos = result_data(await call_tool(server, "patch_sweep", {**EIFFEL_TOY, "component": "heads_by_pos"}))
+    (heatmap,) = PatchSweepResult.model_validate({**by_pos, "axes": ["layer", "kv_head", "position"]}).heatmaps()
+    assert heatmap.rows[:2] == ["L0KV0", "L0KV1"] and heatmap.row_axis == "layer, key/value head"
+    assert heatmap.shape == (len(by_pos["layers"]) * len(by_pos["heads"]), len(by_pos["positions"]))
