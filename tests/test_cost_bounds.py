@@ -5,6 +5,7 @@ used to run for minutes: a huge run_with_cache summary, a long induction_scores 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from lens_mcp.errors import LensError
 from lens_mcp.limits import Limits
 from lens_mcp.tools.causal.patch_sweep import patch_sweep
+from lens_mcp.tools.core.batching import BatchPlan, iter_batched
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.reading import induction_scores as induction_module
 from lens_mcp.tools.reading import run_with_cache as run_with_cache_module
@@ -66,9 +68,10 @@ def test_induction_scores_batches_by_time_and_a_cancel_lands_after_one_batch(
         return original(tc, tokens, targets)  # type: ignore[arg-type]
 
     monkeypatch.setattr(induction_module, "head_scores_and_losses", counted)
-    # 41 tokens x 2 layers per row at 100 token-layers/s: 0.82 s a row, so a 3 s batch holds 3 rows
+    # 41 tokens x 2 layers per row at 100 token-layers/s: 0.82 s a row, so the first 3 s batch holds 3 rows;
+    # the toy is really far faster, so the next batch grows (doubling while batches take under half the target)
     whole = induction_scores(slow_toy, seq_len=20, n_seqs=8)
-    assert batches == [3, 3, 2]
+    assert batches == [3, 5]
 
     batches.clear()
 
@@ -96,3 +99,20 @@ def test_patch_sweep_reports_progress_batch_by_batch_when_rows_are_slow(slow_toy
     patch_sweep(tc, prompt, corrupted, " w13", " w14", component="resid_pre", metric="logit_diff")
     # 13-token rows through <= 2 layers at 100 token-layers/s: at most 11 rows per 3 s batch, 26 cells in all
     assert len([r for r in reports if r > 0]) >= 3
+
+
+def test_batches_sized_by_time_grow_and_shrink_towards_the_target() -> None:
+    fast_plan = BatchPlan(rows=2, reason="max_batch_seconds", ceiling=16, target_seconds=0.2)
+    sizes: list[int] = []
+    for batch, _ in iter_batched(list(range(50)), lambda b: None, fast_plan):
+        sizes.append(len(batch))
+    assert sizes == [2, 4, 8, 16, 16, 4]  # doubles up to the ceiling; the last batch is what is left
+
+    slow_plan = BatchPlan(rows=8, reason="max_batch_seconds", ceiling=16, target_seconds=0.02)
+    sizes = []
+    for batch, _ in iter_batched(list(range(20)), lambda b: time.sleep(0.06), slow_plan):
+        sizes.append(len(batch))
+    assert sizes == [8, 4, 2, 1, 1, 1, 1, 1, 1]  # over twice the target: halves, down to one row
+
+    sizes = [len(batch) for batch, _ in iter_batched(list(range(10)), lambda b: None, 3)]
+    assert sizes == [3, 3, 3, 1]  # a plain row count stays fixed

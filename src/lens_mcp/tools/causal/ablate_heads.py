@@ -304,7 +304,7 @@ def ablate_heads(
                     out.append((float(value[0]), None if prob is None else float(prob[0])))
                 return out
 
-            for batch, results in iter_batched(rows, run_batch, plan.rows, device=tc.cfg.device, counter=counter):
+            for batch, results in iter_batched(rows, run_batch, plan, device=tc.cfg.device, counter=counter):
                 for key, result in zip(batch, results, strict=True):
                     after[key] = result
 

@@ -27,6 +27,7 @@ cell instead of one forward pass per cell.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -36,7 +37,14 @@ from typing import Any, Protocol
 import torch
 
 from lens_mcp.schemas.patching import PatchMethod
-from lens_mcp.tools.core.batching import ProgressCounter, is_out_of_memory, iter_batched, plan_rows, sequence_bytes
+from lens_mcp.tools.core.batching import (
+    BatchPlan,
+    ProgressCounter,
+    is_out_of_memory,
+    iter_batched,
+    plan_rows,
+    sequence_bytes,
+)
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import seconds_per_row
 from lens_mcp.tools.core.forward import readout
@@ -512,8 +520,12 @@ class PatchEngine:
                 wanted=len(members) + 1,
                 seconds_per_row=seconds_per_row(self.tc, length, int(self.tc.cfg.n_layers) - patches[members[0]].layer),
             )
-            control = plan.rows >= 2  # a control row needs room for one more sequence in the batch
-            rows = plan.rows - 1 if control else 1
+            room = plan.ceiling if plan.ceiling is not None else plan.rows
+            control = room >= 2  # a control row needs room for one more sequence in the batch
+            rows: int | BatchPlan = 1
+            if control:  # one row of each batch is the control: the patches get the rest, here and when it grows
+                ceiling = None if plan.ceiling is None else plan.ceiling - 1
+                rows = dataclasses.replace(plan, rows=max(1, plan.rows - 1), ceiling=ceiling)
             if not control:
                 self.kv.prefix = offset
                 self.validate(offset)  # one whole driven pass instead of the control rows
@@ -647,5 +659,5 @@ class PatchEngine:
             self.stats.sequences += len(batch)
             return self._read(logits[:, -1], row_pairs, from_logits=True).float().cpu()
 
-        for batch, result in iter_batched(active, run_batch, plan.rows, device=self.tokens.device, counter=counter):
+        for batch, result in iter_batched(active, run_batch, plan, device=self.tokens.device, counter=counter):
             values[list(batch)] = result

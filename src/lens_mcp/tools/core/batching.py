@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -69,6 +70,12 @@ class BatchPlan:
     reason: str
     """Which bound decided it (for logs and results): max_batch_sequences, max_batch_tokens, max_batch_seconds,
     memory or wanted."""
+    ceiling: int | None = None
+    """When the time bound decided `rows`: the rows every other bound allows. The time bound rests on an
+    estimated throughput, so `iter_batched` grows a batch towards this ceiling while batches finish well inside
+    `target_seconds`, and shrinks it when one runs long."""
+    target_seconds: float | None = None
+    """The seconds one batch should take (Limits.max_batch_seconds), when the time bound is in force."""
 
 
 def plan_rows(
@@ -94,7 +101,15 @@ def plan_rows(
     if wanted is not None:
         bounds["wanted"] = max(1, wanted)
     reason = min(bounds, key=lambda name: bounds[name])
-    return BatchPlan(rows=max(1, bounds[reason]), reason=reason)
+    if reason != "max_batch_seconds":
+        return BatchPlan(rows=max(1, bounds[reason]), reason=reason)
+    others = {name: value for name, value in bounds.items() if name != "max_batch_seconds"}
+    return BatchPlan(
+        rows=max(1, bounds[reason]),
+        reason=reason,
+        ceiling=max(1, min(others.values())),
+        target_seconds=float(limits.max_batch_seconds),
+    )
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -136,7 +151,7 @@ class ProgressCounter:
 def iter_batched(
     items: Sequence[T],
     run_batch: Callable[[Sequence[T]], R],
-    rows: int,
+    rows: int | BatchPlan,
     *,
     device: torch.device | str = "cpu",
     counter: ProgressCounter | None = None,
@@ -148,14 +163,18 @@ def iter_batched(
     After each batch, `counter.advance(len(batch))` reports progress (and raises if the call was cancelled;
     `run_batch` must have removed its hooks by then, which `bridge.hooks(...)` context managers do). A batch
     that runs out of memory is halved and retried, and the smaller size is kept for the rest; a single item
-    that still does not fit re-raises the error.
+    that still does not fit re-raises the error. Given a BatchPlan sized by time, the batch doubles (up to the
+    plan's ceiling) after a batch that took under half its target seconds and halves after one that took over
+    twice that, so progress keeps arriving every few seconds even where the throughput estimate was off.
     """
-    size = max(1, int(rows))
+    plan = rows if isinstance(rows, BatchPlan) else None
+    size = max(1, int(plan.rows if plan is not None else rows))  # type: ignore[arg-type]
     start = 0
     while start < len(items):
         batch = items[start : start + size]
         out_of_memory = False
         result: R | None = None
+        started = time.perf_counter()
         try:
             result = run_batch(batch)
         except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
@@ -168,15 +187,28 @@ def iter_batched(
             log.warning("a batch of %d ran out of memory; retrying with %d", len(batch), size)
             continue
         start += len(batch)
+        if plan is not None and plan.ceiling is not None and plan.target_seconds:
+            size = _resized(size, len(batch), time.perf_counter() - started, plan.target_seconds, plan.ceiling)
         if counter is not None:
             counter.advance(len(batch), message(counter.done + len(batch), len(batch)) if message else None)
         yield batch, cast(R, result)  # set: the batch did not run out of memory
 
 
+def _resized(size: int, ran: int, seconds: float, target: float, ceiling: int) -> int:
+    """The next batch size after a batch of `ran` rows took `seconds` against a `target`."""
+    if ran < size:  # the last, partial batch: nothing learnt
+        return size
+    if seconds < target / 2:
+        return min(ceiling, size * 2)
+    if seconds > 2 * target:
+        return max(1, size // 2)
+    return size
+
+
 def run_batched(
     items: Sequence[T],
     run_batch: Callable[[Sequence[T]], R],
-    rows: int,
+    rows: int | BatchPlan,
     *,
     device: torch.device | str = "cpu",
     counter: ProgressCounter | None = None,

@@ -138,7 +138,7 @@ def feature_attribution(
         )
         counter = ProgressCounter(tc.progress, total=max(len(listed), 1), unit="ablated runs")
         ablated: list[float] = []
-        for _batch, values in iter_batched(listed, remove, plan.rows, device=tokens.device, counter=counter):
+        for _batch, values in iter_batched(listed, remove, plan, device=tokens.device, counter=counter):
             ablated += values.tolist()
 
     strings = token_strings(tc, tokens[0])

@@ -252,9 +252,7 @@ def _scores_in_batches(
 
     results = [
         result
-        for _, result in iter_batched(
-            range(tokens.shape[0]), run_batch, plan.rows, device=tc.cfg.device, counter=counter
-        )
+        for _, result in iter_batched(range(tokens.shape[0]), run_batch, plan, device=tc.cfg.device, counter=counter)
     ]
     sums = {kind: sum((r[0][kind] for r in results), torch.zeros(())) for kind in KINDS}
     scores = {kind: sums[kind] / max(1, targets.n_queries[kind]) for kind in KINDS}
