@@ -258,7 +258,7 @@ class RecordCalls:
 
 def install_recording(server: Any, host: ModelHost) -> None:
     """Put RecordCalls outside the adapter's ReadableErrors, so the record keeps the messages clients read."""
-    from lens_mcp.server.adapter import ReadableErrors
+    from lens_mcp.server.readable_errors import ReadableErrors
 
     chain = server.middleware
     index = next((i for i, m in enumerate(chain) if isinstance(m, ReadableErrors)), len(chain))
