@@ -83,7 +83,9 @@ def main() -> None:
         for name in args.pairs:
             clean, corrupted = PAIRS[name]
             n_tokens = int(model.bridge.to_tokens(clean).shape[-1])
-            common: dict[str, Any] = dict(clean_prompt=clean, corrupted_prompt=corrupted, answer=ANSWER, wrong_answer=WRONG)
+            common: dict[str, Any] = dict(
+                clean_prompt=clean, corrupted_prompt=corrupted, answer=ANSWER, wrong_answer=WRONG
+            )
             print(f"\npair {name!r}: {n_tokens} tokens")
             attr_s, attr_times, attr = best_of(
                 args.repeat,

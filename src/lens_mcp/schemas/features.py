@@ -70,7 +70,7 @@ class SaeFeaturesResult(Result):
     promoted: list[PromotedTokens] = Field(description="For each listed feature, what its decoder direction promotes")
     meaning: str = Field()  # required here (the base defaults it to "")
     cost: Cost | None = Field(None, description="The estimate made before computing")
-    dry_run: bool = Field(False, description="True: only the estimate, nothing computed")
+    dry_run: bool = Field(default=False, description="True: only the estimate, nothing computed")
 
 
 class FeatureAttributionEntry(BaseModel):
@@ -92,7 +92,7 @@ class FeatureAttributionResult(Result):
     total_attribution: Rounded | None = Field(description="Sum over all active features at these positions")
     meaning: str = Field()  # required here (the base defaults it to "")
     cost: Cost | None = Field(None, description="The estimate made before computing")
-    dry_run: bool = Field(False, description="True: only the estimate, nothing computed")
+    dry_run: bool = Field(default=False, description="True: only the estimate, nothing computed")
 
 
 class SteeringVectorResult(Result):
@@ -146,4 +146,4 @@ class GenerateResult(Result):
     seed: int
     meaning: str = Field()  # required here (the base defaults it to "")
     cost: Cost | None = Field(None, description="The estimate made before computing")
-    dry_run: bool = Field(False, description="True: only the estimate, nothing computed")
+    dry_run: bool = Field(default=False, description="True: only the estimate, nothing computed")
