@@ -436,3 +436,83 @@ def by_hand(tc: ToolContext, tokens: torch.Tensor) -> tuple[dict[str, torch.Tens
     first = losses[:, 0:seq_len].mean().item()  # tokens 1..seq_len
     copy = losses[:, seq_len + 1 :].mean().item()  # tokens seq_len+2..2*seq_len (the first is unpredictable)
     return grids, first, copy
+
+
+# ---- patch_sweep head inputs and ablate_heads modes ----------------------------------------------------------
+HEAD_FUNCTIONS = {
+    "q": "get_act_patch_attn_head_q_all_pos",
+    "k": "get_act_patch_attn_head_k_all_pos",
+    "v": "get_act_patch_attn_head_v_all_pos",
+    "pattern": "get_act_patch_attn_head_pattern_all_pos",
+    "heads": "get_act_patch_attn_head_out_all_pos",
+}
+
+
+def tl_head_values(
+    tc: ToolContext,
+    component: str,
+    cells: list,
+    direction: str = "denoise",
+    clean: str = CLEAN,
+    corrupted: str = CORRUPTED,
+    answer: str = ANSWER,
+    wrong: str = WRONG,
+) -> torch.Tensor:
+    """TransformerLens's per-head patching function; noising = the same function with the roles swapped
+    (the corrupted run's cache patched into the clean tokens)."""
+    bridge = tc.bridge
+    tokens = bridge.to_tokens([clean, corrupted])
+    source, base = (0, 1) if direction == "denoise" else (1, 0)
+    a, b = bridge.to_single_token(answer), bridge.to_single_token(wrong)
+    index = pd.DataFrame([(layer, head) for layer, head, _ in cells], columns=["layer", "head"])
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(tokens[source : source + 1])
+        function = getattr(patching, HEAD_FUNCTIONS[component])
+        return function(
+            bridge,
+            tokens[base : base + 1],
+            cache,
+            lambda logits: logits[0, -1, a] - logits[0, -1, b],
+            index_axis_names=None,
+            index_df=index,
+        )
+
+
+def hand_logits(
+    tc: ToolContext, prompt: str, heads: list[tuple[int, int]], mode: str, source: str | None
+) -> torch.Tensor:
+    """Full logits [pos, vocab] of `prompt` with `heads`' z replaced by a hand-written hook."""
+    bridge = tc.bridge
+    tokens = bridge.to_tokens(prompt)
+    with torch.no_grad():
+        _, own = bridge.run_with_cache(tokens, names_filter=lambda name: name.endswith("attn.hook_z"))
+        other = None
+        if source is not None:
+            _, other = bridge.run_with_cache(bridge.to_tokens(source), names_filter=lambda n: n.endswith("attn.hook_z"))
+        hooks = []
+        for layer, head in heads:
+            name = f"blocks.{layer}.attn.hook_z"
+            if mode == "zero":
+                value: Any = 0.0
+            elif mode == "mean":
+                value = own[name][0, :, head].mean(0)
+            elif mode == "resample":
+                assert other is not None
+                value = other[name][0, :, head]
+            else:
+                assert other is not None
+                value = other[name][0, :, head].mean(0)
+
+            def hook(z: torch.Tensor, hook: Any, head: int = head, value: Any = value) -> torch.Tensor:
+                z = z.clone()
+                z[0, :, head] = value
+                return z
+
+            hooks.append((name, hook))
+        return bridge.run_with_hooks(tokens, fwd_hooks=hooks)[0]
+
+
+def loss(tc: ToolContext, logits: torch.Tensor, prompt: str, positions: list[int]) -> float:
+    tokens = tc.bridge.to_tokens(prompt)[0]
+    logprobs = logits.float().log_softmax(-1)
+    return float(-torch.stack([logprobs[p - 1, tokens[p]] for p in positions]).mean())

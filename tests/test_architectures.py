@@ -29,6 +29,7 @@ from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost
 from lens_mcp.tools.causal.ablate_heads import ablate_heads
 from lens_mcp.tools.causal.patch_sweep import run_sweep
+from lens_mcp.tools.causal.path_patch import run_path_patch
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.model.model_info import model_info
 from lens_mcp.tools.model.tokenize import tokenize
@@ -377,6 +378,37 @@ def check_composition_scores(case: Case) -> None:
         assert scores[1] == pytest.approx(reference[:1, :, 1], abs=1e-5)
 
 
+def check_path_patch(case: Case) -> None:
+    """Sender L0H0 into every layer-1 head's queries equals TransformerLens's get_act_patch_direct_path to 1e-4
+    (driven engine); where TransformerLens refuses the architecture, path_patch refuses too."""
+    bridge = case.bridge
+    tokens = bridge.to_tokens([CLEAN, CORRUPTED], prepend_bos=True)
+    a, b = case.token(PATCH_ANSWER), case.token(PATCH_WRONG)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return logits[0, -1, a] - logits[0, -1, b]
+
+    with torch.no_grad():
+        _, clean_cache = bridge.run_with_cache(tokens[:1], names_filter=["blocks.0.attn.hook_z"])
+        _, corrupted_cache = bridge.run_with_cache(tokens[1:], names_filter=["blocks.0.attn.hook_z"])
+    try:
+        reference = patching.get_act_patch_direct_path(
+            bridge, tokens[1:], clean_cache, corrupted_cache, metric, 0, 0, "q", verbose=False
+        )
+    except (ValueError, NotImplementedError) as exc:
+        with case.tc() as tc, pytest.raises(LensError):
+            run_path_patch(tc, CLEAN, CORRUPTED, PATCH_ANSWER, PATCH_WRONG, [[0, 0]], "all_heads", "q")
+        print(f"TransformerLens refuses: {exc}")
+        return
+    with case.tc() as tc:
+        run = run_path_patch(tc, CLEAN, CORRUPTED, PATCH_ANSWER, PATCH_WRONG, [[0, 0]], "all_heads", "q")
+    ours = torch.zeros_like(reference)
+    for (_, (receiver,)), value in zip(run.paths, run.values, strict=True):
+        ours[receiver.layer, receiver.head] = value
+    assert float((ours[1:] - reference[1:]).abs().max()) <= TOL
+    assert run.stats.method == "driven", run.stats.notes
+
+
 CHECKS: dict[str, Callable[[Case], None]] = {
     "model_info": check_model_info,
     "tokenize": check_tokenize,
@@ -386,6 +418,7 @@ CHECKS: dict[str, Callable[[Case], None]] = {
     "attention_pattern": check_attention_pattern,
     "patch_sweep": check_patch_sweep,
     "ablate_heads": check_ablate_heads,
+    "path_patch": check_path_patch,
     "induction_scores": check_induction_scores,
     "head_output": check_head_output,
     "neuron_attribution": check_neuron_attribution,

@@ -180,6 +180,12 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("model_info", {"layer": 0}, ("unknown argument 'layer'", "no arguments")),
     # ---- no such tool
     ("no_such_tool", {"text": "w1"}, ("unknown tool: 'no_such_tool'", "use one of", "tokenize")),
+    # ---- path_patch
+    ("path_patch", {**SWEEP, "receivers": "everything"}, ("receivers", "pass receivers")),
+    ("path_patch", {**SWEEP, "receivers": [[1, 7]]}, ("receivers[0][1] (head)=7", "use 0..2")),
+    ("path_patch", {**SWEEP, "senders": [[1, 0]], "receivers": [[1, 2]]}, ("no path", "use senders before layer 1")),
+    ("path_patch", {**SWEEP, "receivers": "all_heads"}, ("senders=null", "pass senders")),
+    ("path_patch", {**SWEEP, "receiver_input": "o"}, ("receiver_input", "pass receiver_input")),
     # ---- component readers
     ("head_output", {"prompt": P, "layer": 9, "head": 0}, ("layer=9", "use 0..1")),
     ("head_output", {"prompt": P, "layer": 1, "head": 2, "source_position": 99}, ("source_position=99", "use 0..")),

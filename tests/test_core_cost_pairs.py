@@ -11,6 +11,7 @@ import torch
 
 from lens_mcp.errors import LensError
 from lens_mcp.limits import Limits
+from lens_mcp.model_host import ModelHost
 from lens_mcp.tools.core.batching import plan_rows
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, measured_throughput, rows_for_time, work_units
@@ -117,3 +118,18 @@ def test_encode_pairs_checks_lengths_within_and_across_pairs(toy: ToolContext) -
     with pytest.raises(LensError, match=r"pairs\[0\]\.clean_prompt and pairs\[0\]\.corrupted_prompt"):
         encode_pairs(toy, [PromptPair(clean_prompt="w1", corrupted_prompt="w1 w2"), pairs[0]])
     assert positions_from_end([-1, -3]) and not positions_from_end([0, -1]) and not positions_from_end(None)
+
+
+def test_a_malformed_pair_is_a_readable_error(toy: ToolContext) -> None:
+    with pytest.raises(LensError, match=r"pairs\[1\] is not a valid item \(clean_prompt: .*\)"):
+        resolve_pairs(
+            toy,
+            [{"clean_prompt": "a", "corrupted_prompt": "b", "answer": " c"}, {"clean_prompt": 3}],
+            clean_prompt=None,
+        )
+
+
+def test_the_throughput_is_measured_at_load_before_any_call() -> None:
+    host = ModelHost(Limits())
+    loaded = host.load("toy-induction", device="cpu")
+    assert loaded.throughput is not None and loaded.throughput > 0

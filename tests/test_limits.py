@@ -168,7 +168,11 @@ async def test_max_sweep_cells_says_how_to_narrow(capped_host: ModelHost, refere
     )
     full = reference["heads_by_pos"]["grid"]
     assert narrowed["n_cells"] == 15
-    assert narrowed["grid"] == [[row[5:] for row in full[1]]]
+    # The same cells, computed in differently composed batches: equal up to float noise in the last digit.
+    expected = [[row[5:] for row in full[1]]]
+    assert [v for row in narrowed["grid"][0] for v in row] == pytest.approx(
+        [v for row in expected[0] for v in row], rel=1e-3, abs=1e-6
+    )
 
 
 async def test_max_response_chars_says_how_to_narrow(

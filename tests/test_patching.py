@@ -69,27 +69,37 @@ def test_the_result_grid_is_normalized_and_rounded(toy: ToolContext) -> None:
     sweep = run_sweep(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "resid_pre")
     result = patch_sweep(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "resid_pre")
     span = sweep.clean_metric - sweep.corrupted_metric
-    expected = ((sweep.values - sweep.corrupted_metric) / span).reshape(len(sweep.layers), -1)
-    assert result.grid == [[round_sig(v) for v in row] for row in expected.tolist()]
+    expected = ((sweep.values - sweep.corrupted_metric) / span).tolist()
+    expected = [None if skip else value for value, skip in zip(expected, sweep.skipped, strict=True)]
+    assert result.grid == [
+        [None if v is None else round_sig(v) for v in expected[i * 10 : (i + 1) * 10]] for i in range(2)
+    ]
     assert result.axes == ["layer", "position"] and result.normalized
     assert result.clean_metric == round_sig(sweep.clean_metric)
     assert result.corrupted_metric == round_sig(sweep.corrupted_metric)
     # Patching the whole residual stream at the first differing position restores the clean run exactly.
     assert result.grid[0][5] == pytest.approx(1.0, abs=1e-3)
-    # Positions before the first differing token cannot matter.
-    assert all(result.grid[layer][p] == 0 for layer in range(2) for p in range(5))
+    # Positions before the first differing token hold identical activations: skipped, null, and said so.
+    assert all(result.grid[layer][p] is None for layer in range(2) for p in range(5))
+    # Layer 0's input is the token embedding: every position with the same token in both prompts (all but 5)
+    # is identical; at layer 1 only the prefix before position 5 is.
+    assert all(result.grid[0][p] is None for p in range(6, 10)) and result.grid[1][6] is not None
+    assert result.skipped_cells == 14 and any(note.startswith("skipped: 14 cells are null") for note in result.notes)
     top = result.top_cells[0]
-    assert abs(top.value) == max(abs(v) for row in result.grid for v in row)
+    assert abs(top.value) == max(abs(v) for row in result.grid for v in row if v is not None)
     assert result.clean_tokens[5] == "w64" and result.corrupted_tokens[5] == "w77"
     raw = patch_sweep(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "resid_pre", normalize=False)
-    assert raw.grid == [[round_sig(v) for v in row] for row in sweep.values.reshape(2, -1).tolist()]
+    raw_expected = [None if skip else v for v, skip in zip(sweep.values.tolist(), sweep.skipped, strict=True)]
+    assert raw.grid == [
+        [None if v is None else round_sig(v) for v in raw_expected[i * 10 : (i + 1) * 10]] for i in range(2)
+    ]
 
 
 def test_identical_prompts_are_reported_raw_with_a_note(toy: ToolContext) -> None:
     result = patch_sweep(toy, CLEAN, CLEAN, ANSWER, WRONG, "heads")
     assert not result.normalized and result.notes and "cannot be normalized" in result.notes[0]
     assert result.skipped_cells == result.n_cells and result.forward_passes == 1  # the clean and corrupted runs
-    assert all(value == result.corrupted_metric for row in result.grid for value in row)
+    assert all(value is None for row in result.grid for value in row)
 
 
 def test_a_failing_driven_batch_falls_back_to_hooked_passes(toy: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -250,7 +260,7 @@ async def test_patch_sweep_through_a_client_reports_progress(toy_host: ModelHost
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
         data = result_data(await client.call_tool("patch_sweep", arguments, progress_callback=on_progress))
     schema = tools["patch_sweep"].input_schema
-    assert schema["required"] == ["clean_prompt", "corrupted_prompt", "answer"]
+    assert schema.get("required", []) == []  # the prompts, or pairs=[...]
     assert set(schema["properties"]) == {
         "clean_prompt",
         "corrupted_prompt",
@@ -262,6 +272,9 @@ async def test_patch_sweep_through_a_client_reports_progress(toy_host: ModelHost
         "metric",
         "normalize",
         "image",
+        "direction",
+        "pairs",
+        "dry_run",
     }
     assert tools["patch_sweep"].annotations.read_only_hint is True
     n_cells = toy_host.model.cfg.n_layers * toy_host.model.cfg.n_heads * 10

@@ -14,6 +14,8 @@ from lens_mcp.limits import Limits
 from lens_mcp.loading import LoadedModel, ModelSpec, load_model, resolve_spec
 from lens_mcp.loading.policy import LoadPolicy
 from lens_mcp.progress import ProgressReporter, no_progress
+from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.cost import measured_throughput
 
 log = logging.getLogger(__name__)
 _WAIT_SLICE_S = 0.5
@@ -148,6 +150,8 @@ class ModelHost:
                 trust_remote_code=self.trust_remote_code,
                 progress=job.report,
             )
+            # measured before the swap, so that no tool call pays for it (and cost estimates are ready at once)
+            measured_throughput(ToolContext(loaded, self.limits))
             with self._model_lock:
                 job.report(3, 3, f"loaded {spec.name}")  # a cancel that arrived meanwhile still wins
                 with self._state_changed:

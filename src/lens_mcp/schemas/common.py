@@ -19,10 +19,10 @@ def round_sig(value: float, digits: int = SIGNIFICANT_DIGITS) -> float:
 
 
 def round_nested(values: object) -> object:
-    """round_sig over nested lists (grids)."""
+    """round_sig over nested lists (grids); None (a skipped cell) stays None."""
     if isinstance(values, (list, tuple)):
         return [round_nested(v) for v in values]
-    return round_sig(values)  # type: ignore[arg-type]
+    return None if values is None else round_sig(values)  # type: ignore[arg-type]
 
 
 Rounded = Annotated[float, AfterValidator(round_sig)]

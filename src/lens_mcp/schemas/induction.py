@@ -20,6 +20,18 @@ class ScoredPositions(BaseModel):
     copyable: int = Field(description="Tokens in loss_second_repeat")
 
 
+class AblatedLosses(BaseModel):
+    """The two losses with some heads zero-ablated (their output z set to 0 at every position)."""
+
+    heads: list[tuple[int, int]] = Field(description="The ablated heads as [layer, head]")
+    loss_first_repeat: Rounded = Field(description="loss_first_repeat (nats) with those heads ablated")
+    loss_second_repeat: Rounded | None = Field(
+        None,
+        description="loss_second_repeat (nats) with those heads ablated: far above the unablated value = "
+        "the heads do the copying",
+    )
+
+
 class InductionScores(Result):
     mode: Literal["random", "prompt"] = Field(
         description="random: n_seqs sequences of BOS + seq_len random tokens repeated twice; prompt: your text"
@@ -58,6 +70,7 @@ class InductionScores(Result):
         description="Random mode: sequence 0 as text (without BOS), which tokenizes back to the same tokens; "
         "pass it to other tools. Null if it would not round-trip or is too long.",
     )
+    ablated: AblatedLosses | None = Field(None, description="With ablate=[...]: the losses with those heads ablated")
 
     def explain(self) -> str:
         return (

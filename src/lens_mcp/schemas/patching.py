@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
-from lens_mcp.schemas.common import Cost, Grid, Grid3, GridSpread, PairMetrics, Result, Rounded, warnings_field
+from lens_mcp.schemas.common import (
+    Cost,
+    Grid,
+    Grid3,
+    GridSpread,
+    PairMetrics,
+    Result,
+    Rounded,
+    round_nested,
+    warnings_field,
+)
 from lens_mcp.schemas.figures import Heatmap, position_labels
 
+NullableGrid = Annotated[list[list[float | None]], AfterValidator(round_nested)]
+"""A 2-D grid of rounded floats; null where a cell was skipped."""
+NullableGrid3 = Annotated[list[list[list[float | None]]], AfterValidator(round_nested)]
+
 Component = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos"]
+"""What a patch writes: outputs (the residual stream, sublayer outputs, head outputs)."""
+SweepComponent = Literal[
+    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos", "q", "k", "v", "pattern"
+]
+"""patch_sweep's components: the outputs, plus head inputs (q, k, v) and attention patterns."""
 PatchMethod = Literal["driven", "driven-full", "hooked"]
-AblationMode = Literal["zero", "mean"]
+AblationMode = Literal["zero", "mean", "resample", "corrupted_mean"]
 
 
 class PatchCell(BaseModel):
@@ -23,50 +42,79 @@ class PatchCell(BaseModel):
     value: Rounded = Field(description="The cell's value, as in the grid")
 
 
+class PatchPairMetrics(PairMetrics):
+    clean_tokens: list[str] = Field(description="This pair's clean prompt tokens (BOS is position 0)")
+    corrupted_tokens: list[str] = Field(description="This pair's corrupted prompt tokens")
+
+
+class SweepSpread(BaseModel):
+    """How much each cell varies over the pairs (same layout as the grid; null where the grid is null)."""
+
+    n_pairs: int
+    std: NullableGrid | NullableGrid3 = Field(description="Population standard deviation over pairs")
+    min: NullableGrid | NullableGrid3
+    max: NullableGrid | NullableGrid3
+
+
 class PatchSweepResult(Result):
-    component: Component
-    metric: str = Field(description="What the metric measures, at the last position")
-    normalized: bool = Field(
-        description="True: grid = (patched - corrupted) / (clean - corrupted); false: the raw patched metric"
+    component: SweepComponent
+    direction: Literal["denoise", "noise"] = Field(
+        description="denoise: clean activations patched into the corrupted run; noise: corrupted into the clean run"
     )
-    clean_tokens: list[str] = Field(description="The clean prompt's tokens (BOS is position 0)")
-    corrupted_tokens: list[str] = Field(description="The corrupted prompt's tokens")
-    clean_metric: Rounded = Field(description="Metric on the clean prompt")
-    corrupted_metric: Rounded = Field(description="Metric on the corrupted prompt")
-    axes: list[str] = Field(description="Grid axes, outermost first, e.g. ['layer', 'position']")
-    layers: list[int] = Field(description="Layer of each grid row")
-    positions: list[int] | None = Field(None, description="Position of each position-axis entry")
-    heads: list[int] | None = Field(None, description="Head of each head-axis entry")
-    grid: Grid | Grid3 = Field(description="Values, indexed as `axes` says (4 significant digits)")
-    top_cells: list[PatchCell] = Field(description="Cells with the largest |value|, largest first")
-    n_cells: int
+    metric: str = Field(description="What the metric measures, at the last position")
+    normalized: bool = Field(description="True: the grid is normalized as `meaning` says; false: the raw metric")
+    meaning: str = Field(description="What a grid value means: sign, and what 1 is")
+    clean_tokens: list[str] | None = Field(
+        None, description="The clean prompt's tokens (BOS is position 0); with pairs, in `pairs`"
+    )
+    corrupted_tokens: list[str] | None = Field(None, description="The corrupted prompt's tokens")
+    clean_metric: Rounded | None = Field(None, description="Metric on the clean prompt (with pairs: mean over pairs)")
+    corrupted_metric: Rounded | None = Field(
+        None, description="Metric on the corrupted prompt (with pairs: mean over pairs)"
+    )
+    axes: list[str] = Field(
+        default_factory=list,
+        description="Grid axes, outermost first, e.g. ['layer', 'position']; 'kv_head' = key/value head",
+    )
+    layers: list[int] = Field(default_factory=list, description="Layer of each grid row")
+    positions: list[int] | None = Field(
+        None, description="Position of each position-axis entry (as given, when pairs differ in length)"
+    )
+    heads: list[int] | None = Field(None, description="Head (or key/value head) of each head-axis entry")
+    grid: NullableGrid | NullableGrid3 = Field(
+        default_factory=list,
+        description="Values, indexed as `axes` says (4 significant digits; with pairs, the mean over pairs); "
+        "null = skipped (identical activations)",
+    )
+    spread: SweepSpread | None = Field(None, description="With pairs: each cell's spread over pairs")
+    pairs: list[PatchPairMetrics] | None = Field(None, description="With pairs: each pair's metrics and tokens")
+    top_cells: list[PatchCell] = Field(
+        default_factory=list, description="Cells with the largest |value|, largest first"
+    )
+    n_cells: int = Field(description="Cells per pair")
     forward_passes: int = Field(
+        0,
         description="Batched forward passes run, the clean and corrupted runs included "
-        "(TransformerLens's patching functions run one per cell)"
+        "(TransformerLens's patching functions run one per cell)",
     )
     skipped_cells: int = Field(
-        description="Cells whose clean and corrupted activations are identical "
-        "(they equal the corrupted metric; nothing to run)"
+        0, description="Cells whose clean and corrupted activations are identical (null in the grid; nothing to run)"
     )
-    method: PatchMethod = Field(
+    method: PatchMethod | None = Field(
+        None,
         description="driven: patched rows start at the patched layer and reuse the corrupted run for unchanged "
         "positions; driven-full: start at the patched layer but recompute every position (the model's blocks "
-        "take an argument that cannot be cut to a suffix); hooked: full forward passes with hooks"
+        "take an argument that cannot be cut to a suffix); hooked: full forward passes with hooks; null: dry run",
     )
-    seconds: Rounded
+    seconds: Rounded = 0.0
+    cost: Cost | None = Field(None, description="The estimate made before computing (always given with dry_run)")
+    dry_run: bool = Field(False, description="True: nothing was computed; only `cost` is filled in")
     notes: list[str] = Field(default_factory=list)
     warnings: list[str] = warnings_field()
 
-    def explain(self) -> str:
-        if self.normalized:
-            return (
-                "grid: (patched - corrupted) / (clean - corrupted) of the metric; 1 = restoring that activation "
-                "fully restores the clean behaviour, 0 = no effect, negative = pushes further toward the corrupted answer"
-            )
-        return f"grid: the raw metric ({self.metric}) with that one activation patched in; compare to clean_metric and corrupted_metric"
-
     def heatmaps(self) -> list[Heatmap]:
-        units = "fraction of clean restored" if self.normalized else self.metric.removesuffix(" at the last position")
+        restored = "fraction of clean restored" if self.direction == "denoise" else "fraction of clean broken"
+        units = restored if self.normalized else self.metric.removesuffix(" at the last position")
         signed = self.normalized or self.metric.startswith("logit(")
         title = f"patch_sweep {self.component}: {self.metric}{' (normalized)' if self.normalized else ''}"
         value_range = (0.0, 1.0) if not signed and self.metric.startswith("probability") else None
@@ -111,23 +159,52 @@ class PatchSweepResult(Result):
 class HeadEffect(BaseModel):
     layer: int
     head: int
-    metric: Rounded = Field(description="Metric with only this head ablated")
-    effect: Rounded = Field(description="metric - metric_before (negative: the head supported the answer)")
+    metric: Rounded = Field(description="Metric with only this head ablated (with pairs: mean over pairs)")
+    effect: Rounded = Field(
+        description="metric - metric_before (negative: the head supported the answer; for the loss, positive: "
+        "it helped)"
+    )
+    effect_std: Rounded | None = Field(None, description="With pairs: standard deviation of the effect over pairs")
+
+
+class EffectSpread(BaseModel):
+    std: Rounded = Field(description="Population standard deviation of the effect over pairs")
+    min: Rounded
+    max: Rounded
+
+
+class AblationPairResult(PairMetrics):
+    metric_after: Rounded = Field(description="This pair's metric with all listed heads ablated")
+    effect: Rounded
+    tokens: list[str] = Field(description="This pair's prompt tokens (BOS is position 0)")
 
 
 class AblateHeadsResult(Result):
-    tokens: list[str] = Field(description="The prompt's tokens (BOS is position 0)")
+    tokens: list[str] | None = Field(None, description="The prompt's tokens (BOS is position 0); with pairs, in pairs")
     mode: AblationMode
-    metric: str = Field(description="What the metric measures, at the last position")
+    metric: str = Field(description="What the metric measures")
+    meaning: str = Field("", description="What the effect means: sign")
     heads: list[tuple[int, int]] = Field(description="Ablated heads as [layer, head]")
-    metric_before: Rounded
-    metric_after: Rounded = Field(description="Metric with all listed heads ablated together")
-    effect: Rounded = Field(description="metric_after - metric_before")
-    prob_before: Rounded = Field(description="Probability of the answer before ablation")
-    prob_after: Rounded = Field(description="Probability of the answer with all listed heads ablated")
-    individual: list[HeadEffect] | None = Field(
-        None, description="Each head ablated alone (individually=true), most negative effect first"
+    metric_before: Rounded | None = Field(None, description="Metric without ablation (with pairs: mean)")
+    metric_after: Rounded | None = Field(
+        None, description="Metric with all listed heads ablated together (with pairs: mean)"
     )
+    effect: Rounded | None = Field(None, description="metric_after - metric_before (with pairs: mean)")
+    effect_spread: EffectSpread | None = Field(None, description="With pairs: the effect's spread over pairs")
+    prob_before: Rounded | None = Field(
+        None, description="Probability of the answer before ablation (answer metrics only)"
+    )
+    prob_after: Rounded | None = Field(None, description="Probability of the answer with all listed heads ablated")
+    individual: list[HeadEffect] | None = Field(
+        None, description="Each head ablated alone (individually=true), the heads the behaviour needs most first"
+    )
+    pairs: list[AblationPairResult] | None = Field(
+        None,
+        description="With pairs: per pair, the metric on its prompt (clean_metric), on its corrupted prompt, and "
+        "after ablation",
+    )
+    cost: Cost | None = Field(None, description="The estimate made before computing")
+    dry_run: bool = Field(False, description="True: nothing was computed; only `cost` is filled in")
     warnings: list[str] = warnings_field()
 
     def explain(self) -> str:

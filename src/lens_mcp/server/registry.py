@@ -15,6 +15,7 @@ from lens_mcp.server.adapter import add_host_tool, add_model_tool
 from lens_mcp.tools.causal.ablate_heads import ablate_heads
 from lens_mcp.tools.causal.attribution_patch import attribution_patch
 from lens_mcp.tools.causal.patch_sweep import patch_sweep
+from lens_mcp.tools.causal.path_patch import path_patch
 from lens_mcp.tools.features.feature_attribution import feature_attribution
 from lens_mcp.tools.features.generate import generate
 from lens_mcp.tools.features.load_sae import load_sae
@@ -60,6 +61,7 @@ TOOLS: tuple[ToolEntry, ...] = (
     ToolEntry(patch_sweep, "Activation patching sweep"),
     ToolEntry(ablate_heads, "Ablate attention heads"),
     ToolEntry(attribution_patch, "Attribution patching (gradient estimate)"),
+    ToolEntry(path_patch, "Path patching between heads"),
     ToolEntry(induction_scores, "Find induction heads"),
     ToolEntry(head_output, "What one head writes"),
     ToolEntry(neuron_attribution, "Direct logit attribution per MLP neuron"),

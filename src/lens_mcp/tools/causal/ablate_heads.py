@@ -1,38 +1,46 @@
-"""ablate_heads: zero- or mean-ablate attention heads and measure the answer before and after."""
+"""ablate_heads: ablate attention heads (zero, mean, resample, corrupted mean) and measure a metric before and
+after, on one prompt or a prompt dataset (rows of every pair and head set batched together)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
 
 from lens_mcp.errors import LensError
-from lens_mcp.schemas.patching import AblateHeadsResult, HeadEffect
+from lens_mcp.schemas.patching import AblateHeadsResult, AblationMode, AblationPairResult, EffectSpread, HeadEffect
+from lens_mcp.tools.causal.patch_sweep import check_positions, resolve_pairs_checked
 from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.cost import seconds_per_row
+from lens_mcp.tools.core.cost import Work, enforce, estimate, seconds_per_row
 from lens_mcp.tools.core.hook_names import hook_name
-from lens_mcp.tools.core.metrics import metric_warnings, resolve_metric
+from lens_mcp.tools.core.metrics import AnswerMetric, metric_warnings, resolve_metric
+from lens_mcp.tools.core.pairs import PairsArgument, pair_label, positions_from_end, spread
 from lens_mcp.tools.core.tokens import encode, token_strings
-from lens_mcp.tools.core.validation import resolve_head, resolve_layer
+from lens_mcp.tools.core.validation import resolve_head, resolve_layer, resolve_positions
 
 MODES = ("zero", "mean")
+"""Modes that need only the prompt itself (what generate's head ablation offers)."""
+ALL_MODES = ("zero", "mean", "resample", "corrupted_mean")
+AblationMetric = Literal["logit_diff", "logprob", "prob", "loss"]
+ABLATION_METRICS = ("logit_diff", "logprob", "prob", "loss")
 
 
-def resolve_heads(tc: ToolContext, heads: object) -> list[tuple[int, int]]:
+def resolve_heads(tc: ToolContext, heads: object, arg: str = "heads") -> list[tuple[int, int]]:
     """[[layer, head], ...] checked against the model, deduplicated, in the order given."""
-    example = "e.g. heads=[[1, 2], [0, 3]]"
+    example = f"e.g. {arg}=[[1, 2], [0, 3]]"
     if not isinstance(heads, (list, tuple)) or len(heads) == 0:
-        raise LensError(f"heads: expected a non-empty list of [layer, head] pairs, {example}.")
+        raise LensError(f"{arg}: expected a non-empty list of [layer, head] pairs, {example}.")
     resolved: list[tuple[int, int]] = []
     for index, pair in enumerate(heads):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise LensError(f"heads[{index}]={pair!r}: each entry must be a [layer, head] pair, {example}.")
-        layer = resolve_layer(pair[0], int(tc.cfg.n_layers), f"heads[{index}][0] (layer)")
-        head = resolve_head(pair[1], int(tc.cfg.n_heads), f"heads[{index}][1] (head)")
+            raise LensError(f"{arg}[{index}]={pair!r}: each entry must be a [layer, head] pair, {example}.")
+        layer = resolve_layer(pair[0], int(tc.cfg.n_layers), f"{arg}[{index}][0] (layer)")
+        head = resolve_head(pair[1], int(tc.cfg.n_heads), f"{arg}[{index}][1] (head)")
         if (layer, head) not in resolved:
             resolved.append((layer, head))
     return resolved
@@ -40,10 +48,12 @@ def resolve_heads(tc: ToolContext, heads: object) -> list[tuple[int, int]]:
 
 def ablation_hooks(
     rows: Sequence[Sequence[tuple[int, int]]],
-    replacement: Callable[[int, int], Any],
+    replacement: Callable[..., Any],
+    row_keys: Sequence[Any] | None = None,
 ) -> list[tuple[str, Callable[..., torch.Tensor]]]:
-    """Hooks on hook_z that, in batch row r, replace each head in rows[r] by replacement(layer, head)
-    (0 or a [d_head] mean) at every position."""
+    """Hooks on hook_z that, in batch row r, replace each head in rows[r] by its replacement at every position:
+    replacement(layer, head) (0 or a [d_head] mean), or with `row_keys`, replacement(row_keys[r], layer, head)
+    (0, a [d_head] mean or a [pos, d_head] activation for that row's prompt)."""
     by_layer: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for row, heads in enumerate(rows):
         for layer, head in heads:
@@ -52,7 +62,10 @@ def ablation_hooks(
     def make(layer: int, entries: list[tuple[int, int]]) -> Callable[..., torch.Tensor]:
         def hook(z: torch.Tensor, hook: Any = None) -> torch.Tensor:
             for row, head in entries:
-                z[row, :, head] = replacement(layer, head)
+                if row_keys is None:
+                    z[row, :, head] = replacement(layer, head)
+                else:
+                    z[row, :, head] = replacement(row_keys[row], layer, head)
             return z
 
         return hook
@@ -60,101 +73,329 @@ def ablation_hooks(
     return [(hook_name("z", layer), make(layer, entries)) for layer, entries in by_layer.items()]
 
 
+@dataclass
+class _Prompt:
+    """One prompt of the call (a pair's clean prompt, or its corrupted one) and what it needs."""
+
+    tokens: torch.Tensor
+    """[1, n]"""
+    metric: AnswerMetric | None
+    loss_positions: list[int] | None
+
+
+def _loss(logits: torch.Tensor, tokens: torch.Tensor, positions: list[int]) -> torch.Tensor:
+    """Mean next-token loss (nats) per row: -log p(token[p] | tokens[:p]) averaged over `positions` (p >= 1)."""
+    index = torch.tensor(positions, device=logits.device)
+    logprobs = logits[:, index - 1].float().log_softmax(dim=-1)
+    targets = tokens[:, index].to(logits.device).expand(logits.shape[0], -1)
+    return -logprobs.gather(-1, targets[..., None])[..., 0].mean(dim=-1)
+
+
+def _measure(prompt: _Prompt, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The metric of each row of `logits` [rows, pos, vocab] (of this prompt), and the answer's probability."""
+    if prompt.metric is None:
+        assert prompt.loss_positions is not None
+        return _loss(logits, prompt.tokens, prompt.loss_positions), None
+    last = logits[:, -1].float()
+    return prompt.metric(last), last.log_softmax(dim=-1)[:, prompt.metric.answer_id].exp()
+
+
 def ablate_heads(
     tc: ToolContext,
-    prompt: Annotated[str, Field(description="The prompt, e.g. 'The Eiffel Tower is in the city of'")],
-    heads: Annotated[list[list[int]], Field(description="Heads to ablate as [[layer, head], ...], e.g. [[1, 2]]")],
-    answer: Annotated[str, Field(description="The expected next token, one token (e.g. ' Paris')")],
+    prompt: Annotated[
+        str | None, Field(description="The prompt, e.g. 'The Eiffel Tower is in the city of' (or pass pairs)")
+    ] = None,
+    heads: Annotated[
+        list[list[int]] | None, Field(description="Heads to ablate as [[layer, head], ...], e.g. [[1, 2]] (required)")
+    ] = None,
+    answer: Annotated[
+        str | None, Field(description="The expected next token, one token (e.g. ' Paris'); not used by metric='loss'")
+    ] = None,
     wrong_answer: Annotated[
         str | None,
         Field(
-            description="A competing token (e.g. ' Rome'): the metric is then "
-            "logit(answer) - logit(wrong_answer); without it, "
-            "logit(answer)"
+            description="A competing token (e.g. ' Rome'): metric='logit_diff' is then logit(answer) - "
+            "logit(wrong_answer); without it, logit(answer)"
         ),
     ] = None,
     mode: Annotated[
-        Literal["zero", "mean"],
-        Field(description="zero: set the head's output z to 0; mean: to its mean over the prompt's positions"),
+        AblationMode,
+        Field(
+            description="zero: z = 0; mean: z = its mean over the prompt's positions; resample: z from "
+            "corrupted_prompt at the same position; corrupted_mean: z = its mean over corrupted_prompt's "
+            "positions (over every pair's corrupted prompt with pairs)"
+        ),
     ] = "zero",
-    individually: Annotated[bool, Field(description="Also ablate each head on its own (one batched pass)")] = False,
+    individually: Annotated[bool, Field(description="Also ablate each head on its own (batched)")] = False,
+    corrupted_prompt: Annotated[
+        str | None,
+        Field(description="Source of the replacement for mode='resample' (same length as prompt) / 'corrupted_mean'"),
+    ] = None,
+    metric: Annotated[
+        AblationMetric,
+        Field(
+            description="logit_diff (default), logprob or prob of answer at the last position; loss: mean "
+            "next-token loss (nats) over `positions`, no answer needed"
+        ),
+    ] = "logit_diff",
+    positions: Annotated[
+        list[int] | None,
+        Field(
+            description="metric='loss' only: positions of the predicted tokens (1.. ; negative from the end; "
+            "null: every token after BOS), e.g. the repeated half of a sequence"
+        ),
+    ] = None,
+    pairs: PairsArgument = None,
+    dry_run: Annotated[bool, Field(description="Only estimate the cost; compute nothing")] = False,
 ) -> AblateHeadsResult:
-    """Ablate attention heads (their output z, at every position) and measure the answer at the last position
-    before and after: metric = logit(answer) - logit(wrong_answer) (or logit(answer) alone), plus the answer's
-    probability. mode='zero' sets z to 0; mode='mean' replaces it with the head's mean z over the prompt's
-    positions (computed on the unablated run). All listed heads are ablated together; individually=true also
-    gives each head's own effect (metric with only that head ablated, minus metric before; most negative
-    first = heads the answer depends on most). Find candidate heads with patch_sweep(component='heads')."""
-    if mode not in MODES:
-        raise LensError(f"mode={mode!r} is not one of {', '.join(MODES)}.")
+    """Ablate attention heads (their output z, at every position) and measure the metric before and after.
+    Metrics: logit_diff = logit(answer) - logit(wrong_answer) (or logit(answer) alone), logprob / prob of answer,
+    all at the last position; loss = mean next-token loss in nats over `positions` (e.g. the repeated half of
+    a sequence; higher = worse; no answer needed). Modes: zero; mean (the head's mean z over the prompt's
+    positions); resample (z from corrupted_prompt, position by position); corrupted_mean (the head's mean z
+    over corrupted_prompt's positions). All listed heads are ablated together; individually=true also gives
+    each head's own effect (metric with only that head ablated minus metric before; sorted so the heads the
+    behaviour depends on most come first). pairs=[{clean_prompt, corrupted_prompt, answer, wrong_answer}]: a
+    dataset (the pair's clean_prompt is the prompt); metrics are means over pairs with their spread and
+    per-pair values. The cost is estimated first (refused over a cap; dry_run=true returns only the
+    estimate). Find candidate heads with patch_sweep(component='heads')."""
+    if mode not in ALL_MODES:
+        raise LensError(f"mode={mode!r} is not one of {', '.join(ALL_MODES)}.")
+    if metric not in ABLATION_METRICS:
+        raise LensError(f"metric={metric!r} is not one of {', '.join(ABLATION_METRICS)}.")
+    if heads is None:
+        raise LensError("heads is required: pass heads=[[layer, head], ...], e.g. heads=[[1, 2]].")
     head_list = resolve_heads(tc, heads)
-    tokens = encode(tc, prompt, "prompt")
-    answer_metric = resolve_metric(tc, answer, wrong_answer, "logit_diff")
+    positions = check_positions(positions)
+    need_corrupted = mode in ("resample", "corrupted_mean")
+    if not need_corrupted and corrupted_prompt is not None and pairs is None:
+        raise LensError(
+            f"corrupted_prompt is only used by mode='resample' or 'corrupted_mean' (mode={mode!r}); drop it or "
+            "change the mode."
+        )
+    if metric != "loss" and positions is not None:
+        raise LensError("positions= is only used by metric='loss' (the answer metrics read the last position).")
+    items = resolve_pairs_checked(
+        tc,
+        pairs,
+        clean_prompt=prompt,
+        corrupted_prompt=corrupted_prompt,
+        answer=answer,
+        wrong_answer=wrong_answer,
+        need_corrupted=need_corrupted,
+        need_answer=metric != "loss",
+        prompt_arg="prompt",
+    )
+    n_pairs = len(items)
+    prompts: list[_Prompt] = []
+    corrupted: list[_Prompt | None] = []
+    for index, item in enumerate(items):
+        where = pair_label(index, n_pairs)
+        arg = "prompt" if pairs is None else "clean_prompt"
+        tokens = encode(tc, item.clean_prompt, f"{where}{arg}")
+        n = int(tokens.shape[-1])
+        answer_metric, loss_positions = None, None
+        try:
+            if metric == "loss":
+                loss_positions = _loss_positions(positions, n, where)
+            else:
+                answer_metric = resolve_metric(tc, item.answer or "", item.wrong_answer, metric)
+        except LensError as exc:
+            raise LensError(f"{where}{exc}" if where and not str(exc).startswith(where) else str(exc)) from None
+        prompts.append(_Prompt(tokens, answer_metric, loss_positions))
+        source = None
+        if need_corrupted:
+            assert item.corrupted_prompt is not None
+            source_tokens = encode(tc, item.corrupted_prompt, f"{where}corrupted_prompt")
+            if mode == "resample" and source_tokens.shape[-1] != n:
+                raise LensError(
+                    f"{where}{arg} and {where}corrupted_prompt must tokenize to the same length for "
+                    f"mode='resample' (z is replaced position by position), but they are {n} and "
+                    f"{source_tokens.shape[-1]} tokens:\n  {arg}: {token_strings(tc, tokens[0])}\n  corrupted_prompt: "
+                    f"{token_strings(tc, source_tokens[0])}\nReword one, or use mode='corrupted_mean'."
+                )
+            source = _Prompt(source_tokens, answer_metric, loss_positions)
+        corrupted.append(source)
+    if metric == "loss" and positions is not None and not positions_from_end(positions):
+        lengths = [int(p.tokens.shape[-1]) for p in prompts]
+        for index, n in enumerate(lengths[1:], start=1):
+            if n != lengths[0]:
+                raise LensError(
+                    f"pairs[{index}] is {n} tokens long but pairs[0] is {lengths[0]}: with positions counted from "
+                    "the start every pair must have the same length. Count positions from the end (negative), or "
+                    f"reword pairs[{index}] to match."
+                )
+
+    sets: list[list[tuple[int, int]]] = [list(head_list)]
+    if individually:
+        sets += [[pair] for pair in head_list]
     layers = sorted({layer for layer, _ in head_list})
     wanted = {hook_name("z", layer) for layer in layers}
-    n_tokens = int(tokens.shape[-1])
+    references = prompts + [c for c in corrupted if c is not None]
+    n_rows = n_pairs * len(sets)
+    mean_tokens = max(1, sum(int(p.tokens.shape[-1]) for p in prompts) // n_pairs)
+    cost = estimate(
+        tc,
+        Work(
+            rows=n_rows + len(references),
+            tokens_per_row=mean_tokens,
+            cells=n_rows,
+            result_chars=1200 + 160 * len(sets) + 120 * n_pairs + 24 * mean_tokens * n_pairs,
+        ),
+    )
+    if dry_run:
+        return AblateHeadsResult(mode=mode, metric=metric, heads=head_list, cost=cost, dry_run=True)
+    enforce(tc, cost, "fewer heads with individually=true, fewer pairs, or shorter prompts")
 
-    rows: list[list[tuple[int, int]]] = [list(head_list)]
-    if individually:
-        rows += [[pair] for pair in head_list]
-    counter = ProgressCounter(tc.progress, total=len(rows), unit="ablated runs")
-
-    def measure(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        last = logits[:, -1].float()
-        return answer_metric(last), last.log_softmax(dim=-1)[:, answer_metric.answer_id].exp()
-
+    counter = ProgressCounter(tc.progress, total=n_rows, unit="ablated runs")
     with torch.no_grad():
-        logits, cache = tc.bridge.run_with_cache(tokens, names_filter=lambda name: name in wanted)
-        before, prob_before = measure(logits)
-        warnings = metric_warnings(tc, answer_metric, logits[0, -1])
-        del logits
-        means = {(layer, head): cache[hook_name("z", layer)][0, :, head].mean(dim=0) for layer, head in head_list}
-        del cache
+        # Reference runs (every prompt and corrupted prompt, batched by length): metrics before, z to replace.
+        z_of: dict[int, dict[str, torch.Tensor]] = {}
+        before_values: dict[int, tuple[float, float | None]] = {}
+        warnings: list[str] = []
+        for group in _by_length(references):
+            reference_tokens = torch.cat([references[i].tokens for i in group], dim=0)
+            logits, cache = tc.bridge.run_with_cache(reference_tokens, names_filter=lambda name: name in wanted)
+            for row, i in enumerate(group):
+                first_metric = references[i].metric
+                if i == 0 and first_metric is not None:  # answer warnings for the (first) prompt
+                    warnings = metric_warnings(tc, first_metric, logits[row, -1])
+                value, prob = _measure(references[i], logits[row : row + 1])
+                before_values[i] = (float(value[0]), None if prob is None else float(prob[0]))
+                z_of[i] = {name: cache[name][row] for name in wanted}  # [pos, heads, d_head]
+            del logits, cache
+        sources = list(range(n_pairs, len(references)))
+        dataset_mean: dict[str, torch.Tensor] = {}
+        if mode == "corrupted_mean":
+            for name in wanted:
+                dataset_mean[name] = torch.cat([z_of[i][name] for i in sources], dim=0).mean(dim=0)
 
-        def replacement(layer: int, head: int) -> Any:
-            return 0.0 if mode == "zero" else means[(layer, head)]
+        def replacement(pair: int, layer: int, head: int) -> Any:
+            name = hook_name("z", layer)
+            if mode == "zero":
+                return 0.0
+            if mode == "mean":
+                return z_of[pair][name][:, head].mean(dim=0)
+            if mode == "corrupted_mean":
+                return dataset_mean[name][head]
+            return z_of[n_pairs + pair][name][:, head]  # resample: the pair's corrupted prompt
 
-        plan = plan_rows(
-            tc.limits,
-            tokens.device,
-            n_tokens,
-            sequence_bytes(tc.cfg, n_tokens, logits_tokens=n_tokens),
-            wanted=len(rows),
-            seconds_per_row=seconds_per_row(tc, n_tokens),
-        )
-
-        def run_batch(batch: Sequence[list[tuple[int, int]]]) -> tuple[torch.Tensor, torch.Tensor]:
-            batch_logits = tc.bridge.run_with_hooks(
-                tokens.expand(len(batch), -1), fwd_hooks=ablation_hooks(batch, replacement)
+        after: dict[tuple[int, int], tuple[float, float | None]] = {}
+        for group in _by_length(prompts):
+            n_tokens = int(prompts[group[0]].tokens.shape[-1])
+            rows = [(pair, s) for pair in group for s in range(len(sets))]
+            plan = plan_rows(
+                tc.limits,
+                prompts[group[0]].tokens.device,
+                n_tokens,
+                sequence_bytes(tc.cfg, n_tokens, logits_tokens=n_tokens),
+                wanted=len(rows),
+                seconds_per_row=seconds_per_row(tc, n_tokens),
             )
-            return measure(batch_logits)
 
-        metrics: list[float] = []
-        probs: list[float] = []
-        for _batch, (metric_values, prob_values) in iter_batched(
-            rows, run_batch, plan.rows, device=tokens.device, counter=counter
-        ):
-            metrics += metric_values.tolist()
-            probs += prob_values.tolist()
+            def run_batch(batch: Sequence[tuple[int, int]]) -> list[tuple[float, float | None]]:
+                tokens = torch.cat([prompts[pair].tokens for pair, _ in batch], dim=0)
+                keys = [pair for pair, _ in batch]
+                hooks = ablation_hooks([sets[s] for _, s in batch], replacement, keys)
+                batch_logits = tc.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+                out: list[tuple[float, float | None]] = []
+                for row, pair in enumerate(keys):
+                    value, prob = _measure(prompts[pair], batch_logits[row : row + 1])
+                    out.append((float(value[0]), None if prob is None else float(prob[0])))
+                return out
 
-    metric_before = float(before[0])
+            for batch, results in iter_batched(rows, run_batch, plan.rows, device=tc.cfg.device, counter=counter):
+                for key, result in zip(batch, results, strict=True):
+                    after[key] = result
+
+    before = [before_values[i][0] for i in range(n_pairs)]
+    joint = [after[(i, 0)][0] for i in range(n_pairs)]
+    effects = torch.tensor([a - b for a, b in zip(joint, before, strict=True)], dtype=torch.float64)
+    probs_before = [before_values[i][1] for i in range(n_pairs)]
+    probs_after = [after[(i, 0)][1] for i in range(n_pairs)]
     individual = None
     if individually:
-        individual = [
-            HeadEffect(layer=layer, head=head, metric=value, effect=value - metric_before)
-            for (layer, head), value in zip(head_list, metrics[1:], strict=True)
+        individual = []
+        for s, (layer, head) in enumerate(head_list, start=1):
+            values = torch.tensor([after[(i, s)][0] for i in range(n_pairs)], dtype=torch.float64)
+            head_effects = values - torch.tensor(before, dtype=torch.float64)
+            individual.append(
+                HeadEffect(
+                    layer=layer,
+                    head=head,
+                    metric=float(values.mean()),
+                    effect=float(head_effects.mean()),
+                    effect_std=float(head_effects.std(unbiased=False)) if n_pairs > 1 else None,
+                )
+            )
+        # Most damaging first: the most negative effect, or for the loss (higher = worse) the most positive.
+        individual.sort(key=lambda effect: -effect.effect if metric == "loss" else effect.effect)
+    stats = spread(effects[:, None])
+    pair_rows = None
+    if pairs is not None:
+        pair_rows = [
+            AblationPairResult(
+                index=i,
+                clean_metric=before[i],
+                corrupted_metric=before_values[n_pairs + i][0] if need_corrupted else None,
+                metric_after=joint[i],
+                effect=joint[i] - before[i],
+                tokens=token_strings(tc, prompts[i].tokens[0]),
+            )
+            for i in range(n_pairs)
         ]
-        individual.sort(key=lambda effect: effect.effect)
+    answer_text = prompts[0].metric.description if prompts[0].metric is not None else ""
+    metric_text = (
+        "mean next-token loss (nats) over positions " + _describe_positions(positions)
+        if metric == "loss"
+        else f"{answer_text if pairs is None else metric + ' of each pair' + chr(39) + 's answer'} at the last position"
+    )
+    meaning = (
+        "effect = metric_after - metric_before: for the loss, positive = the heads helped predict these tokens"
+        if metric == "loss"
+        else "effect = metric_after - metric_before: negative = the heads supported the answer"
+    ) + ("" if pairs is None else f"; means over {n_pairs} pairs")
     return AblateHeadsResult(
-        tokens=token_strings(tc, tokens[0]),
+        tokens=token_strings(tc, prompts[0].tokens[0]) if pairs is None else None,
         mode=mode,
-        metric=f"{answer_metric.description} at the last position",
+        metric=metric_text,
+        meaning=meaning,
         heads=head_list,
-        metric_before=metric_before,
-        metric_after=metrics[0],
-        effect=metrics[0] - metric_before,
-        prob_before=float(prob_before[0]),
-        prob_after=probs[0],
+        metric_before=sum(before) / n_pairs,
+        metric_after=sum(joint) / n_pairs,
+        effect=float(effects.mean()),
+        effect_spread=None
+        if pairs is None
+        else EffectSpread(std=float(stats.std[0]), min=float(stats.min[0]), max=float(stats.max[0])),
+        prob_before=None if probs_before[0] is None else sum(p or 0.0 for p in probs_before) / n_pairs,
+        prob_after=None if probs_after[0] is None else sum(p or 0.0 for p in probs_after) / n_pairs,
         individual=individual,
+        pairs=pair_rows,
+        cost=cost,
         warnings=warnings,
     )
+
+
+def _by_length(prompts: Sequence[_Prompt]) -> list[list[int]]:
+    groups: dict[int, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        groups.setdefault(int(prompt.tokens.shape[-1]), []).append(index)
+    return list(groups.values())
+
+
+def _loss_positions(positions: list[int] | None, n_tokens: int, where: str) -> list[int]:
+    if n_tokens < 2:
+        raise LensError(f"{where}prompt has a single token: the loss needs at least one predicted token.")
+    if positions is None:
+        return list(range(1, n_tokens))
+    resolved = resolve_positions(positions, n_tokens, "positions")
+    if 0 in resolved:
+        raise LensError(
+            "positions: 0 (BOS) is never predicted; the loss reads positions 1.. (the token at p predicted from "
+            "the tokens before it)."
+        )
+    return resolved
+
+
+def _describe_positions(positions: list[int] | None) -> str:
+    return "1.. (every token after BOS)" if positions is None else str(positions)

@@ -3,22 +3,42 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Annotated
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from lens_mcp.errors import LensError
-from lens_mcp.schemas.patching import Component, PatchCell, PatchSweepResult
+from lens_mcp.schemas.common import Cost
+from lens_mcp.schemas.patching import Component as Component  # re-exported: attribution_patch's components
+from lens_mcp.schemas.patching import (
+    PatchCell,
+    PatchPairMetrics,
+    PatchSweepResult,
+    SweepComponent,
+    SweepSpread,
+)
 from lens_mcp.tools.causal.patching_engine import Patch, PatchEngine, Readout, make_patch
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.metrics import AnswerMetric, MetricName, metric_warnings, resolve_metric
-from lens_mcp.tools.core.tokens import encode_pair, token_strings
-from lens_mcp.tools.core.validation import resolve_layers, resolve_positions
+from lens_mcp.tools.core.pairs import (
+    PairsArgument,
+    PromptPair,
+    encode_pairs,
+    pair_label,
+    positions_from_end,
+    resolve_pairs,
+    spread,
+)
+from lens_mcp.tools.core.tokens import token_strings
+from lens_mcp.tools.core.validation import check_int, resolve_layers, resolve_positions
 
+Direction = Literal["denoise", "noise"]
 COMPONENT_FAMILY = {
     "resid_pre": "resid_pre",
     "resid_mid": "resid_mid",
@@ -27,16 +47,37 @@ COMPONENT_FAMILY = {
     "mlp_out": "mlp_out",
     "heads": "z",
     "heads_by_pos": "z",
+    "q": "q",
+    "k": "k",
+    "v": "v",
+    "pattern": "pattern",
 }
+PER_HEAD = ("heads", "q", "k", "v", "pattern")
+"""Components that patch one head at every position (no position axis)."""
+AFTER_LAST_ATTENTION = ("resid_mid", "resid_post", "attn_out", "mlp_out", "heads_by_pos")
+"""Per-position components that, in the last layer, reach the last position only through that position."""
+DIRECTIONS = ("denoise", "noise")
 TOP_CELLS = 10
 
 
-def _check_component(tc: ToolContext, component: str) -> str:
-    if component not in COMPONENT_FAMILY:
-        raise LensError(f"component={component!r} is not one of {', '.join(COMPONENT_FAMILY)}.")
+OUTPUT_COMPONENTS: tuple[str, ...] = (
+    "resid_pre",
+    "resid_mid",
+    "resid_post",
+    "attn_out",
+    "mlp_out",
+    "heads",
+    "heads_by_pos",
+)
+"""The components other tools (attribution_patch) share with patch_sweep: outputs, not head inputs or patterns."""
+
+
+def _check_component(tc: ToolContext, component: str, components: Sequence[str] = OUTPUT_COMPONENTS) -> str:
+    if component not in components:
+        raise LensError(f"component={component!r} is not one of {', '.join(components)}.")
     family = COMPONENT_FAMILY[component]
     if hook_name(family, 0) not in tc.bridge.hook_dict:
-        available = [c for c, f in COMPONENT_FAMILY.items() if hook_name(f, 0) in tc.bridge.hook_dict]
+        available = [c for c in components if hook_name(COMPONENT_FAMILY[c], 0) in tc.bridge.hook_dict]
         raise LensError(
             f"component={component!r}: this model has no {hook_name(family, 0)} hook point "
             f"(e.g. an attention-only model has no MLP); use one of {', '.join(available)}."
@@ -44,14 +85,20 @@ def _check_component(tc: ToolContext, component: str) -> str:
     return family
 
 
+def n_kv_heads(tc: ToolContext) -> int:
+    """Key/value heads per layer (fewer than query heads under grouped-query attention)."""
+    return int(getattr(tc.cfg, "n_key_value_heads", None) or tc.cfg.n_heads)
+
+
 @dataclass
 class Sweep:
     """The raw outcome of a sweep (unrounded), for patch_sweep and for tests against TransformerLens."""
 
     values: torch.Tensor
-    """Patched metric per cell (not normalized), in the order of `cells`."""
+    """Patched metric per cell (not normalized), in the order of `cells`; a skipped or inert cell holds the
+    metric of the run patched into."""
     cells: list[tuple[int, int | None, int | None]]
-    """(layer, head, position) of each cell: layer-major, then head, then position."""
+    """(layer, head, position) of each cell: layer-major, then head, then position (absolute positions)."""
     clean_metric: float
     corrupted_metric: float
     layers: list[int]
@@ -60,33 +107,115 @@ class Sweep:
     tokens: torch.Tensor
     metric: AnswerMetric
     engine: PatchEngine
+    direction: str = "denoise"
+    skipped: list[bool] = field(default_factory=list)
+    """Per cell: the clean and corrupted activations are bitwise identical (patching cannot change anything)."""
+    inert: list[bool] = field(default_factory=list)
+    """Per cell: the patch cannot reach the metric by construction (last layer, an earlier position)."""
+
+    @property
+    def base_metric(self) -> float:
+        """The metric of the run patched into (corrupted when denoising, clean when noising)."""
+        return self.corrupted_metric if self.direction == "denoise" else self.clean_metric
+
+    @property
+    def source_metric(self) -> float:
+        return self.clean_metric if self.direction == "denoise" else self.corrupted_metric
 
 
-def run_sweep(
-    tc: ToolContext,
-    clean_prompt: str,
-    corrupted_prompt: str,
-    answer: str,
-    wrong_answer: str | None,
-    component: str = "resid_pre",
-    layers: list[int] | None = None,
-    positions: list[int] | None = None,
-    metric: str = "logit_diff",
-) -> Sweep:
-    """Validate the arguments and run every cell of the sweep; see patch_sweep."""
-    family = _check_component(tc, component)
-    tokens = encode_pair(tc, clean_prompt, corrupted_prompt, "clean_prompt", "corrupted_prompt")
-    answer_metric = resolve_metric(tc, answer, wrong_answer, metric, require_wrong=True)
-    n_layers, n_tokens, n_heads = int(tc.cfg.n_layers), int(tokens.shape[-1]), int(tc.cfg.n_heads)
-    layer_list = resolve_layers(layers, n_layers)
-    by_head = component in ("heads", "heads_by_pos")
-    if component == "heads" and positions is not None:
+@dataclass(frozen=True)
+class PairSpec:
+    """One prompt pair of a sweep."""
+
+    clean_prompt: str
+    corrupted_prompt: str
+    answer: str
+    wrong_answer: str | None
+
+
+def resolve_pairs_checked(tc: ToolContext, pairs: object, **arguments: Any) -> list[PromptPair]:
+    """core.pairs.resolve_pairs, with arguments of the wrong type (a direct call, not through the MCP schema)
+    reported as a LensError naming the argument instead of a raw validation error."""
+    for name in ("clean_prompt", "corrupted_prompt", "answer", "wrong_answer"):
+        value = arguments.get(name)
+        if value is not None and not isinstance(value, str):
+            shown = arguments.get("prompt_arg", name) if name == "clean_prompt" else name
+            raise LensError(f"{shown}: expected a string, got {value!r:.80}.")
+    if pairs is not None and not isinstance(pairs, (list, tuple)):
         raise LensError(
-            "positions= does not apply to component='heads' (it patches every position of a head); "
-            "use component='heads_by_pos' to patch one position at a time."
+            f"pairs: expected a list of {{clean_prompt, corrupted_prompt, answer, ...}} items, got {pairs!r:.80}."
         )
-    position_list = None if component == "heads" else resolve_positions(positions, n_tokens)
-    head_list = list(range(n_heads)) if by_head else None
+    try:
+        return resolve_pairs(tc, pairs, **arguments)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error.get("loc", ()))
+        raise LensError(
+            f"pairs: an item is invalid ({where}: {error.get('msg')}); each item is {{clean_prompt, "
+            "corrupted_prompt, answer, wrong_answer}} with string values."
+        ) from None
+
+
+def check_positions(positions: object) -> list[int] | None:
+    """positions as a list of integers (or None), checked before anything reads them."""
+    if positions is None:
+        return None
+    if not isinstance(positions, (list, tuple)):
+        raise LensError(
+            f"positions: expected a list of integers (e.g. positions=[0, -1]) or null for all, got {positions!r:.80}."
+        )
+    return [check_int(p, "positions") for p in positions]
+
+
+@dataclass
+class SweepPlan:
+    """A sweep's arguments, checked and resolved before any forward pass."""
+
+    encoded: list[torch.Tensor]
+    """Token ids per pair, [2, n] (clean, corrupted)."""
+    metrics: list[AnswerMetric]
+    layers: list[int]
+    heads: list[int] | None
+    positions: list[list[int] | None]
+    """Absolute positions per pair (None: a per-head component)."""
+    n_cells: int
+    """Cells per pair."""
+
+
+def plan_sweep(
+    tc: ToolContext,
+    pairs: Sequence[PairSpec | PromptPair],
+    component: str,
+    layers: list[int] | None,
+    positions: list[int] | None,
+    metric: str,
+) -> SweepPlan:
+    """Check every argument and count the cells (refusing a sweep over max_sweep_cells), without running.
+    Pairs may differ in length only for per-head components or positions counted from the end."""
+    _check_component(tc, component, tuple(COMPONENT_FAMILY))
+    if component in PER_HEAD and positions is not None:
+        raise LensError(
+            f"positions= does not apply to component={component!r} (it patches every position of a head); "
+            "use component='heads_by_pos' to patch one head output at one position at a time."
+        )
+    items = [p if isinstance(p, PromptPair) else PromptPair(**vars(p)) for p in pairs]
+    positions = check_positions(positions)
+    fixed = component not in PER_HEAD and not positions_from_end(positions)
+    encoded = encode_pairs(tc, items, fixed_positions=fixed)
+    metrics = []
+    for index, pair in enumerate(items):
+        try:
+            metrics.append(resolve_metric(tc, pair.answer or "", pair.wrong_answer, metric, require_wrong=True))
+        except LensError as exc:
+            raise LensError(f"{pair_label(index, len(items))}{exc}") from None
+    n_layers, n_heads = int(tc.cfg.n_layers), int(tc.cfg.n_heads)
+    layer_list = resolve_layers(layers, n_layers)
+    position_lists: list[list[int] | None] = [None] * len(items)
+    if component not in PER_HEAD:
+        position_lists = [resolve_positions(positions, int(t.shape[-1])) for t in encoded]
+    head_count = n_kv_heads(tc) if component in ("k", "v") else n_heads
+    head_list = list(range(head_count)) if component in (*PER_HEAD, "heads_by_pos") else None
+    position_list = position_lists[0]
     n_cells = len(layer_list) * (len(head_list) if head_list else 1) * (len(position_list) if position_list else 1)
     if n_cells > tc.limits.max_sweep_cells:
         shape = " x ".join(
@@ -99,63 +228,340 @@ def run_sweep(
             f"{tc.limits.max_sweep_cells} (LENS_MCP_MAX_SWEEP_CELLS); narrow it with layers=[...] "
             "and/or positions=[...]."
         )
+    return SweepPlan(encoded, metrics, layer_list, head_list, position_lists, n_cells)
 
-    hooks = {layer: hook_name(family, layer) for layer in layer_list}
-    readout = Readout(tc, answer_metric)
-    counter = ProgressCounter(tc.progress, total=n_cells, unit="cells patched")
-    with torch.no_grad():
-        engine = PatchEngine(tc, tokens, readout, list(hooks.values()))
-        engine.prepare()
-        tc.progress(0, n_cells, "clean and corrupted runs done")
 
-        cells: list[tuple[int, int | None, int | None]] = []  # (layer, head, position)
-        patches: list[Patch] = []
-        for layer in layer_list:
-            hook = hooks[layer]
-            for head in head_list or [None]:
-                for position in position_list or [None]:
-                    cells.append((layer, head, position))
-                    patches.append(
-                        make_patch(layer, hook, engine.clean_cache[hook], engine.cache[hook], position, head)
-                    )
-        values = engine.run(patches, counter)
-    return Sweep(
-        values,
-        cells,
-        engine.clean_value,
-        engine.metric_value,
-        layer_list,
-        head_list,
-        position_list,
-        tokens,
-        answer_metric,
-        engine,
+NARROW = "pass fewer layers=[...] or positions=[...], use a per-head component, or pass fewer pairs"
+
+
+def sweep_cost(tc: ToolContext, plan: SweepPlan) -> Cost:
+    """The sweep's cost before any forward pass: one patched row per cell and pair, each from its layer on,
+    plus the clean and corrupted runs; the result's characters (mean and spread grids with several pairs)."""
+    n_pairs, n_layers = len(plan.encoded), int(tc.cfg.n_layers)
+    tokens = max(int(t.shape[-1]) for t in plan.encoded)
+    per_layer = plan.n_cells // max(1, len(plan.layers))
+    patched = plan.n_cells * n_pairs
+    layer_rows = sum((n_layers - layer) * per_layer * n_pairs for layer in plan.layers) + 2 * n_pairs * n_layers
+    rows = patched + 2 * n_pairs
+    work = Work(
+        rows=rows,
+        tokens_per_row=tokens,
+        layer_fraction=layer_rows / rows / n_layers,
+        cells=patched,
+        result_chars=grid_chars(plan.n_cells * (4 if n_pairs > 1 else 1), 1500 + 24 * tokens * n_pairs),
     )
+    return estimate(tc, work)
+
+
+def run_sweeps(
+    tc: ToolContext,
+    pairs: Sequence[PairSpec | PromptPair],
+    component: str = "resid_pre",
+    layers: list[int] | None = None,
+    positions: list[int] | None = None,
+    metric: str = "logit_diff",
+    direction: str = "denoise",
+    *,
+    plan: SweepPlan | None = None,
+) -> list[Sweep]:
+    """Validate the arguments and run every cell of the sweep for each pair, rows of all pairs of one length
+    batched together in one engine. Positions are resolved per pair (negative ones count from each pair's end);
+    pairs of different lengths need negative positions, or a per-head component."""
+    family = _check_component(tc, component, tuple(COMPONENT_FAMILY))
+    if direction not in DIRECTIONS:
+        raise LensError(f"direction={direction!r} is not one of {', '.join(DIRECTIONS)}.")
+    spec = plan or plan_sweep(tc, pairs, component, layers, positions, metric)
+    encoded, metrics, layer_list = spec.encoded, spec.metrics, spec.layers
+    position_lists, head_list, n_cells = spec.positions, spec.heads, spec.n_cells
+    n_layers = int(tc.cfg.n_layers)
+    lengths = [int(t.shape[-1]) for t in encoded]
+    hooks = {layer: hook_name(family, layer) for layer in layer_list}
+    head_axis = 1 if component == "pattern" else 2
+    head_axis_values: list[int | None] = list(head_list) if head_list is not None else [None]
+    last_layer = n_layers - 1
+    total = n_cells * len(pairs)
+    counter = ProgressCounter(tc.progress, total=total, unit="cells patched")
+    by_length: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        by_length.setdefault(n, []).append(i)
+    sweeps: list[Sweep | None] = [None] * len(pairs)
+    with torch.no_grad():
+        for n_tokens, members in by_length.items():
+            ordered = [
+                encoded[i] if direction == "denoise" else encoded[i].flip(0) for i in members
+            ]  # row 0 of each pair is read from, row 1 is patched into
+            readouts = [Readout(tc, metrics[i]) for i in members]
+            engine = PatchEngine(tc, torch.cat(ordered, dim=0), readouts, list(hooks.values()))
+            engine.prepare()
+            for hook in hooks.values():
+                shape = engine.cache[hook].shape
+                if head_list is not None and shape[head_axis] != len(head_list):
+                    raise LensError(
+                        f"component={component!r}: {hook} has {shape[head_axis]} heads on this model, expected "
+                        f"{len(head_list)}; this architecture is not supported for this component."
+                    )
+            if counter.done == 0:
+                tc.progress(0, total, "clean and corrupted runs done")
+            patches: list[Patch] = []
+            per_pair: list[tuple[list, list[bool]]] = []
+            for slot, i in enumerate(members):
+                cells: list[tuple[int, int | None, int | None]] = []
+                inert: list[bool] = []
+                for layer in layer_list:
+                    hook = hooks[layer]
+                    source, base = engine.clean_cache[hook][slot : slot + 1], engine.cache[hook][slot : slot + 1]
+                    for head in head_axis_values:
+                        for position in position_lists[i] or [None]:
+                            cells.append((layer, head, position))
+                            dead = (
+                                component in AFTER_LAST_ATTENTION
+                                and layer == last_layer
+                                and position is not None
+                                and position != n_tokens - 1
+                            )
+                            inert.append(dead)
+                            patch = make_patch(
+                                layer, hook, source, base, position, head, head_axis=head_axis, pair=slot
+                            )
+                            if dead:
+                                patch = replace(patch, first_diff=None)
+                            patches.append(patch)
+                per_pair.append((cells, inert))
+            values = engine.run(patches, counter)
+            skipped_all = [p.first_diff is None for p in patches]
+            for slot, i in enumerate(members):
+                cells, inert = per_pair[slot]
+                part = slice(slot * len(cells), (slot + 1) * len(cells))
+                source_value, base_value = engine.clean_values[slot], engine.metric_values[slot]
+                clean_value, corrupted_value = (
+                    (source_value, base_value) if direction == "denoise" else (base_value, source_value)
+                )
+                sweeps[i] = Sweep(
+                    values[part].clone(),
+                    cells,
+                    clean_value,
+                    corrupted_value,
+                    layer_list,
+                    head_list,
+                    position_lists[i],
+                    encoded[i],
+                    metrics[i],
+                    engine,
+                    direction,
+                    [s and not d for s, d in zip(skipped_all[part], inert, strict=True)],
+                    inert,
+                )
+    return [s for s in sweeps if s is not None]
+
+
+def run_sweep(
+    tc: ToolContext,
+    clean_prompt: str,
+    corrupted_prompt: str,
+    answer: str,
+    wrong_answer: str | None,
+    component: str = "resid_pre",
+    layers: list[int] | None = None,
+    positions: list[int] | None = None,
+    metric: str = "logit_diff",
+    direction: str = "denoise",
+) -> Sweep:
+    """Validate the arguments and run every cell of the sweep on one pair; see patch_sweep."""
+    pair = PairSpec(clean_prompt, corrupted_prompt, answer, wrong_answer)
+    return run_sweeps(tc, [pair], component, layers, positions, metric, direction)[0]
+
+
+def _meaning(direction: str, normalized: bool, metric: str) -> str:
+    if not normalized:
+        return f"each cell is the raw metric ({metric}) with that one activation patched"
+    if direction == "denoise":
+        return (
+            "(patched - corrupted) / (clean - corrupted): 1 = this clean activation alone restores the clean "
+            "behaviour in the corrupted run, 0 = no effect, negative = pushes further toward the corrupted answer"
+        )
+    return (
+        "(clean - patched) / (clean - corrupted): 1 = this corrupted activation alone fully breaks the clean "
+        "behaviour in the clean run, 0 = no effect, negative = strengthens the clean answer"
+    )
+
+
+def _shape_grid(flat: list[float | None], n_layers: int, n_heads: int | None, n_pos: int | None) -> list:
+    if n_heads is not None and n_pos is not None:
+        return [
+            [flat[(i * n_heads + h) * n_pos : (i * n_heads + h + 1) * n_pos] for h in range(n_heads)]
+            for i in range(n_layers)
+        ]
+    width = n_heads if n_heads is not None else n_pos or 1
+    return [flat[i * width : (i + 1) * width] for i in range(n_layers)]
+
+
+def summarize_sweeps(
+    tc: ToolContext,
+    sweeps: list[Sweep],
+    component: str,
+    normalize: bool,
+    positions: list[int] | None,
+    started: float,
+) -> PatchSweepResult:
+    """The result of patch_sweep from the raw sweeps of one or more pairs: per pair normalized (if asked and
+    possible), then averaged cell by cell; skipped cells (identical activations in every pair) are null."""
+    first = sweeps[0]
+    direction, metric_text = first.direction, f"{first.metric.description} at the last position"
+    notes: list[str] = []
+    for note in (n for s in sweeps for n in s.engine.stats.notes):
+        if note not in notes:
+            notes.append(note)
+    spans = [s.source_metric - s.base_metric for s in sweeps]
+    do_normalize = normalize
+    flat_spans = [i for i, span in enumerate(spans) if abs(span) < 1e-6]
+    if normalize and flat_spans:
+        do_normalize = False
+        which = "" if len(sweeps) == 1 else f" (pairs[{flat_spans[0]}])"
+        notes.append(
+            f"clean and corrupted metrics are equal{which}, so the grid cannot be normalized: raw metric shown"
+        )
+    rows = []
+    for sweep, span in zip(sweeps, spans, strict=True):
+        values = sweep.values.double()
+        rows.append((values - sweep.base_metric) / span if do_normalize else values)
+    stacked = torch.stack(rows)  # [pairs, cells]
+    mean = stacked.mean(dim=0)
+    skipped = [all(s.skipped[c] for s in sweeps) for c in range(len(first.cells))]
+    inert = [all(s.inert[c] for s in sweeps) for c in range(len(first.cells))]
+    flat: list[float | None] = [None if skip else float(v) for v, skip in zip(mean.tolist(), skipped, strict=True)]
+    if do_normalize:
+        flat = [0.0 if dead else v for v, dead in zip(flat, inert, strict=True)]
+    n_skipped = sum(skipped)
+    if n_skipped:
+        notes.append(
+            f"skipped: {n_skipped} cells are null: the clean and corrupted activations there are bitwise identical "
+            f"{'in every pair ' if len(sweeps) > 1 else ''}(e.g. BOS, shared prefix), so patching cannot change "
+            "anything"
+        )
+    if any(inert):
+        notes.append(
+            "cells in the last layer at positions before the last cannot reach the metric (read at the last "
+            "position): they are exactly 0 (not computed)"
+        )
+    layer_list, head_list = first.layers, first.heads
+    n_heads = len(head_list) if head_list is not None else None
+    pos_axis: list[int] | None = None
+    if first.positions is not None:
+        same_length = len({int(s.tokens.shape[-1]) for s in sweeps}) == 1
+        pos_axis = first.positions if same_length else list(positions or [])
+    n_pos = len(pos_axis) if pos_axis is not None else None
+    grid = _shape_grid(flat, len(layer_list), n_heads, n_pos)
+    head_name = "kv_head" if component in ("k", "v") and n_kv_heads(tc) != int(tc.cfg.n_heads) else "head"
+    axes = ["layer"] + ([head_name] if head_list is not None else []) + (["position"] if pos_axis is not None else [])
+    if head_name == "kv_head":
+        notes.append(
+            f"grouped-query attention: each {component} cell patches one key/value head, shared by "
+            f"{int(tc.cfg.n_heads) // n_kv_heads(tc)} query heads ({n_kv_heads(tc)} key/value heads per layer)"
+        )
+    cell_spread = None
+    if len(sweeps) > 1:
+        stats = spread(stacked)
+
+        def shaped(values: torch.Tensor) -> list:
+            flat_values = [None if skip else float(v) for v, skip in zip(values.tolist(), skipped, strict=True)]
+            return _shape_grid(flat_values, len(layer_list), n_heads, n_pos)
+
+        cell_spread = SweepSpread(
+            n_pairs=len(sweeps), std=shaped(stats.std), min=shaped(stats.min), max=shaped(stats.max)
+        )
+
+    single = len(sweeps) == 1
+    token_lists = [(token_strings(tc, s.tokens[0]), token_strings(tc, s.tokens[1])) for s in sweeps]
+    order = sorted((i for i, v in enumerate(flat) if v is not None), key=lambda i: abs(flat[i] or 0.0), reverse=True)[
+        :TOP_CELLS
+    ]
+    top = []
+    for i in order:
+        layer, head, position = first.cells[i]
+        shown_position = position if pos_axis is None or position is None else pos_axis[i % len(pos_axis)]
+        top.append(
+            PatchCell(
+                layer=layer,
+                head=head,
+                position=shown_position,
+                value=flat[i] or 0.0,
+                clean_token=token_lists[0][0][position] if single and position is not None else None,
+                corrupted_token=token_lists[0][1][position] if single and position is not None else None,
+            )
+        )
+    pair_rows = None
+    if not single:
+        pair_rows = [
+            PatchPairMetrics(
+                index=index,
+                clean_metric=s.clean_metric,
+                corrupted_metric=s.corrupted_metric,
+                clean_tokens=clean,
+                corrupted_tokens=corrupted,
+            )
+            for index, (s, (clean, corrupted)) in enumerate(zip(sweeps, token_lists, strict=True))
+        ]
+    engines = list({id(s.engine): s.engine for s in sweeps}.values())
+    return PatchSweepResult(
+        component=component,
+        direction=direction,  # type: ignore[arg-type]
+        metric=metric_text if single else f"{first.metric.name} of each pair's answer(s) at the last position",
+        normalized=do_normalize,
+        meaning=_meaning(direction, do_normalize, metric_text if single else first.metric.name)
+        + ("" if single else f"; mean over {len(sweeps)} pairs, each normalized on its own"),
+        clean_tokens=token_lists[0][0] if single else None,
+        corrupted_tokens=token_lists[0][1] if single else None,
+        clean_metric=sum(s.clean_metric for s in sweeps) / len(sweeps),
+        corrupted_metric=sum(s.corrupted_metric for s in sweeps) / len(sweeps),
+        axes=axes,
+        layers=layer_list,
+        positions=pos_axis,
+        heads=head_list,
+        grid=grid,
+        spread=cell_spread,
+        pairs=pair_rows,
+        top_cells=top,
+        n_cells=len(first.cells),
+        forward_passes=sum(e.stats.forward_passes for e in engines),
+        skipped_cells=n_skipped,
+        method=engines[0].stats.method,
+        seconds=time.perf_counter() - started,
+        notes=notes,
+        warnings=_warnings(tc, first),
+    )
+
+
+def _warnings(tc: ToolContext, sweep: Sweep) -> list[str]:
+    """Answer warnings for the first pair: the answer read at its clean prompt, the wrong answer at its corrupted
+    prompt (the engine's rows are swapped when noising)."""
+    last = sweep.engine.last_logits
+    clean, corrupted = (last[0], last[1]) if sweep.direction == "denoise" else (last[1], last[0])
+    return metric_warnings(tc, sweep.metric, clean, corrupted)
 
 
 def patch_sweep(
     tc: ToolContext,
     clean_prompt: Annotated[
-        str, Field(description="Prompt whose activations are patched in, e.g. 'The Eiffel Tower is in the city of'")
-    ],
+        str | None,
+        Field(description="The clean prompt, e.g. 'The Eiffel Tower is in the city of' (or pass pairs)"),
+    ] = None,
     corrupted_prompt: Annotated[
-        str,
+        str | None,
         Field(
-            description="Prompt that receives them; must tokenize to the same "
-            "length, e.g. 'The Colosseum is in the city of'"
+            description="The corrupted prompt; must tokenize to the same length, e.g. 'The Colosseum is in the city of'"
         ),
-    ],
-    answer: Annotated[str, Field(description="The clean prompt's answer, one token (e.g. ' Paris')")],
+    ] = None,
+    answer: Annotated[str | None, Field(description="The clean prompt's answer, one token (e.g. ' Paris')")] = None,
     wrong_answer: Annotated[
         str | None,
         Field(description="The corrupted prompt's answer, one token (e.g. ' Rome'); needed for metric='logit_diff'"),
     ] = None,
     component: Annotated[
-        Component,
+        SweepComponent,
         Field(
-            description="What to patch: resid_pre/resid_mid/resid_post/attn_out/"
-            "mlp_out (layer x position grid), heads (each head's z at "
-            "all positions: layer x head), heads_by_pos (layer x head x "
+            description="What to patch: resid_pre/resid_mid/resid_post/attn_out/mlp_out (layer x position grid); "
+            "per head at all positions (layer x head): heads (output z), q, k, v (inputs; k/v per key/value "
+            "head under grouped-query attention), pattern (attention weights); heads_by_pos (layer x head x "
             "position)"
         ),
     ] = "resid_pre",
@@ -164,7 +570,7 @@ def patch_sweep(
     ] = None,
     positions: Annotated[
         list[int] | None,
-        Field(description="Positions to sweep (null: all; BOS is 0, -1 the last); not used by component='heads'"),
+        Field(description="Positions to sweep (null: all; BOS is 0, -1 the last); not used by per-head components"),
     ] = None,
     metric: Annotated[
         MetricName,
@@ -176,84 +582,68 @@ def patch_sweep(
     normalize: Annotated[
         bool,
         Field(
-            description="Report (patched - corrupted) / (clean - corrupted): 0 = no "
-            "effect, 1 = clean behaviour fully restored"
+            description="Normalize so 0 = no effect and 1 = the full clean-vs-corrupted difference (restored "
+            "when denoising, destroyed when noising)"
         ),
     ] = True,
+    direction: Annotated[
+        Direction,
+        Field(
+            description="denoise: clean activation into the corrupted run (1 = restores the clean behaviour); "
+            "noise: corrupted activation into the clean run (1 = fully breaks it)"
+        ),
+    ] = "denoise",
+    pairs: PairsArgument = None,
+    dry_run: Annotated[
+        bool, Field(description="Only estimate the cost (cells, passes, seconds, result size); compute nothing")
+    ] = False,
 ) -> PatchSweepResult:
-    """Activation patching: run the corrupted prompt with ONE activation at a time restored from the clean
-    run and measure how much of the clean behaviour each restores. Grid: normalized (0 = no effect, 1 = full
-    restoration, negative = pushes further toward the corrupted answer) or the raw metric; the clean and
-    corrupted metrics are always reported. Components: resid_pre/resid_mid/resid_post/attn_out/mlp_out give a
-    layer x position grid; heads patches each head's output z at all positions (layer x head); heads_by_pos
-    gives layer x head x position (narrow it with layers=/positions=). Prompts must tokenize to the same
-    length (call tokenize). Exact (equals TransformerLens's patching functions) and batched: far faster than
-    one forward pass per cell. Progress is reported per batch; the call can be cancelled. Next: zoom in with
-    heads_by_pos on the layers that matter, or ablate_heads on the top heads."""
+    """Activation patching: run one prompt with ONE activation at a time taken from the other prompt and
+    measure the change. direction='denoise' (default) patches clean into corrupted (1 = restores the clean
+    behaviour: the activation is sufficient); 'noise' patches corrupted into clean (1 = fully breaks it: the
+    activation is necessary). 0 = no effect. normalize=false gives the raw metric; clean and corrupted metrics
+    are always reported. Components: resid_pre/resid_mid/resid_post/attn_out/mlp_out give a layer x position
+    grid; heads (output z), q, k, v, pattern patch one head at all positions (layer x head; k and v per
+    key/value head under grouped-query attention); heads_by_pos gives layer x head x position (narrow it with
+    layers=/positions=). Null cells: clean and corrupted activations are identical there (nothing to patch).
+    Prompts must tokenize to the same length (call tokenize). pairs=[{clean_prompt, corrupted_prompt, answer,
+    wrong_answer}, ...]: a dataset, each pair normalized then averaged per cell, with the spread and per-pair
+    metrics (pairs may differ in length only with negative positions or per-head components). The cost is
+    estimated first: over a cap the call is refused at once; dry_run=true returns only the estimate. Exact
+    (equals TransformerLens's patching functions) and batched, rows of all pairs together. Progress is reported
+    per batch; the call can be cancelled. Next: heads_by_pos on the layers that matter, or ablate_heads."""
     started = time.perf_counter()
-    sweep = run_sweep(tc, clean_prompt, corrupted_prompt, answer, wrong_answer, component, layers, positions, metric)
-    values, engine, cells = sweep.values, sweep.engine, sweep.cells
-    clean_value, corrupted_value = sweep.clean_metric, sweep.corrupted_metric
-    layer_list, head_list, position_list = sweep.layers, sweep.heads, sweep.positions
-    n_heads, n_cells, tokens, answer_metric = int(tc.cfg.n_heads), len(cells), sweep.tokens, sweep.metric
-    notes = list(engine.stats.notes)
-    span = clean_value - corrupted_value
-    do_normalize = normalize
-    if normalize and abs(span) < 1e-6:
-        do_normalize = False
-        notes.append("clean and corrupted metrics are equal, so the grid cannot be normalized: raw metric shown")
-    shown = (values - corrupted_value) / span if do_normalize else values
-
-    flat = shown.tolist()
-    if component == "heads":
-        axes, grid = ["layer", "head"], [flat[i * n_heads : (i + 1) * n_heads] for i in range(len(layer_list))]
-    elif component == "heads_by_pos":
-        assert position_list is not None
-        n_pos = len(position_list)
-        axes = ["layer", "head", "position"]
-        grid = [
-            [flat[(i * n_heads + h) * n_pos : (i * n_heads + h + 1) * n_pos] for h in range(n_heads)]
-            for i in range(len(layer_list))
-        ]
-    else:
-        assert position_list is not None
-        n_pos = len(position_list)
-        axes, grid = ["layer", "position"], [flat[i * n_pos : (i + 1) * n_pos] for i in range(len(layer_list))]
-
-    clean_strings, corrupted_strings = token_strings(tc, tokens[0]), token_strings(tc, tokens[1])
-    order = sorted(range(len(cells)), key=lambda i: abs(flat[i]), reverse=True)[:TOP_CELLS]
-    top = []
-    for i in order:
-        layer, head, position = cells[i]
-        top.append(
-            PatchCell(
-                layer=layer,
-                head=head,
-                position=position,
-                value=flat[i],
-                clean_token=None if position is None else clean_strings[position],
-                corrupted_token=None if position is None else corrupted_strings[position],
-            )
+    if direction not in DIRECTIONS:
+        raise LensError(f"direction={direction!r} is not one of {', '.join(DIRECTIONS)}.")
+    if pairs is None and clean_prompt is not None and answer is None:
+        raise LensError(
+            "answer is required: pass answer (the clean prompt's answer, one token, e.g. ' Paris'), or a dataset "
+            "as pairs=[...]."
         )
-    return PatchSweepResult(
-        component=component,
-        metric=f"{answer_metric.description} at the last position",
-        normalized=do_normalize,
-        clean_tokens=clean_strings,
-        corrupted_tokens=corrupted_strings,
-        clean_metric=clean_value,
-        corrupted_metric=corrupted_value,
-        axes=axes,
-        layers=layer_list,
-        positions=position_list,
-        heads=head_list,
-        grid=grid,
-        top_cells=top,
-        n_cells=n_cells,
-        forward_passes=engine.stats.forward_passes,
-        skipped_cells=engine.stats.skipped,
-        method=engine.stats.method,
-        seconds=time.perf_counter() - started,
-        notes=notes,
-        warnings=metric_warnings(tc, answer_metric, engine.last_logits[0], engine.last_logits[1]),
+    items = resolve_pairs_checked(
+        tc,
+        pairs,
+        clean_prompt=clean_prompt,
+        corrupted_prompt=corrupted_prompt,
+        answer=answer,
+        wrong_answer=wrong_answer,
     )
+    plan = plan_sweep(tc, items, component, layers, positions, metric)
+    cost = sweep_cost(tc, plan)
+    if dry_run:
+        return PatchSweepResult(
+            component=component,
+            direction=direction,
+            metric=metric,
+            normalized=normalize,
+            meaning="dry run: nothing computed; `cost` is the estimate for this call",
+            n_cells=plan.n_cells,
+            cost=cost,
+            dry_run=True,
+            seconds=time.perf_counter() - started,
+        )
+    enforce(tc, cost, NARROW)
+    sweeps = run_sweeps(tc, items, component, layers, positions, metric, direction, plan=plan)
+    result = summarize_sweeps(tc, sweeps, component, normalize, positions, started)
+    result.cost = cost
+    return result

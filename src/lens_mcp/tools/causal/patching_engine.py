@@ -31,7 +31,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -71,13 +71,24 @@ class EngineMismatch(RuntimeError):
     """The driven blocks did not reproduce the model's forward pass; use the hooked path instead."""
 
 
+class Edit(Protocol):
+    """One change a patched row makes at one hook point (a Patch is one)."""
+
+    @property
+    def hook(self) -> str: ...
+
+    def apply(self, act: torch.Tensor, row: int, offset: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class Patch:
     """Write `value` (a clean activation) into the hook point `hook` of block `layer`.
 
     `position` is an absolute position, or None for every position (value then has the position axis
-    first); `head` indexes the head axis of per-head hook points (z). `first_diff` is the first position at
-    which `value` differs from the corrupted activation (None: the patch changes nothing)."""
+    first); `head` indexes the head axis of per-head hook points: axis 2 of [batch, pos, head, ...] (q, k, v,
+    z), or axis 1 of an attention pattern [batch, head, query, key] (`head_axis=1`; its position axis is the
+    query axis). `first_diff` is the first position at which `value` differs from the corrupted activation
+    (None: the patch changes nothing). `pair` is the prompt pair (engine row of pairs) the patch belongs to."""
 
     layer: int
     hook: str
@@ -85,15 +96,41 @@ class Patch:
     head: int | None
     value: torch.Tensor
     first_diff: int | None
+    head_axis: int = 2
+    pair: int = 0
+    add: bool = False
+    """Add `value` to the activation instead of writing it (path patching adds a sender's clean-minus-corrupted
+    write to a receiver's input)."""
+    also: tuple[Edit, ...] = ()
+    """Further edits made in the same row (at other hook points or heads); `layer` and `first_diff` must then
+    be the earliest over all of them."""
+
+    def edits(self) -> tuple[Edit, ...]:
+        """Every edit this row makes, each applied at its own `hook` (a Patch whose `hook` is empty only carries
+        `also`)."""
+        return (self, *self.also) if self.hook else self.also
 
     def apply(self, act: torch.Tensor, row: int, offset: int) -> None:
         """Write into row `row` of an activation [batch, pos, ...] that starts at absolute position `offset`."""
-        if self.position is None:
+        if self.head is not None and self.head_axis == 1:
+            target = act[row, self.head]  # [query, key]: queries from `offset` on
+            if self.position is None:
+                target.copy_(self.value[offset : offset + target.shape[0]])
+            else:
+                target[self.position - offset] = self.value
+        elif self.position is None:
             target = act[row, :, self.head] if self.head is not None else act[row]
-            target.copy_(self.value[offset : offset + target.shape[0]])
+            value = self.value[offset : offset + target.shape[0]]
+            if self.add:
+                target.add_(value)
+            else:
+                target.copy_(value)
         else:
             index = (row, self.position - offset) if self.head is None else (row, self.position - offset, self.head)
-            act[index] = self.value
+            if self.add:
+                act[index] += self.value
+            else:
+                act[index] = self.value
 
 
 def first_difference(clean: torch.Tensor, corrupted: torch.Tensor) -> int | None:
@@ -106,18 +143,27 @@ def first_difference(clean: torch.Tensor, corrupted: torch.Tensor) -> int | None
 
 
 def make_patch(
-    layer: int, hook: str, clean_act: torch.Tensor, corrupted_act: torch.Tensor, position: int | None, head: int | None
+    layer: int,
+    hook: str,
+    clean_act: torch.Tensor,
+    corrupted_act: torch.Tensor,
+    position: int | None,
+    head: int | None,
+    *,
+    head_axis: int = 2,
+    pair: int = 0,
 ) -> Patch:
-    """A patch from the clean and corrupted activations at `hook` (shape [1, pos, ...], batch removed here)."""
+    """A patch from the clean and corrupted activations at `hook` (shape [1, pos, ...], batch removed here;
+    for an attention pattern [1, head, query, key] with head_axis=1)."""
     clean, corrupted = clean_act[0], corrupted_act[0]
     if head is not None:
-        clean, corrupted = clean[:, head], corrupted[:, head]
+        clean, corrupted = clean.select(head_axis - 1, head), corrupted.select(head_axis - 1, head)
     if position is None:
         value, first = clean, first_difference(clean, corrupted)
     else:
         value = clean[position]
         first = None if torch.equal(value, corrupted[position]) else position
-    return Patch(layer, hook, position, head, value, first)
+    return Patch(layer, hook, position, head, value, first, head_axis, pair)
 
 
 class Readout:
@@ -152,6 +198,8 @@ class _PrefixKV:
         self.values: dict[int, torch.Tensor] = {}
         self.recording = True
         self.prefix = 0
+        self.rows: torch.Tensor | None = None
+        """The pair of each batch row (indexes the recorded runs); None: every row is pair 0."""
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
         if self.recording:
@@ -163,18 +211,32 @@ class _PrefixKV:
         past_key = self.keys[int(layer_idx)][..., : self.prefix, :]
         past_value = self.values[int(layer_idx)][..., : self.prefix, :]
         batch = key.shape[0]
-        past_key = past_key.expand(batch, *past_key.shape[1:])
-        past_value = past_value.expand(batch, *past_value.shape[1:])
+        if self.rows is not None and past_key.shape[0] > 1:
+            past_key, past_value = past_key[self.rows], past_value[self.rows]
+        else:
+            past_key = past_key[:1].expand(batch, *past_key.shape[1:])
+            past_value = past_value[:1].expand(batch, *past_value.shape[1:])
         return torch.cat([past_key, key], dim=-2), torch.cat([past_value, value], dim=-2)
 
 
-def _corrupted_row(value: Any) -> Any:
-    """A block argument captured on the [clean, corrupted] batch, cut to the corrupted row where it has a
-    batch axis of 2 (masks and rotary embeddings are usually shared, with a batch axis of 1)."""
+class _RowsDiffer(Exception):
+    """A block argument differs between the prompts of a multi-pair batch (it cannot be shared)."""
+
+
+def _corrupted_row(value: Any, batch: int = 2) -> Any:
+    """A block argument captured on the [clean, corrupted] batch (or [clean, corrupted] x pairs), cut to the
+    corrupted row where it has a batch axis of `batch` (masks and rotary embeddings are usually shared, with a
+    batch axis of 1). With several pairs the rows must all be equal (no padding: they are), else _RowsDiffer."""
     if isinstance(value, torch.Tensor):
-        return value[1:2] if value.ndim >= 2 and value.shape[0] == 2 else value
+        if value.ndim >= 2 and value.shape[0] == batch:
+            if batch == 2:
+                return value[1:2]
+            if not bool((value == value[:1]).all()):
+                raise _RowsDiffer
+            return value[1:2]
+        return value
     if isinstance(value, tuple):
-        return tuple(_corrupted_row(item) for item in value)
+        return tuple(_corrupted_row(item, batch) for item in value)
     return value
 
 
@@ -200,16 +262,33 @@ class EngineStats:
 
 
 class PatchEngine:
-    """Runs patched copies of `tokens` (the corrupted prompt, shape [1, n]) and returns the metric of each."""
+    """Runs patched copies of `tokens` (the corrupted prompt, shape [1, n]) and returns the metric of each.
 
-    def __init__(self, tc: ToolContext, pair: torch.Tensor, readout: Readout, cache_hooks: Sequence[str]):
-        """`pair`: token ids [2, n], the clean prompt then the corrupted one; `cache_hooks`: the hook points
-        patches will read (clean) and compare (corrupted)."""
+    Several prompt pairs of one length can share an engine: `pair` is then [2 * n_pairs, n] (clean_0,
+    corrupted_0, clean_1, corrupted_1, ...), `readout` one Readout per pair, and each Patch names its `pair`;
+    rows of different pairs share batches. "clean" is the run patches read from and "corrupted" the run they
+    write into: a caller that noises (corrupted into clean) passes each pair swapped."""
+
+    def __init__(
+        self,
+        tc: ToolContext,
+        pair: torch.Tensor,
+        readout: Readout | Sequence[Readout],
+        cache_hooks: Sequence[str],
+    ):
+        """`pair`: token ids [2, n], the clean prompt then the corrupted one (or [2 * n_pairs, n]);
+        `cache_hooks`: the hook points patches will read (clean) and compare (corrupted)."""
         self.tc = tc
         self.bridge = tc.bridge
         self.pair = pair
+        self.n_pairs = int(pair.shape[0]) // 2
         self.tokens = pair[1:2]
-        self.readout = readout
+        self.bases = pair[1::2]
+        """The corrupted prompt of each pair, [n_pairs, n]."""
+        self.readouts = list(readout) if isinstance(readout, Sequence) else [readout] * self.n_pairs
+        if len(self.readouts) != self.n_pairs:
+            raise ValueError(f"{len(self.readouts)} readouts for {self.n_pairs} pairs")
+        self.readout = self.readouts[0]
         self.n_layers = int(tc.cfg.n_layers)
         self.n_tokens = int(pair.shape[-1])
         self.stats = EngineStats()
@@ -224,14 +303,17 @@ class PatchEngine:
         self.cache_hooks = list(dict.fromkeys(cache_hooks))
         self.cache_names = list(dict.fromkeys([*resid, *cache_hooks]))
         self.cache: dict[str, torch.Tensor] = {}
-        """Corrupted-run activations, [1, pos, ...]."""
+        """Corrupted-run activations, [n_pairs, pos, ...] ([1, pos, ...] for one pair)."""
         self.clean_cache: dict[str, torch.Tensor] = {}
-        """Clean-run activations at `cache_hooks`, [1, pos, ...]."""
+        """Clean-run activations at `cache_hooks`, [n_pairs, pos, ...]."""
         self.metric_value: float = float("nan")
-        """The metric on the corrupted prompt."""
+        """The metric on the corrupted prompt (of pair 0)."""
         self.clean_value: float = float("nan")
         self.last_logits: torch.Tensor = torch.empty(0)
         """Logits at the last position after prepare(): row 0 the clean run, row 1 the corrupted run."""
+        self.metric_values: list[float] = []
+        """The metric on each pair's corrupted prompt."""
+        self.clean_values: list[float] = []
 
     # ---- preparation -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -246,23 +328,27 @@ class PatchEngine:
         if self._blocks is None or len(captured) != self.n_layers:
             self.stats.notes.append("model blocks could not be driven directly; used hooked forward passes")
             return
-        for index, kwargs in captured.items():
-            self.block_kwargs[index] = {
-                k: _corrupted_row(v)
-                for k, v in kwargs.items()
-                if k not in _DROPPED_BLOCK_KWARGS and k != "hidden_states"
-            }
+        try:
+            for index, kwargs in captured.items():
+                self.block_kwargs[index] = {
+                    k: _corrupted_row(v, 2 * self.n_pairs)
+                    for k, v in kwargs.items()
+                    if k not in _DROPPED_BLOCK_KWARGS and k != "hidden_states"
+                }
+        except _RowsDiffer:
+            self.stats.notes.append("block arguments differ between prompts; used hooked forward passes")
+            return
         self.driven_ok = True
         recorded = all(
             layer in self.kv.keys
             and self.kv.keys[layer].shape[-2] == self.n_tokens
-            and self.kv.keys[layer].shape[0] == 2
+            and self.kv.keys[layer].shape[0] == 2 * self.n_pairs
             for layer in range(self.n_layers)
         )
         if recorded:
             for store in (self.kv.keys, self.kv.values):
                 for layer in store:
-                    store[layer] = store[layer][1:2]
+                    store[layer] = store[layer][1::2]
         self.suffix_ok = recorded and self._suffix_kwargs_supported()
 
     def _paired_run(self, record_kv: bool) -> dict[int, dict[str, Any]]:
@@ -290,19 +376,39 @@ class PatchEngine:
             for handle in handles:
                 handle.remove()
         self.stats.forward_passes += 1
-        self.cache = {name: cache[name][1:2] for name in self.cache_names}
-        self.clean_cache = {name: cache[name][0:1] for name in self.cache_hooks}
-        self.last_logits = logits[:, -1].detach()
-        values = self.readout.from_logits(self.last_logits)
-        self.clean_value, self.metric_value = float(values[0]), float(values[1])
+        self.cache = {name: cache[name][1::2] for name in self.cache_names}
+        self.clean_cache = {name: cache[name][0::2] for name in self.cache_hooks}
+        last = logits[:, -1].detach()
+        rows = [p for p in range(self.n_pairs) for _ in (0, 1)]
+        values = self._read(last, rows, from_logits=True).tolist()
+        self.clean_values, self.metric_values = values[0::2], values[1::2]
+        self.clean_value, self.metric_value = self.clean_values[0], self.metric_values[0]
+        self.last_logits = last
         return captured
+
+    def _read(self, x: torch.Tensor, pairs: Sequence[int], *, from_logits: bool = False) -> torch.Tensor:
+        """The metric of each row of `x` (final residual [rows, d_model] at the last position, or logits there)
+        under the readout of its pair."""
+        groups: dict[int, list[int]] = defaultdict(list)
+        for row, pair in enumerate(pairs):
+            groups[id(self.readouts[pair])].append(row)
+        if len(groups) == 1:
+            readout = self.readouts[pairs[0]]
+            return (readout.from_logits(x) if from_logits else readout.from_resid(x)).float()
+        out = torch.empty(len(pairs), dtype=torch.float32, device=x.device)
+        for rows in groups.values():
+            readout = self.readouts[pairs[rows[0]]]
+            part = x[rows]
+            out[rows] = (readout.from_logits(part) if from_logits else readout.from_resid(part)).float()
+        return out
 
     def validate(self, offset: int) -> None:
         """Drive every block on the corrupted run from position `offset` on (earlier positions from the
         recorded keys/values) and check it reproduces the forward pass: the control row's check, for batches
         too small to carry one. Raises EngineMismatch."""
         try:
-            x = self.cache["blocks.0.hook_resid_pre"][:, offset:].clone()
+            self.kv.rows = None
+            x = self.cache["blocks.0.hook_resid_pre"][:1, offset:].clone()
             for layer in range(self.n_layers):
                 x = self._call_block(layer, x, offset, with_kv=offset > 0)
             driven = x[:, -1]
@@ -310,7 +416,7 @@ class PatchEngine:
         except Exception as exc:  # noqa: BLE001 - any failure here means: do not drive blocks
             raise EngineMismatch(f"driving the blocks failed: {type(exc).__name__}: {exc}") from exc
         self.stats.forward_passes += 1
-        reference = self.cache[f"blocks.{self.n_layers - 1}.hook_resid_post"][:, -1]
+        reference = self.cache[f"blocks.{self.n_layers - 1}.hook_resid_post"][:1, -1]
         if not _close(driven, reference, float(reference.abs().max())):
             raise EngineMismatch("final residual differs from the forward pass")
         if not _close(value, self.metric_value, abs(self.metric_value)):
@@ -359,8 +465,9 @@ class PatchEngine:
 
     # ---- running cells -----------------------------------------------------------------------
     def run(self, patches: Sequence[Patch], counter: ProgressCounter) -> torch.Tensor:
-        """The metric for each patch (cells that change nothing get the corrupted metric)."""
-        values = torch.full((len(patches),), self.metric_value, dtype=torch.float32)
+        """The metric for each patch (cells that change nothing get their pair's corrupted metric)."""
+        base = torch.tensor(self.metric_values or [self.metric_value], dtype=torch.float32)
+        values = base[[patch.pair for patch in patches]] if patches else torch.zeros(0)
         active = [i for i, patch in enumerate(patches) if patch.first_diff is not None]
         self.stats.skipped = len(patches) - len(active)
         if self.stats.skipped:
@@ -458,11 +565,14 @@ class PatchEngine:
         start = batch[0].layer
         first = 1 if control else 0
         starts = [start] * first + [patch.layer for patch in batch]
-        by_hook: dict[str, list[tuple[int, Patch]]] = defaultdict(list)
+        row_pairs = [batch[0].pair] * first + [patch.pair for patch in batch]
+        pair_index = torch.tensor(row_pairs, device=self.tokens.device)
+        by_hook: dict[str, list[tuple[int, Edit]]] = defaultdict(list)
         for row, patch in enumerate(batch, start=first):
-            by_hook[patch.hook].append((row, patch))
+            for edit in patch.edits():
+                by_hook[edit.hook].append((row, edit))
 
-        def make_hook(entries: list[tuple[int, Patch]]) -> Callable[..., torch.Tensor]:
+        def make_hook(entries: list[tuple[int, Edit]]) -> Callable[..., torch.Tensor]:
             def hook(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
                 for row, patch in entries:
                     patch.apply(act, row, offset)
@@ -479,18 +589,23 @@ class PatchEngine:
             for layer in range(start, self.n_layers):
                 count = sum(1 for s in starts if s <= layer)
                 if count > joined:
-                    resid = self.cache[f"blocks.{layer}.hook_resid_pre"][:, offset:]
-                    fresh = resid.expand(count - joined, *resid.shape[1:])
-                    x = fresh.clone() if x is None else torch.cat([x, fresh], dim=0)
+                    resid = self.cache[f"blocks.{layer}.hook_resid_pre"]
+                    if resid.shape[0] == 1:
+                        fresh = resid[:, offset:].expand(count - joined, -1, *resid.shape[2:]).clone()
+                    else:
+                        fresh = resid[pair_index[joined:count], offset:]
+                    x = fresh if x is None else torch.cat([x, fresh], dim=0)
                     joined = count
+                    self.kv.rows = pair_index[:joined]
                 assert x is not None
                 x = self._call_block(layer, x, offset, with_kv=with_kv)
         assert x is not None
         self.stats.forward_passes += 1
         self.stats.sequences += len(batch)
-        result = self.readout.from_resid(x[:, -1])
-        if control and not _close(result[:1], self.metric_value, abs(self.metric_value)):
-            raise EngineMismatch(f"control row gave {float(result[0])}, corrupted run {self.metric_value}")
+        result = self._read(x[:, -1], row_pairs)
+        expected = self.metric_values[row_pairs[0]] if self.metric_values else self.metric_value
+        if control and not _close(result[:1], expected, abs(expected)):
+            raise EngineMismatch(f"control row gave {float(result[0])}, corrupted run {expected}")
         return result[first:].float().cpu()
 
     def _run_hooked(
@@ -510,11 +625,12 @@ class PatchEngine:
         self.stats.batch_bound = plan.reason
 
         def run_batch(batch: Sequence[int]) -> torch.Tensor:
-            by_hook: dict[str, list[tuple[int, Patch]]] = defaultdict(list)
+            by_hook: dict[str, list[tuple[int, Edit]]] = defaultdict(list)
             for row, i in enumerate(batch):
-                by_hook[patches[i].hook].append((row, patches[i]))
+                for edit in patches[i].edits():
+                    by_hook[edit.hook].append((row, edit))
 
-            def make_hook(entries: list[tuple[int, Patch]]) -> Callable[..., torch.Tensor]:
+            def make_hook(entries: list[tuple[int, Edit]]) -> Callable[..., torch.Tensor]:
                 def hook(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
                     for row, patch in entries:
                         patch.apply(act, row, 0)
@@ -522,13 +638,14 @@ class PatchEngine:
 
                 return hook
 
-            tokens = self.tokens.expand(len(batch), -1)
+            row_pairs = [patches[i].pair for i in batch]
+            tokens = self.bases[row_pairs] if self.n_pairs > 1 else self.tokens.expand(len(batch), -1)
             logits = self.bridge.run_with_hooks(
                 tokens, fwd_hooks=[(name, make_hook(entries)) for name, entries in by_hook.items()]
             )
             self.stats.forward_passes += 1
             self.stats.sequences += len(batch)
-            return self.readout.from_logits(logits[:, -1]).float().cpu()
+            return self._read(logits[:, -1], row_pairs, from_logits=True).float().cpu()
 
         for batch, result in iter_batched(active, run_batch, plan.rows, device=self.tokens.device, counter=counter):
             values[list(batch)] = result

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lens_mcp.errors import LensError
 from lens_mcp.tools.core.context import ToolContext
@@ -92,7 +92,7 @@ def resolve_pairs(
                 f"pairs has {len(pairs)} items, over the cap max_pairs={cap} (LENS_MCP_MAX_PAIRS); "
                 "pass fewer pairs, or split the dataset over several calls."
             )
-        items = [pair if isinstance(pair, PromptPair) else PromptPair.model_validate(pair) for pair in pairs]
+        items = [_validated(index, pair) for index, pair in enumerate(pairs)]
         labels = list(range(len(items)))
 
     for label, pair in zip(labels, items, strict=True):
@@ -102,6 +102,23 @@ def resolve_pairs(
         if need_answer and pair.answer is None:
             raise LensError(f"{where}answer is required by this tool (one token, e.g. ' Paris'); add it.")
     return items
+
+
+def _validated(index: int, pair: PromptPair | dict[str, object]) -> PromptPair:
+    """One dataset item as a PromptPair; a wrong item is a LensError naming it and the field."""
+    if isinstance(pair, PromptPair):
+        return pair
+    try:
+        return PromptPair.model_validate(pair)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'item'}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        )
+        raise LensError(
+            f"pairs[{index}] is not a valid item ({problems}); each item is an object with clean_prompt and, as the "
+            "tool needs, corrupted_prompt, answer, wrong_answer (strings)."
+        ) from None
 
 
 def pair_label(index: int, n_pairs: int) -> str:

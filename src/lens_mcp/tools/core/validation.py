@@ -80,3 +80,20 @@ def check_range(value: int, low: int, high: int, arg: str, hint: str = "") -> in
     if not low <= value <= high:
         raise LensError(f"{arg}={value} is out of range: use {low}..{high}.{(' ' + hint) if hint else ''}")
     return value
+
+
+def resolve_head_pairs(pairs: object, n_layers: int, n_heads: int, arg: str = "heads") -> list[tuple[int, int]]:
+    """[[layer, head], ...] checked against the model, deduplicated, in the order given (negative indices count
+    from the end)."""
+    example = f"e.g. {arg}=[[1, 2], [0, 3]]"
+    if not isinstance(pairs, (list, tuple)) or len(pairs) == 0:
+        raise LensError(f"{arg}: expected a non-empty list of [layer, head] pairs, {example}.")
+    resolved: list[tuple[int, int]] = []
+    for index, pair in enumerate(pairs):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise LensError(f"{arg}[{index}]={pair!r:.80}: each entry must be a [layer, head] pair, {example}.")
+        layer = resolve_layer(pair[0], n_layers, f"{arg}[{index}][0] (layer)")
+        head = resolve_head(pair[1], n_heads, f"{arg}[{index}][1] (head)")
+        if (layer, head) not in resolved:
+            resolved.append((layer, head))
+    return resolved

@@ -31,7 +31,8 @@ from pydantic import Field
 
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.common import HeadScore
-from lens_mcp.schemas.induction import InductionScores, ScoredPositions
+from lens_mcp.schemas.induction import AblatedLosses, InductionScores, ScoredPositions
+from lens_mcp.tools.causal.ablate_heads import resolve_heads
 from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, seconds_per_row
@@ -260,6 +261,57 @@ def _scores_in_batches(
     return scores, torch.cat([r[1] for r in results]), torch.cat([r[2] for r in results])
 
 
+def ablated_losses(
+    tc: ToolContext, tokens: torch.Tensor, heads: list[tuple[int, int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token losses (nats) of the first-seen and the copyable tokens with `heads` zero-ablated (their z set to
+    0 at every position), in batches sized like the scoring pass; the pass stops before the unembedding."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+
+    def zero(z: torch.Tensor, hook: Any = None, heads: Sequence[int] = ()) -> torch.Tensor:
+        z[:, :, list(heads)] = 0.0
+        return z
+
+    zero_z = [(hook_name("z", layer), partial(zero, heads=listed)) for layer, listed in by_layer.items()]
+    n_tokens = int(tokens.shape[1])
+    plan = plan_rows(
+        tc.limits,
+        tc.cfg.device,
+        n_tokens,
+        sequence_bytes(tc.cfg, n_tokens),
+        wanted=int(tokens.shape[0]),
+        seconds_per_row=seconds_per_row(tc, n_tokens),
+    )
+
+    def run_batch(rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        part = tokens[list(rows)]
+        part_targets = find_targets(part)
+        kept: dict[str, torch.Tensor] = {}
+
+        def keep_residual(resid: torch.Tensor, hook: Any) -> None:
+            kept["resid"] = resid
+            raise _StopBeforeUnembed
+
+        hooks = [*zero_z, ("unembed.hook_in", keep_residual)]
+        try:
+            with tc.bridge.hooks(fwd_hooks=hooks):
+                tc.bridge(part.to(tc.cfg.device))
+        except _StopBeforeUnembed:
+            pass
+        if "resid" not in kept:
+            raise RuntimeError("the forward pass never reached unembed.hook_in")
+        first, copy = (
+            _token_losses(tc, kept["resid"], part, g) for g in (part_targets.first_seen, part_targets.copyable)
+        )
+        return first, copy
+
+    with torch.no_grad():
+        results = [r for _, r in iter_batched(range(tokens.shape[0]), run_batch, plan.rows, device=tc.cfg.device)]
+    return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
+
+
 def _token_losses(
     tc: ToolContext, resid: torch.Tensor, tokens: torch.Tensor, group: tuple[torch.Tensor, torch.Tensor]
 ) -> torch.Tensor:
@@ -342,6 +394,13 @@ def induction_scores(
     prompt: Annotated[
         str | None, Field(description="Score on your own text instead, wherever it repeats tokens (BOS is prepended)")
     ] = None,
+    ablate: Annotated[
+        list[list[int]] | None,
+        Field(
+            description="Heads to zero-ablate as [[layer, head], ...]: also report the two losses with them ablated "
+            "(one more batched pass), e.g. the top induction heads"
+        ),
+    ] = None,
 ) -> InductionScores:
     """Find induction, previous-token and duplicate-token heads in one batched forward pass.
     Without prompt: n_seqs sequences of BOS + seq_len random word tokens repeated twice (seeded, no
@@ -355,8 +414,8 @@ def induction_scores(
     A clear induction head scores well above 0.3 (chance is about 1/position). Previous-token heads in an
     earlier layer usually feed induction heads (K-composition).
     Next: attention_pattern(prompt=example_prompt) on the top induction head (second-repeat queries should
-    attend to the token after the earlier copy); ablate_heads with prompt=example_prompt minus its last word
-    and answer=that word, to see whether copying depends on the head."""
+    attend to the token after the earlier copy). ablate=[[layer, head], ...] also reports both losses with
+    those heads zero-ablated: induction heads raise the second-repeat loss, not the first."""
     n_layers, n_heads = int(tc.cfg.n_layers), int(tc.cfg.n_heads)
     top_k = min(check_top_k(top_k, tc.limits.max_top_k), n_layers * n_heads)
     if prompt is None:
@@ -385,7 +444,9 @@ def induction_scores(
         n_seqs = 1
         _check_size(tc, 1, int(tokens.shape[1]), prompt_mode=True)
     n_tokens = int(tokens.shape[1])
-    cost = estimate(tc, Work(rows=n_seqs, tokens_per_row=n_tokens, cells=3 * n_layers * int(tc.cfg.n_heads)))
+    ablated_heads = resolve_heads(tc, ablate, "ablate") if ablate is not None else None
+    passes = 1 if ablated_heads is None else 2
+    cost = estimate(tc, Work(rows=passes * n_seqs, tokens_per_row=n_tokens, cells=3 * n_layers * int(tc.cfg.n_heads)))
     enforce(tc, cost, "a smaller n_seqs or seq_len" if prompt is None else "a shorter prompt")
     targets = find_targets(tokens)
     if prompt is not None and targets.n_queries["induction"] == 0:
@@ -395,9 +456,20 @@ def induction_scores(
             f"score (tokens: {shown}{' ...' if tokens.shape[1] > 60 else ''}). Repeat a phrase, e.g. 'The cat sat on "
             "the mat. The cat sat on the mat.', or omit prompt to use random repeated tokens."
         )
-    tc.progress(0, 1, f"one forward pass over {n_seqs} x {tokens.shape[1]} tokens")
+    tc.progress(0, passes, f"one forward pass over {n_seqs} x {tokens.shape[1]} tokens")
     scores, first_losses, copy_losses = _scores_in_batches(tc, tokens, targets)
-    tc.progress(1, 1, "scored every head")
+    ablated = None
+    if ablated_heads is not None:
+        tc.progress(1, 2, "scored every head; now the losses with the heads ablated")
+        first_ablated, copy_ablated = ablated_losses(tc, tokens, ablated_heads)
+        ablated = AblatedLosses(
+            heads=ablated_heads,
+            loss_first_repeat=_mean(first_ablated),
+            loss_second_repeat=_mean(copy_ablated),
+        )
+        tc.progress(2, 2, "losses with the heads ablated")
+    else:
+        tc.progress(1, 1, "scored every head")
     return InductionScores(
         mode="random" if prompt is None else "prompt",
         n_seqs=n_seqs,
@@ -421,4 +493,5 @@ def induction_scores(
             copyable=len(copy_losses),
         ),
         example_prompt=_example_prompt(tc, tokens[0]) if prompt is None else None,
+        ablated=ablated,
     )
