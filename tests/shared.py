@@ -4,15 +4,18 @@ import from here; no test module imports another."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformer_lens import patching
 
 from lens_mcp.tools.core.context import ToolContext
@@ -516,3 +519,23 @@ def loss(tc: ToolContext, logits: torch.Tensor, prompt: str, positions: list[int
     tokens = tc.bridge.to_tokens(prompt)[0]
     logprobs = logits.float().log_softmax(-1)
     return float(-torch.stack([logprobs[p - 1, tokens[p]] for p in positions]).mean())
+
+
+# ---- SAEs ---------------------------------------------------------------------------------------------------
+
+
+def write_sae_folder(folder: Path, d_in: int, hook: str, d_sae: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random ReLU SAE in SAELens's disk format (cfg.json + sae_weights.safetensors) reading `hook`; returns its
+    weights (W_enc, b_enc, W_dec, b_dec)."""
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {
+        "W_enc": torch.randn(d_in, d_sae, generator=gen) / d_in**0.5,
+        "b_enc": torch.full((d_sae,), 0.05),
+        "W_dec": torch.randn(d_sae, d_in, generator=gen) / d_in**0.5,
+        "b_dec": torch.randn(d_in, generator=gen) * 0.01,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "sae_weights.safetensors"))
+    cfg = {"architecture": "standard", "d_in": d_in, "d_sae": d_sae, "metadata": {"hook_name": hook}}
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    return tensors

@@ -3,7 +3,8 @@ save_pretrained and loaded through ModelHost.load, the path a user's `--model <f
 
 Each check compares a tool's numbers with an independent computation on the same model: the Hugging Face
 model's own logits (the weights TransformerLens booted from), TransformerLens's patching and logit-lens
-functions, or TransformerLens's cache. Raw (unrounded) internals are compared within 1e-4; rounded results
+functions, TransformerLens's cache, or the Hugging Face model driven by hand (autograd gradients at its layer inputs
+and attention output projections, edits there through forward pre-hooks, a no-cache greedy loop). Raw (unrounded) internals are compared within 1e-4; rounded results
 within their 4 significant digits.
 
 To put a new tool in the matrix: write `check_<tool>(case)` and add it to CHECKS. A registered tool missing
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +30,19 @@ from transformer_lens.tools.analysis.logit_lens import logit_lens as tl_logit_le
 from lens_mcp.errors import LensError
 from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost
+from lens_mcp.progress import no_progress
 from lens_mcp.tools.causal.ablate_heads import ablate_heads
+from lens_mcp.tools.causal.attribution_patch import PairRun, attribution_patch, estimate_effects, resolve_grid
 from lens_mcp.tools.causal.patch_sweep import run_sweep
 from lens_mcp.tools.causal.path_patch import run_path_patch
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.metrics import resolve_metric
+from lens_mcp.tools.core.tokens import token_strings
+from lens_mcp.tools.features.feature_attribution import feature_attribution
+from lens_mcp.tools.features.generate import generate
+from lens_mcp.tools.features.load_sae import load_sae
+from lens_mcp.tools.features.sae_features import sae_features
+from lens_mcp.tools.features.steering_vector import steering_vector
 from lens_mcp.tools.model.model_info import model_info
 from lens_mcp.tools.model.tokenize import tokenize
 from lens_mcp.tools.reading import head_attribution as head_attribution_module
@@ -45,6 +57,7 @@ from lens_mcp.tools.reading.run_with_cache import run_with_cache
 from lens_mcp.tools.weights.composition_scores import all_scores, one_thread
 from tests.architectures import FAMILIES, Family, build
 from tests.registry_helpers import registered_tool_names
+from tests.shared import write_sae_folder
 
 TOL = 1e-4
 REL = 1e-3  # rounded results: 4 significant digits
@@ -409,6 +422,334 @@ def check_path_patch(case: Case) -> None:
     assert run.stats.method == "driven", run.stats.notes
 
 
+# ---- the Hugging Face model as the oracle for gradients, edits and generation ------------------------------
+
+_ATTN_OUT = re.compile(r"^(.*\.(\d+))\.(?:attn|attention|self_attn)\.(?:c_proj|dense|o_proj)$")
+"""The attention output projection of each decoder layer (its input is the heads' z, concatenated)."""
+
+
+def hf_layers(case: Case) -> dict[int, tuple[Any, Any]]:
+    """layer -> (the HF decoder layer, its attention output projection)."""
+    found: dict[int, tuple[Any, Any]] = {}
+    for name, module in case.hf.named_modules():
+        match = _ATTN_OUT.match(name)
+        if match:
+            found[int(match.group(2))] = (case.hf.get_submodule(match.group(1)), module)
+    assert sorted(found) == list(range(case.hf.config.num_hidden_layers)), sorted(found)
+    return found
+
+
+def _pre_hook(edit: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
+    """A forward pre-hook replacing a module's first input (positional or `hidden_states=`) by edit(input)."""
+
+    def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if args:
+            return (edit(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": edit(kwargs["hidden_states"])}
+
+    return hook
+
+
+@contextmanager
+def hf_edits(
+    case: Case, resid_pre: dict[int, Callable] | None = None, z: dict[int, Callable] | None = None
+) -> Iterator:
+    """Edit the HF model's input to decoder layer L (resid_pre) and/or its heads' z (the input of the attention
+    output projection) for the duration of the block."""
+    layers = hf_layers(case)
+    handles = [
+        layers[layer][0].register_forward_pre_hook(_pre_hook(edit), with_kwargs=True)
+        for layer, edit in (resid_pre or {}).items()
+    ]
+    handles += [
+        layers[layer][1].register_forward_pre_hook(_pre_hook(edit), with_kwargs=True)
+        for layer, edit in (z or {}).items()
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def hf_metric(logits: torch.Tensor, a: int, b: int | None) -> torch.Tensor:
+    """logit(a) - logit(b) (or logit(a)) at the last position of batch row 0."""
+    last = logits[0, -1].float()
+    return last[a] - last[b] if b is not None else last[a]
+
+
+def hf_forward(case: Case, tokens: torch.Tensor, **edits: Any) -> tuple[Any, list[torch.Tensor]]:
+    """(HF output with hidden states, each layer's z), under the edits of hf_edits."""
+    zs: dict[int, torch.Tensor] = {}
+
+    def keeper(layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        def keep(x: torch.Tensor) -> torch.Tensor:
+            zs[layer] = x
+            return x
+
+        return keep
+
+    n_layers = case.hf.config.num_hidden_layers
+    z_edits = {layer: keeper(layer) for layer in range(n_layers)}
+    for layer, edit in (edits.pop("z", None) or {}).items():
+        z_edits[layer] = lambda x, edit=edit, keep=z_edits[layer]: keep(edit(x))
+    with hf_edits(case, z=z_edits, **edits):
+        out = case.hf(tokens, output_hidden_states=True)
+    return out, [zs[layer] for layer in range(n_layers)]
+
+
+def check_attribution_patch(case: Case) -> None:
+    """The gradient estimates (raw) for resid_pre and heads equal grad x (clean - corrupted) taken on the HF model
+    (autograd through the HF forward pass, at its layer inputs and at its attention output projection's input);
+    the tool's normalized heads grid is that over the HF clean - corrupted gap, and its verified cell equals the
+    HF model with that head's clean z patched in."""
+    bridge = case.bridge
+    tokens = bridge.to_tokens([CLEAN, CORRUPTED], prepend_bos=True)
+    a, b = case.token(PATCH_ANSWER), case.token(PATCH_WRONG)
+    n_layers, n_heads, n_tokens = int(bridge.cfg.n_layers), int(bridge.cfg.n_heads), int(tokens.shape[-1])
+    with torch.enable_grad():
+        corrupted, corrupted_z = hf_forward(case, tokens[1:])
+        corrupted_metric = hf_metric(corrupted.logits, a, b)
+        grads = [
+            grad.detach()
+            for grad in torch.autograd.grad(corrupted_metric, [*corrupted.hidden_states[:n_layers], *corrupted_z])
+        ]
+    corrupted_z = [z.detach() for z in corrupted_z]
+    hidden = [h.detach() for h in corrupted.hidden_states]
+    with torch.no_grad():
+        clean, clean_z = hf_forward(case, tokens[:1])
+        clean_metric = float(hf_metric(clean.logits, a, b))
+    corrupted_value = float(corrupted_metric)
+    resid = torch.stack([(grads[L] * (clean.hidden_states[L] - hidden[L]))[0].sum(-1) for L in range(n_layers)])
+    heads = torch.stack(
+        [
+            (grads[n_layers + L] * (clean_z[L] - corrupted_z[L]))[0].reshape(n_tokens, n_heads, -1).sum((0, 2))
+            for L in range(n_layers)
+        ]
+    )
+    with case.tc() as tc:
+        pair = PairRun(tokens, resolve_metric(tc, PATCH_ANSWER, PATCH_WRONG))
+        for component, expected in (("resid_pre", resid), ("heads", heads)):
+            grid = resolve_grid(tc, component, None, None, [n_tokens])
+            values = estimate_effects(tc, [pair], grid, "denoise").values[0]
+            scale = float(expected.abs().max())
+            error = float((values - expected.reshape(-1)).abs().max())
+            assert scale > 1e-5, component  # not vacuous
+            assert error <= TOL * min(1.0, scale), component  # relative on models whose estimates are all small
+        result = attribution_patch(tc, CLEAN, CORRUPTED, PATCH_ANSWER, PATCH_WRONG, component="heads", verify_top=1)
+    span = clean_metric - corrupted_value
+    assert result.clean_metric == pytest.approx(clean_metric, rel=REL, abs=TOL)
+    assert torch.tensor(result.grid) == pytest.approx(heads / span, rel=REL, abs=TOL)
+    cell = result.verified[0]
+    assert cell.head is not None
+
+    def patch_head(z: torch.Tensor) -> torch.Tensor:
+        z = z.clone().unflatten(-1, (n_heads, -1))
+        z[:, :, cell.head] = clean_z[cell.layer].unflatten(-1, (n_heads, -1))[:, :, cell.head]
+        return z.flatten(-2)
+
+    with torch.no_grad():
+        patched, _ = hf_forward(case, tokens[1:], z={cell.layer: patch_head})
+    exact = (float(hf_metric(patched.logits, a, b)) - corrupted_value) / span
+    assert cell.exact == pytest.approx(exact, rel=REL, abs=TOL)
+
+
+SAE_HOOK = "blocks.1.hook_resid_pre"
+D_SAE = 32
+
+
+@contextmanager
+def sae_loaded(case: Case) -> Iterator[dict[str, torch.Tensor]]:
+    """A random SAE with d_in = the family's d_model on SAE_HOOK, loaded through the load_sae tool; removed after."""
+    assert case.host.model is not None
+    with tempfile.TemporaryDirectory() as folder:
+        weights = write_sae_folder(Path(folder), int(case.hf.config.hidden_size), SAE_HOOK, D_SAE)
+        result = load_sae(case.host, no_progress, folder)
+    assert result.loaded.hook == SAE_HOOK and not result.replaced
+    try:
+        yield weights
+    finally:
+        case.host.model.saes.clear()
+
+
+def centred(case: Case, resid: torch.Tensor) -> torch.Tensor:
+    """The HF residual as TransformerLens's compatibility mode holds it: on LayerNorm models the writing weights are
+    centred, so the residual stream is the HF one less its mean over d_model (every reader's LayerNorm removes that
+    mean anyway); RMSNorm models are unchanged."""
+    if case.bridge.cfg.normalization_type in ("LN", "LNPre"):
+        return resid - resid.mean(dim=-1, keepdim=True)
+    return resid
+
+
+def hf_resid(case: Case, text: str) -> torch.Tensor:
+    """The HF model's input to decoder layer 1 (= SAE_HOOK) [pos, d_model], centred as the bridge's."""
+    with torch.no_grad():
+        out = case.hf(case.bridge.to_tokens(text, prepend_bos=True), output_hidden_states=True)
+    return centred(case, out.hidden_states[1][0])
+
+
+def hand_encode(weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    return ((x - weights["b_dec"]) @ weights["W_enc"] + weights["b_enc"]).relu()
+
+
+def check_load_sae(case: Case) -> None:
+    """An SAE of the wrong width is refused and nothing is attached; the right one is attached on its hook with
+    the weights of the file, and its hook's activation has the width the file says."""
+    assert case.host.model is not None
+    d_model = int(case.hf.config.hidden_size)
+    with tempfile.TemporaryDirectory() as folder:
+        write_sae_folder(Path(folder), d_model + 1, SAE_HOOK, D_SAE)
+        _refused(lambda: load_sae(case.host, no_progress, folder), f"d_in={d_model + 1} but the activation")
+    assert case.host.model.saes == {}
+    with sae_loaded(case) as weights:
+        sae = case.host.model.saes[SAE_HOOK]
+        assert sae.d_in == d_model == hf_resid(case, PROMPT).shape[-1] and sae.d_sae == D_SAE
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            assert torch.equal(getattr(sae, name).cpu(), weights[name])
+
+
+def check_sae_features(case: Case) -> None:
+    """Listed features and activations equal a hand encoding of the HF model's own residual; the next-token loss
+    with the reconstruction spliced in equals the HF model's loss with the same splice."""
+    tokens = case.bridge.to_tokens(PROMPT, prepend_bos=True)
+    x = hf_resid(case, PROMPT)
+    with sae_loaded(case) as weights:
+        with case.tc() as tc:
+            result = sae_features(tc, PROMPT, top_k=4)
+    acts = hand_encode(weights, x)
+    assert sum(len(row.features) for row in result.positions) > 0
+    for row in result.positions:
+        values, ids = acts[row.position].topk(4)
+        assert [f.feature for f in row.features] == [int(i) for i, v in zip(ids, values, strict=True) if v > 0]
+        assert [f.activation for f in row.features] == pytest.approx(values[values > 0].tolist(), rel=REL, abs=TOL)
+    recon = acts @ weights["W_dec"] + weights["b_dec"]
+
+    def splice(h: torch.Tensor) -> torch.Tensor:
+        h = h.clone()
+        h[0, 1:] = recon[1:].to(h.dtype)
+        return h
+
+    def loss(logits: torch.Tensor) -> float:
+        return float(torch.nn.functional.cross_entropy(logits[0, :-1].float(), tokens[0, 1:]))
+
+    with torch.no_grad():
+        clean = case.hf(tokens).logits
+        with hf_edits(case, resid_pre={1: splice}):
+            spliced = case.hf(tokens).logits
+    assert result.reconstruction is not None
+    assert result.reconstruction.loss_clean == pytest.approx(loss(clean), rel=REL, abs=TOL)
+    assert result.reconstruction.loss_spliced == pytest.approx(loss(spliced), rel=REL, abs=TOL)
+
+
+def check_feature_attribution(case: Case) -> None:
+    """attribution = activation x (decoder row . gradient), the gradient taken by autograd through the HF model at
+    its layer-1 input; ablation_effect = the HF metric minus the HF metric with the feature's activation x decoder
+    row subtracted at the last position."""
+    tokens = case.bridge.to_tokens(PROMPT, prepend_bos=True)
+    a, b = case.token(ANSWER), case.token(WRONG)
+    with sae_loaded(case) as weights:
+        with case.tc() as tc:
+            result = feature_attribution(tc, PROMPT, ANSWER, WRONG, top_k=3)
+    with torch.enable_grad():
+        out = case.hf(tokens, output_hidden_states=True)
+        metric = hf_metric(out.logits, a, b)
+        (grad,) = torch.autograd.grad(metric, out.hidden_states[1])
+    acts = hand_encode(weights, centred(case, out.hidden_states[1][0].detach()))
+    assert result.metric_value == pytest.approx(float(metric), rel=REL, abs=TOL)
+    assert result.features
+    for entry in result.features:
+        expected = float(acts[-1, entry.feature] * (weights["W_dec"][entry.feature] @ grad[0, -1]))
+        assert entry.attribution == pytest.approx(expected, rel=REL, abs=TOL)
+
+        def remove(h: torch.Tensor, feature: int = entry.feature) -> torch.Tensor:
+            h = h.clone()
+            h[0, -1] -= (acts[-1, feature] * weights["W_dec"][feature]).to(h.dtype)
+            return h
+
+        with torch.no_grad(), hf_edits(case, resid_pre={1: remove}):
+            removed = float(hf_metric(case.hf(tokens).logits, a, b))
+        assert entry.ablation_effect == pytest.approx(float(metric) - removed, rel=REL, abs=TOL)
+
+
+POSITIVE, NEGATIVE = ["ba ke lo mu", "ri so ba"], ["zo zu za", "wi we wa wo"]
+
+
+def check_steering_vector(case: Case) -> None:
+    """The stored vector is the mean of the HF model's layer-1 input at the last token over the positive prompts
+    minus that over the negative ones; the typical norm is the mean over their non-BOS tokens."""
+    assert case.host.model is not None
+    try:
+        with case.tc() as tc:
+            result = steering_vector(tc, "v", POSITIVE, NEGATIVE, layer=1)
+            stored = tc.model.steering_vectors["v"].vector.float().cpu()
+    finally:
+        case.host.model.steering_vectors.clear()
+    residuals = {text: hf_resid(case, text) for text in POSITIVE + NEGATIVE}
+    expected = torch.stack([residuals[t][-1] for t in POSITIVE]).mean(0) - torch.stack(
+        [residuals[t][-1] for t in NEGATIVE]
+    ).mean(0)
+    assert (stored - expected).abs().max() < TOL
+    assert result.hook == SAE_HOOK and result.norm == pytest.approx(float(expected.norm()), rel=REL, abs=TOL)
+    typical = torch.cat([r[1:].norm(dim=-1) for r in residuals.values()]).mean()
+    assert result.typical_resid_norm == pytest.approx(float(typical), rel=REL, abs=TOL)
+
+
+GENERATE_PROMPT = "ba ke lo mu ri"
+N_NEW = 4
+
+
+def hf_greedy(case: Case, edit: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[list[int], list[float]]:
+    """A plain no-cache greedy loop over the HF model (optionally editing its layer-1 input): new ids and their
+    log-probs, stopping after EOS as generate does."""
+    sequence = case.bridge.to_tokens(GENERATE_PROMPT, prepend_bos=True)
+    ids: list[int] = []
+    logprobs: list[float] = []
+    eos = case.bridge.tokenizer.eos_token_id
+    for _ in range(N_NEW):
+        with torch.no_grad(), hf_edits(case, resid_pre={1: edit} if edit else None):
+            last = case.hf(sequence).logits[0, -1].float().log_softmax(-1)
+        token = int(last.argmax())
+        ids.append(token)
+        logprobs.append(float(last[token]))
+        sequence = torch.cat([sequence, torch.tensor([[token]])], dim=1)
+        if token == eos:
+            break
+    return ids, logprobs
+
+
+def check_generate(case: Case) -> None:
+    """Greedy tokens and log-probs equal a no-cache argmax loop over the HF model; a steer with alpha = 0 is the
+    baseline; alpha = 3 equals the HF loop with 3 x the vector added to layer 1's input after BOS."""
+    assert case.host.model is not None
+    alpha = 3.0
+    try:
+        with case.tc() as tc:
+            steering_vector(tc, "v", POSITIVE, NEGATIVE, layer=1)
+            vector = tc.model.steering_vectors["v"].vector.float().cpu()
+            zero = generate(tc, GENERATE_PROMPT, max_new_tokens=N_NEW, interventions=[{"steer": "v", "alpha": 0}])
+            steered = generate(
+                tc, GENERATE_PROMPT, max_new_tokens=N_NEW, interventions=[{"steer": "v", "alpha": alpha}]
+            )
+            strings = lambda ids: token_strings(tc, ids)  # noqa: E731
+            expected_ids, expected_lp = hf_greedy(case)
+
+            def add(h: torch.Tensor) -> torch.Tensor:
+                h = h.clone()
+                h[:, 1:] += (alpha * vector).to(h.dtype)
+                return h
+
+            steered_ids, steered_lp = hf_greedy(case, add)
+            expected_strings, steered_strings = strings(expected_ids), strings(steered_ids)
+    finally:
+        case.host.model.steering_vectors.clear()
+    assert zero.baseline is not None and zero.intervened is not None and steered.intervened is not None
+    assert [t.token for t in zero.baseline.tokens] == expected_strings
+    assert [t.logprob for t in zero.baseline.tokens] == pytest.approx(expected_lp, rel=REL, abs=TOL)
+    assert [t.model_dump() for t in zero.intervened.tokens] == [t.model_dump() for t in zero.baseline.tokens]
+    assert [t.token for t in steered.intervened.tokens] == steered_strings
+    assert [t.logprob for t in steered.intervened.tokens] == pytest.approx(steered_lp, rel=REL, abs=TOL)
+
+
 CHECKS: dict[str, Callable[[Case], None]] = {
     "model_info": check_model_info,
     "tokenize": check_tokenize,
@@ -424,6 +765,12 @@ CHECKS: dict[str, Callable[[Case], None]] = {
     "neuron_attribution": check_neuron_attribution,
     "mlp_neurons": check_mlp_neurons,
     "composition_scores": check_composition_scores,
+    "attribution_patch": check_attribution_patch,
+    "load_sae": check_load_sae,
+    "sae_features": check_sae_features,
+    "feature_attribution": check_feature_attribution,
+    "steering_vector": check_steering_vector,
+    "generate": check_generate,
 }
 """Tool name -> check on one family. Add a line here when a tool is added."""
 

@@ -11,19 +11,25 @@ import time
 from typing import Any
 
 import pytest
+import torch
 from mcp import Client
 
 from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server.app import build_server
 from lens_mcp.server.readable_errors import readable_errors
+from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.features.load_sae import load_sae_into
+from lens_mcp.tools.features.steering_vector import steering_vector
 from tests.mcp_client import MODES, result_data, spawn_toy_server
 from tests.registry_helpers import registered_tools
-from tests.shared import CLEAN, CORRUPTED, SWEEP, TIMING_FIELDS, P, leak_reports
+from tests.shared import CLEAN, CORRUPTED, SWEEP, TIMING_FIELDS, P, leak_reports, write_sae_folder
 
 LONG = " ".join(f"w{i % 250}" for i in range(60))  # 61 tokens: over the toy model's context of 48
 AB = {"prompt": P, "heads": [[1, 2]], "answer": " w4"}
 AP = {"prompt": P, "layer": 1, "head": 2}
+SV = {"name": "x", "positive_prompts": ["w1 w2"], "negative_prompts": ["w5 w6"], "layer": 1}
+SAE_HOOK = "blocks.1.hook_resid_pre"
 NAN, INF = float("nan"), float("inf")  # the Python client sends both as null
 
 # Words that say how to fix a call (an example of a valid value counts: "e.g.").
@@ -175,6 +181,50 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("load_model", {"model": "toy\x00induction"}, ("model:", "control characters", "pass a builtin")),
     ("load_model", {"model": "toy-induction", "device": "gpu"}, ('device="gpu"', "pass device as one of")),
     ("load_model", {"model": "toy-induction", "dtype": "float8"}, ('dtype="float8"', "pass dtype as one of")),
+    # ---- load_sae (failures leave the battery's SAE on blocks.1.hook_resid_pre as it was)
+    ("load_sae", {}, ("spec is required", "pass spec")),
+    ("load_sae", {"spec": ""}, ("spec is empty", "pass a builtin sae")),
+    ("load_sae", {"spec": 5}, ("spec=5", "pass spec as a string")),
+    ("load_sae", {"spec": "/no/such/sae"}, ("spec='/no/such/sae'", "no such folder", "pass")),
+    ("load_sae", {"spec": "smollm2-135m-resid"}, ("spec='smollm2-135m-resid'", "does not have", "use")),
+    ("load_sae", {"spec": "/tmp", "sae_id": "../etc"}, ("sae_id='../etc'", "pass a subfolder")),
+    # ---- sae_features
+    ("sae_features", {}, ("prompt is required", "pass prompt")),
+    ("sae_features", {"prompt": ""}, ("prompt is empty", "pass")),
+    ("sae_features", {"prompt": LONG}, ("prompt is 61 tokens", "shorten")),
+    ("sae_features", {"prompt": P, "hook": "blocks.0.hook_resid_post"}, ("hook=", "no sae is loaded", "omit hook")),
+    ("sae_features", {"prompt": P, "top_k": 0}, ("top_k=0", "use 1..100")),
+    ("sae_features", {"prompt": P, "positions": [99]}, ("positions=99", "use 0..8")),
+    ("sae_features", {"prompt": P, "positions": "last"}, ("positions=", "pass positions as a list of integers")),
+    # ---- feature_attribution
+    ("feature_attribution", {"prompt": P}, ("answer is required", "pass answer")),
+    ("feature_attribution", {"prompt": P, "answer": " w4 w5"}, ("answer must be a single token", "use")),
+    ("feature_attribution", {"prompt": P, "answer": " w4", "wrong_answer": " w4"}, ("wrong_answer", "pass a")),
+    ("feature_attribution", {"prompt": P, "answer": " w4", "position": 99}, ("position=99", "use 0..8")),
+    ("feature_attribution", {"prompt": P, "answer": " w4", "top_k": 10**9}, ("top_k=1000000000", "use 1..100")),
+    ("feature_attribution", {"prompt": P, "answer": " w4", "hook": "nope"}, ("hook='nope'", "omit hook")),
+    # ---- steering_vector (failures store nothing)
+    ("steering_vector", {"name": "x", "positive_prompts": ["w1"], "negative_prompts": ["w2"]}, ("layer", "pass")),
+    ("steering_vector", {**SV, "name": ""}, ("name", "pass a short label")),
+    ("steering_vector", {**SV, "positive_prompts": []}, ("positive_prompts", "pass a non-empty list")),
+    ("steering_vector", {**SV, "negative_prompts": [""]}, ("negative_prompts[0] is empty", "pass")),
+    ("steering_vector", {**SV, "layer": 5}, ("layer=5", "use 0..1")),
+    ("steering_vector", {**SV, "position": 50}, ("position=50", "use")),
+    ("steering_vector", {**SV, "negative_prompts": ["w1 w2"]}, ("the vector is zero", "use prompts that differ")),
+    ("steering_vector", {"name": "x", "from_feature": 4800}, ("from_feature=4800", "use 0..")),
+    ("steering_vector", {**SV, "from_feature": 1}, ("from_feature", "pass either")),
+    # ---- generate
+    ("generate", {}, ("prompt is required", "pass prompt")),
+    ("generate", {"prompt": "w1", "max_new_tokens": 0}, ("max_new_tokens=0", "use 1..256")),
+    ("generate", {"prompt": "w1 w2", "max_new_tokens": 47}, ("max_new_tokens=47", "ask for fewer", "shorten")),
+    ("generate", {"prompt": "w1", "temperature": -1}, ("temperature=-1", "use 0")),
+    ("generate", {"prompt": "w1", "interventions": [{"steer": "nope"}]}, ("steer='nope'", "use one of", "'v'")),
+    ("generate", {"prompt": "w1", "interventions": [{"steer": "v", "beta": 1}]}, ("unknown keys ['beta']", "use")),
+    ("generate", {"prompt": "w1", "interventions": [{"steer": "v", "alpha": NAN}]}, ("alpha", "pass a finite")),
+    ("generate", {"prompt": "w1", "interventions": [{"ablate_heads": [[9, 0]]}]}, ("layer)=9", "use 0..1")),
+    ("generate", {"prompt": "w1", "interventions": [{"sae_feature": 1, "value": "x"}]}, ("value", "pass a finite")),
+    ("generate", {"prompt": "w1", "interventions": [{"sae_feature": 999}]}, ("sae_feature=999", "use 0..31")),
+    ("generate", {"prompt": "w1", "interventions": [{}]}, ("interventions[0]", "e.g.")),
     # ---- unknown argument names (the SDK alone would ignore them and run with the defaults)
     ("logit_lens", {"prompt": P, "toplk": 3}, ("unknown argument 'toplk'", "top_k", "remove or rename")),
     ("model_info", {"layer": 0}, ("unknown argument 'layer'", "no arguments")),
@@ -209,6 +259,9 @@ REFERENCE: list[tuple[str, dict[str, Any]]] = [
         {"prompt": CLEAN, "heads": [[0, 1], [1, 2]], "answer": " w64", "wrong_answer": " w77", "individually": True},
     ),
     ("induction_scores", {"seq_len": 10, "n_seqs": 4}),
+    ("sae_features", {"prompt": CLEAN, "positions": [-1], "top_k": 3}),
+    ("feature_attribution", {"prompt": CLEAN, "answer": " w64", "wrong_answer": " w77", "top_k": 3}),
+    ("generate", {"prompt": CLEAN, "max_new_tokens": 3, "interventions": [{"steer": "v", "alpha": 2}]}),
 ]
 
 
@@ -217,10 +270,37 @@ def numbers(data: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def battery_host() -> ModelHost:
+def battery_host(tmp_path_factory: pytest.TempPathFactory) -> ModelHost:
+    """The toy model with an SAE on SAE_HOOK and a steering vector 'v', so the feature tools' own checks run."""
     host = ModelHost(Limits())
     host.load("toy-induction", device="cpu")
+    assert host.model is not None
+    folder = tmp_path_factory.mktemp("battery_sae")
+    write_sae_folder(folder, int(host.model.bridge.cfg.d_model), SAE_HOOK)
+    with host.use() as model:
+        tc = ToolContext(model, host.limits)
+        load_sae_into(tc, str(folder))
+        steering_vector(tc, "v", ["w1 w2 w3"], ["w7 w8 w9"], layer=1)
     return host
+
+
+def feature_state(host: ModelHost) -> dict[str, Any]:
+    """What the feature tools keep on the model: SAEs by hook and steering vectors by name, as plain values."""
+    assert host.model is not None
+    saes = {hook: (sae.W_enc.clone(), sae.W_dec.clone()) for hook, sae in host.model.saes.items()}
+    vectors = {name: (v.hook, v.vector.clone()) for name, v in host.model.steering_vectors.items()}
+    return {"saes": saes, "vectors": vectors}
+
+
+def same_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if list(a["saes"]) != list(b["saes"]) or list(a["vectors"]) != list(b["vectors"]):
+        return False
+    same_saes = all(torch.equal(x, y) for k in a["saes"] for x, y in zip(a["saes"][k], b["saes"][k], strict=True))
+    same_vectors = all(
+        a["vectors"][k][0] == b["vectors"][k][0] and torch.equal(a["vectors"][k][1], b["vectors"][k][1])
+        for k in a["vectors"]
+    )
+    return same_saes and same_vectors
 
 
 def test_the_battery_is_large_and_covers_every_tool() -> None:
@@ -241,6 +321,7 @@ async def test_malformed_calls_get_clear_errors_and_change_nothing(
     host = battery_host
     failures: list[str] = []
     reported = len(leak_reports())
+    state = feature_state(host)
     async with Client(build_server(host), mode=mode) as client:
         before = [numbers(result_data(await client.call_tool(name, args))) for name, args in REFERENCE]
         for name, arguments, expected in CASES:
@@ -266,6 +347,7 @@ async def test_malformed_calls_get_clear_errors_and_change_nothing(
                 failures.append(f"{shown}: the server stopped answering: {alive.content[0].text[:200]}")
         after = [numbers(result_data(await client.call_tool(name, args))) for name, args in REFERENCE]
     assert host.model is not None and host.model.spec.name == "toy-induction"
+    assert same_state(feature_state(host), state), "a failed call changed the SAEs or steering vectors"
     assert leak_reports() == []
     assert failures == [], "\n".join(failures)
     for (name, _), first, second in zip(REFERENCE, before, after, strict=True):

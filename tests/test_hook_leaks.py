@@ -39,7 +39,7 @@ async def test_a_planted_leak_is_reported_and_removed(toy_host: ModelHost) -> No
     add_model_tool(server, toy_host, leaky_tool)
     with recording_leaks() as recorder:
         result = await call_tool(server, "leaky_tool", {})
-    assert result_data(result) == {"planted": 2}
+    assert result_data(result)["planted"] == 2
     assert recorder.reports == ["a tool left 2 hooks on the model; removing them"]
     assert leak_reports() == recorder.reports  # what conftest.py would fail an unmarked test on
     assert toy_host.model is not None and count_hooks(toy_host.model.bridge) == 0  # removed before the next call

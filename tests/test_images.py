@@ -32,6 +32,10 @@ DRAWING_TOOLS = {
     "logit_lens",
     "attention_pattern",
     "induction_scores",
+    "attribution_patch",
+    "composition_scores",
+    "sae_features",
+    "path_patch",
 }
 
 

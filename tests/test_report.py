@@ -51,7 +51,7 @@ def test_report_is_self_contained_with_every_call(report: tuple[Path, Path]) -> 
     assert "layer=9 is out of range" in html and 'class="error"' in html
     assert "xxh3-128:" in html and "transformer_lens" in html and "toy-induction" in html
     assert "half-written last line" in html
-    assert "1 = restoring that activation fully restores the clean behaviour" in html  # the meaning line
+    assert "1 = this clean activation alone restores the clean behaviour" in html  # the meaning line
 
 
 def test_report_of_a_missing_record_is_a_usage_error(tmp_path: Path) -> None:

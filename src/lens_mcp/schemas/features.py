@@ -8,6 +8,9 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from lens_mcp.schemas.common import Cost, Result, Rounded
+from lens_mcp.schemas.figures import Heatmap
+
+MAX_FEATURE_COLUMNS = 40
 
 
 class SaeInfo(BaseModel):
@@ -71,6 +74,42 @@ class SaeFeaturesResult(Result):
     meaning: str = Field()  # required here (the base defaults it to "")
     cost: Cost | None = Field(None, description="The estimate made before computing")
     dry_run: bool = Field(default=False, description="True: only the estimate, nothing computed")
+
+    def heatmaps(self) -> list[Heatmap]:
+        """Position x feature: each position's listed top features (blank: not listed at that position)."""
+        strongest: dict[int, float] = {}
+        for row in self.positions:
+            for entry in row.features:
+                strongest[entry.feature] = max(strongest.get(entry.feature, entry.activation), entry.activation)
+        if not strongest:
+            return []
+        ranked = sorted(strongest, key=lambda feature: (-strongest[feature], feature))
+        drawn = ranked[:MAX_FEATURE_COLUMNS]
+        column_of = {feature: i for i, feature in enumerate(drawn)}
+        values: list[list[float | None]] = [[None] * len(drawn) for _ in self.positions]
+        for r, row in enumerate(self.positions):
+            for entry in row.features:
+                if entry.feature in column_of:
+                    values[r][column_of[entry.feature]] = entry.activation
+        finite = [v for line in values for v in line if v is not None]
+        notes = ["blank: not listed at that position (<= its smallest listed activation)"]
+        if len(ranked) > len(drawn):
+            notes.append(f"drawn: the {len(drawn)} strongest of the {len(ranked)} features listed")
+        return [
+            Heatmap(
+                name="features",
+                title=f"SAE features on {self.hook}: top activations per position",
+                values=values,
+                rows=[f"{row.position} {row.token!r}" for row in self.positions],
+                columns=[str(feature) for feature in drawn],
+                row_axis="position",
+                column_axis="feature (strongest first)",
+                units="feature activation",
+                signed=False,
+                value_range=(0.0, max(finite)) if min(finite) >= 0 and max(finite) > 0 else None,
+                notes=notes,
+            )
+        ]
 
 
 class FeatureAttributionEntry(BaseModel):

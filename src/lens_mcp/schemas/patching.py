@@ -123,42 +123,59 @@ class PatchSweepResult(Result):
         signed = self.normalized or self.metric.startswith("logit(")
         title = f"patch_sweep {self.component}: {self.metric}{' (normalized)' if self.normalized else ''}"
         value_range = (0.0, 1.0) if not signed and self.metric.startswith("probability") else None
-        common = {"units": units, "signed": signed, "value_range": value_range}
-        layers = [str(layer) for layer in self.layers]
-        if self.axes == ["layer", "head", "position"]:
-            assert self.heads is not None and self.positions is not None
-            values = [list(row) for layer_rows in self.grid for row in layer_rows]  # type: ignore[union-attr,arg-type]
-            rows = [f"L{layer}H{head}" for layer in self.layers for head in self.heads]
-            return [
-                Heatmap(
-                    name="grid",
-                    title=title,
-                    values=values,  # type: ignore[arg-type]
-                    rows=rows,
-                    columns=position_labels(self.positions, self.clean_tokens),
-                    row_axis="layer, head",
-                    column_axis="position (clean token)",
-                    **common,  # type: ignore[arg-type]
-                )
-            ]
-        if self.axes == ["layer", "head"]:
-            columns = [str(head) for head in self.heads or []]
-            column_axis = "head"
-        else:
-            columns = position_labels(self.positions or [], self.clean_tokens)
-            column_axis = "position (clean token)"
+        return sweep_heatmap(self, title=title, units=units, signed=signed, value_range=value_range)
+
+
+def sweep_heatmap(
+    result: PatchSweepResult | AttributionPatchResult,
+    *,
+    title: str,
+    units: str,
+    signed: bool,
+    value_range: tuple[float, float] | None = None,
+    notes: list[str] | None = None,
+) -> list[Heatmap]:
+    """A sweep's grid as one heatmap: layer x position, layer x head, or (layer, head) x position for a 3-D grid
+    (one row per head, layer-major, as the grid nests); key/value heads are labelled KV. Nothing for an empty
+    grid (a dry run)."""
+    if not result.grid or not result.layers:
+        return []
+    head_axis = result.axes[1] if len(result.axes) > 1 and result.axes[1] in ("head", "kv_head") else None
+    kv = head_axis == "kv_head"
+    head_word, head_letter = ("key/value head", "KV") if kv else ("head", "H")
+    position_axis = "position" + (" (clean token)" if result.clean_tokens else "")
+    common = {"units": units, "signed": signed, "value_range": value_range, "notes": notes or [], "title": title}
+    if head_axis is not None and result.axes[-1] == "position":
+        heads, positions = result.heads or [], result.positions or []
+        values = [list(row) for layer_rows in result.grid for row in layer_rows]  # type: ignore[union-attr,arg-type]
         return [
             Heatmap(
                 name="grid",
-                title=title,
-                values=[list(row) for row in self.grid],  # type: ignore[arg-type]
-                rows=layers,
-                columns=columns,
-                row_axis="layer",
-                column_axis=column_axis,
+                values=values,  # type: ignore[arg-type]
+                rows=[f"L{layer}{head_letter}{head}" for layer in result.layers for head in heads],
+                columns=position_labels(positions, result.clean_tokens),
+                row_axis=f"layer, {head_word}",
+                column_axis=position_axis,
                 **common,  # type: ignore[arg-type]
             )
         ]
+    if head_axis is not None:
+        columns, column_axis = [str(head) for head in result.heads or []], head_word
+    elif result.axes[-1] == "position":
+        columns, column_axis = position_labels(result.positions or [], result.clean_tokens), position_axis
+    else:  # one value per layer
+        columns, column_axis = ["all"], "positions"
+    return [
+        Heatmap(
+            name="grid",
+            values=[list(row) for row in result.grid],  # type: ignore[arg-type]
+            rows=[str(layer) for layer in result.layers],
+            columns=columns,
+            row_axis="layer",
+            column_axis=column_axis,
+            **common,  # type: ignore[arg-type]
+        )
+    ]
 
 
 class HeadEffect(BaseModel):
@@ -292,3 +309,29 @@ class AttributionPatchResult(Result):
     forward_passes: int = Field(0, description="Batched passes run: gradient passes plus exact verification passes")
     seconds: Rounded
     notes: list[str] = Field(default_factory=list)
+
+    def heatmaps(self) -> list[Heatmap]:
+        if self.dry_run or not self.grid:
+            return []
+        metric = self.metric.removesuffix(" at the last position")
+        if self.normalized:
+            units = "fraction of clean " + ("restored" if self.direction == "denoise" else "broken") + " (estimate)"
+        else:
+            units = f"{metric} (estimate)"
+        notes = ["gradient (linear) estimate; `verified` has exact values of top cells"]
+        if self.agreement is not None and self.agreement.sign_wrong:
+            notes.append(
+                f"{self.agreement.sign_wrong} of {self.agreement.n_verified} verified cells: estimate has the wrong sign"
+            )
+        if self.spread is not None:
+            notes.append(f"mean over {self.spread.n_pairs} pairs; tokens are pair 0's")
+        if any(position < 0 for position in self.positions or []):
+            notes.append("negative positions: counted from the end of each pair")
+        return sweep_heatmap(
+            self,
+            title=f"attribution_patch {self.component} ({self.direction}): {metric}"
+            f"{' (normalized)' if self.normalized else ''}",
+            units=units,
+            signed=self.normalized or metric.startswith("logit"),
+            notes=notes,
+        )

@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, Field
 
 from lens_mcp.schemas.common import Cost, PairMetrics, Result, Rounded, round_sig
+from lens_mcp.schemas.figures import Heatmap
 
 
 def _round_or_null(values: object) -> object:
@@ -96,3 +97,57 @@ class PathPatchResult(Result):
     cost: Cost | None = Field(default=None, description="The estimate made before computing")
     dry_run: bool = Field(default=False, description="True: only `cost` is filled in")
     notes: list[str] = Field(default_factory=list)
+
+    def heatmaps(self) -> list[Heatmap]:
+        """The grid as one heatmap: sender layer x head (fixed receivers), receiver layer x head (one sender), or
+        (sender, receiver layer) x receiver head (several senders, one row per pair, sender-major)."""
+        if self.dry_run or not self.grid or not self.layers:
+            return []
+        metric = self.metric.removesuffix(" at the last position")
+        units = "fraction of clean - corrupted restored" if self.normalized else metric
+        into = self.receivers + (f" ({self.receiver_input} input)" if self.receiver_input else "")
+        title = f"path_patch into {into}: {metric}{' (normalized)' if self.normalized else ''}"
+        grouped = [note for note in self.notes if note.startswith("grouped-query attention")]
+        receiver = "receiver key/value head" if grouped else "receiver head"
+        common = {
+            "name": "grid",
+            "title": title,
+            "units": units,
+            "signed": self.normalized or metric.startswith("logit"),
+            "columns": [str(head) for head in self.heads],
+        }
+        if self.axes == ["sender_layer", "sender_head"]:
+            return [
+                Heatmap(
+                    values=[list(row) for row in self.grid],  # type: ignore[arg-type]
+                    rows=[str(layer) for layer in self.layers],
+                    row_axis="sender layer",
+                    column_axis="sender head",
+                    notes=["blank: not a sender asked for"],
+                    **common,  # type: ignore[arg-type]
+                )
+            ]
+        notes = ["blank: no path (the receiver is not after the sender)", *grouped]
+        if self.axes == ["receiver_layer", "receiver_head"]:
+            sender = f" (from L{self.top_paths[0].sender[0]}H{self.top_paths[0].sender[1]})" if self.top_paths else ""
+            return [
+                Heatmap(
+                    values=[list(row) for row in self.grid],  # type: ignore[arg-type]
+                    rows=[str(layer) for layer in self.layers],
+                    row_axis=f"receiver layer{sender}",
+                    column_axis=receiver,
+                    notes=notes,
+                    **common,  # type: ignore[arg-type]
+                )
+            ]
+        senders = self.senders or []
+        return [
+            Heatmap(
+                values=[list(row) for block in self.grid for row in block],  # type: ignore[union-attr,arg-type]
+                rows=[f"L{s[0]}H{s[1]} > L{layer}" for s in senders for layer in self.layers],
+                row_axis="sender > receiver layer",
+                column_axis=receiver,
+                notes=notes,
+                **common,  # type: ignore[arg-type]
+            )
+        ]

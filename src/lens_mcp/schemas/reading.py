@@ -144,10 +144,13 @@ class HeadAttribution(Result):
 
     def heatmaps(self) -> list[Heatmap]:
         n_heads = len(self.heads[0]) if self.heads else 0
-        return [
+        versus = ", prompt minus baseline" if self.baseline is not None else ""
+        over = f", mean over {self.spread.n_pairs} pairs" if self.spread is not None else ""
+        maps = [
             Heatmap(
                 name="heads",
-                title=f"Direct logit attribution to {self.metric} at position {self.position} {self.token!r}",
+                title=f"Direct logit attribution to {self.metric} at position {self.position} {self.token!r}"
+                f"{versus}{over}",
                 values=[list(row) for row in self.heads],
                 rows=[str(layer) for layer in range(len(self.heads))],
                 columns=[str(head) for head in range(n_heads)],
@@ -157,6 +160,30 @@ class HeadAttribution(Result):
                 signed=True,
             )
         ]
+        if self.by_source is not None and self.by_source.sources:
+            maps.append(self.source_heatmap(self.by_source, versus))
+        return maps
+
+    def source_heatmap(self, split: SourceSplit, versus: str) -> Heatmap:
+        """by_source: the one head's cell split over the source positions listed, in position order."""
+        sources = sorted(split.sources, key=lambda part: part.position)
+        return Heatmap(
+            name="by_source",
+            title=f"L{split.layer}H{split.head}'s direct contribution to {self.metric} at position {self.position} "
+            f"{self.token!r}, by source position{versus}",
+            values=[[part.contribution for part in sources]],
+            rows=[f"L{split.layer}H{split.head}"],
+            columns=[f"{part.position} {part.token!r}" for part in sources],
+            row_axis="head",
+            column_axis="source position",
+            units="direct contribution (logits)",
+            signed=True,
+            annotations=[[f"a={part.attention:.2f}" for part in sources]],
+            notes=[
+                "cell text: the head's attention weight to that source",
+                f"the {len(sources)} largest |contribution|; the rest sum to {split.rest:.3g} (score {split.score:.3g})",
+            ],
+        )
 
 
 # ---- logit_lens ----------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ class RowSpec:
 
 def _finite(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise LensError(f"{where}: expected a finite number, got {value!r:.80}.")
+        raise LensError(f"{where}: expected a finite number, got {value!r:.80}; pass a finite number, e.g. 2.0.")
     return float(value)
 
 
@@ -109,9 +109,10 @@ def parse_interventions(tc: ToolContext, interventions: object) -> list[Interven
             name = item["steer"]
             stored = tc.model.steering_vectors.get(name) if isinstance(name, str) else None
             if stored is None:
-                have = ", ".join(map(repr, tc.model.steering_vectors)) or "none"
+                have = ", ".join(map(repr, tc.model.steering_vectors))
+                fix = f"use one of the stored names ({have}) or make" if have else "none is stored yet; make"
                 raise LensError(
-                    f"{where}.steer={name!r}: no steering vector by that name (stored: {have}); make one with steering_vector."
+                    f"{where}.steer={name!r}: no steering vector by that name; {fix} one with steering_vector first."
                 )
             target = stored.hook
             if item.get("layer") is not None:

@@ -116,7 +116,8 @@ def resolve_sae_folder(spec: str, sae_id: str | None, policy: LoadPolicy | None 
     if looks_like_path:
         raise LensError(
             f"spec={text!r}: no such folder, and it is neither a builtin SAE ({', '.join(BUILTIN_SAES)}) nor a "
-            "Hugging Face repo id (owner/name, with sae_id naming the subfolder)."
+            "Hugging Face repo id (owner/name, with sae_id naming the subfolder); pass a folder holding cfg.json and "
+            "sae_weights.safetensors, a builtin name, or a repo id."
         )
     return _hub_folder(text, sae_id), f"{text}/{sae_id}" if sae_id else text
 
@@ -152,8 +153,9 @@ def check_against_model(tc: ToolContext, sae: SAE, spec: str) -> None:
     if sae.hook_name not in hook_dict:
         raise LensError(
             f"spec={spec!r}: the SAE reads hook {sae.hook_name!r}, which this model "
-            f"({tc.model.spec.name}, {tc.cfg.n_layers} layers) does not have. Load the model it was trained on"
-            f"{' (' + sae.model_name + ')' if sae.model_name else ''}, or an SAE for this model. The model is unchanged."
+            f"({tc.model.spec.name}, {tc.cfg.n_layers} layers) does not have. Use load_model for the model it was "
+            f"trained on{' (' + sae.model_name + ')' if sae.model_name else ''}, or pass an SAE for this model. The "
+            "model is unchanged."
         )
     if not fireable(tc.bridge, sae.hook_name, hook_dict):
         raise LensError(f"spec={spec!r}: hook {sae.hook_name!r} is switched off on this model and never fires.")

@@ -120,7 +120,8 @@ def steering_vector(
         feature = check_int(from_feature, "from_feature")
         if not 0 <= feature < sae.d_sae:
             raise LensError(
-                f"from_feature={feature} is out of range: the SAE on {sae.hook_name} has 0..{sae.d_sae - 1}."
+                f"from_feature={feature} is out of range: the SAE on {sae.hook_name} has features 0..{sae.d_sae - 1}; "
+                f"use 0..{sae.d_sae - 1}."
             )
         if sae.normalize_activations in ("layer_norm", "constant_norm_rescale"):
             raise LensError(
@@ -146,8 +147,8 @@ def steering_vector(
         negatives = _check_prompts(negative_prompts, "negative_prompts")
         target = hook_name("resid_pre", resolve_layer(layer, int(tc.cfg.n_layers)))
         total = len(positives) + len(negatives)
-        lengths = [int(encode(tc, text, "positive_prompts").shape[-1]) for text in positives]
-        lengths += [int(encode(tc, text, "negative_prompts").shape[-1]) for text in negatives]
+        lengths = [int(encode(tc, text, f"positive_prompts[{i}]").shape[-1]) for i, text in enumerate(positives)]
+        lengths += [int(encode(tc, text, f"negative_prompts[{i}]").shape[-1]) for i, text in enumerate(negatives)]
         work = Work(
             rows=total,
             tokens_per_row=-(-sum(lengths) // total),

@@ -134,7 +134,9 @@ def _attribute_prompt(
     assert logits is not None
     with torch.no_grad():
         read = logits[0, pos]
-        result = _attribute(tc, metric, cache, float(metric(read)), pos, top_k, token_string(tc, int(tokens[0, pos])))
+        result = _attribute(
+            tc, metric, cache, float(metric(read)), pos, top_k, token_string(tc, int(tokens[0, pos])), unrounded
+        )
     result.warnings = metric_warnings(tc, metric, read)
     return result
 
