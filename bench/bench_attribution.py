@@ -53,7 +53,7 @@ def best_of(n: int, run: Callable[[], Any]) -> tuple[float, list[float], Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--pairs", nargs="*", default=["late", "early"], choices=sorted(PAIRS))
     parser.add_argument("--repeat", type=int, default=3, help="runs of attribution_patch (the best is reported)")
@@ -83,7 +83,9 @@ def main() -> None:
         for name in args.pairs:
             clean, corrupted = PAIRS[name]
             n_tokens = int(model.bridge.to_tokens(clean).shape[-1])
-            common = dict(clean_prompt=clean, corrupted_prompt=corrupted, answer=ANSWER, wrong_answer=WRONG)
+            common: dict[str, Any] = dict(
+                clean_prompt=clean, corrupted_prompt=corrupted, answer=ANSWER, wrong_answer=WRONG
+            )
             print(f"\npair {name!r}: {n_tokens} tokens")
             attr_s, attr_times, attr = best_of(
                 args.repeat,

@@ -23,7 +23,7 @@ import torch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--kinds", nargs="+", default=["k"], choices=["q", "k", "v"])
     parser.add_argument("--repeat", type=int, default=2)

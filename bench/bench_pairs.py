@@ -17,6 +17,7 @@ import argparse
 import os
 import platform
 import time
+from typing import Any
 
 LANDMARKS = [
     ("Hagia Sophia", " Istanbul"),
@@ -38,7 +39,7 @@ LANDMARKS = [
 ]
 
 
-def pairs() -> list[dict[str, str]]:
+def pairs() -> list[dict[str, Any]]:
     out = []
     for index, (subject, city) in enumerate(LANDMARKS):
         other, other_city = LANDMARKS[(index + 1) % len(LANDMARKS)]
@@ -58,7 +59,7 @@ def flat(grid: list) -> list:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--components", nargs="+", default=["resid_pre", "heads"])
@@ -72,12 +73,14 @@ def main() -> None:
     from lens_mcp.model_host import ModelHost
     from lens_mcp.tools.causal.patch_sweep import patch_sweep
     from lens_mcp.tools.core.context import ToolContext
+    from lens_mcp.tools.core.pairs import PromptPair
 
     host = ModelHost(Limits.from_env())
     host.load(args.model, device=args.device)
     print(f"{args.model} on {args.device}; torch {torch.__version__}, {torch.get_num_threads()} threads; ")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus; load {os.getloadavg()}")
     dataset = pairs()
+    dataset_pairs = [PromptPair(**pair) for pair in dataset]
     with host.use() as model:
         tc = ToolContext(model, host.limits)
         patch_sweep(tc, **dataset[0], component="resid_pre", layers=[0])  # warm-up (and the throughput probe)
@@ -91,7 +94,7 @@ def main() -> None:
                 singles = [patch_sweep(tc, **pair, component=component, layers=args.layers) for pair in dataset]
                 single_best = min(single_best, time.perf_counter() - started)
                 started = time.perf_counter()
-                together = patch_sweep(tc, pairs=dataset, component=component, layers=args.layers)
+                together = patch_sweep(tc, pairs=dataset_pairs, component=component, layers=args.layers)
                 pairs_best = min(pairs_best, time.perf_counter() - started)
             assert together is not None
             columns = list(zip(*(flat(s.grid) for s in singles), strict=True))

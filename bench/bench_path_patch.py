@@ -33,7 +33,7 @@ ANSWER, WRONG = " Mary", " John"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--sender", nargs=2, type=int, default=[0, 0], metavar=("LAYER", "HEAD"))

@@ -217,6 +217,8 @@ def train(x: torch.Tensor, d_sae: int, k: int, epochs: int, batch: int, lr: floa
     total_var = (x - x.mean(0)).pow(2).sum(-1).mean()
     k_aux = min(d_sae // 2, 4 * k)
     step = 0
+    # Bound before the loop so the epoch report is defined even when an epoch holds no full batch.
+    mse, aux, dead = torch.zeros(()), torch.zeros(()), torch.zeros(d_sae, dtype=torch.bool)
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=gen)
         for start in range(0, n - batch + 1, batch):
@@ -306,7 +308,7 @@ def evaluate(bridge, sae, tokens: torch.Tensor, batch: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--tokens", type=int, default=24_000, help="training activations (non-BOS tokens)")
     parser.add_argument("--eval-seqs", type=int, default=16)
@@ -323,8 +325,7 @@ def main() -> None:
     started = time.perf_counter()
 
     host = ModelHost(Limits())
-    host.load(MODEL, device="cpu")
-    bridge = host.model.bridge
+    bridge = host.load(MODEL, device="cpu").bridge
     load_s = time.perf_counter() - started
     n_train = -(-args.tokens // (args.seq_len - 1))
     n_seqs = n_train + args.eval_seqs

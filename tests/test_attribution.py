@@ -5,7 +5,7 @@ on top, rank agreement against pandas, bad input through a real MCP client, and 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pandas as pd
@@ -136,15 +136,14 @@ def test_the_grid_uses_patch_sweeps_normalization_and_rounding(toy: ToolContext)
     span = result.clean_metric - result.corrupted_metric
     n_layers, n_heads = toy.cfg.n_layers, toy.cfg.n_heads
     expected = (values / span).reshape(n_layers, n_heads, -1).tolist()
-    flat_grid = [v for layer in result.grid for row in layer for v in row]  # type: ignore[union-attr]
+    grid = cast("list[list[list[float]]]", result.grid)  # heads_by_pos: layers x heads x positions
+    flat_grid = [v for layer in grid for row in layer for v in row]
     flat_expected = [round_sig(v) for layer in expected for row in layer for v in row]
     assert flat_grid == pytest.approx(flat_expected, rel=2e-3, abs=1e-6)  # span from rounded metrics here
     assert result.axes == ["layer", "head", "position"] and result.normalized and result.direction == "denoise"
     assert result.verified == [] and result.agreement is None
     # Positions before the first differing token have bitwise equal activations: exactly zero.
-    assert all(
-        result.grid[layer][head][p] == 0 for layer in range(n_layers) for head in range(n_heads) for p in range(5)
-    )  # type: ignore[index]
+    assert all(grid[layer][head][p] == 0 for layer in range(n_layers) for head in range(n_heads) for p in range(5))
     raw = attribution_patch(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "heads", verify_top=0, normalize=False)
     assert not raw.normalized and "estimated metric" in raw.meaning
     # Raw values are the receiving (corrupted) run's metric plus the estimated change.

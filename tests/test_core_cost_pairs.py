@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from lens_mcp.tools.core.pairs import PromptPair, encode_pairs, positions_from_e
 
 
 @pytest.fixture()
-def fixed_speed(toy: ToolContext) -> ToolContext:
+def fixed_speed(toy: ToolContext) -> Iterator[ToolContext]:
     """The toy model with a known throughput (1,000 token-layers per second), restored afterwards."""
     saved = toy.model.throughput
     toy.model.throughput = 1000.0

@@ -3,6 +3,8 @@ TransformerLens's get_act_patch_attn_head_*_all_pos; result hygiene (null for sk
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from lens_mcp.model_host import ModelHost, count_hooks
@@ -62,8 +64,9 @@ def test_cells_zero_by_construction_are_exactly_zero(toy: ToolContext) -> None:
     """In the last layer, a head's output at an earlier position cannot reach the last position."""
     result = patch_sweep(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "heads_by_pos", layers=[1])
     sweep = run_sweep(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "heads_by_pos", layers=[1])
+    grid = cast("list[list[list[float | None]]]", result.grid)  # heads_by_pos: layers x heads x positions
     for head in range(toy.cfg.n_heads):
-        row = result.grid[0][head]
+        row = grid[0][head]
         assert all(value == 0.0 and isinstance(value, float) for value in row[:-1])
     reference = transformer_lens_values(toy, "heads_by_pos", sweep.cells)
     assert float((sweep.values - reference).abs().max()) <= TOL  # they are 0 for TransformerLens too

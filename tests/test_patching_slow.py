@@ -107,7 +107,7 @@ SHORTER_PAIR = ("The Kremlin is in the city of", "The Louvre is in the city of",
 def test_pairs_mean_equals_the_mean_of_single_sweeps(smol: ToolContext) -> None:
     from lens_mcp.tools.causal.patch_sweep import PairSpec, run_sweeps
 
-    items = [*LANDMARK_PAIRS, SHORTER_PAIR]
+    items: list[tuple[str, str, str, str]] = [*LANDMARK_PAIRS, SHORTER_PAIR]
     for component, positions in (("resid_pre", [-1, -3, -5]), ("heads", None)):
         together = run_sweeps(smol, [PairSpec(*p) for p in items], component, layers=[0, 14, 29], positions=positions)
         for sweep, item in zip(together, items, strict=True):

@@ -102,5 +102,5 @@ def test_name_mover_style_call_end_to_end(smol: ToolContext) -> None:
     writer = direct.top_paths[0].sender
     assert abs(direct.top_paths[0].value) > 0.05
     queries = path_patch(smol, CLEAN, CORRUPTED, ANSWER, WRONG, None, [list(writer)], "q", positions=[-1])
-    assert queries.layers == list(range(writer[0])) and queries.positions == [14]
+    assert queries.layers == list(range(writer[0])) and queries.positions == [14] and queries.grid is not None
     assert all(len(row) == 9 for row in queries.grid)

@@ -85,7 +85,7 @@ class HeadOutput(Result):
     promoted: list[TokenEffect] = Field(description="The top_k tokens the head's output raises most at the position")
     suppressed: list[TokenEffect] = Field(description="The top_k tokens it lowers most")
     ov: OVReadout = Field(description="The head's OV circuit applied to one source position's value")
-    meaning: str
+    meaning: str = Field()  # required here (the base defaults it to "")
     note: str = Field("", description="Caveats of this readout on this model")
 
 
@@ -112,7 +112,7 @@ class NeuronAttribution(Result):
     )
     bias_totals: list[Rounded] = Field(description="Per searched layer: b_out's direct effect (0 without b_out)")
     actual: Rounded = Field(description="The metric from the model's real logits")
-    meaning: str
+    meaning: str = Field()  # required here (the base defaults it to "")
     note: str = Field("", description="Caveats of this readout on this model")
 
 
@@ -130,5 +130,5 @@ class MLPNeurons(Result):
     d_mlp: int = Field(description="Neurons in this layer")
     gated: bool = Field(description="Whether the MLP is gated (activation = act(gate) x up)")
     neurons: list[MLPNeuron] = Field(description="The top_k neurons by absolute activation at the position")
-    meaning: str
+    meaning: str = Field()  # required here (the base defaults it to "")
     note: str = Field("", description="Caveats of this readout on this model")

@@ -30,7 +30,7 @@ class LoadSaeResult(Result):
     replaced: bool = Field(description="Whether an SAE on the same hook was replaced")
     saes: list[str] = Field(description="Hooks of every SAE now loaded")
     notes: list[str] = Field(default_factory=list, description="Caveats found in the file")
-    meaning: str
+    meaning: str = Field()  # required here (the base defaults it to "")
 
 
 class PromotedTokens(BaseModel):
@@ -71,9 +71,9 @@ class SaeFeaturesResult(Result):
     positions: list[PositionFeatures]
     reconstruction: Reconstruction | None
     promoted: list[PromotedTokens] = Field(description="For each listed feature, what its decoder direction promotes")
-    meaning: str
+    meaning: str = Field()  # required here (the base defaults it to "")
     cost: Cost | None = Field(None, description="The estimate made before computing")
-    dry_run: bool = Field(False, description="True: only the estimate, nothing computed")
+    dry_run: bool = Field(default=False, description="True: only the estimate, nothing computed")
 
     def heatmaps(self) -> list[Heatmap]:
         """Position x feature: each position's listed top features (blank: not listed at that position)."""
@@ -129,9 +129,9 @@ class FeatureAttributionResult(Result):
     tokens: list[str]
     features: list[FeatureAttributionEntry] = Field(description="Largest |attribution| first")
     total_attribution: Rounded | None = Field(description="Sum over all active features at these positions")
-    meaning: str
+    meaning: str = Field()  # required here (the base defaults it to "")
     cost: Cost | None = Field(None, description="The estimate made before computing")
-    dry_run: bool = Field(False, description="True: only the estimate, nothing computed")
+    dry_run: bool = Field(default=False, description="True: only the estimate, nothing computed")
 
 
 class SteeringVectorResult(Result):
@@ -151,7 +151,7 @@ class SteeringVectorResult(Result):
     n_positive: int
     n_negative: int
     stored: list[str] = Field(description="Names of all stored steering vectors")
-    meaning: str
+    meaning: str = Field()  # required here (the base defaults it to "")
 
 
 class GeneratedToken(BaseModel):
@@ -183,6 +183,6 @@ class GenerateResult(Result):
     )
     temperature: Rounded
     seed: int
-    meaning: str
+    meaning: str = Field()  # required here (the base defaults it to "")
     cost: Cost | None = Field(None, description="The estimate made before computing")
-    dry_run: bool = Field(False, description="True: only the estimate, nothing computed")
+    dry_run: bool = Field(default=False, description="True: only the estimate, nothing computed")

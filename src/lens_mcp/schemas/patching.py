@@ -65,12 +65,14 @@ class PatchSweepResult(Result):
     normalized: bool = Field(description="True: the grid is normalized as `meaning` says; false: the raw metric")
     meaning: str = Field(description="What a grid value means: sign, and what 1 is")
     clean_tokens: list[str] | None = Field(
-        None, description="The clean prompt's tokens (BOS is position 0); with pairs, in `pairs`"
+        default=None, description="The clean prompt's tokens (BOS is position 0); with pairs, in `pairs`"
     )
-    corrupted_tokens: list[str] | None = Field(None, description="The corrupted prompt's tokens")
-    clean_metric: Rounded | None = Field(None, description="Metric on the clean prompt (with pairs: mean over pairs)")
+    corrupted_tokens: list[str] | None = Field(default=None, description="The corrupted prompt's tokens")
+    clean_metric: Rounded | None = Field(
+        default=None, description="Metric on the clean prompt (with pairs: mean over pairs)"
+    )
     corrupted_metric: Rounded | None = Field(
-        None, description="Metric on the corrupted prompt (with pairs: mean over pairs)"
+        default=None, description="Metric on the corrupted prompt (with pairs: mean over pairs)"
     )
     axes: list[str] = Field(
         default_factory=list,
@@ -78,37 +80,40 @@ class PatchSweepResult(Result):
     )
     layers: list[int] = Field(default_factory=list, description="Layer of each grid row")
     positions: list[int] | None = Field(
-        None, description="Position of each position-axis entry (as given, when pairs differ in length)"
+        default=None, description="Position of each position-axis entry (as given, when pairs differ in length)"
     )
-    heads: list[int] | None = Field(None, description="Head (or key/value head) of each head-axis entry")
+    heads: list[int] | None = Field(default=None, description="Head (or key/value head) of each head-axis entry")
     grid: NullableGrid | NullableGrid3 = Field(
         default_factory=list,
         description="Values, indexed as `axes` says (4 significant digits; with pairs, the mean over pairs); "
         "null = skipped (identical activations)",
     )
-    spread: SweepSpread | None = Field(None, description="With pairs: each cell's spread over pairs")
-    pairs: list[PatchPairMetrics] | None = Field(None, description="With pairs: each pair's metrics and tokens")
+    spread: SweepSpread | None = Field(default=None, description="With pairs: each cell's spread over pairs")
+    pairs: list[PatchPairMetrics] | None = Field(default=None, description="With pairs: each pair's metrics and tokens")
     top_cells: list[PatchCell] = Field(
         default_factory=list, description="Cells with the largest |value|, largest first"
     )
     n_cells: int = Field(description="Cells per pair")
     forward_passes: int = Field(
-        0,
+        default=0,
         description="Batched forward passes run, the clean and corrupted runs included "
         "(TransformerLens's patching functions run one per cell)",
     )
     skipped_cells: int = Field(
-        0, description="Cells whose clean and corrupted activations are identical (null in the grid; nothing to run)"
+        default=0,
+        description="Cells whose clean and corrupted activations are identical (null in the grid; nothing to run)",
     )
     method: PatchMethod | None = Field(
-        None,
+        default=None,
         description="driven: patched rows start at the patched layer and reuse the corrupted run for unchanged "
         "positions; driven-full: start at the patched layer but recompute every position (the model's blocks "
         "take an argument that cannot be cut to a suffix); hooked: full forward passes with hooks; null: dry run",
     )
     seconds: Rounded = 0.0
-    cost: Cost | None = Field(None, description="The estimate made before computing (always given with dry_run)")
-    dry_run: bool = Field(False, description="True: nothing was computed; only `cost` is filled in")
+    cost: Cost | None = Field(
+        default=None, description="The estimate made before computing (always given with dry_run)"
+    )
+    dry_run: bool = Field(default=False, description="True: nothing was computed; only `cost` is filled in")
     notes: list[str] = Field(default_factory=list)
     warnings: list[str] = warnings_field()
 
@@ -197,31 +202,36 @@ class AblationPairResult(PairMetrics):
 
 
 class AblateHeadsResult(Result):
-    tokens: list[str] | None = Field(None, description="The prompt's tokens (BOS is position 0); with pairs, in pairs")
+    tokens: list[str] | None = Field(
+        default=None, description="The prompt's tokens (BOS is position 0); with pairs, in pairs"
+    )
     mode: AblationMode
     metric: str = Field(description="What the metric measures")
-    meaning: str = Field("", description="What the effect means: sign")
+    meaning: str = Field(default="", description="What the effect means: sign")
     heads: list[tuple[int, int]] = Field(description="Ablated heads as [layer, head]")
-    metric_before: Rounded | None = Field(None, description="Metric without ablation (with pairs: mean)")
+    metric_before: Rounded | None = Field(default=None, description="Metric without ablation (with pairs: mean)")
     metric_after: Rounded | None = Field(
-        None, description="Metric with all listed heads ablated together (with pairs: mean)"
+        default=None, description="Metric with all listed heads ablated together (with pairs: mean)"
     )
-    effect: Rounded | None = Field(None, description="metric_after - metric_before (with pairs: mean)")
-    effect_spread: EffectSpread | None = Field(None, description="With pairs: the effect's spread over pairs")
+    effect: Rounded | None = Field(default=None, description="metric_after - metric_before (with pairs: mean)")
+    effect_spread: EffectSpread | None = Field(default=None, description="With pairs: the effect's spread over pairs")
     prob_before: Rounded | None = Field(
-        None, description="Probability of the answer before ablation (answer metrics only)"
+        default=None, description="Probability of the answer before ablation (answer metrics only)"
     )
-    prob_after: Rounded | None = Field(None, description="Probability of the answer with all listed heads ablated")
+    prob_after: Rounded | None = Field(
+        default=None, description="Probability of the answer with all listed heads ablated"
+    )
     individual: list[HeadEffect] | None = Field(
-        None, description="Each head ablated alone (individually=true), the heads the behaviour needs most first"
+        default=None,
+        description="Each head ablated alone (individually=true), the heads the behaviour needs most first",
     )
     pairs: list[AblationPairResult] | None = Field(
-        None,
+        default=None,
         description="With pairs: per pair, the metric on its prompt (clean_metric), on its corrupted prompt, and "
         "after ablation",
     )
-    cost: Cost | None = Field(None, description="The estimate made before computing")
-    dry_run: bool = Field(False, description="True: nothing was computed; only `cost` is filled in")
+    cost: Cost | None = Field(default=None, description="The estimate made before computing")
+    dry_run: bool = Field(default=False, description="True: nothing was computed; only `cost` is filled in")
     warnings: list[str] = warnings_field()
 
     def explain(self) -> str:

@@ -121,14 +121,18 @@ class HeadAttribution(Result):
     explained: bool = Field(description="Whether total equals actual within the tolerance")
     note: str = Field(description="How well the decomposition accounts for the real value")
     by_source: SourceSplit | None = Field(
-        None, description="With by_source=true: one head's cell split over the source positions it reads"
+        default=None, description="With by_source=true: one head's cell split over the source positions it reads"
     )
     baseline: BaselineComparison | None = Field(
-        None, description="With baseline_prompt: every number above is prompt minus baseline; this has both sides"
+        default=None,
+        description="With baseline_prompt: every number above is prompt minus baseline; this has both sides",
     )
-    spread: GridSpread | None = Field(None, description="With pairs: how each cell of `heads` varies over the pairs")
+    spread: GridSpread | None = Field(
+        default=None, description="With pairs: how each cell of `heads` varies over the pairs"
+    )
     pairs: list[PairMetrics] | None = Field(
-        None, description="With pairs: each pair's metric on its prompt (and on its corrupted_prompt, the baseline)"
+        default=None,
+        description="With pairs: each pair's metric on its prompt (and on its corrupted_prompt, the baseline)",
     )
     warnings: list[str] = warnings_field()
 

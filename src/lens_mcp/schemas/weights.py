@@ -26,7 +26,7 @@ class CompositionScores(Result):
     top_pairs: list[CompositionPair] = Field(description="The top_k pairs by score")
     baseline_mean: Rounded = Field(description="Mean score of random Gaussian matrices of the same shapes")
     baseline_std: Rounded = Field(description="Standard deviation of that random baseline")
-    meaning: str
+    meaning: str = Field()  # required here (the base defaults it to "")
 
     def heatmaps(self) -> list[Heatmap]:
         """The top pairs as sender x receiver: only the listed pairs have a cell; the full grid is not returned."""

@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, TextIO, cast
 
 from lens_mcp import __version__
 from lens_mcp.limits import Limits
@@ -336,7 +336,7 @@ def scripted(args: argparse.Namespace, out: TextIO, exit_hard: bool = False) -> 
             if args.output != "-":
                 target = _open_output(args.output)
                 stack.callback(close_output, target, args.output)
-            target = GuardedOutput(target, args.output)  # type: ignore[assignment]
+            target = cast(TextIO, GuardedOutput(target, args.output))  # forwards the rest of TextIO
             status = anyio.run(
                 commands.run_batch,
                 host,

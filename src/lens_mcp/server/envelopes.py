@@ -23,10 +23,10 @@ from typing import Any
 
 import anyio
 import mcp_types as types
-from anyio.abc import ObjectSendStream
 from mcp.server.mcpserver import MCPServer
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
+from pydantic import ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +125,9 @@ def _is_json(line: str) -> bool:
 
 
 def _first_error(problem: Exception) -> str:
-    errors = getattr(problem, "errors", None)
-    if callable(errors):
+    if isinstance(problem, ValidationError):
         try:
-            first = errors(include_url=False)[0]
+            first = problem.errors(include_url=False)[0]
             return f"{'.'.join(map(str, first.get('loc', ())))}: {first.get('msg', '')}"[:300]
         except Exception:  # noqa: BLE001 - the message is a courtesy
             pass
@@ -185,12 +184,12 @@ async def run_stdio(server: MCPServer) -> None:
         async with stdio_server(stdin=lines) as (read_stream, write_stream):  # type: ignore[arg-type]
             async with anyio.create_task_group() as group:
 
-                async def forward(out: ObjectSendStream[SessionMessage]) -> None:
+                async def forward() -> None:
                     async with answers_receive:
                         async for refusal in answers_receive:
-                            await out.send(SessionMessage(refusal))
+                            await write_stream.send(SessionMessage(refusal))
 
-                group.start_soon(forward, write_stream)
+                group.start_soon(forward)
                 await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
                 group.cancel_scope.cancel()
     finally:

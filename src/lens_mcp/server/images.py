@@ -15,6 +15,7 @@ import io
 import logging
 import math
 import textwrap
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -55,7 +56,7 @@ def supports_images(result_model: Any) -> bool:
 
 def heatmaps_of(result: BaseModel) -> list[Heatmap]:
     """The result's heatmaps that have cells (a dry run's empty grids draw nothing)."""
-    method = getattr(result, "heatmaps", None)
+    method: Callable[[], Iterable[Heatmap]] | None = getattr(result, "heatmaps", None)
     maps = list(method()) if callable(method) else []
     return [heatmap for heatmap in maps if heatmap.shape[0] and heatmap.shape[1]]
 

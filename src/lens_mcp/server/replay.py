@@ -17,7 +17,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeGuard
 
 from lens_mcp.server.record import RecordFile, fingerprint, read_record
 
@@ -37,7 +37,7 @@ def numbers_match(a: float, b: float, atol: float = 0.0) -> bool:
     return abs(a - b) <= ulp * (1 + 1e-9) + atol
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -272,7 +272,7 @@ def exact_effects(
 
 
 def normalized_effect(
-    patched: torch.Tensor, clean_metric: float, corrupted_metric: float, direction: str
+    patched: torch.Tensor, clean_metric: float | torch.Tensor, corrupted_metric: float | torch.Tensor, direction: str
 ) -> torch.Tensor:
     """patch_sweep's normalization: denoise (patched - corrupted) / (clean - corrupted), 1 = clean behaviour fully
     restored; noise (clean - patched) / (clean - corrupted), 1 = clean behaviour fully broken."""

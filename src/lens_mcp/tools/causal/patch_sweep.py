@@ -398,7 +398,7 @@ def _shape_grid(flat: list[float | None], n_layers: int, n_heads: int | None, n_
 def summarize_sweeps(
     tc: ToolContext,
     sweeps: list[Sweep],
-    component: str,
+    component: SweepComponent,
     normalize: bool,
     positions: list[int] | None,
     started: float,

@@ -401,7 +401,6 @@ def _run_pair(
             if position_list is not None and n_tokens - 1 not in position_list:
                 notes.append("positions leaves out the last position, the only one the logits read: no effect")
             values = _logit_rows(tc, engine, answer_metric, [deltas[sender] for sender, _ in plan.paths])
-            engine.stats.method = "readout"
             counter.advance(n_paths, f"{n_paths} paths into the logits")
         else:
             builder = _RowBuilder(tc, plan.receiver_input)
@@ -685,7 +684,7 @@ def path_patch(
         top_paths=edges[:TOP_EDGES],
         n_paths=len(run.paths),
         forward_passes=sum(r.stats.forward_passes for r in runs),
-        method=run.stats.method,
+        method="readout" if plan.form_name == "logits" else run.stats.method,  # logits: no patched pass
         seconds=time.perf_counter() - started,
         cost=cost,
         notes=notes,

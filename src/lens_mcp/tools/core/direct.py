@@ -91,7 +91,7 @@ class DirectReadout:
     def from_scale(cls, tc: ToolContext, scale: torch.Tensor | float | None) -> DirectReadout:
         """From a scale already kept (None: the model has no final norm)."""
         slope, linear = output_slope(tc)
-        value = 1.0 if scale is None else float(scale if isinstance(scale, float) else scale.reshape(-1)[0])
+        value = 1.0 if scale is None else float(scale if isinstance(scale, (int, float)) else scale.reshape(-1)[0])
         return cls(tc, value, slope, linear)
 
     def prepare(self, vectors: torch.Tensor) -> torch.Tensor:

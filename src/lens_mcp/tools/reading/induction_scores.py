@@ -375,6 +375,13 @@ def _mean(values: torch.Tensor) -> float | None:
     return float(values.double().mean()) if len(values) else None
 
 
+def _mean_first_seen(values: torch.Tensor) -> float:
+    """The mean loss of the first-seen tokens, which always exist: position 1 has no earlier occurrence."""
+    if not len(values):
+        raise RuntimeError("no first-seen token to average the loss over")
+    return float(values.double().mean())
+
+
 def induction_scores(
     tc: ToolContext,
     seq_len: Annotated[
@@ -462,7 +469,7 @@ def induction_scores(
         first_ablated, copy_ablated = ablated_losses(tc, tokens, ablated_heads)
         ablated = AblatedLosses(
             heads=ablated_heads,
-            loss_first_repeat=_mean(first_ablated),
+            loss_first_repeat=_mean_first_seen(first_ablated),
             loss_second_repeat=_mean(copy_ablated),
         )
         tc.progress(2, 2, "losses with the heads ablated")
@@ -481,7 +488,7 @@ def induction_scores(
         top_induction=_top(scores["induction"], top_k),
         top_previous_token=_top(scores["previous_token"], top_k),
         top_duplicate_token=_top(scores["duplicate_token"], top_k),
-        loss_first_repeat=_mean(first_losses),  # pyright: ignore[reportArgumentType]  (never empty in practice)
+        loss_first_repeat=_mean_first_seen(first_losses),
         loss_second_repeat=_mean(copy_losses),
         positions=ScoredPositions(
             induction=targets.n_queries["induction"],
