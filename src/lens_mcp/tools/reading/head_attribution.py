@@ -22,6 +22,7 @@ from pydantic import Field
 from lens_mcp.schemas.common import HeadScore
 from lens_mcp.schemas.reading import HeadAttribution, OtherComponents
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.direct import final_norm_centres, has_final_norm
 from lens_mcp.tools.core.forward import cached_forward, output_slope, readout
 from lens_mcp.tools.core.metrics import AnswerMetric, metric_warnings, resolve_metric
 from lens_mcp.tools.core.pairs import PairsArgument
@@ -29,17 +30,6 @@ from lens_mcp.tools.core.tokens import encode, token_string
 from lens_mcp.tools.core.validation import check_top_k, resolve_position
 
 FP32_TOLERANCE = 1e-3
-
-
-def _final_norm_centres(tc: ToolContext) -> bool:
-    """Whether the final norm subtracts the mean (LayerNorm) rather than only scaling (RMSNorm)."""
-    cfg = tc.cfg
-    return cfg.normalization_type in ("LN", "LNPre") and not getattr(cfg, "final_rms", False)
-
-
-def _has_final_norm(tc: ToolContext) -> bool:
-    norm = tc.cfg.normalization_type
-    return norm in ("LN", "LNPre", "RMS", "RMSPre") and "ln_final.hook_scale" in tc.bridge.hook_dict
 
 
 def _stacked_or_none(tc: ToolContext, attribute: str) -> torch.Tensor | None:
@@ -128,7 +118,7 @@ def _attribute_prompt(
     names += _post_norm_hooks(tc)
     names += [name for name in ("hook_embed", "hook_pos_embed") if name in tc.bridge.hook_dict]
     names += ["blocks.0.hook_resid_pre", f"blocks.{n_layers - 1}.hook_resid_post"]
-    if _has_final_norm(tc):
+    if has_final_norm(tc):
         names.append("ln_final.hook_scale")
     logits, cache = cached_forward(tc, tokens, names, positions=[pos])
     assert logits is not None
@@ -203,12 +193,12 @@ def _attribute(
     direction = W_U[:, metric.answer_id].float()
     if metric.wrong_id is not None:
         direction = direction - W_U[:, metric.wrong_id].float()
-    if _final_norm_centres(tc):
+    if final_norm_centres(tc):
         # (x - mean(x)) . d == x . (d - mean(d)): centring each component equals centring the direction.
         direction = direction - direction.mean()
-    elif _has_final_norm(tc):
+    elif has_final_norm(tc):
         direction = direction * _rms_weight(bridge.ln_final, int(cfg.d_model), direction).to(direction.device)
-    scale = float(cache["ln_final.hook_scale"][0, 0].reshape(-1)[0]) if _has_final_norm(tc) else 1.0
+    scale = float(cache["ln_final.hook_scale"][0, 0].reshape(-1)[0]) if has_final_norm(tc) else 1.0
     direction = direction * slope  # a logit scale is linear: it multiplies every term
 
     def project(vector: torch.Tensor) -> float:
