@@ -13,10 +13,11 @@ import pytest
 import torch
 from mcp import Client
 
+from lens_mcp.cli.hosts import LIMIT_FLAGS, limits_from_args
+from lens_mcp.cli.main import build_parser
 from lens_mcp.limits import ENV_PREFIX, Limits
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server.app import build_server
-from lens_mcp.server.cli import LIMIT_FLAGS, build_parser, limits_from_args
 from lens_mcp.tools.core import batching
 from tests.mcp_client import error_text, result_data
 from tests.shared import CLEAN, SWEEP, TIMING_FIELDS, P, leak_reports

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from lens_mcp.cli import scripted
 from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost
-from lens_mcp.server import scripted
 from lens_mcp.server.app import build_server
 from lens_mcp.server.instructions import INSTRUCTIONS
 from lens_mcp.server.registry import HOST_TOOLS, TOOL_NAMES, TOOLS

@@ -104,7 +104,6 @@ def _publish(
 ) -> None:
     parameters, result_model = _exposed_signature(fn, skip)
     parameters += extra  # adapter-level arguments (image)
-    images.RESULT_MODELS[fn.__name__] = result_model
     context_parameter = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)
     returns = Annotated[CallToolResult, result_model]
     body.__signature__ = inspect.Signature([*parameters, context_parameter], return_annotation=returns)  # type: ignore[attr-defined]

@@ -46,9 +46,6 @@ IMAGE_PARAMETER = inspect.Parameter(
     ],
 )
 
-RESULT_MODELS: dict[str, type[BaseModel]] = {}
-"""Result model of every published tool, by tool name (filled by the adapter; read by report and replay)."""
-
 
 def supports_images(result_model: Any) -> bool:
     return isinstance(result_model, type) and callable(getattr(result_model, "heatmaps", None))
