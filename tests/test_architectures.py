@@ -30,7 +30,6 @@ from transformer_lens.tools.analysis.logit_lens import logit_lens as tl_logit_le
 from lens_mcp.errors import LensError
 from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost
-from lens_mcp.progress import no_progress
 from lens_mcp.tools.causal.ablate_heads import ablate_heads
 from lens_mcp.tools.causal.attribution_patch import PairRun, attribution_patch, estimate_effects, resolve_grid
 from lens_mcp.tools.causal.patch_sweep import run_sweep
@@ -558,13 +557,18 @@ SAE_HOOK = "blocks.1.hook_resid_pre"
 D_SAE = 32
 
 
+def _load_sae(case: Case, folder: str) -> Any:
+    with case.tc() as tc:
+        return load_sae(tc, folder)
+
+
 @contextmanager
 def sae_loaded(case: Case) -> Iterator[dict[str, torch.Tensor]]:
     """A random SAE with d_in = the family's d_model on SAE_HOOK, loaded through the load_sae tool; removed after."""
     assert case.host.model is not None
     with tempfile.TemporaryDirectory() as folder:
         weights = write_sae_folder(Path(folder), int(case.hf.config.hidden_size), SAE_HOOK, D_SAE)
-        result = load_sae(case.host, no_progress, folder)
+        result = _load_sae(case, folder)
     assert result.loaded.hook == SAE_HOOK and not result.replaced
     try:
         yield weights
@@ -599,7 +603,7 @@ def check_load_sae(case: Case) -> None:
     d_model = int(case.hf.config.hidden_size)
     with tempfile.TemporaryDirectory() as folder:
         write_sae_folder(Path(folder), d_model + 1, SAE_HOOK, D_SAE)
-        _refused(lambda: load_sae(case.host, no_progress, folder), f"d_in={d_model + 1} but the activation")
+        _refused(lambda: _load_sae(case, folder), f"d_in={d_model + 1} but the activation")
     assert case.host.model.saes == {}
     with sae_loaded(case) as weights:
         sae = case.host.model.saes[SAE_HOOK]

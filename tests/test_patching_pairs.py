@@ -102,7 +102,7 @@ def test_bad_pairs_are_named(toy: ToolContext) -> None:
 def test_dry_run_and_refusal_come_before_any_forward_pass(toy: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
     estimate = patch_sweep(toy, pairs=as_pairs(SAME_LENGTH), component="heads_by_pos", dry_run=True)
     assert estimate.dry_run and estimate.cost is not None and estimate.grid == []
-    n_cells = toy.cfg.n_layers * toy.cfg.n_heads * 10
+    n_cells = toy.model.cfg.n_layers * toy.model.cfg.n_heads * 10
     assert estimate.n_cells == n_cells and estimate.cost.cells == n_cells * len(SAME_LENGTH)
     real = patch_sweep(toy, pairs=as_pairs(SAME_LENGTH), component="heads_by_pos")
     assert real.cost == estimate.cost
@@ -112,7 +112,7 @@ def test_dry_run_and_refusal_come_before_any_forward_pass(toy: ToolContext, monk
         raise AssertionError("a forward pass ran")
 
     tight = ToolContext(toy.model, Limits(max_work_units=100))
-    monkeypatch.setattr(type(toy.bridge), "run_with_cache", no_forward)
+    monkeypatch.setattr(type(toy.model.bridge), "run_with_cache", no_forward)
     started = time.perf_counter()
     with pytest.raises(LensError, match="refused before computing.*max_work_units=100.*layers="):
         patch_sweep(tight, pairs=as_pairs(SAME_LENGTH), component="heads_by_pos")

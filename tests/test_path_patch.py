@@ -39,7 +39,7 @@ Edit = tuple[str, int | None]
 
 def sender_write(tc: ToolContext, clean: str, corrupted: str, sender: Sequence[int]) -> torch.Tensor:
     """(z_clean - z_corrupted) @ W_O of one head, [pos, d_model], from separate runs of the two prompts."""
-    bridge = tc.bridge
+    bridge = tc.model.bridge
     layer, head = sender
     name = f"blocks.{layer}.attn.hook_z"
     with torch.no_grad():
@@ -62,7 +62,7 @@ def hand_path_patch(
     """One full hooked forward pass of the corrupted prompt with the sender's write added at each edit, through
     TransformerLens's per-head q/k/v input copies (use_split_qkv_input) for head inputs; the metric at the last
     position (logit difference, or log-probability without a wrong answer)."""
-    bridge = tc.bridge
+    bridge = tc.model.bridge
     delta = sender_write(tc, clean, corrupted, sender)
     if positions is not None:
         keep = torch.zeros(delta.shape[0], dtype=torch.bool)
@@ -104,7 +104,7 @@ def values_by_path(run: Any) -> dict[tuple[tuple[int, int], tuple[Any, ...]], fl
 
 @pytest.mark.parametrize("component", ["q", "k", "v"])
 def test_all_heads_equals_transformer_lens_direct_path(toy: ToolContext, component: str) -> None:
-    bridge = toy.bridge
+    bridge = toy.model.bridge
     tokens = bridge.to_tokens([KEY_CLEAN, KEY_CORRUPTED])
     a, b = bridge.to_single_token(ANSWER), bridge.to_single_token(" w99")
 
@@ -115,12 +115,12 @@ def test_all_heads_equals_transformer_lens_direct_path(toy: ToolContext, compone
         _, clean_cache = bridge.run_with_cache(tokens[:1])
         _, corrupted_cache = bridge.run_with_cache(tokens[1:])
     references = []
-    for head in range(int(toy.cfg.n_heads)):
+    for head in range(int(toy.model.cfg.n_heads)):
         reference = patching.get_act_patch_direct_path(
             bridge, tokens[1:], clean_cache, corrupted_cache, metric, 0, head, component, verbose=False
         )
         run = run_path_patch(toy, KEY_CLEAN, KEY_CORRUPTED, ANSWER, " w99", [[0, head]], "all_heads", component)
-        assert run.form == "receivers" and len(run.paths) == toy.cfg.n_heads  # every head of layer 1
+        assert run.form == "receivers" and len(run.paths) == toy.model.cfg.n_heads  # every head of layer 1
         assert run.stats.method == "driven"
         ours = torch.zeros_like(reference)
         for (_, (receiver,)), value in zip(run.paths, run.values, strict=True):
@@ -169,7 +169,7 @@ def test_receiver_forms_equal_hand_written_hooks(
 ) -> None:
     run = run_path_patch(toy, KEY_CLEAN, KEY_CORRUPTED, ANSWER, " w99", None, receivers, receiver_input)
     assert run.form == "senders"
-    expected_senders = 2 * toy.cfg.n_heads if receivers == "logits" else toy.cfg.n_heads
+    expected_senders = 2 * toy.model.cfg.n_heads if receivers == "logits" else toy.model.cfg.n_heads
     assert len(run.paths) == expected_senders
     for (sender, _), value in zip(run.paths, run.values, strict=True):
         if sender[0] >= 1 and receivers != "logits":
@@ -209,7 +209,7 @@ def test_result_is_normalized_rounded_and_null_without_a_path(toy: ToolContext) 
     # Several senders into every head: a sender x receiver layer x receiver head grid.
     both = path_patch(toy, CLEAN, CORRUPTED, ANSWER, WRONG, [[0, 1], [0, 2]], "all_heads", "v")
     assert both.axes == ["sender", "receiver_layer", "receiver_head"] and both.senders == [[0, 1], [0, 2]]
-    assert len(both.grid) == 2 and len(both.grid[0]) == 1 and len(both.grid[0][0]) == toy.cfg.n_heads
+    assert len(both.grid) == 2 and len(both.grid[0]) == 1 and len(both.grid[0][0]) == toy.model.cfg.n_heads
 
 
 def test_identical_prompts_change_nothing(toy: ToolContext) -> None:

@@ -121,8 +121,11 @@ def add_model_tool(
     *,
     title: str | None = None,
     read_only: bool = True,
+    open_world: bool = False,
 ) -> None:
-    """Register `fn(tc, **arguments)` as a tool that runs on the loaded model."""
+    """Register `fn(tc, **arguments)` as a tool that runs on the loaded model. A tool that changes what is
+    attached to the model (read_only=False) is idempotent and not destructive; open_world: it may load from
+    outside the server (folders, the Hub)."""
 
     draws = images.supports_images(_exposed_signature(fn, 1)[1])
 
@@ -133,7 +136,7 @@ def add_model_tool(
 
         def call() -> BaseModel:
             with host.use(report) as model:
-                produced.append(fn(ToolContext(model, host.limits, report), **arguments))
+                produced.append(fn(ToolContext(model, host.limits, report, host.load_policy), **arguments))
             return produced[-1]
 
         result = run_guarded(fn.__name__, call, host.limits)
@@ -144,7 +147,9 @@ def add_model_tool(
         fn,
         body,
         skip=1,
-        annotations=ToolAnnotations(read_only_hint=read_only, idempotent_hint=read_only, open_world_hint=False),
+        annotations=ToolAnnotations(read_only_hint=read_only, idempotent_hint=read_only, open_world_hint=open_world)
+        if not open_world
+        else ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=True),
         title=title,
         extra=(images.IMAGE_PARAMETER,) if draws else (),
     )

@@ -70,7 +70,7 @@ TOOLS: tuple[ToolEntry, ...] = (
     ToolEntry(neuron_attribution, "Direct logit attribution per MLP neuron"),
     ToolEntry(mlp_neurons, "Most active neurons of one MLP"),
     ToolEntry(composition_scores, "Q/K/V composition between heads"),
-    ToolEntry(load_sae, "Load a sparse autoencoder", host=True),
+    ToolEntry(load_sae, "Load a sparse autoencoder", options=(("read_only", False), ("open_world", True))),
     ToolEntry(sae_features, "SAE features of a prompt"),
     ToolEntry(feature_attribution, "Attribute an answer to SAE features"),
     ToolEntry(steering_vector, "Make a steering vector", options=(("read_only", False),)),

@@ -39,8 +39,8 @@ def resolve_heads(tc: ToolContext, heads: object, arg: str = "heads") -> list[tu
     for index, pair in enumerate(heads):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise LensError(f"{arg}[{index}]={pair!r}: each entry must be a [layer, head] pair, {example}.")
-        layer = resolve_layer(pair[0], int(tc.cfg.n_layers), f"{arg}[{index}][0] (layer)")
-        head = resolve_head(pair[1], int(tc.cfg.n_heads), f"{arg}[{index}][1] (head)")
+        layer = resolve_layer(pair[0], tc.view.n_layers, f"{arg}[{index}][0] (layer)")
+        head = resolve_head(pair[1], tc.view.n_heads, f"{arg}[{index}][1] (head)")
         if (layer, head) not in resolved:
             resolved.append((layer, head))
     return resolved
@@ -255,7 +255,7 @@ def ablate_heads(
         warnings: list[str] = []
         for group in _by_length(references):
             reference_tokens = torch.cat([references[i].tokens for i in group], dim=0)
-            logits, cache = tc.bridge.run_with_cache(reference_tokens, names_filter=lambda name: name in wanted)
+            logits, cache = tc.view.run_with_cache(reference_tokens, names_filter=lambda name: name in wanted)
             for row, i in enumerate(group):
                 first_metric = references[i].metric
                 if i == 0 and first_metric is not None:  # answer warnings for the (first) prompt
@@ -288,7 +288,7 @@ def ablate_heads(
                 tc.limits,
                 prompts[group[0]].tokens.device,
                 n_tokens,
-                sequence_bytes(tc.cfg, n_tokens, logits_tokens=n_tokens),
+                sequence_bytes(tc.view, n_tokens, logits_tokens=n_tokens),
                 wanted=len(rows),
                 seconds_per_row=seconds_per_row(tc, n_tokens),
             )
@@ -297,14 +297,14 @@ def ablate_heads(
                 tokens = torch.cat([prompts[pair].tokens for pair, _ in batch], dim=0)
                 keys = [pair for pair, _ in batch]
                 hooks = ablation_hooks([sets[s] for _, s in batch], replacement, keys)
-                batch_logits = tc.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+                batch_logits = tc.view.run_with_hooks(tokens, fwd_hooks=hooks)
                 out: list[tuple[float, float | None]] = []
                 for row, pair in enumerate(keys):
                     value, prob = _measure(prompts[pair], batch_logits[row : row + 1])
                     out.append((float(value[0]), None if prob is None else float(prob[0])))
                 return out
 
-            for batch, results in iter_batched(rows, run_batch, plan, device=tc.cfg.device, counter=counter):
+            for batch, results in iter_batched(rows, run_batch, plan, device=tc.view.device, counter=counter):
                 for key, result in zip(batch, results, strict=True):
                     after[key] = result
 

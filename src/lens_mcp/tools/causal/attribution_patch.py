@@ -111,13 +111,13 @@ def resolve_grid(
     """The cells, for prompts of `lengths` tokens: positions are absolute when every prompt has the same length,
     else they must count from the end (checked against the shortest prompt)."""
     family = _check_component(tc, component)
-    layer_list = resolve_layers(layers, int(tc.cfg.n_layers))
+    layer_list = resolve_layers(layers, tc.view.n_layers)
     if component == "heads" and positions is not None:
         raise LensError(
             "positions= does not apply to component='heads' (it patches every position of a head); "
             "use component='heads_by_pos' to patch one position at a time."
         )
-    head_list = list(range(int(tc.cfg.n_heads))) if component in ("heads", "heads_by_pos") else None
+    head_list = list(range(tc.view.n_heads)) if component in ("heads", "heads_by_pos") else None
     if component == "heads":
         return CellGrid(component, family, layer_list, head_list, None)
     if len(set(lengths)) == 1:
@@ -129,7 +129,7 @@ def resolve_grid(
 
 
 def _check_eval_mode(tc: ToolContext) -> None:
-    training = [name for name, module in tc.bridge.named_modules() if module.training]
+    training = [name for name, module in tc.view.named_modules() if module.training]
     if training:
         raise LensError(
             f"the loaded model is in training mode ({training[0] or 'the model'}): dropout would make the clean "
@@ -168,7 +168,7 @@ def estimate_effects(
 
     for n_tokens, members in by_length.items():
         # Backward keeps every layer's activations: about n_layers forward footprints per row, and the logits.
-        per_row = sequence_bytes(tc.cfg, n_tokens, n_tokens, logits_tokens=2 * n_tokens) * int(tc.cfg.n_layers)
+        per_row = sequence_bytes(tc.view, n_tokens, n_tokens, logits_tokens=2 * n_tokens) * tc.view.n_layers
         plan = plan_rows(
             tc.limits,
             pairs[members[0]].tokens.device,
@@ -192,8 +192,8 @@ def estimate_effects(
 
                 return hook
 
-            with torch.enable_grad(), tc.bridge.hooks(fwd_hooks=[(name, make_hook(name)) for name in hooks]):
-                logits = tc.bridge(tokens)
+            with torch.enable_grad(), tc.view.hooks(fwd_hooks=[(name, make_hook(name)) for name in hooks]):
+                logits = tc.view(tokens)
                 metrics = torch.stack(
                     [pairs[i].metric(logits[2 * k : 2 * k + 2, -1]) for k, i in enumerate(batch)]
                 )  # [batch, 2]

@@ -76,18 +76,13 @@ def _check_component(tc: ToolContext, component: str, components: Sequence[str] 
     if component not in components:
         raise LensError(f"component={component!r} is not one of {', '.join(components)}.")
     family = COMPONENT_FAMILY[component]
-    if hook_name(family, 0) not in tc.bridge.hook_dict:
-        available = [c for c in components if hook_name(COMPONENT_FAMILY[c], 0) in tc.bridge.hook_dict]
+    if hook_name(family, 0) not in tc.view.hook_dict:
+        available = [c for c in components if hook_name(COMPONENT_FAMILY[c], 0) in tc.view.hook_dict]
         raise LensError(
             f"component={component!r}: this model has no {hook_name(family, 0)} hook point "
             f"(e.g. an attention-only model has no MLP); use one of {', '.join(available)}."
         )
     return family
-
-
-def n_kv_heads(tc: ToolContext) -> int:
-    """Key/value heads per layer (fewer than query heads under grouped-query attention)."""
-    return int(getattr(tc.cfg, "n_key_value_heads", None) or tc.cfg.n_heads)
 
 
 @dataclass
@@ -208,12 +203,12 @@ def plan_sweep(
             metrics.append(resolve_metric(tc, pair.answer or "", pair.wrong_answer, metric, require_wrong=True))
         except LensError as exc:
             raise LensError(f"{pair_label(index, len(items))}{exc}") from None
-    n_layers, n_heads = int(tc.cfg.n_layers), int(tc.cfg.n_heads)
+    n_layers, n_heads = tc.view.n_layers, tc.view.n_heads
     layer_list = resolve_layers(layers, n_layers)
     position_lists: list[list[int] | None] = [None] * len(items)
     if component not in PER_HEAD:
         position_lists = [resolve_positions(positions, int(t.shape[-1])) for t in encoded]
-    head_count = n_kv_heads(tc) if component in ("k", "v") else n_heads
+    head_count = tc.view.n_kv_heads if component in ("k", "v") else n_heads
     head_list = list(range(head_count)) if component in (*PER_HEAD, "heads_by_pos") else None
     position_list = position_lists[0]
     n_cells = len(layer_list) * (len(head_list) if head_list else 1) * (len(position_list) if position_list else 1)
@@ -237,7 +232,7 @@ NARROW = "pass fewer layers=[...] or positions=[...], use a per-head component, 
 def sweep_cost(tc: ToolContext, plan: SweepPlan) -> Cost:
     """The sweep's cost before any forward pass: one patched row per cell and pair, each from its layer on,
     plus the clean and corrupted runs; the result's characters (mean and spread grids with several pairs)."""
-    n_pairs, n_layers = len(plan.encoded), int(tc.cfg.n_layers)
+    n_pairs, n_layers = len(plan.encoded), tc.view.n_layers
     tokens = max(int(t.shape[-1]) for t in plan.encoded)
     per_layer = plan.n_cells // max(1, len(plan.layers))
     patched = plan.n_cells * n_pairs
@@ -273,7 +268,7 @@ def run_sweeps(
     spec = plan or plan_sweep(tc, pairs, component, layers, positions, metric)
     encoded, metrics, layer_list = spec.encoded, spec.metrics, spec.layers
     position_lists, head_list, n_cells = spec.positions, spec.heads, spec.n_cells
-    n_layers = int(tc.cfg.n_layers)
+    n_layers = tc.view.n_layers
     lengths = [int(t.shape[-1]) for t in encoded]
     hooks = {layer: hook_name(family, layer) for layer in layer_list}
     head_axis = 1 if component == "pattern" else 2
@@ -451,12 +446,12 @@ def summarize_sweeps(
         pos_axis = first.positions if same_length else list(positions or [])
     n_pos = len(pos_axis) if pos_axis is not None else None
     grid = _shape_grid(flat, len(layer_list), n_heads, n_pos)
-    head_name = "kv_head" if component in ("k", "v") and n_kv_heads(tc) != int(tc.cfg.n_heads) else "head"
+    head_name = "kv_head" if component in ("k", "v") and tc.view.n_kv_heads != tc.view.n_heads else "head"
     axes = ["layer"] + ([head_name] if head_list is not None else []) + (["position"] if pos_axis is not None else [])
     if head_name == "kv_head":
         notes.append(
             f"grouped-query attention: each {component} cell patches one key/value head, shared by "
-            f"{int(tc.cfg.n_heads) // n_kv_heads(tc)} query heads ({n_kv_heads(tc)} key/value heads per layer)"
+            f"{tc.view.n_heads // tc.view.n_kv_heads} query heads ({tc.view.n_kv_heads} key/value heads per layer)"
         )
     cell_spread = None
     if len(sweeps) > 1:

@@ -88,7 +88,7 @@ def parse_interventions(tc: ToolContext, interventions: object) -> list[Interven
     if len(interventions) > 16:
         raise LensError("interventions: at most 16 at once.")
     parsed: list[Intervention] = []
-    n_layers = int(tc.cfg.n_layers)
+    n_layers = tc.view.n_layers
     for index, item in enumerate(interventions):
         where = f"interventions[{index}]"
         if not isinstance(item, dict):
@@ -196,7 +196,7 @@ def head_means(
         return {}
     wanted = {hook_name("z", layer) for layer, _ in pairs}
     with torch.no_grad():
-        _, cache = tc.bridge.run_with_cache(tokens, names_filter=lambda name: name in wanted)
+        _, cache = tc.view.run_with_cache(tokens, names_filter=lambda name: name in wanted)
     return {(layer, head): cache[hook_name("z", layer)][0, :, head].mean(dim=0) for layer, head in pairs}
 
 
@@ -285,7 +285,7 @@ def generate(
 
     start = body_start(tc, tokens)
     z_means = head_means(tc, tokens, parsed)
-    stop = tc.bridge.tokenizer.eos_token_id
+    stop = tc.view.tokenizer.eos_token_id
     decoded = decode(tc, tokens, len(rows), build_hooks(tc, rows, start, z_means), max_new, temperature, seed, stop)
 
     # each row's tokens scored under the other run: baseline under the interventions, the rest under the baseline
@@ -308,7 +308,7 @@ def generate(
         continuations.append(
             Continuation(
                 label=spec.label,
-                text=tc.bridge.tokenizer.decode(text_ids),
+                text=tc.view.tokenizer.decode(text_ids),
                 tokens=[
                     GeneratedToken(token=text, logprob=a, logprob_other=b)
                     for text, a, b in zip(token_strings(tc, ids), own_lp, other_lp, strict=True)

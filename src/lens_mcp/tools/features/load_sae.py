@@ -15,11 +15,9 @@ from lens_mcp.errors import LensError
 from lens_mcp.loading.hub import hub_host_and_port, hub_reachable
 from lens_mcp.loading.policy import LoadPolicy
 from lens_mcp.loading.specs import BUILTIN_DIR
-from lens_mcp.model_host import ModelHost
-from lens_mcp.progress import ProgressReporter
 from lens_mcp.schemas.features import LoadSaeResult, SaeInfo
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.hook_names import fireable, hook_layer
+from lens_mcp.tools.core.hook_names import hook_layer
 from lens_mcp.tools.features.sae_format import CFG_FILE, SAE, WEIGHTS_FILE, read_sae
 
 BUILTIN_SAES: dict[str, tuple[str, str]] = {
@@ -126,14 +124,14 @@ def activation_width(tc: ToolContext, hook: str) -> int:
     """The last dimension of the activation at `hook` (hook_z flattened to n_heads * d_head), from one forward
     pass on a single token, stopped after the hook's block."""
     layer = hook_layer(hook)
-    bos = tc.bridge.tokenizer.bos_token_id
-    token = torch.tensor([[bos if bos is not None else 0]], device=tc.bridge.cfg.device)
+    bos = tc.view.tokenizer.bos_token_id
+    token = torch.tensor([[bos if bos is not None else 0]], device=tc.view.device)
     kwargs: dict[str, Any] = {}
-    if layer is not None and layer + 1 < int(tc.cfg.n_layers):
+    if layer is not None and layer + 1 < tc.view.n_layers:
         kwargs["stop_at_layer"] = layer + 1
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_GATED_WARNING)
-        _, cache = tc.bridge.run_with_cache(token, names_filter=[hook], **kwargs)
+        _, cache = tc.view.run_with_cache(token, names_filter=[hook], **kwargs)
     activation = cache[hook]
     if hook.endswith("hook_z") and activation.ndim == 4:
         return int(activation.shape[-1] * activation.shape[-2])
@@ -149,15 +147,15 @@ def flat(activation: torch.Tensor, hook: str) -> torch.Tensor:
 
 def check_against_model(tc: ToolContext, sae: SAE, spec: str) -> None:
     """Refuse an SAE whose hook or width does not fit the loaded model (nothing is attached)."""
-    hook_dict = tc.bridge.hook_dict
+    hook_dict = tc.view.hook_dict
     if sae.hook_name not in hook_dict:
         raise LensError(
             f"spec={spec!r}: the SAE reads hook {sae.hook_name!r}, which this model "
-            f"({tc.model.spec.name}, {tc.cfg.n_layers} layers) does not have. Use load_model for the model it was "
+            f"({tc.model.spec.name}, {tc.view.n_layers} layers) does not have. Use load_model for the model it was "
             f"trained on{' (' + sae.model_name + ')' if sae.model_name else ''}, or pass an SAE for this model. The "
             "model is unchanged."
         )
-    if not fireable(tc.bridge, sae.hook_name, hook_dict):
+    if not tc.view.fireable(sae.hook_name):
         raise LensError(f"spec={spec!r}: hook {sae.hook_name!r} is switched off on this model and never fires.")
     width = activation_width(tc, sae.hook_name)
     if width != sae.d_in:
@@ -188,7 +186,7 @@ def attach(tc: ToolContext, spec: str, sae_id: str | None = None, policy: LoadPo
     check_against_model(tc, sae, spec)
     # computed in fp32 (fp64 on an fp64 model), on the model's device
     dtype = torch.float64 if tc.model.dtype == torch.float64 else torch.float32
-    sae = sae.to(tc.bridge.cfg.device, dtype)
+    sae = sae.to(tc.view.device, dtype)
     replaced = sae.hook_name in tc.model.saes
     tc.model.saes[sae.hook_name] = sae
     return sae, replaced
@@ -219,8 +217,7 @@ def get_sae(tc: ToolContext, hook: str | None, arg: str = "hook") -> SAE:
 
 
 def load_sae(
-    host: ModelHost,
-    report: ProgressReporter,
+    tc: ToolContext,
     spec: Annotated[
         str,
         Field(
@@ -241,15 +238,7 @@ def load_sae(
     and nothing changes. The model's weights and outputs are not modified; SAEs are used only by sae_features,
     feature_attribution, steering_vector(from_feature) and generate(sae_feature). Offline, a Hub repo id works
     only if it is already in the local HF cache. model_info lists the loaded SAEs."""
-    with host.use(report) as model:
-        return load_sae_into(ToolContext(model, host.limits, report), spec, sae_id, host.load_policy)
-
-
-def load_sae_into(
-    tc: ToolContext, spec: str, sae_id: str | None = None, policy: LoadPolicy | None = None
-) -> LoadSaeResult:
-    """load_sae on a model already held (direct calls and tests); `policy` None allows any folder or repo."""
-    sae, replaced = attach(tc, spec, sae_id, policy)
+    sae, replaced = attach(tc, spec, sae_id, tc.load_policy)
     return LoadSaeResult(
         loaded=sae_info(sae),
         replaced=replaced,

@@ -34,10 +34,7 @@ FP32_TOLERANCE = 1e-3
 
 def _stacked_or_none(tc: ToolContext, attribute: str) -> torch.Tensor | None:
     """A stacked per-layer weight such as b_O, or None when the checkpoint has no such parameter."""
-    try:
-        value = getattr(tc.bridge, attribute)
-    except AttributeError:
-        return None
+    value = tc.view.stacked_weight(attribute)
     return value if isinstance(value, torch.Tensor) else None
 
 
@@ -108,15 +105,15 @@ def _attribute_prompt(
     pos = resolve_position(position, n_tokens)
     top_k = check_top_k(top_k, tc.limits.max_top_k)
     metric = resolve_metric(tc, answer, wrong_answer)
-    n_layers = int(tc.cfg.n_layers)
+    n_layers = tc.view.n_layers
 
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
-    if not getattr(tc.cfg, "attn_only", False):
+    if not tc.view.capabilities.attn_only:
         names += [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)]
     attn_out = [f"blocks.{layer}.hook_attn_out" for layer in range(n_layers)]
-    names += [name for name in attn_out if name in tc.bridge.hook_dict]
+    names += [name for name in attn_out if name in tc.view.hook_dict]
     names += _post_norm_hooks(tc)
-    names += [name for name in ("hook_embed", "hook_pos_embed") if name in tc.bridge.hook_dict]
+    names += [name for name in ("hook_embed", "hook_pos_embed") if name in tc.view.hook_dict]
     names += ["blocks.0.hook_resid_pre", f"blocks.{n_layers - 1}.hook_resid_post"]
     if has_final_norm(tc):
         names.append("ln_final.hook_scale")
@@ -133,15 +130,12 @@ def _attribute_prompt(
 
 def _post_norm(tc: ToolContext, layer: int) -> Any:
     """The norm a block applies to its attention output before adding it to the residual stream, or None."""
-    block = tc.bridge.blocks[layer]
-    return getattr(block, "ln1_post", None) if f"blocks.{layer}.ln1_post.hook_scale" in tc.bridge.hook_dict else None
+    return tc.view.post_norm(layer, "ln1")
 
 
 def _post_norm_hooks(tc: ToolContext) -> list[str]:
     return [
-        f"blocks.{layer}.ln1_post.hook_scale"
-        for layer in range(int(tc.cfg.n_layers))
-        if _post_norm(tc, layer) is not None
+        f"blocks.{layer}.ln1_post.hook_scale" for layer in range(tc.view.n_layers) if _post_norm(tc, layer) is not None
     ]
 
 
@@ -157,8 +151,8 @@ def _attention_maps(tc: ToolContext, cache: Any, raw: torch.Tensor, direction: t
     to the block's attention output in the residual stream, frozen on this run: 1/scale * weight for a norm
     after the sublayer, the residual multiplier (fitted and checked) otherwise, 1 for most models."""
     factors = []
-    d_model = int(tc.cfg.d_model)
-    for layer in range(int(tc.cfg.n_layers)):
+    d_model = tc.view.d_model
+    for layer in range(tc.view.n_layers):
         if f"blocks.{layer}.hook_attn_out" not in cache.cache_dict:  # nothing to freeze against: the identity
             factors.append(torch.ones(d_model, device=direction.device))
             continue
@@ -184,12 +178,12 @@ def _attribute(
     token: str,
     unrounded: dict[str, Any] | None = None,
 ) -> HeadAttribution:
-    bridge, cfg = tc.bridge, tc.cfg
-    n_layers, n_heads = int(cfg.n_layers), int(cfg.n_heads)
-    attn_only = bool(getattr(cfg, "attn_only", False))
+    view = tc.view
+    n_layers, n_heads = view.n_layers, view.n_heads
+    attn_only = view.capabilities.attn_only
 
     slope, linear = output_slope(tc)
-    W_U = bridge.W_U
+    W_U = view.W_U
     direction = W_U[:, metric.answer_id].float()
     if metric.wrong_id is not None:
         direction = direction - W_U[:, metric.wrong_id].float()
@@ -197,7 +191,7 @@ def _attribute(
         # (x - mean(x)) . d == x . (d - mean(d)): centring each component equals centring the direction.
         direction = direction - direction.mean()
     elif has_final_norm(tc):
-        direction = direction * _rms_weight(bridge.ln_final, int(cfg.d_model), direction).to(direction.device)
+        direction = direction * _rms_weight(view.ln_final, view.d_model, direction).to(direction.device)
     scale = float(cache["ln_final.hook_scale"][0, 0].reshape(-1)[0]) if has_final_norm(tc) else 1.0
     direction = direction * slope  # a logit scale is linear: it multiplies every term
 
@@ -209,12 +203,12 @@ def _attribute(
     z = torch.stack(
         [cache[f"blocks.{layer}.attn.hook_z"][0, 0].to(direction.device) for layer in range(n_layers)]
     ).float()
-    W_O = bridge.W_O.to(direction.device).float()
+    W_O = view.W_O.to(direction.device).float()
     b_O = _stacked_or_none(tc, "b_O")
     b_O = (
         b_O.to(direction.device).float()
         if b_O is not None
-        else torch.zeros(n_layers, int(cfg.d_model), device=direction.device)
+        else torch.zeros(n_layers, view.d_model, device=direction.device)
     )
     raw = torch.einsum("lhd,lhdm->lm", z, W_O) + b_O  # each layer's summed head output before the block's map
     factors = _attention_maps(tc, cache, raw, direction)  # (layers, d_model)

@@ -29,9 +29,7 @@ COPY_RANK = 10
 
 def kv_head_of(tc: ToolContext, head: int) -> int:
     """The key/value head a query head reads (differs under grouped-query attention)."""
-    n_heads = int(tc.cfg.n_heads)
-    n_kv = int(getattr(tc.cfg, "n_key_value_heads", None) or n_heads)
-    return head // (n_heads // n_kv)
+    return tc.view.kv_head_of(head)
 
 
 def head_reads(tc: ToolContext, tokens: torch.Tensor, layer: int, head: int, pos: int) -> dict[str, torch.Tensor]:
@@ -47,7 +45,7 @@ def head_reads(tc: ToolContext, tokens: torch.Tensor, layer: int, head: int, pos
         elif name == prefix + "hook_pattern":
             kept["pattern"] = act[0, head, pos].float()
         elif name == prefix + "hook_v":
-            kept["v"] = act[0, :, kv if act.shape[2] != int(tc.cfg.n_heads) else head].float()
+            kept["v"] = act[0, :, kv if act.shape[2] != tc.view.n_heads else head].float()
         elif name == SCALE_HOOK:
             kept["scale"] = act[0, pos].reshape(-1)[:1].float()
 
@@ -99,9 +97,8 @@ def head_output(
     refuse_sublayer_post_norm(tc, "ln1", "head_output")
     tokens = encode(tc, prompt)
     n_tokens = int(tokens.shape[-1])
-    cfg = tc.cfg
-    layer = resolve_layer(layer, int(cfg.n_layers))
-    head = resolve_head(head, int(cfg.n_heads))
+    layer = resolve_layer(layer, tc.view.n_layers)
+    head = resolve_head(head, tc.view.n_heads)
     pos = resolve_position(position, n_tokens)
     top_k = check_top_k(top_k, tc.limits.max_top_k)
     source = None if source_position is None else resolve_position(source_position, n_tokens, "source_position")
@@ -109,9 +106,9 @@ def head_output(
     kept = head_reads(tc, tokens, layer, head, pos)
     readout = DirectReadout.from_scale(tc, kept.get("scale"))
     with torch.no_grad():
-        block = tc.bridge.blocks[layer]
+        block = tc.view.blocks[layer]
         # A residual multiplier (Granite) scales what the block adds to the stream: it is part of the write.
-        multiplier = float(getattr(block, "residual_contribution_scale", 1.0) or 1.0)
+        multiplier = tc.view.residual_multiplier(layer)
         W_O = block.attn.W_O[head].float().to(kept["z"].device) * multiplier
         output = kept["z"] @ W_O
         promoted, suppressed = top_effects(tc, readout.logits(output), top_k)

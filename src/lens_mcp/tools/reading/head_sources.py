@@ -137,8 +137,8 @@ def attribution_call(
     if by_source and (layer is None) != (head is None):
         raise LensError("by_source: pass both layer and head, or neither (then the top head is split).")
     if layer is not None and head is not None:  # checked before any forward pass
-        layer = resolve_layer(layer, int(tc.cfg.n_layers))
-        head = resolve_head(head, int(tc.cfg.n_heads))
+        layer = resolve_layer(layer, tc.view.n_layers)
+        head = resolve_head(head, tc.view.n_heads)
     if pairs is not None and not isinstance(pairs, (list, tuple)):
         raise LensError(f"pairs: expected a list of {{clean_prompt, answer, ...}} objects, got {pairs!r:.60}.")
     if pairs is None and prompt is not None and answer is None:
@@ -188,7 +188,7 @@ def attribution_call(
             label = f"{where}corrupted_prompt" if dataset else "baseline_prompt"
             lengths.append(int(encode(tc, item.corrupted_prompt, label).shape[-1]))
     if dataset:  # up to max_pairs x 2 forward passes: estimated before the first
-        n_layers, n_heads = int(tc.cfg.n_layers), int(tc.cfg.n_heads)
+        n_layers, n_heads = tc.view.n_layers, tc.view.n_heads
         cost = estimate(
             tc,
             Work(
@@ -289,13 +289,12 @@ def _by_source(
     first_base: HeadAttribution | None,
     top_k: int,
 ) -> SourceSplit:
-    cfg = tc.cfg
     if layer is None and head is None:
         layer, head = _top(parts["heads"], 1)[0]
     elif layer is None or head is None:
         raise LensError("by_source: pass both layer and head, or neither (then the top head is split).")
-    layer = resolve_layer(layer, int(cfg.n_layers))
-    head = resolve_head(head, int(cfg.n_heads))
+    layer = resolve_layer(layer, tc.view.n_layers)
+    head = resolve_head(head, tc.view.n_heads)
     tokens = encode(tc, item.clean_prompt)
     contributions, attention = _source_parts(tc, tokens, raw, layer, head, first.position)
     if raw_base is not None:

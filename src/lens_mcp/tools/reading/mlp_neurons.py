@@ -40,9 +40,9 @@ def mlp_neurons(
     check_has_mlps(tc)
     tokens = encode(tc, prompt)
     n_tokens = int(tokens.shape[-1])
-    layer = resolve_layer(layer, int(tc.cfg.n_layers))
+    layer = resolve_layer(layer, tc.view.n_layers)
     pos = resolve_position(position, n_tokens)
-    d_mlp = int(tc.cfg.d_mlp)
+    d_mlp = tc.view.d_mlp or 0
     top_k = min(check_top_k(top_k, tc.limits.max_top_k), d_mlp)
     top_tokens = check_range(top_tokens, 1, 20, "top_tokens")
     cost = single_pass_cost(
@@ -70,7 +70,7 @@ def mlp_neurons(
         neurons.append(
             MLPNeuron(neuron=index, activation=float(activation[index]), promoted=promoted, suppressed=suppressed)
         )
-    gated = bool(getattr(tc.cfg, "gated_mlp", False))
+    gated = tc.view.capabilities.gated_mlp
     return MLPNeurons(
         layer=layer,
         position=pos,

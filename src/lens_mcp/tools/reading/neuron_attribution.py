@@ -49,13 +49,13 @@ def single_pass_cost(tc: ToolContext, work: Work) -> Cost:
 
 def check_has_mlps(tc: ToolContext) -> None:
     refuse_sublayer_post_norm(tc, "ln2", "Reading MLP neurons")
-    if getattr(tc.cfg, "attn_only", False) or not getattr(tc.cfg, "d_mlp", None):
+    if tc.view.d_mlp is None:
         raise LensError("this model is attention-only: it has no MLP neurons. Use head_attribution instead.")
 
 
 def mlp_weights(tc: ToolContext, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(W_out (d_mlp, d_model), b_out or None) of one layer, as stored (no stacking over layers)."""
-    mlp = tc.bridge.blocks[layer].mlp
+    mlp = tc.view.blocks[layer].mlp
     try:
         W_out = mlp.W_out
     except AttributeError:
@@ -83,7 +83,7 @@ def neuron_reads(
     names: list[str] = []
     for layer in layers:
         names += [f"blocks.{layer}.mlp.hook_post", f"blocks.{layer}.hook_mlp_out"]
-    missing = [name for name in names if name not in tc.bridge.hook_dict]
+    missing = [name for name in names if name not in tc.view.hook_dict]
     if missing:
         raise LensError(f"this model has no hook {missing[0]}: neuron readouts are not supported on it.")
     if has_final_norm(tc):
@@ -149,8 +149,8 @@ def neuron_attribution(
     pos = resolve_position(position, n_tokens)
     top_k = check_top_k(top_k, tc.limits.max_top_k)
     metric = resolve_metric(tc, answer, wrong_answer)
-    layer_list = resolve_layers(layers, int(tc.cfg.n_layers))
-    d_mlp = int(tc.cfg.d_mlp)
+    layer_list = resolve_layers(layers, tc.view.n_layers)
+    d_mlp = tc.view.d_mlp or 0
 
     cost = single_pass_cost(
         tc,
