@@ -544,3 +544,10 @@ def write_sae_folder(folder: Path, d_in: int, hook: str, d_sae: int = 32, seed: 
     cfg = {"architecture": "standard", "d_in": d_in, "d_sae": d_sae, "metadata": {"hook_name": hook}}
     (folder / "cfg.json").write_text(json.dumps(cfg))
     return tensors
+
+
+def pooled_from_singles(values: torch.Tensor, clean: list[float], corrupted: list[float]) -> torch.Tensor:
+    """Each pair's value in a dataset's pooled units, from single-pair normalized values [pairs, cells]: a single
+    call divides the pair's change by its own gap; the dataset divides it by mean clean - mean corrupted."""
+    gaps = torch.tensor(clean, dtype=torch.float64) - torch.tensor(corrupted, dtype=torch.float64)
+    return values.double() * gaps[:, None] / gaps.mean()

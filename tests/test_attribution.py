@@ -40,6 +40,7 @@ from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import measured_throughput
 from lens_mcp.tools.core.metrics import resolve_metric
 from tests.mcp_client import call_tool, error_text, result_data
+from tests.shared import pooled_from_singles
 
 CLEAN = "w20 w31 w42 w53 w64 w20 w31 w42 w53"
 CORRUPTED = "w20 w31 w42 w53 w77 w20 w31 w42 w53"
@@ -372,11 +373,15 @@ def flatten(grid: Any) -> list[float]:
 
 
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
-def test_the_mean_over_pairs_equals_the_mean_of_single_pair_calls(toy: ToolContext, direction: str) -> None:
+def test_the_pooled_dataset_value_follows_from_single_pair_calls(toy: ToolContext, direction: str) -> None:
+    """A dataset is normalized pooled: (mean change over pairs) / (mean clean - mean corrupted); each pair's
+    value in the spread is its change over that same pooled gap. Both follow from the single-pair calls."""
     pairs = PAIR_SETS[:2]  # same length: every position
     both = attribution_patch(toy, component="heads_by_pos", pairs=pairs, verify_top=0, direction=direction)  # type: ignore[arg-type]
     singles = [single(toy, p, component="heads_by_pos", verify_top=0, direction=direction) for p in pairs]
-    grids = torch.tensor([flatten(s.grid) for s in singles])
+    gaps = torch.tensor([s.clean_metric - s.corrupted_metric for s in singles], dtype=torch.float64)
+    changes = torch.tensor([flatten(s.grid) for s in singles], dtype=torch.float64) * gaps[:, None]
+    grids = changes / gaps.mean()
     assert flatten(both.grid) == pytest.approx(grids.mean(0).tolist(), rel=2e-3, abs=2e-6)
     assert both.spread is not None and both.spread.n_pairs == 2
     assert flatten(both.spread.min) == pytest.approx(grids.min(0).values.tolist(), rel=2e-3, abs=2e-6)
@@ -389,7 +394,7 @@ def test_the_mean_over_pairs_equals_the_mean_of_single_pair_calls(toy: ToolConte
     got = [v for m in both.pair_metrics for v in (m.clean_metric, m.corrupted_metric)]
     assert got == pytest.approx([v for s in singles for v in (s.clean_metric, s.corrupted_metric)], rel=1e-3)
     assert both.forward_passes == 1  # both pairs' prompts in one batched forward and backward pass
-    assert "mean over pairs" in both.meaning
+    assert "pooled" in both.meaning
 
 
 def test_pairs_of_different_lengths_line_up_from_the_end(toy: ToolContext) -> None:
@@ -397,20 +402,24 @@ def test_pairs_of_different_lengths_line_up_from_the_end(toy: ToolContext) -> No
         toy, component="heads_by_pos", positions=[-1, -3], pairs=PAIR_SETS, verify_top=3, normalize=True
     )  # type: ignore[arg-type]
     singles = [single(toy, p, component="heads_by_pos", positions=[-1, -3], verify_top=0) for p in PAIR_SETS]
-    grids = torch.tensor([flatten(s.grid) for s in singles])
+    grids = pooled_from_singles(
+        torch.tensor([flatten(s.grid) for s in singles]),
+        [s.clean_metric for s in singles],
+        [s.corrupted_metric for s in singles],
+    )
     assert both.positions == [-1, -3]
     assert flatten(both.grid) == pytest.approx(grids.mean(0).tolist(), rel=2e-3, abs=2e-6)
     assert both.forward_passes >= 2  # two lengths: two gradient batches (plus verification)
-    # The verified cells' exact values are the mean of the exact engine on each pair (patch_sweep per pair).
+    # The verified cells' exact values pool the exact engine's runs on each pair (patch_sweep per pair).
     for cell in both.verified:
-        exact = []
+        changes, spans = [], []
         for pair in PAIR_SETS:
             n = len(toy.model.bridge.to_tokens(pair["clean_prompt"])[0])
             sweep = run_sweep(toy, *pair.values(), "heads_by_pos", layers=[cell.layer], positions=[cell.position])  # type: ignore[misc]
-            span = sweep.clean_metric - sweep.corrupted_metric
-            exact.append((float(sweep.values[cell.head]) - sweep.corrupted_metric) / span)
+            spans.append(sweep.clean_metric - sweep.corrupted_metric)
+            changes.append(float(sweep.values[cell.head]) - sweep.corrupted_metric)
             assert sweep.positions == [n + cell.position]
-        assert cell.exact == pytest.approx(sum(exact) / len(exact), rel=1e-3, abs=1e-5)
+        assert cell.exact == pytest.approx(sum(changes) / sum(spans), rel=1e-3, abs=1e-5)
 
 
 def test_the_raw_mean_equals_transformer_lens_on_a_batch_of_pairs(toy: ToolContext) -> None:

@@ -51,7 +51,7 @@ def test_patch_sweep_meaning_follows_normalization(toy: ToolContext) -> None:
     normalized = patch_sweep(toy, **arguments)
     raw = patch_sweep(toy, **arguments, normalize=False)
     assert "1 = this clean activation alone restores the clean behaviour" in normalized.meaning
-    assert raw.meaning.startswith("each cell is the raw metric (logit(' w3') - logit(' w4')")
+    assert raw.meaning.startswith("metric (logit(' w3') - logit(' w4')")
     noised = patch_sweep(toy, **arguments, direction="noise")
     assert "1 = this corrupted activation alone fully breaks the clean behaviour" in noised.meaning
     assert normalized.warnings == [] and raw.warnings == []  # the toy vocabulary has no space variants

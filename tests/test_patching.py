@@ -17,10 +17,10 @@ from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost
 from lens_mcp.schemas.common import round_sig
 from lens_mcp.server.app import build_server
-from lens_mcp.tools.causal import patching_engine
+from lens_mcp.tools.causal import _engine as patching_engine
+from lens_mcp.tools.causal._engine import PatchEngine
 from lens_mcp.tools.causal.ablate_heads import ablate_heads
 from lens_mcp.tools.causal.patch_sweep import patch_sweep, run_sweep
-from lens_mcp.tools.causal.patching_engine import PatchEngine
 from lens_mcp.tools.core import batching
 from lens_mcp.tools.core.batching import ProgressCounter, plan_rows, run_batched
 from lens_mcp.tools.core.context import ToolContext

@@ -105,11 +105,21 @@ SHORTER_PAIR = ("The Kremlin is in the city of", "The Louvre is in the city of",
 
 
 def test_pairs_mean_equals_the_mean_of_single_sweeps(smol: ToolContext) -> None:
-    from lens_mcp.tools.causal.patch_sweep import PairSpec, run_sweeps
+    from lens_mcp.tools.causal.patch_sweep import run_sweeps
+    from lens_mcp.tools.core.pairs import PromptPair
 
     items: list[tuple[str, str, str, str]] = [*LANDMARK_PAIRS, SHORTER_PAIR]
     for component, positions in (("resid_pre", [-1, -3, -5]), ("heads", None)):
-        together = run_sweeps(smol, [PairSpec(*p) for p in items], component, layers=[0, 14, 29], positions=positions)
+        together = run_sweeps(
+            smol,
+            [
+                PromptPair(**dict(zip(("clean_prompt", "corrupted_prompt", "answer", "wrong_answer"), p, strict=True)))
+                for p in items
+            ],
+            component,
+            layers=[0, 14, 29],
+            positions=positions,
+        )
         for sweep, item in zip(together, items, strict=True):
             single = run_sweep(smol, *item, component, layers=[0, 14, 29], positions=positions)
             assert float((sweep.values - single.values).abs().max()) <= TOL
@@ -123,9 +133,11 @@ def test_pairs_mean_equals_the_mean_of_single_sweeps(smol: ToolContext) -> None:
             layers=[0, 14, 29],
             positions=positions,
         )  # type: ignore[arg-type]
-        normalized = torch.stack(
-            [(s.values.double() - s.corrupted_metric) / (s.clean_metric - s.corrupted_metric) for s in together]
-        ).mean(0)
+        # Pooled over the dataset: (mean patched - mean corrupted) / (mean clean - mean corrupted).
+        mean_clean = sum(s.clean_metric for s in together) / len(together)
+        mean_corrupted = sum(s.corrupted_metric for s in together) / len(together)
+        mean_patched = torch.stack([s.values.double() for s in together]).mean(0)
+        normalized = (mean_patched - mean_corrupted) / (mean_clean - mean_corrupted)
         flat = [v for row in result.grid for v in row]
         for value, expected, skipped in zip(
             flat, normalized.tolist(), zip(*(s.skipped for s in together), strict=True), strict=True

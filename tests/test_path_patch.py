@@ -18,7 +18,7 @@ from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.schemas.common import round_sig
 from lens_mcp.server.app import build_server
-from lens_mcp.tools.causal.patching_engine import PatchEngine
+from lens_mcp.tools.causal._engine import PatchEngine
 from lens_mcp.tools.causal.path_patch import path_patch, run_path_patch
 from lens_mcp.tools.core.context import ToolContext
 from tests.mcp_client import call_tool, error_text, result_data
@@ -347,7 +347,7 @@ def test_pairs_give_the_mean_and_spread_of_single_pair_runs(toy: ToolContext) ->
     assert result.pairs is not None and [p.clean_metric for p in result.pairs] == [
         round_sig(r.clean_metric) for r in runs
     ]
-    assert result.clean_metric == round_sig(clean) and "mean over 2 pairs" in result.meaning
+    assert result.clean_metric == round_sig(clean) and "over 2 pairs, pooled" in result.meaning
     # The planted circuit holds on both pairs: L0H1 into L1H2's keys restores about all of each.
     assert result.top_paths[0].sender == (0, 1) and float(per_pair[:, 1].min()) > 0.8
     # Pairs of different lengths line up only when positions count from the end.

@@ -33,7 +33,7 @@ from pydantic import Field
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.common import Cost, PairMetrics
 from lens_mcp.schemas.paths import PathEdge, PathPatchResult, PathSpread
-from lens_mcp.tools.causal.patching_engine import EngineStats, Patch, PatchEngine, Readout
+from lens_mcp.tools.causal._engine import EngineStats, Patch, PatchEngine, Readout
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars
@@ -41,6 +41,7 @@ from lens_mcp.tools.core.forward import final_norm, unembed
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.metrics import AnswerMetric, MetricName, resolve_metric
 from lens_mcp.tools.core.pairs import PairsArgument, encode_pairs, pair_label, positions_from_end, resolve_pairs, spread
+from lens_mcp.tools.core.patching import normalize_pooled, pooled_note
 from lens_mcp.tools.core.tokens import encode_pair, token_strings
 from lens_mcp.tools.core.validation import resolve_head_pairs, resolve_layer, resolve_positions
 
@@ -594,17 +595,17 @@ def path_patch(
     ]
     run = runs[0]
     notes = list(dict.fromkeys(note for r in runs for note in r.notes))
-    per_pair = torch.stack([r.values for r in runs]).double()
-    clean = torch.tensor([r.clean_metric for r in runs], dtype=torch.float64)
-    corrupted = torch.tensor([r.corrupted_metric for r in runs], dtype=torch.float64)
-    span = float(clean.mean() - corrupted.mean())
-    do_normalize = normalize
-    if normalize and abs(span) < 1e-6:
-        do_normalize = False
-        notes.append("clean and corrupted metrics are equal, so the grid cannot be normalized: raw metric shown")
-    if do_normalize:
-        per_pair = (per_pair - corrupted[:, None]) / span
-    statistics = spread(per_pair)
+    pooled = normalize_pooled(
+        torch.stack([r.values for r in runs]),
+        torch.tensor([r.clean_metric for r in runs]),
+        torch.tensor([r.corrupted_metric for r in runs]),
+        "denoise",
+        normalize,
+    )
+    do_normalize = pooled.normalized
+    if pooled.note:
+        notes.append(pooled.note)
+    statistics = spread(pooled.per_pair)
     shown = statistics.mean.tolist()
     axes, layers, heads, grid = _grid_axes(tc, run, shown)
     path_spread = None
@@ -636,8 +637,7 @@ def path_patch(
     if do_normalize:
         unit = "fraction of the clean - corrupted difference restored"
         scale = "1 = the path alone restores the clean metric, 0 = no effect"
-        if n_pairs > 1:
-            unit += f", mean over {n_pairs} pairs (each pair's change divided by the mean clean - corrupted difference)"
+        unit += pooled_note(n_pairs)
     else:
         unit = f"the raw metric{f', mean over {n_pairs} pairs' if n_pairs > 1 else ''}"
         scale = f"compare with corrupted_metric {run.corrupted_metric:.4g}" if n_pairs == 1 else "raw metric"
@@ -650,8 +650,8 @@ def path_patch(
         "null = no path",
         clean_tokens=token_strings(tc, run.tokens[0]),
         corrupted_tokens=token_strings(tc, run.tokens[1]),
-        clean_metric=float(clean.mean()),
-        corrupted_metric=float(corrupted.mean()),
+        clean_metric=sum(r.clean_metric for r in runs) / n_pairs,
+        corrupted_metric=sum(r.corrupted_metric for r in runs) / n_pairs,
         positions=run.positions,
         axes=axes,
         senders=[list(s) for s in run.senders] if len(axes) == 3 else None,

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.features import Continuation, GeneratedToken, GenerateResult
-from lens_mcp.tools.causal.ablate_heads import MODES, ablation_hooks, resolve_heads
+from lens_mcp.tools.core.ablation import MODES, ablation_hooks, resolve_heads
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate
 from lens_mcp.tools.core.hook_names import hook_name

@@ -32,7 +32,7 @@ from pydantic import Field
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.common import HeadScore
 from lens_mcp.schemas.induction import AblatedLosses, InductionScores, ScoredPositions
-from lens_mcp.tools.causal.ablate_heads import resolve_heads
+from lens_mcp.tools.core.ablation import resolve_heads
 from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, seconds_per_row
