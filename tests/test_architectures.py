@@ -44,7 +44,7 @@ from lens_mcp.tools.features.sae_features import sae_features
 from lens_mcp.tools.features.steering_vector import steering_vector
 from lens_mcp.tools.model.model_info import model_info
 from lens_mcp.tools.model.tokenize import tokenize
-from lens_mcp.tools.reading import head_attribution as head_attribution_module
+from lens_mcp.tools.reading import _dla as head_attribution_module
 from lens_mcp.tools.reading.attention_pattern import attention_pattern
 from lens_mcp.tools.reading.head_attribution import head_attribution
 from lens_mcp.tools.reading.head_output import head_output

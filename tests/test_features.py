@@ -20,11 +20,11 @@ from lens_mcp.loading.policy import LoadPolicy
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.server.app import build_server
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.features._sae_format import read_sae
 from lens_mcp.tools.features.feature_attribution import feature_attribution
 from lens_mcp.tools.features.generate import MAX_NEW_TOKENS, generate, random_like
 from lens_mcp.tools.features.load_sae import load_sae
 from lens_mcp.tools.features.sae_features import sae_features
-from lens_mcp.tools.features.sae_format import read_sae
 from lens_mcp.tools.features.steering_vector import steering_vector
 from tests.mcp_client import call_tool, error_text, result_data
 

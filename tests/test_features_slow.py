@@ -14,9 +14,9 @@ import torch
 from lens_mcp.loading.specs import BUILTIN_DIR
 from lens_mcp.model_host import count_hooks
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.features._sae import BUILTIN_SAES
 from lens_mcp.tools.features.feature_attribution import feature_attribution
 from lens_mcp.tools.features.generate import generate
-from lens_mcp.tools.features.load_sae import BUILTIN_SAES
 from lens_mcp.tools.features.sae_features import sae_features
 from lens_mcp.tools.features.steering_vector import steering_vector
 from lens_mcp.tools.model.model_info import model_info

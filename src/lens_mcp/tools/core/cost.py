@@ -152,3 +152,19 @@ def seconds_per_row(tc: ToolContext, tokens_per_row: int, layers_per_row: float 
     """Estimated seconds one row of `tokens_per_row` tokens takes through `layers_per_row` blocks."""
     layers = float(layers_per_row if layers_per_row is not None else tc.view.n_layers)
     return max(1.0, tokens_per_row * layers) / measured_throughput(tc)
+
+
+def single_pass_cost(tc: ToolContext, work: Work) -> Cost:
+    """The cost of a call that runs one forward pass, without measuring the device's throughput for it (a probe
+    of several passes): seconds from the throughput when it is already known, else 0 (one pass is never the
+    problem; the result size and the work units are what the caps bound here)."""
+    units = work_units(tc, work)
+    throughput = tc.model.throughput
+    return Cost(
+        cells=work.cells,
+        forward_passes=1,
+        work_units=units,
+        seconds=units / throughput if throughput else 0.0,
+        result_chars=work.result_chars,
+        throughput=throughput or 0.0,
+    )

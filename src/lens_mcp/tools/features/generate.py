@@ -19,10 +19,9 @@ from lens_mcp.tools.core.cost import Work, enforce, estimate
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import check_int, check_range, resolve_layer
-from lens_mcp.tools.features.decoding import decode, score
-from lens_mcp.tools.features.load_sae import flat, get_sae
-from lens_mcp.tools.features.sae_features import body_start
-from lens_mcp.tools.features.sae_format import SAE
+from lens_mcp.tools.features._decoding import decode, score
+from lens_mcp.tools.features._sae import body_start, flat, get_sae
+from lens_mcp.tools.features._sae_format import SAE
 
 MAX_NEW_TOKENS = 256
 MAX_TEMPERATURE = 10.0

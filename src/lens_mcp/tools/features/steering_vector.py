@@ -16,8 +16,7 @@ from lens_mcp.tools.core.cost import Work, enforce, estimate
 from lens_mcp.tools.core.hook_names import hook_layer, hook_name
 from lens_mcp.tools.core.tokens import encode
 from lens_mcp.tools.core.validation import check_int, resolve_layer, resolve_position
-from lens_mcp.tools.features.load_sae import flat, get_sae
-from lens_mcp.tools.features.sae_features import body_start
+from lens_mcp.tools.features._sae import body_start, flat, get_sae
 
 MAX_PROMPTS = 64
 MAX_NAME_CHARS = 64

@@ -13,12 +13,12 @@ from pydantic import Field
 
 from lens_mcp.schemas.components import MLPNeuron, MLPNeurons
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.cost import Work, enforce
+from lens_mcp.tools.core.cost import Work, enforce, single_pass_cost
 from lens_mcp.tools.core.direct import LINEAR_NOTE, DirectReadout
 from lens_mcp.tools.core.tokens import encode, token_string
 from lens_mcp.tools.core.validation import check_range, check_top_k, resolve_layer, resolve_position
-from lens_mcp.tools.reading.head_output import top_effects
-from lens_mcp.tools.reading.neuron_attribution import check_has_mlps, mlp_weights, neuron_reads, single_pass_cost
+from lens_mcp.tools.reading._heads import top_effects
+from lens_mcp.tools.reading._neurons import check_has_mlps, mlp_weights, neuron_reads
 
 CHARS_PER_TOKEN_EFFECT = 45
 

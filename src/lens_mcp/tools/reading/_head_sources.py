@@ -24,8 +24,8 @@ from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars
 from lens_mcp.tools.core.pairs import PromptPair, resolve_pairs, spread
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import check_top_k, resolve_head, resolve_layer
-from lens_mcp.tools.reading.head_attribution import _attribute_prompt
-from lens_mcp.tools.reading.head_output import head_reads, kv_head_of
+from lens_mcp.tools.reading._dla import attribute_prompt
+from lens_mcp.tools.reading._heads import head_reads
 
 _SCALARS = ("embed", "attn_bias", "unembed_bias", "total", "actual")
 
@@ -36,7 +36,7 @@ def _run(
     """One prompt's decomposition and its unrounded parts; errors name the pair or prompt (`prefix`)."""
     raw: dict[str, Any] = {}
     try:
-        result = _attribute_prompt(tc, text, pair.answer or "", pair.wrong_answer, position, top_k, raw)
+        result = attribute_prompt(tc, text, pair.answer or "", pair.wrong_answer, position, top_k, raw)
     except LensError as exc:
         raise LensError(f"{prefix}{exc}" if prefix else str(exc)) from None
     return result, raw
@@ -147,7 +147,7 @@ def attribution_call(
             "answer, ...}]."
         )
     if pairs is None and baseline_prompt is None and not by_source and prompt is not None and answer is not None:
-        return _attribute_prompt(tc, prompt, answer, wrong_answer, position, top_k)  # the plain call, unchanged
+        return attribute_prompt(tc, prompt, answer, wrong_answer, position, top_k)  # the plain call, unchanged
     try:
         items = resolve_pairs(
             tc,
@@ -316,7 +316,7 @@ def _by_source(
     return SourceSplit(
         layer=layer,
         head=head,
-        kv_head=kv_head_of(tc, head),
+        kv_head=tc.view.kv_head_of(head),
         score=score,
         sources=[
             SourcePart(
