@@ -118,7 +118,7 @@ def test_bad_ablation_arguments(toy: ToolContext) -> None:
     with pytest.raises(LensError, match="0 \\(BOS\\) is never predicted"):
         ablate_heads(toy, CLEAN, [[1, 2]], metric="loss", positions=[0, 3])
     with pytest.raises(LensError, match="metric='entropy'"):
-        ablate_heads(toy, CLEAN, [[1, 2]], ANSWER, metric="entropy")  # type: ignore[arg-type]
+        ablate_heads(toy, CLEAN, [[1, 2]], ANSWER, metric="entropy")
     with pytest.raises(LensError, match="only used by mode='resample'"):
         ablate_heads(toy, CLEAN, [[1, 2]], ANSWER, corrupted_prompt=CORRUPTED)
 

@@ -182,7 +182,7 @@ def check_head_attribution(case: Case) -> None:
     with case.tc() as tc:
         result = head_attribution(tc, PROMPT, ANSWER, WRONG)
     assert result.explained, result.note
-    gap = float(re.search(r"total equals actual to ([0-9.e+-]+)", result.note).group(1))  # type: ignore[union-attr]
+    gap = float(re.search(r"total equals actual to ([0-9.e+-]+)", result.note).group(1))
     assert gap <= TOL
     a, b = case.token(ANSWER), case.token(WRONG)
     real = case.hf_logits(PROMPT, cap=not case.family.soft_cap)[-1]

@@ -149,7 +149,7 @@ def test_the_grid_uses_patch_sweeps_normalization_and_rounding(toy: ToolContext)
     assert not raw.normalized and "estimated metric" in raw.meaning
     # Raw values are the receiving (corrupted) run's metric plus the estimated change.
     per_head = raw_estimates(toy, "heads")[0] + raw.corrupted_metric
-    assert [v for row in raw.grid for v in row] == pytest.approx(per_head.tolist(), rel=1e-3)  # type: ignore[union-attr]
+    assert [v for row in raw.grid for v in row] == pytest.approx(per_head.tolist(), rel=1e-3)
 
 
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
@@ -237,7 +237,7 @@ def test_no_hook_gradient_or_mode_leaks_even_when_the_metric_fails(toy: ToolCont
 
     grid = resolve_grid(toy, "heads_by_pos", None, None, [int(tokens.shape[-1])])
     with pytest.raises(RuntimeError, match="metric failed"):
-        estimate_effects(toy, [PairRun(tokens, broken)], grid, "denoise")  # type: ignore[arg-type]
+        estimate_effects(toy, [PairRun(tokens, broken)], grid, "denoise")
     assert count_hooks(toy.model.bridge) == before
     with torch.no_grad():  # as the server calls tools: gradients come back off afterwards
         attribution_patch(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "resid_pre", verify_top=3)
@@ -377,7 +377,7 @@ def test_the_pooled_dataset_value_follows_from_single_pair_calls(toy: ToolContex
     """A dataset is normalized pooled: (mean change over pairs) / (mean clean - mean corrupted); each pair's
     value in the spread is its change over that same pooled gap. Both follow from the single-pair calls."""
     pairs = PAIR_SETS[:2]  # same length: every position
-    both = attribution_patch(toy, component="heads_by_pos", pairs=pairs, verify_top=0, direction=direction)  # type: ignore[arg-type]
+    both = attribution_patch(toy, component="heads_by_pos", pairs=pairs, verify_top=0, direction=direction)
     singles = [single(toy, p, component="heads_by_pos", verify_top=0, direction=direction) for p in pairs]
     gaps = torch.tensor([s.clean_metric - s.corrupted_metric for s in singles], dtype=torch.float64)
     changes = torch.tensor([flatten(s.grid) for s in singles], dtype=torch.float64) * gaps[:, None]
@@ -400,7 +400,7 @@ def test_the_pooled_dataset_value_follows_from_single_pair_calls(toy: ToolContex
 def test_pairs_of_different_lengths_line_up_from_the_end(toy: ToolContext) -> None:
     both = attribution_patch(
         toy, component="heads_by_pos", positions=[-1, -3], pairs=PAIR_SETS, verify_top=3, normalize=True
-    )  # type: ignore[arg-type]
+    )
     singles = [single(toy, p, component="heads_by_pos", positions=[-1, -3], verify_top=0) for p in PAIR_SETS]
     grids = pooled_from_singles(
         torch.tensor([flatten(s.grid) for s in singles]),
@@ -459,13 +459,13 @@ def test_the_raw_mean_equals_transformer_lens_on_a_batch_of_pairs(toy: ToolConte
 
 def test_dataset_errors_name_the_pair(toy: ToolContext) -> None:
     with pytest.raises(LensError, match=r"pairs\[2\] is 8 tokens long but pairs\[0\] is 10"):
-        attribution_patch(toy, component="heads_by_pos", pairs=PAIR_SETS)  # type: ignore[arg-type]
+        attribution_patch(toy, component="heads_by_pos", pairs=PAIR_SETS)
     bad = [PAIR_SETS[0], {**PAIR_SETS[1], "answer": " w14 w15"}]
     with pytest.raises(LensError, match=r"pairs\[1\]\.answer must be a single token"):
-        attribution_patch(toy, pairs=bad)  # type: ignore[arg-type]
+        attribution_patch(toy, pairs=bad)
     with pytest.raises(LensError, match="not both"):
-        attribution_patch(toy, CLEAN, pairs=PAIR_SETS)  # type: ignore[arg-type]
+        attribution_patch(toy, CLEAN, pairs=PAIR_SETS)
     with pytest.raises(LensError, match=r"pairs\[1\]\.corrupted_prompt is required"):
-        attribution_patch(toy, pairs=[PAIR_SETS[0], {"clean_prompt": CLEAN, "answer": ANSWER}])  # type: ignore[arg-type]
+        attribution_patch(toy, pairs=[PAIR_SETS[0], {"clean_prompt": CLEAN, "answer": ANSWER}])
     with pytest.raises(LensError, match="clean_prompt is required"):
         attribution_patch(toy)

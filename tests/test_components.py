@@ -221,7 +221,7 @@ def test_pairs_with_corrupted_prompts_are_differences(toy: ToolContext) -> None:
     result = head_attribution(toy, pairs=pairs)
     single = head_attribution(toy, TOY_PROMPT, "w5", "w61", baseline_prompt=TOY_BASELINE)
     assert result.heads == single.heads
-    assert result.pairs is not None and result.pairs[0].corrupted_metric == single.baseline.baseline_actual  # type: ignore[union-attr]
+    assert result.pairs is not None and result.pairs[0].corrupted_metric == single.baseline.baseline_actual
 
 
 def test_plain_call_unchanged(toy: ToolContext) -> None:

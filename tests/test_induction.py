@@ -90,7 +90,7 @@ def test_one_batched_forward_pass(toy: ToolContext, monkeypatch: pytest.MonkeyPa
     calls: list[tuple[int, ...]] = []
     original = bridge.forward
 
-    def counting_forward(input, *args, **kwargs):  # noqa: A002, ANN001, ANN002, ANN003, ANN202
+    def counting_forward(input, *args, **kwargs):
         calls.append(tuple(input.shape))
         return original(input, *args, **kwargs)
 

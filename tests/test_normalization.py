@@ -30,14 +30,14 @@ def flat(grid: list) -> list:
 
 
 def test_pooled_normalization_is_the_dataset_ratio_of_means(toy: ToolContext) -> None:
-    raw = patch_sweep(toy, pairs=DATASET, component="heads", normalize=False)  # type: ignore[arg-type]
-    normalized = patch_sweep(toy, pairs=DATASET, component="heads")  # type: ignore[arg-type]
+    raw = patch_sweep(toy, pairs=DATASET, component="heads", normalize=False)
+    normalized = patch_sweep(toy, pairs=DATASET, component="heads")
     assert raw.pairs is not None
     metrics = [(p.clean_metric, p.corrupted_metric) for p in raw.pairs]
     assert all(a is not None and b is not None for a, b in metrics)
-    clean = sum(float(a) for a, _ in metrics) / len(metrics)  # type: ignore[arg-type]
-    corrupted = sum(float(b) for _, b in metrics) / len(metrics)  # type: ignore[arg-type]
-    gaps = [float(a) - float(b) for a, b in metrics]  # type: ignore[arg-type]
+    clean = sum(float(a) for a, _ in metrics) / len(metrics)
+    corrupted = sum(float(b) for _, b in metrics) / len(metrics)
+    gaps = [float(a) - float(b) for a, b in metrics]
     assert max(gaps) > 1.2 * min(gaps)  # per-pair and pooled normalization differ on this dataset
     expected = [(v - corrupted) / (clean - corrupted) for v in flat(raw.grid)]
     assert flat(normalized.grid) == pytest.approx(expected, rel=TOL, abs=TOL)
@@ -47,27 +47,27 @@ def test_pooled_normalization_is_the_dataset_ratio_of_means(toy: ToolContext) ->
 
 def test_one_means_the_clean_behaviour_restored_in_every_tool(toy: ToolContext) -> None:
     # The pairs differ at position 5 only: the clean residual stream there restores each pair exactly.
-    sweep = patch_sweep(toy, pairs=DATASET, component="resid_pre", layers=[0], positions=[5])  # type: ignore[arg-type]
+    sweep = patch_sweep(toy, pairs=DATASET, component="resid_pre", layers=[0], positions=[5])
     assert flat(sweep.grid) == [pytest.approx(1.0, abs=1e-4)]
-    gradient = attribution_patch(toy, pairs=DATASET, component="resid_pre", layers=[0], positions=[5], verify_top=1)  # type: ignore[arg-type]
+    gradient = attribution_patch(toy, pairs=DATASET, component="resid_pre", layers=[0], positions=[5], verify_top=1)
     assert gradient.verified[0].exact == pytest.approx(1.0, abs=1e-4)
-    noised = patch_sweep(toy, pairs=DATASET, component="resid_pre", layers=[0], positions=[5], direction="noise")  # type: ignore[arg-type]
+    noised = patch_sweep(toy, pairs=DATASET, component="resid_pre", layers=[0], positions=[5], direction="noise")
     assert flat(noised.grid) == [pytest.approx(1.0, abs=1e-4)]
 
 
 def test_sibling_tools_agree_cell_by_cell(toy: ToolContext) -> None:
-    heads = patch_sweep(toy, pairs=DATASET, component="heads")  # type: ignore[arg-type]
+    heads = patch_sweep(toy, pairs=DATASET, component="heads")
     sweep = torch.tensor(flat(heads.grid), dtype=torch.float64).reshape(2, -1)
     # Layer-0 heads: their path into the residual stream entering block 1 is their whole effect (MLP 0 is 0).
-    into_block_1 = path_patch(toy, senders=None, receivers={"resid": 1}, pairs=DATASET)  # type: ignore[arg-type]
+    into_block_1 = path_patch(toy, senders=None, receivers={"resid": 1}, pairs=DATASET)
     # Layer-1 heads: their direct path to the logits is their whole effect (MLP 1 is 0).
-    into_logits = path_patch(toy, senders=None, receivers="logits", pairs=DATASET)  # type: ignore[arg-type]
+    into_logits = path_patch(toy, senders=None, receivers="logits", pairs=DATASET)
     assert into_block_1.grid is not None and into_logits.grid is not None
     assert into_block_1.grid[0] == pytest.approx(sweep[0].tolist(), rel=TOL, abs=TOL)
     assert into_logits.grid[1] == pytest.approx(sweep[1].tolist(), rel=TOL, abs=TOL)
     assert max(abs(v) for v in sweep[1].tolist()) > 0.3  # the induction heads carry the behaviour
     # attribution_patch's exactly patched cells are patch_sweep's values.
-    gradient = attribution_patch(toy, pairs=DATASET, component="heads", verify_top=4)  # type: ignore[arg-type]
+    gradient = attribution_patch(toy, pairs=DATASET, component="heads", verify_top=4)
     for cell in gradient.verified:
         assert cell.head is not None
         assert cell.exact == pytest.approx(float(sweep[cell.layer][cell.head]), rel=TOL, abs=TOL)

@@ -400,7 +400,7 @@ def test_ablate_heads_rejects_bad_heads(toy: ToolContext) -> None:
     with pytest.raises(LensError, match=r"heads\[1\]\[1\] \(head\)=9 is out of range"):
         ablate_heads(toy, CLEAN, [[0, 0], [1, 9]], ANSWER)
     with pytest.raises(LensError, match="mode='half'"):
-        ablate_heads(toy, CLEAN, [[0, 0]], ANSWER, mode="half")  # type: ignore[arg-type]
+        ablate_heads(toy, CLEAN, [[0, 0]], ANSWER, mode="half")
 
 
 async def test_ablate_heads_through_a_client(toy_host: ModelHost) -> None:

@@ -48,8 +48,8 @@ def test_the_mean_over_pairs_equals_the_mean_of_single_calls(
     toy: ToolContext, component: str, positions: list[int] | None, items: list, direction: str
 ) -> None:
     kwargs = dict(component=component, positions=positions, direction=direction, normalize=True)
-    dataset = patch_sweep(toy, pairs=as_pairs(items), **kwargs)  # type: ignore[arg-type]
-    singles = [patch_sweep(toy, *item, **kwargs) for item in items]  # type: ignore[arg-type]
+    dataset = patch_sweep(toy, pairs=as_pairs(items), **kwargs)
+    singles = [patch_sweep(toy, *item, **kwargs) for item in items]
     n_cells = len(flat(singles[0].grid))
     grids = torch.tensor([[0.0 if v is None else v for v in flat(s.grid)] for s in singles], dtype=torch.float64)
     pooled = pooled_from_singles(grids, [s.clean_metric for s in singles], [s.corrupted_metric for s in singles])

@@ -132,7 +132,7 @@ def test_pairs_mean_equals_the_mean_of_single_sweeps(smol: ToolContext) -> None:
             component=component,
             layers=[0, 14, 29],
             positions=positions,
-        )  # type: ignore[arg-type]
+        )
         # Pooled over the dataset: (mean patched - mean corrupted) / (mean clean - mean corrupted).
         mean_clean = sum(s.clean_metric for s in together) / len(together)
         mean_corrupted = sum(s.corrupted_metric for s in together) / len(together)

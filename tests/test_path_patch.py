@@ -330,7 +330,7 @@ def test_pairs_give_the_mean_and_spread_of_single_pair_runs(toy: ToolContext) ->
         {"clean_prompt": KEY_CLEAN, "corrupted_prompt": KEY_CORRUPTED, "answer": ANSWER, "wrong_answer": " w99"},
         {"clean_prompt": KEY_CLEAN_2, "corrupted_prompt": KEY_CORRUPTED_2, "answer": ANSWER_2, "wrong_answer": " w98"},
     ]
-    result = path_patch(toy, senders=None, receivers=[[1, 2]], receiver_input="k", pairs=pairs)  # type: ignore[arg-type]
+    result = path_patch(toy, senders=None, receivers=[[1, 2]], receiver_input="k", pairs=pairs)
     runs = [
         run_path_patch(
             toy, p["clean_prompt"], p["corrupted_prompt"], p["answer"], p["wrong_answer"], None, [[1, 2]], "k"
@@ -352,11 +352,11 @@ def test_pairs_give_the_mean_and_spread_of_single_pair_runs(toy: ToolContext) ->
     assert result.top_paths[0].sender == (0, 1) and float(per_pair[:, 1].min()) > 0.8
     # Pairs of different lengths line up only when positions count from the end.
     with pytest.raises(LensError, match="count positions from the end|Count positions from the end"):
-        path_patch(toy, senders=None, receivers=[[1, 2]], receiver_input="k", positions=[5], pairs=pairs)  # type: ignore[arg-type]
-    from_end = path_patch(toy, senders=[[0, 1]], receivers=[[1, 2]], receiver_input="k", positions=[-1], pairs=pairs)  # type: ignore[arg-type]
+        path_patch(toy, senders=None, receivers=[[1, 2]], receiver_input="k", positions=[5], pairs=pairs)
+    from_end = path_patch(toy, senders=[[0, 1]], receivers=[[1, 2]], receiver_input="k", positions=[-1], pairs=pairs)
     assert from_end.grid is not None and from_end.grid[0][1] is not None
     with pytest.raises(LensError, match="not both"):
-        path_patch(toy, KEY_CLEAN, senders=None, receivers=[[1, 2]], pairs=pairs)  # type: ignore[arg-type]
+        path_patch(toy, KEY_CLEAN, senders=None, receivers=[[1, 2]], pairs=pairs)
 
 
 def test_dry_run_estimates_the_work_without_computing(

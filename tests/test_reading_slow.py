@@ -86,7 +86,7 @@ def test_run_with_cache_holds_one_family(smol: ToolContext, monkeypatch: pytest.
     kept: list[dict] = []
     real = run_with_cache_module.summarizing_forward
 
-    def spy(tc: ToolContext, tokens: torch.Tensor, names: list[str], summarize):  # type: ignore[no-untyped-def]
+    def spy(tc: ToolContext, tokens: torch.Tensor, names: list[str], summarize):
         hooked.append(list(names))
 
         def record(name: str, tensor: torch.Tensor) -> None:

@@ -126,7 +126,7 @@ def figures(tool: str, result: Any) -> str:
     try:
         model = model_class.model_validate(result)
         maps = images.heatmaps_of(model)
-    except Exception as exc:  # noqa: BLE001 - a record from another version: show the numbers, skip the picture
+    except Exception as exc:
         log.info("cannot draw %s from the record: %s", tool, exc)
         return f'<p class="meta">heatmap not drawn: the recorded result does not fit this version ({_e(type(exc).__name__)})</p>'
     parts = []

@@ -106,7 +106,7 @@ def _publish(
     parameters += extra  # adapter-level arguments (image)
     context_parameter = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)
     returns = Annotated[CallToolResult, result_model]
-    body.__signature__ = inspect.Signature([*parameters, context_parameter], return_annotation=returns)  # type: ignore[attr-defined]
+    body.__signature__ = inspect.Signature([*parameters, context_parameter], return_annotation=returns)
     body.__annotations__ = {**{p.name: p.annotation for p in parameters}, "ctx": Context, "return": returns}
     body.__name__ = fn.__name__
     body.__doc__ = fn.__doc__

@@ -329,7 +329,7 @@ class PatchEngine:
         and each layer's keys and values (the attention bridges are handed a `layer_past` that records)."""
         try:
             captured = self._paired_run(record_kv=self._blocks is not None)
-        except Exception:  # noqa: BLE001 - an attention module that refuses layer_past: run without it
+        except Exception:
             log.info("recording keys/values failed; running the prompts plainly", exc_info=True)
             self.kv = _PrefixKV()
             captured = self._paired_run(record_kv=False)
@@ -421,7 +421,7 @@ class PatchEngine:
                 x = self._call_block(layer, x, offset, with_kv=offset > 0)
             driven = x[:, -1]
             value = self.readout.from_resid(driven)
-        except Exception as exc:  # noqa: BLE001 - any failure here means: do not drive blocks
+        except Exception as exc:
             raise EngineMismatch(f"driving the blocks failed: {type(exc).__name__}: {exc}") from exc
         self.stats.forward_passes += 1
         reference = self.cache[f"blocks.{self.n_layers - 1}.hook_resid_post"][:1, -1]

@@ -178,7 +178,7 @@ def iter_batched(
         started = time.perf_counter()
         try:
             result = run_batch(batch)
-        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
+        except Exception as exc:
             if not is_out_of_memory(exc) or len(batch) == 1:
                 raise
             out_of_memory = True

@@ -225,7 +225,7 @@ def resolve_pairs(tc: ToolContext, pairs: object, **arguments: Any) -> list[Prom
             f"pairs: expected a list of {{clean_prompt, corrupted_prompt, answer, ...}} items, got {pairs!r:.80}."
         )
     try:
-        return _resolve_pairs(tc, pairs, **arguments)  # type: ignore[arg-type]
+        return _resolve_pairs(tc, pairs, **arguments)
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error.get("loc", ()))

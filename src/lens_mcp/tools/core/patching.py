@@ -27,7 +27,7 @@ FLAT_GAP = 1e-6
 def check_direction(direction: object) -> Direction:
     if direction not in DIRECTIONS:
         raise LensError(f"direction={direction!r} is not one of {', '.join(DIRECTIONS)}.")
-    return direction  # type: ignore[return-value]
+    return direction
 
 
 @dataclass(frozen=True)

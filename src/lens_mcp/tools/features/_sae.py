@@ -52,7 +52,7 @@ def _hub_folder(repo_id: str, sae_id: str | None) -> Path:
         )
     try:
         paths = [hf_hub_download(repo_id, name) for name in files]
-    except Exception as exc:  # noqa: BLE001 - network and missing-file errors are the user's to fix
+    except Exception as exc:
         raise LensError(
             f"spec={repo_id!r} sae_id={sae_id!r}: could not download {', '.join(files)} "
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). sae_id is the subfolder "

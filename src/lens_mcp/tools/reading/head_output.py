@@ -101,7 +101,7 @@ def head_output(
             suppressed=ov_down,
             source_token_rank=rank,
             source_token_logit=source_logit,
-            behaviour=behaviour,  # type: ignore[arg-type]
+            behaviour=behaviour,
         ),
         meaning=(
             f"logit = L{layer}H{head}'s direct contribution to that token's logit at position {pos} (final-norm "

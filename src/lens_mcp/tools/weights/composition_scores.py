@@ -171,7 +171,7 @@ def composition_scores(
         for score, sl, sh, rl, rh in rows[:top_k]
     ]
     return CompositionScores(
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         receiver_layers=list(scores),
         n_pairs=sum(int(grid.numel()) for grid in scores.values()),
         top_pairs=pairs,
