@@ -4,7 +4,6 @@ hand-written steering hook, alpha = 0, caps, cancellation), and bad input throug
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from lens_mcp.errors import LensError
 from lens_mcp.limits import Limits
@@ -27,19 +25,12 @@ from lens_mcp.tools.features.load_sae import load_sae
 from lens_mcp.tools.features.sae_features import sae_features
 from lens_mcp.tools.features.steering_vector import steering_vector
 from tests.mcp_client import call_tool, error_text, result_data
+from tests.sae_refs import HOOK, toy_sae_folder, write_folder
 
-HOOK = "blocks.1.hook_resid_pre"
 PROMPT = "w1 w2 w3 w4 w5 w1 w2 w3"
 
 
 # ---- writing SAELens folders by hand -------------------------------------------------------------
-def write_folder(folder: Path, tensors: dict[str, list[Any]], cfg: dict[str, Any]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: torch.tensor(v, dtype=torch.float32) for k, v in tensors.items()}, str(folder / "sae_weights.safetensors")
-    )
-    (folder / "cfg.json").write_text(json.dumps(cfg))
-    return folder
 
 
 # A 3 -> 2 -> 3 SAE small enough to compute by hand.
@@ -180,19 +171,6 @@ def test_format_errors_are_clear(tmp_path: Path) -> None:
 
 
 # ---- an SAE on the toy model ----------------------------------------------------------------------
-def toy_sae_folder(folder: Path, d_in: int = 144, d_sae: int = 48, hook: str = HOOK, seed: int = 0) -> Path:
-    gen = torch.Generator().manual_seed(seed)
-    tensors = {
-        "W_enc": (torch.randn(d_in, d_sae, generator=gen) / d_in**0.5).tolist(),
-        "b_enc": [0.05] * d_sae,
-        "W_dec": (torch.randn(d_sae, d_in, generator=gen) / d_in**0.5).tolist(),
-        "b_dec": (torch.randn(d_in, generator=gen) * 0.01).tolist(),
-    }
-    return write_folder(
-        folder,
-        tensors,
-        {"architecture": "standard", "d_in": d_in, "d_sae": d_sae, "metadata": {"hook_name": hook}},
-    )
 
 
 @pytest.fixture

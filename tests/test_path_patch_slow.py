@@ -14,7 +14,7 @@ from transformer_lens import patching
 from lens_mcp.errors import LensError
 from lens_mcp.tools.causal.path_patch import path_patch, run_path_patch
 from lens_mcp.tools.core.context import ToolContext
-from tests.test_path_patch import TOL, Edit, hand_path_patch
+from tests.path_refs import TOL, Edit, hand_path_patch
 
 pytestmark = pytest.mark.slow
 
