@@ -13,6 +13,7 @@ from pydantic import Field
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.patching import AblateHeadsResult, AblationMode, AblationPairResult, EffectSpread, HeadEffect
 from lens_mcp.tools.core.ablation import ALL_MODES, ablation_hooks, resolve_heads
+from lens_mcp.tools.core.arguments import DryRun
 from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, seconds_per_row
@@ -99,7 +100,7 @@ def ablate_heads(
         ),
     ] = None,
     pairs: PairsArgument = None,
-    dry_run: Annotated[bool, Field(description="Only estimate the cost; compute nothing")] = False,
+    dry_run: DryRun = False,
 ) -> AblateHeadsResult:
     """Ablate attention heads (their output z, at every position) and measure the metric before and after.
     Metrics: logit_diff = logit(answer) - logit(wrong_answer) (or logit(answer) alone), logprob / prob of answer,

@@ -24,11 +24,23 @@ from lens_mcp.schemas.common import Cost, GridSpread, PairMetrics
 from lens_mcp.schemas.patching import AttributionPatchResult, Component, PatchCell, RankAgreement, VerifiedCell
 from lens_mcp.tools.causal._components import check_component
 from lens_mcp.tools.causal._engine import PatchEngine, Readout, make_patch
+from lens_mcp.tools.core.arguments import (
+    Answer,
+    CleanPrompt,
+    CorruptedPrompt,
+    DryRun,
+    Normalize,
+    PatchDirection,
+    PatchMetric,
+    SweepLayers,
+    SweepPositions,
+    WrongAnswer,
+)
 from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars, seconds_per_row
 from lens_mcp.tools.core.hook_names import hook_name
-from lens_mcp.tools.core.metrics import AnswerMetric, MetricName, resolve_metric
+from lens_mcp.tools.core.metrics import AnswerMetric, resolve_metric
 from lens_mcp.tools.core.pairs import (
     PairsArgument,
     encode_pairs,
@@ -39,7 +51,6 @@ from lens_mcp.tools.core.pairs import (
 )
 from lens_mcp.tools.core.patching import (
     TOP_CELLS,
-    Direction,
     check_direction,
     normalize_pooled,
     patching_meaning,
@@ -375,19 +386,10 @@ def _estimate_cost(tc: ToolContext, grid: CellGrid, lengths: Sequence[int], veri
 
 def attribution_patch(
     tc: ToolContext,
-    clean_prompt: Annotated[
-        str | None,
-        Field(description="Prompt whose activations are patched in, e.g. 'The Eiffel Tower is in the city of'"),
-    ] = None,
-    corrupted_prompt: Annotated[
-        str | None,
-        Field(description="Prompt that receives them; same token length, e.g. 'The Colosseum is in the city of'"),
-    ] = None,
-    answer: Annotated[str | None, Field(description="The clean prompt's answer, one token (e.g. ' Paris')")] = None,
-    wrong_answer: Annotated[
-        str | None,
-        Field(description="The corrupted prompt's answer, one token (e.g. ' Rome'); needed for metric='logit_diff'"),
-    ] = None,
+    clean_prompt: CleanPrompt = None,
+    corrupted_prompt: CorruptedPrompt = None,
+    answer: Answer = None,
+    wrong_answer: WrongAnswer = None,
     component: Annotated[
         Component,
         Field(
@@ -395,32 +397,16 @@ def attribution_patch(
             "heads (layer x head, all positions), heads_by_pos (layer x head x position)"
         ),
     ] = "heads",
-    layers: Annotated[list[int] | None, Field(description="Layers (null: all; negative counts from the end)")] = None,
-    positions: Annotated[
-        list[int] | None,
-        Field(description="Positions (null: all; BOS is 0, -1 the last); not used by component='heads'"),
-    ] = None,
-    metric: Annotated[
-        MetricName,
-        Field(description="logit_diff: logit(answer) - logit(wrong_answer); prob / logprob: of answer. Last position"),
-    ] = "logit_diff",
-    normalize: Annotated[
-        bool, Field(description="Grid in units of the clean - corrupted metric gap, as patch_sweep (1 = full effect)")
-    ] = True,
+    layers: SweepLayers = None,
+    positions: SweepPositions = None,
+    metric: PatchMetric = "logit_diff",
+    normalize: Normalize = True,
     verify_top: Annotated[
         int, Field(description="Patch this many cells (largest |estimate|) exactly to check the estimate; 0 = none")
     ] = 10,
     pairs: PairsArgument = None,
-    direction: Annotated[
-        Direction,
-        Field(
-            description="denoise: clean activation into the corrupted run (1 = clean behaviour restored); "
-            "noise: corrupted activation into the clean run (1 = clean behaviour broken)"
-        ),
-    ] = "denoise",
-    dry_run: Annotated[
-        bool, Field(description="Return only the cost estimate (cells, passes, seconds, result size); compute nothing")
-    ] = False,
+    direction: PatchDirection = "denoise",
+    dry_run: DryRun = False,
 ) -> AttributionPatchResult:
     """Attribution patching (AtP; Nanda, Syed et al.): a gradient estimate of every activation-patching cell from
     one batched forward and backward pass, cell = grad of the metric at the receiving run . (source - receiving

@@ -26,11 +26,23 @@ from lens_mcp.tools.causal._components import (
     check_component,
 )
 from lens_mcp.tools.causal._engine import Patch, PatchEngine, Readout, make_patch
+from lens_mcp.tools.core.arguments import (
+    Answer,
+    CleanPrompt,
+    CorruptedPrompt,
+    DryRun,
+    Normalize,
+    PatchDirection,
+    PatchMetric,
+    SweepLayers,
+    SweepPositions,
+    WrongAnswer,
+)
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars
 from lens_mcp.tools.core.hook_names import hook_name
-from lens_mcp.tools.core.metrics import AnswerMetric, MetricName, metric_warnings, resolve_metric
+from lens_mcp.tools.core.metrics import AnswerMetric, metric_warnings, resolve_metric
 from lens_mcp.tools.core.pairs import (
     PairsArgument,
     PromptPair,
@@ -42,7 +54,6 @@ from lens_mcp.tools.core.pairs import (
 )
 from lens_mcp.tools.core.patching import (
     TOP_CELLS,
-    Direction,
     check_direction,
     normalize_pooled,
     patching_meaning,
@@ -432,21 +443,10 @@ def _warnings(tc: ToolContext, sweep: Sweep) -> list[str]:
 
 def patch_sweep(
     tc: ToolContext,
-    clean_prompt: Annotated[
-        str | None,
-        Field(description="The clean prompt, e.g. 'The Eiffel Tower is in the city of' (or pass pairs)"),
-    ] = None,
-    corrupted_prompt: Annotated[
-        str | None,
-        Field(
-            description="The corrupted prompt; must tokenize to the same length, e.g. 'The Colosseum is in the city of'"
-        ),
-    ] = None,
-    answer: Annotated[str | None, Field(description="The clean prompt's answer, one token (e.g. ' Paris')")] = None,
-    wrong_answer: Annotated[
-        str | None,
-        Field(description="The corrupted prompt's answer, one token (e.g. ' Rome'); needed for metric='logit_diff'"),
-    ] = None,
+    clean_prompt: CleanPrompt = None,
+    corrupted_prompt: CorruptedPrompt = None,
+    answer: Answer = None,
+    wrong_answer: WrongAnswer = None,
     component: Annotated[
         SweepComponent,
         Field(
@@ -456,38 +456,13 @@ def patch_sweep(
             "position)"
         ),
     ] = "resid_pre",
-    layers: Annotated[
-        list[int] | None, Field(description="Layers to sweep (null: all; negative counts from the end)")
-    ] = None,
-    positions: Annotated[
-        list[int] | None,
-        Field(description="Positions to sweep (null: all; BOS is 0, -1 the last); not used by per-head components"),
-    ] = None,
-    metric: Annotated[
-        MetricName,
-        Field(
-            description="logit_diff: logit(answer) - logit(wrong_answer); prob / "
-            "logprob: of answer. At the last position"
-        ),
-    ] = "logit_diff",
-    normalize: Annotated[
-        bool,
-        Field(
-            description="Normalize so 0 = no effect and 1 = the full clean-vs-corrupted difference (restored "
-            "when denoising, destroyed when noising)"
-        ),
-    ] = True,
-    direction: Annotated[
-        Direction,
-        Field(
-            description="denoise: clean activation into the corrupted run (1 = restores the clean behaviour); "
-            "noise: corrupted activation into the clean run (1 = fully breaks it)"
-        ),
-    ] = "denoise",
+    layers: SweepLayers = None,
+    positions: SweepPositions = None,
+    metric: PatchMetric = "logit_diff",
+    normalize: Normalize = True,
+    direction: PatchDirection = "denoise",
     pairs: PairsArgument = None,
-    dry_run: Annotated[
-        bool, Field(description="Only estimate the cost (cells, passes, seconds, result size); compute nothing")
-    ] = False,
+    dry_run: DryRun = False,
 ) -> PatchSweepResult:
     """Activation patching: run one prompt with ONE activation at a time taken from the other prompt and
     measure the change. direction='denoise' (default) patches clean into corrupted (1 = restores the clean

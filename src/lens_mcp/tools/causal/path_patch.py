@@ -34,12 +34,21 @@ from lens_mcp.errors import LensError
 from lens_mcp.schemas.common import Cost, PairMetrics
 from lens_mcp.schemas.paths import PathEdge, PathPatchResult, PathSpread
 from lens_mcp.tools.causal._engine import EngineStats, Patch, PatchEngine, Readout
+from lens_mcp.tools.core.arguments import (
+    Answer,
+    CleanPrompt,
+    CorruptedPrompt,
+    DryRun,
+    Normalize,
+    PatchMetric,
+    WrongAnswer,
+)
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars
 from lens_mcp.tools.core.forward import final_norm, unembed
 from lens_mcp.tools.core.hook_names import hook_name
-from lens_mcp.tools.core.metrics import AnswerMetric, MetricName, resolve_metric
+from lens_mcp.tools.core.metrics import AnswerMetric, resolve_metric
 from lens_mcp.tools.core.pairs import PairsArgument, encode_pairs, pair_label, positions_from_end, resolve_pairs, spread
 from lens_mcp.tools.core.patching import normalize_pooled, pooled_note
 from lens_mcp.tools.core.tokens import encode_pair, token_strings
@@ -477,17 +486,10 @@ def _grid_axes(tc: ToolContext, run: PathRun, shown: list[float]) -> tuple[list[
 
 def path_patch(
     tc: ToolContext,
-    clean_prompt: Annotated[
-        str | None,
-        Field(description="Prompt whose sender outputs are patched in, e.g. 'When Mary and John went, John gave'"),
-    ] = None,
-    corrupted_prompt: Annotated[
-        str | None, Field(description="Prompt that is run; must tokenize to the same length as clean_prompt")
-    ] = None,
-    answer: Annotated[str | None, Field(description="The clean prompt's answer, one token (e.g. ' Mary')")] = None,
-    wrong_answer: Annotated[
-        str | None, Field(description="The competing answer, one token; needed for metric='logit_diff'")
-    ] = None,
+    clean_prompt: CleanPrompt = None,
+    corrupted_prompt: CorruptedPrompt = None,
+    answer: Answer = None,
+    wrong_answer: WrongAnswer = None,
     senders: Annotated[
         list[list[int]] | None,
         Field(description="Sender heads [[layer, head], ...]; null: every head before the receivers"),
@@ -511,18 +513,10 @@ def path_patch(
         list[int] | None,
         Field(description="Positions whose sender write is patched (null: all; -1 the last, BOS is 0)"),
     ] = None,
-    metric: Annotated[
-        MetricName,
-        Field(description="logit_diff: logit(answer) - logit(wrong_answer); prob / logprob: of answer. Last position"),
-    ] = "logit_diff",
-    normalize: Annotated[
-        bool,
-        Field(description="Report (patched - corrupted) / (clean - corrupted): 0 = no effect, 1 = clean restored"),
-    ] = True,
+    metric: PatchMetric = "logit_diff",
+    normalize: Normalize = True,
     pairs: PairsArgument = None,
-    dry_run: Annotated[
-        bool, Field(description="Only estimate the cost (paths, passes, seconds, result size); compute nothing")
-    ] = False,
+    dry_run: DryRun = False,
 ) -> PathPatchResult:
     """Path patching (Wang et al. 2022), TransformerLens's direct-path definition: run the corrupted prompt and
     add a sender head's clean-minus-corrupted write ((z_clean - z_corr) @ W_O, at `positions`) to the

@@ -37,8 +37,8 @@ PairsArgument = Annotated[
     list[PromptPair] | None,
     Field(
         description="A prompt dataset in place of the single-prompt arguments: [{clean_prompt, corrupted_prompt, "
-        "answer, wrong_answer}, ...]. Each cell is reported as the mean over pairs with its spread, plus "
-        "per-pair metrics. Pairs may differ in length only where positions are counted from the end (negative) "
+        "answer, wrong_answer}, ...]. Each cell is reported over the dataset (normalized values pooled: mean "
+        "change / (mean clean - mean corrupted)) with its spread, plus per-pair metrics. Pairs may differ in length only where positions are counted from the end (negative) "
         "or not used. null: use the single-prompt arguments"
     ),
 ]

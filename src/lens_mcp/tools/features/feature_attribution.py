@@ -10,6 +10,7 @@ import torch
 from pydantic import Field
 
 from lens_mcp.schemas.features import FeatureAttributionEntry, FeatureAttributionResult
+from lens_mcp.tools.core.arguments import DryRun, TargetAnswer
 from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate
@@ -41,7 +42,7 @@ def metric_gradient(
 def feature_attribution(
     tc: ToolContext,
     prompt: Annotated[str, Field(description="The prompt, e.g. 'The Eiffel Tower is in the city of'")],
-    answer: Annotated[str, Field(description="The expected next token, one token (e.g. ' Paris')")],
+    answer: TargetAnswer,
     wrong_answer: Annotated[
         str | None,
         Field(description="A competing token (e.g. ' Rome'): metric = logit(answer) - logit(wrong_answer)"),
@@ -52,9 +53,7 @@ def feature_attribution(
         Field(description="Position whose features are attributed (-1 = last); null = all non-BOS positions summed"),
     ] = -1,
     top_k: Annotated[int, Field(description="Features listed, largest |attribution| first")] = 10,
-    dry_run: Annotated[
-        bool, Field(description="Only estimate the cost (seconds, passes, result size); compute nothing")
-    ] = False,
+    dry_run: DryRun = False,
 ) -> FeatureAttributionResult:
     """Attribute the answer metric at the last position (logit(answer) - logit(wrong_answer), or logit(answer))
     to SAE features at the SAE's hook: attribution_i = activation_i x (decoder direction_i . d metric / d

@@ -14,6 +14,7 @@ from pydantic import Field
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.features import Continuation, GeneratedToken, GenerateResult
 from lens_mcp.tools.core.ablation import MODES, ablation_hooks, resolve_heads
+from lens_mcp.tools.core.arguments import DryRun
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate
 from lens_mcp.tools.core.hook_names import hook_name
@@ -215,9 +216,7 @@ def generate(
     ] = [],  # noqa: B006 - never mutated; the public default is an empty list
     temperature: Annotated[float, Field(description="0 = greedy; > 0 samples with shared random numbers")] = 0.0,
     seed: Annotated[int, Field(description="Seed for sampling and for the random control vectors")] = 0,
-    dry_run: Annotated[
-        bool, Field(description="Only estimate the cost (seconds, passes, result size); compute nothing")
-    ] = False,
+    dry_run: DryRun = False,
 ) -> GenerateResult:
     """Continue the prompt without and with interventions, side by side. Interventions combine: {"steer": name,
     "alpha": a, "layer": L?} adds a x the stored steering vector (steering_vector) to the residual at its hook

@@ -9,6 +9,7 @@ import torch
 from pydantic import Field
 
 from lens_mcp.schemas.features import ActiveFeature, PositionFeatures, PromotedTokens, Reconstruction, SaeFeaturesResult
+from lens_mcp.tools.core.arguments import DryRun
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate
 from lens_mcp.tools.core.forward import final_norm, unembed
@@ -57,9 +58,7 @@ def sae_features(
         list[int] | None, Field(description="Positions to list (BOS is 0; -1 = last); omit for all")
     ] = None,
     top_k: Annotated[int, Field(description="Features listed per position, largest activation first")] = 10,
-    dry_run: Annotated[
-        bool, Field(description="Only estimate the cost (seconds, passes, result size); compute nothing")
-    ] = False,
+    dry_run: DryRun = False,
 ) -> SaeFeaturesResult:
     """Encode the prompt's activation at the SAE's hook and list the top active features per position with
     their activations (in the SAE's units; 0 = inactive). Also the reconstruction quality on this prompt:

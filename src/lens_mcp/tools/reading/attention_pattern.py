@@ -10,6 +10,7 @@ import torch
 from pydantic import Field
 
 from lens_mcp.schemas.reading import AttendedSource, AttentionPattern, QueryAttention
+from lens_mcp.tools.core.arguments import Head, Layer, Prompt
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.forward import cached_forward
 from lens_mcp.tools.core.tokens import encode, token_strings
@@ -18,9 +19,9 @@ from lens_mcp.tools.core.validation import check_top_k, resolve_head, resolve_la
 
 def attention_pattern(
     tc: ToolContext,
-    prompt: Annotated[str, Field(description="The text to run (BOS is prepended)")],
-    layer: Annotated[int, Field(description="Layer (0-based; -1 = last)")],
-    head: Annotated[int, Field(description="Query head in that layer (0..n_heads-1 from model_info)")],
+    prompt: Prompt,
+    layer: Layer,
+    head: Head,
     top_k: Annotated[int, Field(description="Source positions to list per query")] = 3,
     query_positions: Annotated[
         list[int] | None, Field(description=("Query positions to report (negative counts from the end). Default: all"))

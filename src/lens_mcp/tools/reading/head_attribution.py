@@ -19,6 +19,7 @@ from typing import Annotated
 from pydantic import Field
 
 from lens_mcp.schemas.reading import HeadAttribution
+from lens_mcp.tools.core.arguments import CompetingAnswer
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.pairs import PairsArgument
 from lens_mcp.tools.reading._head_sources import attribution_call
@@ -30,15 +31,7 @@ def head_attribution(
     answer: Annotated[
         str | None, Field(description="The expected next token, one token (usually with a leading space: ' Paris')")
     ] = None,
-    wrong_answer: Annotated[
-        str | None,
-        Field(
-            description=(
-                "A competing token (' Rome'); attribute logit(answer) - logit(wrong_answer). "
-                "Omitted: attribute logit(answer) alone"
-            )
-        ),
-    ] = None,
+    wrong_answer: CompetingAnswer = None,
     position: Annotated[int, Field(description="Position whose prediction is attributed (-1 = last)")] = -1,
     top_k: Annotated[int, Field(description="How many heads to list by absolute contribution")] = 10,
     by_source: Annotated[

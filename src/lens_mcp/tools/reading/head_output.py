@@ -12,6 +12,7 @@ import torch
 from pydantic import Field
 
 from lens_mcp.schemas.components import HeadOutput, OVReadout
+from lens_mcp.tools.core.arguments import Head, Layer, Prompt
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.direct import (
     LINEAR_NOTE,
@@ -27,9 +28,9 @@ COPY_RANK = 10
 
 def head_output(
     tc: ToolContext,
-    prompt: Annotated[str, Field(description="The text to run (BOS is prepended)")],
-    layer: Annotated[int, Field(description="Layer (0-based; -1 = last)")],
-    head: Annotated[int, Field(description="Query head in that layer (0..n_heads-1 from model_info)")],
+    prompt: Prompt,
+    layer: Layer,
+    head: Head,
     position: Annotated[int, Field(description="Position whose output is read (-1 = last)")] = -1,
     top_k: Annotated[int, Field(description="Tokens to list as promoted and as suppressed")] = 10,
     source_position: Annotated[

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from lens_mcp.schemas.common import TopToken
 from lens_mcp.schemas.reading import AnswerTrajectory, LogitLens
+from lens_mcp.tools.core.arguments import Position, Prompt
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.forward import cached_forward, final_norm, unembed
 from lens_mcp.tools.core.metrics import answer_warnings
@@ -35,8 +36,8 @@ def lens_logits(tc: ToolContext, tokens: torch.Tensor, pos: int) -> torch.Tensor
 
 def logit_lens(
     tc: ToolContext,
-    prompt: Annotated[str, Field(description="The text to run (BOS is prepended)")],
-    position: Annotated[int, Field(description="Position to read (-1 = last, the next-token prediction)")] = -1,
+    prompt: Prompt,
+    position: Position = -1,
     top_k: Annotated[int, Field(description="Tokens to list per layer")] = 5,
     answer: Annotated[
         str | None,

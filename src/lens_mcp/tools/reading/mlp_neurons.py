@@ -12,6 +12,7 @@ import torch
 from pydantic import Field
 
 from lens_mcp.schemas.components import MLPNeuron, MLPNeurons
+from lens_mcp.tools.core.arguments import Position, Prompt
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, single_pass_cost
 from lens_mcp.tools.core.direct import LINEAR_NOTE, DirectReadout
@@ -25,9 +26,9 @@ CHARS_PER_TOKEN_EFFECT = 45
 
 def mlp_neurons(
     tc: ToolContext,
-    prompt: Annotated[str, Field(description="The text to run (BOS is prepended)")],
+    prompt: Prompt,
     layer: Annotated[int, Field(description="MLP layer (0-based; -1 = last)")],
-    position: Annotated[int, Field(description="Position to read (-1 = last)")] = -1,
+    position: Position = -1,
     top_k: Annotated[int, Field(description="How many neurons to list, by absolute activation")] = 10,
     top_tokens: Annotated[int, Field(description="Tokens to list per neuron as promoted and as suppressed")] = 5,
 ) -> MLPNeurons:

@@ -14,6 +14,7 @@ import torch
 from pydantic import Field
 
 from lens_mcp.schemas.components import NeuronAttribution, NeuronScore
+from lens_mcp.tools.core.arguments import CompetingAnswer, Prompt, TargetAnswer
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, grid_chars, single_pass_cost
 from lens_mcp.tools.core.direct import (
@@ -28,14 +29,9 @@ from lens_mcp.tools.reading._neurons import check_has_mlps, mlp_weights, neuron_
 
 def neuron_attribution(
     tc: ToolContext,
-    prompt: Annotated[str, Field(description="The text to run (BOS is prepended)")],
-    answer: Annotated[str, Field(description="The expected next token, one token (e.g. ' Paris')")],
-    wrong_answer: Annotated[
-        str | None,
-        Field(
-            description="A competing token (' Rome'); attribute logit(answer) - logit(wrong_answer). Omitted: logit(answer)"
-        ),
-    ] = None,
+    prompt: Prompt,
+    answer: TargetAnswer,
+    wrong_answer: CompetingAnswer = None,
     layers: Annotated[
         list[int] | None, Field(description="MLP layers to search (negative from the end). Default: all")
     ] = None,

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from lens_mcp.schemas.common import TopToken
 from lens_mcp.schemas.reading import CacheSummary, HookSummary
+from lens_mcp.tools.core.arguments import Prompt
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate
 from lens_mcp.tools.core.forward import summarizing_forward
@@ -67,7 +68,7 @@ def _enforce_cost(tc: ToolContext, groups: list[HookGroup], n_tokens: int, n_pos
 
 def run_with_cache(
     tc: ToolContext,
-    prompt: Annotated[str, Field(description="The text to run (BOS is prepended)")],
+    prompt: Prompt,
     hooks: Annotated[
         list[str] | str,
         Field(
