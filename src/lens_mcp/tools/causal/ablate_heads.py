@@ -11,6 +11,7 @@ import torch
 from pydantic import Field
 
 from lens_mcp.errors import LensError
+from lens_mcp.schemas.common import Cost
 from lens_mcp.schemas.patching import AblateHeadsResult, AblationMode, AblationPairResult, EffectSpread, HeadEffect
 from lens_mcp.tools.core.ablation import ALL_MODES, ablation_hooks, resolve_heads
 from lens_mcp.tools.core.arguments import DryRun
@@ -113,6 +114,67 @@ def ablate_heads(
     dataset (the pair's clean_prompt is the prompt); metrics are means over pairs with their spread and
     per-pair values. The cost is estimated first (refused over a cap; dry_run=true returns only the
     estimate). Find candidate heads with patch_sweep(component='heads')."""
+    plan = plan_ablation(
+        tc, prompt, heads, answer, wrong_answer, mode, individually, corrupted_prompt, metric, positions, pairs
+    )
+    cost = ablation_cost(tc, plan)
+    if dry_run:
+        return AblateHeadsResult(mode=mode, metric=metric, heads=plan.heads, cost=cost, dry_run=True)
+    enforce(tc, cost, "fewer heads with individually=true, fewer pairs, or shorter prompts")
+    return summarize_ablation(tc, plan, run_ablation(tc, plan), cost)
+
+
+@dataclass
+class AblationPlan:
+    """An ablate_heads call checked and encoded, before any forward pass."""
+
+    mode: AblationMode
+    metric: AblationMetric
+    heads: list[tuple[int, int]]
+    sets: list[list[tuple[int, int]]]
+    """Head sets ablated together, one row each: all heads, then (individually) each head alone."""
+    prompts: list[_Prompt]
+    corrupted: list[_Prompt | None]
+    positions: list[int] | None
+    dataset: bool
+    """The call passed pairs=[...]."""
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def references(self) -> list[_Prompt]:
+        """Every prompt run unablated: the prompts, then the corrupted prompts the modes read."""
+        return self.prompts + [c for c in self.corrupted if c is not None]
+
+    @property
+    def hooks(self) -> set[str]:
+        return {hook_name("z", layer) for layer in sorted({layer for layer, _ in self.heads})}
+
+
+@dataclass
+class AblationRuns:
+    before: dict[int, tuple[float, float | None]]
+    """Per reference prompt: (metric, answer probability) unablated."""
+    after: dict[tuple[int, int], tuple[float, float | None]]
+    """Per (pair, head set): (metric, answer probability) ablated."""
+    warnings: list[str]
+
+
+def plan_ablation(
+    tc: ToolContext,
+    prompt: str | None,
+    heads: object,
+    answer: str | None,
+    wrong_answer: str | None,
+    mode: AblationMode,
+    individually: bool,
+    corrupted_prompt: str | None,
+    metric: AblationMetric,
+    positions: object,
+    pairs: object,
+) -> AblationPlan:
     if mode not in ALL_MODES:
         raise LensError(f"mode={mode!r} is not one of {', '.join(ALL_MODES)}.")
     if metric not in ABLATION_METRICS:
@@ -120,14 +182,14 @@ def ablate_heads(
     if heads is None:
         raise LensError("heads is required: pass heads=[[layer, head], ...], e.g. heads=[[1, 2]].")
     head_list = resolve_heads(tc, heads)
-    positions = check_positions(positions)
+    checked_positions = check_positions(positions)
     need_corrupted = mode in ("resample", "corrupted_mean")
     if not need_corrupted and corrupted_prompt is not None and pairs is None:
         raise LensError(
             f"corrupted_prompt is only used by mode='resample' or 'corrupted_mean' (mode={mode!r}); drop it or "
             "change the mode."
         )
-    if metric != "loss" and positions is not None:
+    if metric != "loss" and checked_positions is not None:
         raise LensError("positions= is only used by metric='loss' (the answer metrics read the last position).")
     items = resolve_pairs(
         tc,
@@ -151,7 +213,7 @@ def ablate_heads(
         answer_metric, loss_positions = None, None
         try:
             if metric == "loss":
-                loss_positions = _loss_positions(positions, n, where)
+                loss_positions = _loss_positions(checked_positions, n, where)
             else:
                 answer_metric = resolve_metric(tc, item.answer or "", item.wrong_answer, metric)
         except LensError as exc:
@@ -170,7 +232,7 @@ def ablate_heads(
                 )
             source = _Prompt(source_tokens, answer_metric, loss_positions)
         corrupted.append(source)
-    if metric == "loss" and positions is not None and not positions_from_end(positions):
+    if metric == "loss" and checked_positions is not None and not positions_from_end(checked_positions):
         lengths = [int(p.tokens.shape[-1]) for p in prompts]
         for index, n in enumerate(lengths[1:], start=1):
             if n != lengths[0]:
@@ -183,25 +245,28 @@ def ablate_heads(
     sets: list[list[tuple[int, int]]] = [list(head_list)]
     if individually:
         sets += [[pair] for pair in head_list]
-    layers = sorted({layer for layer, _ in head_list})
-    wanted = {hook_name("z", layer) for layer in layers}
-    references = prompts + [c for c in corrupted if c is not None]
-    n_rows = n_pairs * len(sets)
-    mean_tokens = max(1, sum(int(p.tokens.shape[-1]) for p in prompts) // n_pairs)
-    cost = estimate(
+    return AblationPlan(mode, metric, head_list, sets, prompts, corrupted, checked_positions, pairs is not None)
+
+
+def ablation_cost(tc: ToolContext, plan: AblationPlan) -> Cost:
+    n_rows = plan.n_pairs * len(plan.sets)
+    mean_tokens = max(1, sum(int(p.tokens.shape[-1]) for p in plan.prompts) // plan.n_pairs)
+    return estimate(
         tc,
         Work(
-            rows=n_rows + len(references),
+            rows=n_rows + len(plan.references),
             tokens_per_row=mean_tokens,
             cells=n_rows,
-            result_chars=1200 + 160 * len(sets) + 120 * n_pairs + 24 * mean_tokens * n_pairs,
+            result_chars=1200 + 160 * len(plan.sets) + 120 * plan.n_pairs + 24 * mean_tokens * plan.n_pairs,
         ),
     )
-    if dry_run:
-        return AblateHeadsResult(mode=mode, metric=metric, heads=head_list, cost=cost, dry_run=True)
-    enforce(tc, cost, "fewer heads with individually=true, fewer pairs, or shorter prompts")
 
-    counter = ProgressCounter(tc.progress, total=n_rows, unit="ablated runs")
+
+def run_ablation(tc: ToolContext, plan: AblationPlan) -> AblationRuns:
+    """Reference runs (metrics before, activations the modes read), then every (pair, head set) row ablated."""
+    mode, n_pairs, sets, prompts = plan.mode, plan.n_pairs, plan.sets, plan.prompts
+    references, wanted = plan.references, plan.hooks
+    counter = ProgressCounter(tc.progress, total=n_pairs * len(sets), unit="ablated runs")
     with torch.no_grad():
         # Reference runs (every prompt and corrupted prompt, batched by length): metrics before, z to replace.
         z_of: dict[int, dict[str, torch.Tensor]] = {}
@@ -238,7 +303,7 @@ def ablate_heads(
         for group in _by_length(prompts):
             n_tokens = int(prompts[group[0]].tokens.shape[-1])
             rows = [(pair, s) for pair in group for s in range(len(sets))]
-            plan = plan_rows(
+            batch_plan = plan_rows(
                 tc.limits,
                 prompts[group[0]].tokens.device,
                 n_tokens,
@@ -258,10 +323,18 @@ def ablate_heads(
                     out.append((float(value[0]), None if prob is None else float(prob[0])))
                 return out
 
-            for batch, results in iter_batched(rows, run_batch, plan, device=tc.view.device, counter=counter):
+            for batch, results in iter_batched(rows, run_batch, batch_plan, device=tc.view.device, counter=counter):
                 for key, result in zip(batch, results, strict=True):
                     after[key] = result
 
+    return AblationRuns(before_values, after, warnings)
+
+
+def summarize_ablation(tc: ToolContext, plan: AblationPlan, runs: AblationRuns, cost: Cost) -> AblateHeadsResult:
+    mode, metric, n_pairs, prompts, positions = plan.mode, plan.metric, plan.n_pairs, plan.prompts, plan.positions
+    head_list, before_values, after = plan.heads, runs.before, runs.after
+    need_corrupted = any(c is not None for c in plan.corrupted)
+    individually = len(plan.sets) > 1
     before = [before_values[i][0] for i in range(n_pairs)]
     joint = [after[(i, 0)][0] for i in range(n_pairs)]
     effects = torch.tensor([a - b for a, b in zip(joint, before, strict=True)], dtype=torch.float64)
@@ -286,7 +359,7 @@ def ablate_heads(
         individual.sort(key=lambda effect: -effect.effect if metric == "loss" else effect.effect)
     stats = spread(effects[:, None])
     pair_rows = None
-    if pairs is not None:
+    if plan.dataset:
         pair_rows = [
             AblationPairResult(
                 index=i,
@@ -302,15 +375,15 @@ def ablate_heads(
     metric_text = (
         "mean next-token loss (nats) over positions " + _describe_positions(positions)
         if metric == "loss"
-        else f"{answer_text if pairs is None else metric + ' of each pair' + chr(39) + 's answer'} at the last position"
+        else f"{answer_text if not plan.dataset else metric + ' of each pair' + chr(39) + 's answer'} at the last position"
     )
     meaning = (
         "effect = metric_after - metric_before: for the loss, positive = the heads helped predict these tokens"
         if metric == "loss"
         else "effect = metric_after - metric_before: negative = the heads supported the answer"
-    ) + ("" if pairs is None else f"; means over {n_pairs} pairs")
+    ) + ("" if not plan.dataset else f"; means over {n_pairs} pairs")
     return AblateHeadsResult(
-        tokens=token_strings(tc, prompts[0].tokens[0]) if pairs is None else None,
+        tokens=token_strings(tc, prompts[0].tokens[0]) if not plan.dataset else None,
         mode=mode,
         metric=metric_text,
         meaning=meaning,
@@ -319,14 +392,14 @@ def ablate_heads(
         metric_after=sum(joint) / n_pairs,
         effect=float(effects.mean()),
         effect_spread=None
-        if pairs is None
+        if not plan.dataset
         else EffectSpread(std=float(stats.std[0]), min=float(stats.min[0]), max=float(stats.max[0])),
         prob_before=None if probs_before[0] is None else sum(p or 0.0 for p in probs_before) / n_pairs,
         prob_after=None if probs_after[0] is None else sum(p or 0.0 for p in probs_after) / n_pairs,
         individual=individual,
         pairs=pair_rows,
         cost=cost,
-        warnings=warnings,
+        warnings=runs.warnings,
     )
 
 
