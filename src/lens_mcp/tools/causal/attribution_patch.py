@@ -40,7 +40,7 @@ from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_row
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars, seconds_per_row
 from lens_mcp.tools.core.hook_names import hook_name
-from lens_mcp.tools.core.metrics import AnswerMetric, resolve_metric
+from lens_mcp.tools.core.metrics import AnswerMetric, MetricName, resolve_metric
 from lens_mcp.tools.core.pairs import (
     PairsArgument,
     encode_pairs,
@@ -51,6 +51,8 @@ from lens_mcp.tools.core.pairs import (
 )
 from lens_mcp.tools.core.patching import (
     TOP_CELLS,
+    Direction,
+    Normalized,
     check_direction,
     normalize_pooled,
     patching_meaning,
@@ -423,6 +425,81 @@ def attribution_patch(
     and early-layer residual estimates are the least reliable. Confirm what matters with patch_sweep on the
     layers/positions it points to (or ablate_heads on the top heads)."""
     started = time.perf_counter()
+    plan = plan_attribution(
+        tc,
+        clean_prompt,
+        corrupted_prompt,
+        answer,
+        wrong_answer,
+        component,
+        layers,
+        positions,
+        metric,
+        pairs,
+        direction,
+        verify_top,
+    )
+    cost = _estimate_cost(tc, plan.grid, plan.lengths, plan.verify_top)
+    if dry_run:
+        return AttributionPatchResult(
+            **_common_fields(tc, plan, cost),
+            meaning="dry run: the cost estimate only, nothing computed",
+            normalized=normalize,
+            dry_run=True,
+            seconds=time.perf_counter() - started,
+        )
+    _check_eval_mode(tc)
+    run = run_attribution(tc, plan, normalize)
+    return summarize_attribution(tc, plan, run, cost, started)
+
+
+@dataclass
+class AttributionPlan:
+    """An attribution_patch call checked and encoded, before any forward pass."""
+
+    runs: list[PairRun]
+    grid: CellGrid
+    lengths: list[int]
+    verify_top: int
+    direction: Direction
+    metric: str
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.runs)
+
+
+@dataclass
+class AttributionRun:
+    """The estimates over the dataset, pooled, and the exact values of the cells verified."""
+
+    estimated_patched: torch.Tensor
+    """[pairs, cells] estimated patched metric."""
+    clean: torch.Tensor
+    corrupted: torch.Tensor
+    pooled: Normalized
+    order: list[int]
+    """Cell indices, largest estimated effect first."""
+    exact: list[float]
+    """Exact (pooled) values of the first len(exact) cells of `order`."""
+    passes: int
+    notes: list[str]
+
+
+def plan_attribution(
+    tc: ToolContext,
+    clean_prompt: str | None,
+    corrupted_prompt: str | None,
+    answer: str | None,
+    wrong_answer: str | None,
+    component: Component,
+    layers: list[int] | None,
+    positions: list[int] | None,
+    metric: MetricName,
+    pairs: object,
+    direction: Direction,
+    verify_top: int,
+) -> AttributionPlan:
     check_direction(direction)
     items = resolve_pairs(
         tc,
@@ -446,13 +523,25 @@ def attribution_patch(
     lengths = [int(tokens.shape[-1]) for tokens in encoded]
     grid = resolve_grid(tc, component, layers, positions, lengths)
     verify_top = check_range(verify_top, 0, tc.limits.max_top_k, "verify_top", "0 skips the exact check.")
+    return AttributionPlan(runs, grid, lengths, verify_top, direction, metric)
+
+
+def _common_fields(tc: ToolContext, plan: AttributionPlan, cost: Cost) -> dict[str, Any]:
+    """The fields a dry run and a computed result share."""
+    grid, n_pairs, metric, component, direction = (
+        plan.grid,
+        plan.n_pairs,
+        plan.metric,
+        plan.grid.component,
+        plan.direction,
+    )
     cells = grid.cells
-    cost = _estimate_cost(tc, grid, lengths, verify_top)
+    runs = plan.runs
     answer_metric = runs[0].metric
-    tokens = encoded[0]
+    tokens = runs[0].tokens
     clean_strings, corrupted_strings = token_strings(tc, tokens[0]), token_strings(tc, tokens[1])
     axes = _shape_grid(grid, [0.0] * len(cells))[0]
-    common: dict[str, Any] = dict(
+    return dict(
         component=component,
         direction=direction,
         metric=f"{answer_metric.description if n_pairs == 1 else metric} at the last position",
@@ -465,50 +554,28 @@ def attribution_patch(
         heads=grid.heads,
         n_cells=len(cells),
     )
-    if dry_run:
-        return AttributionPatchResult(
-            **common,
-            meaning="dry run: the cost estimate only, nothing computed",
-            normalized=normalize,
-            dry_run=True,
-            seconds=time.perf_counter() - started,
-        )
-    _check_eval_mode(tc)
-    notes: list[str] = []
-    if n_pairs > 1:
-        notes.append("clean_tokens, corrupted_tokens and the tokens of cells are pair 0's")
 
-    n_verify = min(verify_top, len(cells))
-    counter = ProgressCounter(tc.progress, total=n_pairs * (1 + n_verify), unit="steps")
+
+def run_attribution(tc: ToolContext, plan: AttributionPlan, normalize: bool) -> AttributionRun:
+    """One batched gradient pass per length group for the estimates, then the exact engine on the verify_top
+    cells with the largest estimated effect."""
+    runs, grid, direction = plan.runs, plan.grid, plan.direction
+    cells = grid.cells
+    notes: list[str] = []
+    n_verify = min(plan.verify_top, len(cells))
+    counter = ProgressCounter(tc.progress, total=plan.n_pairs * (1 + n_verify), unit="steps")
     estimates = estimate_effects(tc, runs, grid, direction, counter)
     clean_values, corrupted_values = estimates.clean_metrics.double(), estimates.corrupted_metrics.double()
     receiving = corrupted_values if direction == "denoise" else clean_values
     estimated_patched = receiving[:, None] + estimates.values.double()  # [pairs, cells]
     pooled = normalize_pooled(estimated_patched, clean_values, corrupted_values, direction, normalize)
-    do_normalize = pooled.normalized
     if pooled.note:
         notes.append(pooled.note)
-    stats = spread(pooled.per_pair)
-    flat = stats.mean.tolist()
-    passes = estimates.passes
-
-    def tokens_at(position: int | None) -> dict[str, str | None]:
-        if position is None:
-            return {"clean_token": None, "corrupted_token": None}
-        absolute = grid.position_in(position, len(clean_strings))
-        assert absolute is not None
-        return {"clean_token": clean_strings[absolute], "corrupted_token": corrupted_strings[absolute]}
-
     # Rank by the estimated size of the effect: |mean normalized estimate| (or |mean raw change|).
-    size = (stats.mean if do_normalize else (estimated_patched - receiving[:, None]).mean(dim=0)).abs()
+    size = (pooled.mean if pooled.normalized else (estimated_patched - receiving[:, None]).mean(dim=0)).abs()
     order = torch.argsort(torch.nan_to_num(size, nan=-1.0), descending=True, stable=True).tolist()
-    top = [
-        PatchCell(layer=cells[i][0], head=cells[i][1], position=cells[i][2], value=flat[i], **tokens_at(cells[i][2]))
-        for i in order[:TOP_CELLS]
-    ]
-
-    verified: list[VerifiedCell] = []
-    agreement_result = None
+    passes = estimates.passes
+    exact_mean: list[float] = []
     if n_verify:
         chosen = order[:n_verify]
         exacts = []
@@ -523,8 +590,43 @@ def attribution_patch(
             torch.tensor([exact.clean_metric for exact in exacts]),
             torch.tensor([exact.corrupted_metric for exact in exacts]),
             direction,
-            do_normalize,
+            pooled.normalized,
         ).mean.tolist()
+    return AttributionRun(estimated_patched, clean_values, corrupted_values, pooled, order, exact_mean, passes, notes)
+
+
+def summarize_attribution(
+    tc: ToolContext, plan: AttributionPlan, run: AttributionRun, cost: Cost, started: float
+) -> AttributionPatchResult:
+    grid, n_pairs, direction = plan.grid, plan.n_pairs, plan.direction
+    cells = grid.cells
+    answer_metric = plan.runs[0].metric
+    common = _common_fields(tc, plan, cost)
+    clean_strings, corrupted_strings = common["clean_tokens"], common["corrupted_tokens"]
+    notes = (["clean_tokens, corrupted_tokens and the tokens of cells are pair 0's"] if n_pairs > 1 else []) + run.notes
+    do_normalize = run.pooled.normalized
+    clean_values, corrupted_values = run.clean, run.corrupted
+    receiving = corrupted_values if direction == "denoise" else clean_values
+    stats = spread(run.pooled.per_pair)
+    flat = stats.mean.tolist()
+    order = run.order
+
+    def tokens_at(position: int | None) -> dict[str, str | None]:
+        if position is None:
+            return {"clean_token": None, "corrupted_token": None}
+        absolute = grid.position_in(position, len(clean_strings))
+        assert absolute is not None
+        return {"clean_token": clean_strings[absolute], "corrupted_token": corrupted_strings[absolute]}
+
+    top = [
+        PatchCell(layer=cells[i][0], head=cells[i][1], position=cells[i][2], value=flat[i], **tokens_at(cells[i][2]))
+        for i in order[:TOP_CELLS]
+    ]
+    verified: list[VerifiedCell] = []
+    agreement_result = None
+    if run.exact:
+        chosen = order[: len(run.exact)]
+        exact_mean = run.exact
         # Compare changes of the metric (the normalized grid already is one; raw values are levels).
         offset = 0.0 if do_normalize else float(receiving.mean())
         estimate_changes = [flat[i] - offset for i in chosen]
@@ -547,7 +649,6 @@ def attribution_patch(
             for k, i in enumerate(chosen)
         ]
         agreement_result = agreement(estimate_changes, exact_changes, problems)
-
     shaped = _shape_grid(grid, flat)[1]
     spread_result = None
     if n_pairs > 1:
@@ -580,7 +681,7 @@ def attribution_patch(
         top_cells=top,
         verified=verified,
         agreement=agreement_result,
-        forward_passes=passes,
+        forward_passes=run.passes,
         seconds=time.perf_counter() - started,
         notes=notes,
     )
