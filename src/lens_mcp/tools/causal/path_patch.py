@@ -48,7 +48,7 @@ from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars
 from lens_mcp.tools.core.forward import final_norm, unembed
 from lens_mcp.tools.core.hook_names import hook_name
-from lens_mcp.tools.core.metrics import AnswerMetric, resolve_metric
+from lens_mcp.tools.core.metrics import AnswerMetric, MetricName, resolve_metric
 from lens_mcp.tools.core.pairs import PairsArgument, encode_pairs, pair_label, positions_from_end, resolve_pairs, spread
 from lens_mcp.tools.core.patching import normalize_pooled, pooled_note
 from lens_mcp.tools.core.tokens import encode_pair, token_strings
@@ -533,6 +533,67 @@ def path_patch(
     layer; far faster than one pass per path. Find senders with patch_sweep(component='heads') or
     head_attribution first."""
     started = time.perf_counter()
+    call = plan_path_call(
+        tc,
+        clean_prompt,
+        corrupted_prompt,
+        answer,
+        wrong_answer,
+        senders,
+        receivers,
+        receiver_input,
+        positions,
+        metric,
+        pairs,
+    )
+    cost = estimate_cost(tc, call.plan, call.encoded, call.positions)
+    enforce(tc, cost, "fewer senders=[[layer, head], ...], later receivers, or fewer pairs")
+    if dry_run:
+        return PathPatchResult(
+            **_labels(call),
+            normalized=normalize,
+            meaning="dry run: nothing computed; `cost` is the estimate",
+            clean_tokens=token_strings(tc, call.encoded[0][0]),
+            corrupted_tokens=token_strings(tc, call.encoded[0][1]),
+            positions=call.positions[0],
+            n_paths=len(call.plan.paths),
+            method="dry_run",
+            seconds=time.perf_counter() - started,
+            cost=cost,
+            dry_run=True,
+        )
+    return summarize_paths(tc, call, run_paths(tc, call), normalize, cost, started)
+
+
+@dataclass
+class PathCall:
+    """A path_patch call checked and encoded, before any forward pass."""
+
+    plan: PathPlan
+    encoded: list[torch.Tensor]
+    """Token ids per pair, [2, n] (clean, corrupted)."""
+    metrics: list[AnswerMetric]
+    positions: list[list[int] | None]
+    """Absolute positions whose sender write is patched, per pair (None: all)."""
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.encoded)
+
+
+def plan_path_call(
+    tc: ToolContext,
+    clean_prompt: str | None,
+    corrupted_prompt: str | None,
+    answer: str | None,
+    wrong_answer: str | None,
+    senders: object,
+    receivers: object,
+    receiver_input: str,
+    positions: list[int] | None,
+    metric: MetricName,
+    pairs: object,
+) -> PathCall:
     plan = plan_paths(tc, senders, receivers, receiver_input)
     items = resolve_pairs(
         tc,
@@ -553,8 +614,12 @@ def path_patch(
             position_lists.append(None if positions is None else resolve_positions(positions, int(tokens.shape[-1])))
         except LensError as exc:
             raise LensError(f"{where}{exc}" if where else str(exc)) from None
-    cost = estimate_cost(tc, plan, encoded, position_lists)
-    enforce(tc, cost, "fewer senders=[[layer, head], ...], later receivers, or fewer pairs")
+    return PathCall(plan, encoded, answer_metrics, position_lists)
+
+
+def _labels(call: PathCall) -> dict[str, Any]:
+    """The receivers, receiver input and metric as a result states them."""
+    plan, answer_metrics, n_pairs = call.plan, call.metrics, call.n_pairs
     first_metric = answer_metrics[0]
     receiver_label = (
         "all_heads"
@@ -565,28 +630,22 @@ def path_patch(
     metric_text = f"{first_metric.description} at the last position" + (
         " (pair 0's answers; each pair uses its own)" if n_pairs > 1 else ""
     )
-    if dry_run:
-        return PathPatchResult(
-            receivers=receiver_label,
-            receiver_input=shown_input,
-            metric=metric_text,
-            normalized=normalize,
-            meaning="dry run: nothing computed; `cost` is the estimate",
-            clean_tokens=token_strings(tc, encoded[0][0]),
-            corrupted_tokens=token_strings(tc, encoded[0][1]),
-            positions=position_lists[0],
-            n_paths=len(plan.paths),
-            method="dry_run",
-            seconds=time.perf_counter() - started,
-            cost=cost,
-            dry_run=True,
-        )
+    return {"receivers": receiver_label, "receiver_input": shown_input, "metric": metric_text}
 
-    counter = _counter(tc, plan, n_pairs)
-    runs = [
-        _run_pair(tc, plan, tokens, answer_metric, position_list, counter)
-        for tokens, answer_metric, position_list in zip(encoded, answer_metrics, position_lists, strict=True)
+
+def run_paths(tc: ToolContext, call: PathCall) -> list[PathRun]:
+    """Every path of every pair, as rows of batched engine runs (one engine per pair)."""
+    counter = _counter(tc, call.plan, call.n_pairs)
+    return [
+        _run_pair(tc, call.plan, tokens, answer_metric, position_list, counter)
+        for tokens, answer_metric, position_list in zip(call.encoded, call.metrics, call.positions, strict=True)
     ]
+
+
+def summarize_paths(
+    tc: ToolContext, call: PathCall, runs: list[PathRun], normalize: bool, cost: Cost, started: float
+) -> PathPatchResult:
+    plan, n_pairs = call.plan, call.n_pairs
     run = runs[0]
     notes = list(dict.fromkeys(note for r in runs for note in r.notes))
     pooled = normalize_pooled(
@@ -636,9 +695,7 @@ def path_patch(
         unit = f"the raw metric{f', mean over {n_pairs} pairs' if n_pairs > 1 else ''}"
         scale = f"compare with corrupted_metric {run.corrupted_metric:.4g}" if n_pairs == 1 else "raw metric"
     return PathPatchResult(
-        receivers=receiver_label,
-        receiver_input=shown_input,
-        metric=metric_text,
+        **_labels(call),
         normalized=do_normalize,
         meaning=f"each cell: the metric with only that sender->receiver path patched, as {unit}; {scale}; "
         "null = no path",
