@@ -131,7 +131,12 @@ def figures(tool: str, result: Any) -> str:
         return f'<p class="meta">heatmap not drawn: the recorded result does not fit this version ({_e(type(exc).__name__)})</p>'
     parts = []
     for heatmap in maps[: images.MAX_IMAGES]:
-        rendered = images.render_heatmap(heatmap)
+        try:
+            rendered = images.render_heatmap(heatmap)
+        except Exception as exc:  # one picture that cannot be drawn never stops the page
+            log.warning("cannot draw %r of %s: %s", heatmap.title, tool, exc)
+            parts.append(f'<p class="meta">heatmap {_e(heatmap.title)!s} not drawn ({_e(type(exc).__name__)})</p>')
+            continue
         data = base64.b64encode(rendered.png).decode("ascii")
         parts.append(
             f'<figure><img alt="{_e(heatmap.title)}" width="{rendered.width}" height="{rendered.height}" '

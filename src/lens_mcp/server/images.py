@@ -82,7 +82,15 @@ def _short(label: str, limit: int = 18) -> str:
 
 
 def render_heatmap(heatmap: Heatmap, max_bytes: int = MAX_PNG_BYTES) -> RenderedImage:
-    """The heatmap as a PNG of at most about max_bytes (the resolution drops until it fits)."""
+    """The heatmap as a PNG of at most about max_bytes (the resolution drops until it fits). Every label is drawn
+    literally: tokens such as '$$' or '$\\alpha$' are text, never matplotlib math."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        return _render(heatmap, max_bytes)
+
+
+def _render(heatmap: Heatmap, max_bytes: int) -> RenderedImage:
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
