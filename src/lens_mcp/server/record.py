@@ -43,6 +43,9 @@ VERSIONED_PACKAGES = {
     "mcp": "mcp",
 }
 FINGERPRINT_ALGORITHM = "xxh3-128"
+MAX_RECORDED_CHARS = 256_000
+"""Arguments or a result longer than this as JSON are cut in the record (the call itself is not)."""
+KEPT_CHARS = 2_000
 
 
 # ---- facts kept on every line -------------------------------------------------------------------
@@ -125,6 +128,7 @@ class Recorder:
         self._file = open(self.path, "a", encoding="utf-8")
         self._lock = threading.Lock()
         self._count = 0
+        self._failing = False
         self.versions = versions()
 
     def record(
@@ -142,13 +146,13 @@ class Recorder:
             "n": 0,
             "time": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(timespec="milliseconds"),
             "tool": tool,
-            "arguments": arguments,
+            "arguments": _bounded(arguments),
             "ok": error is None,
         }
         if error is None:
-            entry["result"] = result
+            entry["result"] = _bounded(result)
         else:
-            entry["error"] = error
+            entry["error"] = error[:MAX_RECORDED_CHARS]
         entry["seconds"] = round(seconds, 4)
         try:
             entry["model"] = model_facts(model)
@@ -160,13 +164,30 @@ class Recorder:
             self._count += 1
             entry["n"] = self._count
             line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False, default=repr)
-            self._file.write(line + "\n")
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            try:
+                self._file.write(line + "\n")
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            except OSError as exc:  # a full or failing disk costs the record, never the call's result
+                if not self._failing:
+                    log.warning("cannot write the record %s (%s): calls go on unrecorded", self.path, exc)
+                self._failing = True
+                return
+            if self._failing:
+                log.warning("the record %s is written again", self.path)
+                self._failing = False
 
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+
+def _bounded(value: Any) -> Any:
+    """`value`, or a note of its size and its first characters when its JSON is over MAX_RECORDED_CHARS."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=repr)
+    if len(text) <= MAX_RECORDED_CHARS:
+        return value
+    return {"truncated": True, "chars": len(text), "head": text[:KEPT_CHARS]}
 
 
 _RECORDERS: weakref.WeakKeyDictionary[ModelHost, Recorder] = weakref.WeakKeyDictionary()
