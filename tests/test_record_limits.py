@@ -48,7 +48,7 @@ async def test_a_full_record_disk_loses_no_result_and_is_logged_once(
 ) -> None:
     host, recorder = recorded_host
     full = _FullDisk(recorder._file)
-    recorder._file = full  # type: ignore[assignment]
+    recorder._file = full
     server = build_server(host)
     with caplog.at_level(logging.WARNING, logger="lens_mcp.server.record"):
         first = await call_tool(server, "tokenize", {"text": "w3"})
