@@ -29,7 +29,9 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
     return Limits.from_env(**{name: getattr(args, name) for name in LIMIT_FLAGS})
 
 
-def make_host(args: argparse.Namespace) -> ModelHost:
+def make_host(args: argparse.Namespace, shared: bool = False) -> ModelHost:
+    """shared: the calls come from somebody else (a network client, a shared record): paths and Hub names are
+    off unless --load-root / --allow-hub open them."""
     from lens_mcp.loading.policy import LoadPolicy
     from lens_mcp.model_host import ModelHost
 
@@ -38,5 +40,7 @@ def make_host(args: argparse.Namespace) -> ModelHost:
         trust_remote_code=args.trust_remote_code,
         device_map=args.device_map,
         n_devices=args.n_devices,
-        load_policy=LoadPolicy.for_transport(getattr(args, "transport", "stdio"), args.load_root, args.allow_hub),
+        load_policy=LoadPolicy.for_transport(
+            "http" if shared else getattr(args, "transport", "stdio"), args.load_root, args.allow_hub
+        ),
     )

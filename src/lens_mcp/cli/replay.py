@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO, TypeGuard
 
-from lens_mcp.errors import UsageError
+from lens_mcp.errors import LensError, UsageError
 from lens_mcp.server.record import RecordFile, fingerprint, read_record
 
 IGNORED_KEYS = frozenset({"seconds", "load_seconds", "from_cache", "device", "forward_passes"})
@@ -86,22 +86,42 @@ def _first_model(record: RecordFile) -> tuple[str | None, str | None, bool]:
     return None, None, False
 
 
+def _loads(record: RecordFile, spec: str) -> list[str]:
+    """What replaying the record loads: its model, then every load_model and load_sae call's spec."""
+    loads = [f"model {spec}"]
+    for entry in record.entries:
+        arguments = entry.get("arguments") if isinstance(entry.get("arguments"), dict) else {}
+        assert isinstance(arguments, dict)
+        if entry.get("tool") == "load_model" and isinstance(arguments.get("model"), str):
+            loads.append(f"load_model {arguments['model']}")
+        elif entry.get("tool") == "load_sae" and isinstance(arguments.get("spec"), str):
+            loads.append(f"load_sae {arguments['spec']}")
+    return list(dict.fromkeys(loads))
+
+
 async def replay(record: RecordFile, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import anyio.to_thread
 
     from lens_mcp.cli.hosts import make_host
     from lens_mcp.cli.scripted import result_data, result_text, session
 
-    host = make_host(args)
+    host = make_host(args, shared=True)
     spec, dtype, starts_with_load = _first_model(record)
+    from_record = args.model is None
     spec = args.model or spec
     dtype = args.dtype or dtype
     if spec is None:
         raise _usage("the record names no model; pass --model")
-    if not (starts_with_load and args.model is None):
+    err.write(f"lens-mcp replay: this record loads: {', '.join(_loads(record, spec))}\n")
+    err.write(f"lens-mcp replay: allowed here: {host.load_policy.describe()} (--load-root, --allow-hub)\n")
+    err.flush()
+    if not (starts_with_load and from_record):
         err.write(f"lens-mcp replay: loading {spec}\n")
         err.flush()
-        await anyio.to_thread.run_sync(lambda: host.load(spec, args.device, dtype))
+        try:  # the record's own model is a client's request; --model is the operator's
+            await anyio.to_thread.run_sync(lambda: host.load(spec, args.device, dtype, confine=from_record))
+        except LensError as exc:
+            raise _usage(str(exc)) from None
 
     differing: list[dict[str, Any]] = []
     fingerprints: dict[str, set[str]] = {}  # recorded fingerprint -> fingerprints seen on replay
@@ -235,8 +255,6 @@ def run_record_command(args: argparse.Namespace, out: TextIO) -> int:
         if isinstance(exc, UsageError):
             print(f"lens-mcp replay: error: {exc}", file=sys.stderr)
             return 2
-        from lens_mcp.errors import LensError
-
         if isinstance(exc, LensError):
             print(f"lens-mcp replay: error: {exc}", file=sys.stderr)
             return 1
