@@ -156,7 +156,7 @@ async def test_a_session_belongs_to_the_token_that_opened_it() -> None:
         assert sid not in inner.open
 
 
-async def test_sessions_are_bounded_per_token_and_per_client_and_expire_when_idle() -> None:
+async def test_sessions_are_bounded_per_token_and_expire_when_idle() -> None:
     now = [1000.0]
     inner, app, sessions = guarded_sessions(per_owner=3, idle=60.0, clock=lambda: now[0])
     async with client_for(app) as http:
@@ -169,9 +169,10 @@ async def test_sessions_are_bounded_per_token_and_per_client_and_expire_when_idl
         # another token from another address is not locked out
         async with client_for(app, "127.0.0.9") as other:
             assert (await other.post("/mcp", json=INITIALIZE, headers=auth("tok-b"))).status_code == 200
-        # per client address: the same address with another token is bounded too
+        # with tokens on, each token has its own places: behind a proxy or tunnel every client shares one
+        # address, so token A's full sessions must not lock token B out
         for _ in range(2):
-            assert (await http.post("/mcp", json=INITIALIZE, headers=auth("tok-b"))).status_code == 429
+            assert (await http.post("/mcp", json=INITIALIZE, headers=auth("tok-b"))).status_code == 200
         # ending one frees a place
         sid = opened[0].headers["mcp-session-id"]
         assert (await http.delete("/mcp", headers=auth("tok-a", sid))).status_code == 200
@@ -179,7 +180,20 @@ async def test_sessions_are_bounded_per_token_and_per_client_and_expire_when_idl
         # idle sessions are forgotten after the timeout
         now[0] += 61
         assert (await http.post("/mcp", json=INITIALIZE, headers=auth("tok-a"))).status_code == 200
-    assert len(sessions.sessions) == 1
+    assert len(sessions.sessions) == 1  # the idle ones, tok-b's included, expired
+
+
+async def test_without_tokens_sessions_are_bounded_per_client_address() -> None:
+    inner = FakeEndpoint()
+    app = RequestGuard(SessionGuard(inner, per_owner=2), allowed_for("127.0.0.1", 8123), [])
+    async with client_for(app) as http:
+        assert [(await http.post("/mcp", json=INITIALIZE, headers=ACCEPT)).status_code for _ in range(3)] == [
+            200,
+            200,
+            429,
+        ]
+        async with client_for(app, "127.0.0.9") as other:
+            assert (await other.post("/mcp", json=INITIALIZE, headers=ACCEPT)).status_code == 200
 
 
 # ---- real servers ------------------------------------------------------------------------------------------

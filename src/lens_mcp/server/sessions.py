@@ -3,8 +3,10 @@
 The SDK caps sessions only globally (10,000) and lets any client use or DELETE any session id it learns. Here:
 - a session belongs to the token that opened it: a request carrying another token for it gets the same 404 as an
   unknown session (nothing tells the caller the id exists);
-- each token and each client address may hold at most `per_owner` open sessions; one more `initialize` gets a
-  429 with a JSON-RPC error saying how to free one, so one client cannot lock the others out;
+- each token (when tokens are on) or each client address (token-less loopback) may hold at most `per_owner` open
+  sessions; one more `initialize` gets a 429 with a JSON-RPC error saying how to free one. With tokens on, the
+  address is not counted: behind a TLS proxy or an SSH tunnel every client shares one address, and one token's
+  sessions must not lock the others out;
 - idle sessions are forgotten after `idle_timeout` seconds (the SDK is given the same timeout and closes them).
 """
 
@@ -57,12 +59,15 @@ class SessionGuard:
         for sid in [s for s, rec in self.sessions.items() if rec.in_flight == 0 and rec.last_active < cutoff]:
             del self.sessions[sid]
 
-    def _held(self, token: int | None, client: str) -> tuple[int, int]:
-        by_token = sum(rec.token == token for rec in self.sessions.values()) + self._opening.get(("token", token), 0)
-        by_client = sum(rec.client == client for rec in self.sessions.values()) + self._opening.get(
-            ("client", client), 0
-        )
-        return by_token, by_client
+    @staticmethod
+    def _owner(token: int | None, client: str) -> tuple[str, object]:
+        """Who a session counts against: its token, or without tokens its client address."""
+        return ("token", token) if token is not None else ("client", client)
+
+    def _held(self, owner: tuple[str, object]) -> int:
+        kind, key = owner
+        held = sum((rec.token if kind == "token" else rec.client) == key for rec in self.sessions.values())
+        return held + self._opening.get(owner, 0)
 
     # ---- ASGI --------------------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -110,9 +115,9 @@ class SessionGuard:
     async def _opening_request(
         self, token: int | None, client: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        by_token, by_client = self._held(token, client)
-        if by_token >= self.per_owner or by_client >= self.per_owner:
-            who = "this token" if by_token >= self.per_owner else f"client {client}"
+        owner = self._owner(token, client)
+        if self._held(owner) >= self.per_owner:
+            who = "this token" if token is not None else f"client {client}"
             message = (
                 f"too many open sessions for {who} ({self.per_owner}); end unused ones (HTTP DELETE with their "
                 f"Mcp-Session-Id) or let them expire after {self.idle_timeout:g} s idle"
@@ -124,7 +129,7 @@ class SessionGuard:
                 [(b"retry-after", str(int(self.idle_timeout)).encode())],
             )
             return
-        keys = (("token", token), ("client", client))
+        keys = (owner,)
         for key in keys:
             self._opening[key] = self._opening.get(key, 0) + 1
         opened: list[str] = []
