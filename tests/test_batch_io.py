@@ -82,3 +82,18 @@ def test_nan_in_a_line_is_named_as_nan(tmp_path: Path, capsys: pytest.CaptureFix
     _, first, second = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert "NaN at arguments.top_k" in first["error"] and "null" not in first["error"]
     assert "-Infinity at arguments.positions[1]" in second["error"]
+
+
+def test_stdin_redirected_from_the_output_file_is_refused(tmp_path: Path) -> None:
+    """`lens-mcp batch - -o calls.jsonl < calls.jsonl` would truncate the calls before reading them."""
+    from lens_mcp.cli.batch_io import same_file
+
+    calls = tmp_path / "calls.jsonl"
+    calls.write_text('{"tool": "tokenize", "arguments": {"text": "w1"}}\n', encoding="utf-8")
+    other = tmp_path / "out.jsonl"
+    with open(calls, "rb") as stdin:
+        assert same_file("-", str(calls), stdin.fileno())
+        assert not same_file("-", str(other), stdin.fileno())  # not there yet: a new file
+        other.write_text("", encoding="utf-8")
+        assert not same_file("-", str(other), stdin.fileno())
+    assert calls.read_text(encoding="utf-8").startswith('{"tool"')

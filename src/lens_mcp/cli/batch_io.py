@@ -18,9 +18,17 @@ class OutputError(UsageError):
     """Writing the results failed (disk full, not writable): exit status 2, no traceback."""
 
 
-def same_file(input_path: str, output_path: str) -> bool:
-    if input_path == "-" or output_path == "-":
+def same_file(input_path: str, output_path: str, stdin_fd: int = 0) -> bool:
+    """Whether writing `output_path` would overwrite the input; '-' input is whatever stdin is (a shell's
+    `< calls.jsonl` redirect makes it that file)."""
+    if output_path == "-":
         return False
+    if input_path == "-":
+        try:
+            read, written = os.fstat(stdin_fd), os.stat(output_path)
+        except OSError:
+            return False
+        return (read.st_dev, read.st_ino) == (written.st_dev, written.st_ino)
     try:
         return os.path.samefile(input_path, output_path)
     except OSError:
