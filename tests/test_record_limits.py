@@ -71,3 +71,19 @@ async def test_oversized_arguments_are_cut_in_the_record(recorded_host: tuple[Mo
     (entry,) = read_record(recorder.path).entries
     assert entry["arguments"]["truncated"] is True and entry["arguments"]["chars"] > len(huge)
     assert json.dumps(entry["arguments"]["head"]).startswith('"{')
+
+
+@pytest.mark.parametrize("command", ["serve", "call"])
+def test_record_into_a_file_or_an_unwritable_place_is_a_clear_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    from lens_mcp.cli.main import main
+
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("x", encoding="utf-8")
+    arguments = ["tokenize", "text=w1"] if command == "call" else []
+    # A folder below a file cannot be made (as a read-only folder cannot, for a user other than root).
+    for target, words in ((a_file, "that is a file"), (a_file / "sub", "cannot write a record there")):
+        status = main([command, *arguments, "--model", "toy-induction", "--record", str(target)])
+        err = capsys.readouterr().err
+        assert status == 2 and words in err and "Traceback" not in err

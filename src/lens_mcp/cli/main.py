@@ -359,7 +359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "serve":
-            return serve(args)
+            try:
+                return serve(args)
+            except UsageError as exc:
+                print(f"lens-mcp serve: error: {exc}", file=sys.stderr)
+                return 2
         if args.command in ("report", "replay"):
             from lens_mcp.cli.replay import run_record_command
 

@@ -29,6 +29,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from lens_mcp.errors import UsageError
 from lens_mcp.loading import LoadedModel
 from lens_mcp.model_host import ModelHost
 
@@ -122,10 +123,17 @@ class Recorder:
 
     def __init__(self, directory: str | os.PathLike[str], command: str = "serve") -> None:
         folder = Path(directory).expanduser()
-        folder.mkdir(parents=True, exist_ok=True)
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         self.path = folder / f"lens-mcp-{stamp}-{command}-{os.getpid()}.jsonl"
-        self._file = open(self.path, "a", encoding="utf-8")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")
+        except FileExistsError:
+            raise UsageError(f"--record {directory}: that is a file; --record takes a folder to write into") from None
+        except OSError as exc:
+            raise UsageError(
+                f"--record {directory}: cannot write a record there ({exc.strerror or exc}); pass a writable folder"
+            ) from None
         self._lock = threading.Lock()
         self._count = 0
         self._failing = False
