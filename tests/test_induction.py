@@ -210,3 +210,10 @@ async def test_through_mcp(toy_host: ModelHost, mode: str) -> None:
     assert "seq_len=40 is out of range: use 2..23" in error_text(
         await call_tool(server, "induction_scores", {}, mode=mode)
     )
+
+
+def test_the_default_seq_len_fits_the_loaded_model(toy: ToolContext) -> None:
+    """The toy model's context is 48 tokens: the default repeat length shrinks to fit it (2*23+1 = 47)."""
+    result = induction_scores(toy)
+    assert result.seq_len == (toy.model.cfg.n_ctx - 1) // 2 == 23
+    assert result.top_induction[0].score > 0.5  # the planted induction head still shows at that length

@@ -42,6 +42,8 @@ from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import check_range, check_top_k
 
 KINDS = ("induction", "duplicate_token", "previous_token")
+DEFAULT_SEQ_LEN = 40
+"""Random tokens per repeat when the call names none (fewer where the model's context is shorter)."""
 PATTERN_ENTRIES_PER_TOKEN = 4096
 """Attention weights one layer may hold (batch x heads x pos x pos), per token of max_induction_tokens."""
 _LOGIT_CHUNK_ENTRIES = 1 << 24  # logits materialized at once while computing the loss (64 MB in fp32)
@@ -385,14 +387,15 @@ def _mean_first_seen(values: torch.Tensor) -> float:
 def induction_scores(
     tc: ToolContext,
     seq_len: Annotated[
-        int,
+        int | None,
         Field(
             description=(
                 "Random tokens per repeat; each sequence is BOS + seq_len tokens + the same seq_len tokens "
-                "(2*seq_len+1 must fit the context). Ignored with prompt"
+                "(2*seq_len+1 must fit the context). Default: 40, or the most the loaded model's context fits. "
+                "Ignored with prompt"
             )
         ),
-    ] = 40,
+    ] = None,
     n_seqs: Annotated[int, Field(description="Random sequences, run as one batch. Ignored with prompt")] = 8,
     seed: Annotated[int, Field(description="Seed of the random tokens (same seed, same tokens, same scores)")] = 0,
     top_k: Annotated[int, Field(description="Heads listed per kind (at most all heads)")] = 10,
@@ -432,7 +435,7 @@ def induction_scores(
                 "pass prompt= instead."
             )
         seq_len = check_range(
-            seq_len,
+            min(DEFAULT_SEQ_LEN, longest) if seq_len is None else seq_len,
             2,
             longest,
             "seq_len",
