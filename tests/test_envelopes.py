@@ -57,8 +57,8 @@ async def test_the_layer_forwards_good_lines_and_answers_bad_ones() -> None:
         answered.append(refusal)
 
     forwarded = [line.strip() async for line in ValidatingLines(source(), answer)]
-    assert forwarded == [good, note, "[1,2]"]  # what has no id goes on to the SDK as before
-    assert [r.id for r in answered] == [2, 3, "deep"]
+    assert forwarded == [good, note]  # a notification goes on to the SDK as before
+    assert [r.id for r in answered] == [2, 3, "deep", None]  # a batch array is answered, id null
 
 
 @pytest.mark.subprocess
@@ -94,3 +94,31 @@ def test_a_real_stdio_server_answers_malformed_envelopes() -> None:
         assert answers[key]["error"]["code"] == code and words in answers[key]["error"]["message"]
     assert answers[None]["error"]["code"] == -32700
     assert answers[9]["result"] == {}  # the session goes on
+
+
+@pytest.mark.parametrize(
+    ("line", "expected_id"),
+    [
+        ("[]", None),
+        ('[{"jsonrpc":"2.0","id":1,"method":"ping"}]', None),  # a batch: not supported, answered
+        ("null", None),
+        ('"str"', None),
+        ("3", None),
+        ('{"jsonrpc":"2.0","id":5}', 5),  # no method, not a response
+        ('{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}', None),
+        ('{"jsonrpc":"2.0","id":true,"method":"ping"}', None),
+        ('{"jsonrpc":"2.0","id":1.5,"method":"ping"}', None),
+        ('{"jsonrpc":"2.0","id":null,"method":"ping"}', None),
+    ],
+)
+def test_every_invalid_request_gets_an_invalid_request_answer(line: str, expected_id: object) -> None:
+    """JSON-RPC 2.0: an invalid request object is answered with -32600, id null where no valid id is found."""
+    refusal = refusal_for(line, ValueError("invalid"))
+    assert refusal is not None, line
+    assert refusal.error.code == -32600 and refusal.id == expected_id
+
+
+def test_notifications_and_responses_are_still_not_answered() -> None:
+    assert refusal_for('{"jsonrpc":"2.0","method":"notifications/x","params":[]}', ValueError()) is None
+    assert refusal_for('{"jsonrpc":"2.0","id":3,"result":{}}', ValueError()) is None
+    assert refusal_for('{"jsonrpc":"2.0","id":3,"error":{"code":1,"message":"x"}}', ValueError()) is None

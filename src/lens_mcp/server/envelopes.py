@@ -89,14 +89,27 @@ def scan_envelope(line: str) -> tuple[dict[str, Any], int] | None:
 
 
 def refusal_for(line: str, problem: Exception) -> types.JSONRPCError | None:
-    """The error answer for a line the SDK's validator refused, or None when it has no id to answer to."""
+    """The error answer for a line the SDK's validator refused, or None when nothing is to be answered (a
+    notification or a response). JSON-RPC 2.0: an invalid request object gets -32600, with id null where no valid
+    id can be read; a line that is not JSON gets -32700."""
+    if not _is_json(line):
+        return _error(None, PARSE_ERROR, "Parse error: the line is not valid JSON")
     scanned = scan_envelope(line)
-    members, depth = scanned or ({}, 0)
+    if scanned is None:  # JSON, but no object: a batch array, null, a string, a number
+        return _error(
+            None, INVALID_REQUEST, "Invalid request: each line must be one JSON-RPC object (batches are not supported)"
+        )
+    members, depth = scanned
     request_id = members.get("id")
-    if "method" not in members or not isinstance(request_id, (str, int)) or isinstance(request_id, bool):
-        if not _is_json(line):
-            return _error(None, PARSE_ERROR, "Parse error: the line is not valid JSON")
-        return None  # a notification, a response, or JSON that is not a request: nothing to answer to
+    valid_id = isinstance(request_id, (str, int)) and not isinstance(request_id, bool)
+    if "method" not in members:
+        if "result" in members or "error" in members:
+            return None  # a response
+        return _error(request_id if valid_id else None, INVALID_REQUEST, "Invalid request: no method")
+    if "id" not in members:
+        return None  # a notification: nothing to answer to
+    if not valid_id:
+        return _error(None, INVALID_REQUEST, "Invalid request: id must be a string or an integer")
     if "recursion limit" in str(problem):
         return _error(
             request_id,
