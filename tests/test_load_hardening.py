@@ -248,3 +248,23 @@ def test_a_relative_owner_name_says_the_same_whether_or_not_it_exists(
             closed.resolve(spec)
         messages.append(str(refused.value).replace(spec, "X"))
     assert messages[0] == messages[1]
+
+
+def test_an_sae_folder_inside_the_root_with_files_linked_outside_is_refused(tmp_path: Path) -> None:
+    """load_sae checks every file it reads, not only the folder: cfg.json and the weights may be links."""
+    from lens_mcp.errors import LensError
+    from lens_mcp.loading.policy import LoadPolicy
+    from lens_mcp.tools.features._sae import resolve_sae_folder
+    from tests.sae_refs import toy_sae_folder
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    real = toy_sae_folder(outside / "sae")
+    linked = root / "linked"
+    linked.mkdir(parents=True)
+    for name in ("cfg.json", "sae_weights.safetensors"):
+        (linked / name).symlink_to(real / name)
+    own = toy_sae_folder(root / "own")
+    policy = LoadPolicy(roots=(root.resolve(),), paths=True, hub=False)
+    assert resolve_sae_folder(str(own), None, policy)[0] == own.resolve()
+    with pytest.raises(LensError, match="not allowed"):
+        resolve_sae_folder(str(linked), None, policy)

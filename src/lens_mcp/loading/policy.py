@@ -34,6 +34,10 @@ class LoadPolicy:
         paths = "none" if not self.paths else "any" if self.roots is None else ", ".join(map(str, self.roots))
         return f"paths: {paths}; Hugging Face names: {'yes' if self.hub else 'no'}"
 
+    def allows(self, path: Path) -> bool:
+        """Whether a client may read `path` (resolve symlinks first)."""
+        return self._inside(path)
+
     def _inside(self, path: Path) -> bool:
         if not self.paths:
             return False

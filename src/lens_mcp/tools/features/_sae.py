@@ -113,6 +113,11 @@ def resolve_sae_folder(spec: str, sae_id: str | None, policy: LoadPolicy | None 
         base = path / sae_id if sae_id else path
         if not base.is_dir():
             raise LensError(f"sae_id={sae_id!r}: {base} is not a folder.")
+        if policy is not None:
+            # Every file read, not only the folder: a cfg.json or weights file may be a link to outside the roots.
+            for name in (CFG_FILE, WEIGHTS_FILE):
+                if os.path.lexists(base / name) and not policy.allows((base / name).resolve()):
+                    raise _refuse(text, policy)
         return base.resolve(), str(base)
     looks_like_path = text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") != 1
     if looks_like_path:
