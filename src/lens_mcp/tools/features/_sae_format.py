@@ -191,6 +191,27 @@ def _architecture(cfg: dict[str, Any], folder: Path) -> Architecture:
     )
 
 
+def _shown(value: object) -> str:
+    """A config value as an error shows it: short, whatever it is."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _config_integer(cfg: dict[str, Any], key: str, folder: Path) -> int | None:
+    """cfg[key] as an integer (None when absent); anything else is refused naming the field."""
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value != int(value)
+    ):
+        raise _config_error(folder, f"{CFG_FILE}: {key} must be an integer, got {_shown(value)}")
+    return int(value)
+
+
 def read_sae(folder: Path, source: str = "local") -> SAE:
     """Read a SAELens folder into an SAE (weights on CPU in their stored dtype). Raises LensError with the
     reason when the folder is not in the format."""
@@ -225,9 +246,13 @@ def read_sae(folder: Path, source: str = "local") -> SAE:
             f"shapes disagree: W_enc {tuple(W_enc.shape)}, b_enc {tuple(b_enc.shape)}, W_dec {tuple(W_dec.shape)}, "
             f"b_dec {tuple(b_dec.shape)} (want [d_in, d_sae], [d_sae], [d_sae, d_in], [d_in])",
         )
+    for name, tensor in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
+        if not bool(torch.isfinite(tensor).all()):
+            raise _config_error(folder, f"{WEIGHTS_FILE}: {name} holds values that are not finite (NaN or inf)")
     for key, value in (("d_in", d_in), ("d_sae", d_sae)):
-        if key in cfg and cfg[key] is not None and int(cfg[key]) != int(value):
-            raise _config_error(folder, f"{CFG_FILE} says {key}={cfg[key]} but the weights have {key}={value}")
+        stated = _config_integer(cfg, key, folder)
+        if stated is not None and stated != int(value):
+            raise _config_error(folder, f"{CFG_FILE} says {key}={stated} but the weights have {key}={value}")
     hook = hook_name_of(cfg)
     if hook is None:
         raise _config_error(folder, f"{CFG_FILE} names no hook (metadata.hook_name, hook_name or hook_point)")
@@ -237,6 +262,10 @@ def read_sae(folder: Path, source: str = "local") -> SAE:
         raise _config_error(folder, f"normalize_activations={normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
     notes: list[str] = []
     factor = cfg.get("norm_scaling_factor")
+    if factor is not None and (
+        isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0
+    ):
+        raise _config_error(folder, f"norm_scaling_factor must be a positive finite number, got {_shown(factor)}")
     if normalize == "expected_average_only_in" and factor is None:
         notes.append(
             "normalize_activations='expected_average_only_in' without norm_scaling_factor: inputs are not rescaled "
@@ -253,14 +282,22 @@ def read_sae(folder: Path, source: str = "local") -> SAE:
             threshold = tensors["log_threshold"].float().exp().reshape(-1)
         else:
             raise _config_error(folder, "a jumprelu SAE needs a 'threshold' (or 'log_threshold') tensor")
+        if not bool(torch.isfinite(threshold).all()):
+            raise _config_error(folder, f"{WEIGHTS_FILE}: threshold holds values that are not finite")
         if threshold.shape != (d_sae,):
             raise _config_error(folder, f"threshold has shape {tuple(threshold.shape)}, want [{d_sae}]")
     if arch == "topk":
         raw_k = cfg.get("k")
         if raw_k is None and isinstance(cfg.get("activation_fn_kwargs"), dict):
             raw_k = cfg["activation_fn_kwargs"].get("k")
-        if not isinstance(raw_k, (int, float)) or int(raw_k) < 1 or int(raw_k) != raw_k:
-            raise _config_error(folder, f"a topk SAE needs a positive integer k in {CFG_FILE}, got {raw_k!r}")
+        if (
+            isinstance(raw_k, bool)
+            or not isinstance(raw_k, (int, float))
+            or not math.isfinite(raw_k)
+            or not 1 <= raw_k <= d_sae
+            or int(raw_k) != raw_k
+        ):
+            raise _config_error(folder, f"a topk SAE needs an integer k from 1 to d_sae={d_sae}, got {_shown(raw_k)}")
         k = int(raw_k)
     scale = tensors.get("scaling_factor")
     finetuning_scale = None
