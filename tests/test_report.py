@@ -85,3 +85,26 @@ def test_report_renders_in_headless_chromium(report: tuple[Path, Path], tmp_path
         assert image.size == (1200, 1400)
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
         assert colours is not None and len(colours) > 50  # a rendered page, not a blank one
+
+
+def test_a_crafted_record_and_a_huge_grid_make_a_bounded_page(tmp_path: Path) -> None:
+    """A non-numeric `seconds` does not stop the report; a result of 600 x 600 cells is neither drawn nor
+    inlined whole, and the page says so."""
+    import time
+
+    from lens_mcp.cli.report import MAX_SHOWN_RESULT_CHARS, render_report
+    from lens_mcp.server.record import read_record
+
+    grid = [[0.1234] * 600 for _ in range(600)]
+    lines = [
+        {"n": 1, "time": "t", "tool": "tokenize", "arguments": {}, "ok": True, "result": {"n_tokens": 1}, "seconds": "abc"},
+        {"n": 2, "time": "t", "tool": "patch_sweep", "arguments": {}, "ok": True, "seconds": 1.5,
+         "result": {"meaning": "m", "grid": grid}},
+    ]  # fmt: skip
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n", encoding="utf-8")
+    started = time.perf_counter()
+    page = render_report(read_record(path))
+    assert time.perf_counter() - started < 20
+    assert "heatmap not drawn: the result holds more than" in page and "cut here" in page
+    assert len(page) < 3 * MAX_SHOWN_RESULT_CHARS

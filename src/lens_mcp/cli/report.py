@@ -14,6 +14,7 @@ import base64
 import html
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,10 @@ from lens_mcp.server.record import RecordFile
 log = logging.getLogger(__name__)
 
 MAX_TABLE_ROWS = 10
+MAX_DRAWN_VALUES = 200_000
+"""A recorded result holding more numbers than this is not drawn (the page would be tens of MB)."""
+MAX_SHOWN_RESULT_CHARS = 100_000
+"""The full result shown on the page is cut past this many characters (the record keeps all of it)."""
 MAX_SCALAR_CHARS = 200
 SKIPPED_SCALARS = {"meaning"}
 
@@ -115,6 +120,27 @@ def key_numbers(result: Any) -> str:
     return f'<div class="numbers">{"".join(parts)}</div>'
 
 
+def _count_values(value: Any, limit: int) -> int:
+    """The numbers in a JSON value, counted up to just past `limit` (iteratively: a crafted record can nest deep)."""
+    count, stack = 0, [value]
+    while stack and count <= limit:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (int, float)) and not isinstance(item, bool):
+            count += 1
+    return count
+
+
+def _seconds(value: Any) -> float | None:
+    """A recorded duration, or None when the record holds something else there."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
+
+
 def figures(tool: str, result: Any) -> str:
     """The heatmaps of a recorded result as embedded PNGs (empty when its tool draws none)."""
     from lens_mcp.server import images
@@ -123,6 +149,11 @@ def figures(tool: str, result: Any) -> str:
     model_class = result_models().get(tool)
     if model_class is None or not images.supports_images(model_class) or not isinstance(result, dict):
         return ""
+    if _count_values(result, MAX_DRAWN_VALUES) > MAX_DRAWN_VALUES:
+        return (
+            f'<p class="meta">heatmap not drawn: the result holds more than {MAX_DRAWN_VALUES:,} numbers '
+            "(the report draws smaller results only; the record keeps all of it)</p>"
+        )
     try:
         model = model_class.model_validate(result)
         maps = images.heatmaps_of(model)
@@ -158,7 +189,7 @@ def _summary(record: RecordFile) -> str:
         if isinstance(entry.get("versions"), dict):
             versions.setdefault(_json(entry["versions"], None), entry["versions"])
     times = [e.get("time") for e in entries if e.get("time")]
-    seconds = sum(float(e.get("seconds") or 0) for e in entries)
+    seconds = sum(_seconds(e.get("seconds")) or 0.0 for e in entries)
     model_rows = "".join(
         f"<tr><td>{_e(m.get('spec'))}</td><td>{_e(m.get('source'))}</td><td>{_e(m.get('device'))}</td>"
         f"<td>{_e(m.get('dtype'))}</td><td><code>{_e(m.get('fingerprint'))}</code></td></tr>"
@@ -187,7 +218,7 @@ def _call(entry: dict[str, Any]) -> str:
     result = entry.get("result")
     head = (
         f'<h2>#{_e(entry.get("n", "?"))} <span class="tool">{_e(tool)}</span>'
-        f'<span class="meta">{_e(entry.get("time", ""))} · {_e(entry.get("seconds", "?"))} s · '
+        f'<span class="meta">{_e(entry.get("time", ""))} · {_e(_seconds(entry.get("seconds")) or "?")} s · '
         f"{'ok' if ok else 'error'} · record line {_e(entry.get('line'))}</span></h2>"
     )
     body = [f"<pre>{_e(_json(entry.get('arguments') or {}))}</pre>"]
@@ -200,7 +231,10 @@ def _call(entry: dict[str, Any]) -> str:
             body.append(f'<div class="warning">warning: {_e(warning)}</div>')
         body.append(figures(tool, result))
         body.append(key_numbers(result))
-        body.append(f"<details><summary>full result</summary><pre>{_e(_json(result))}</pre></details>")
+        full = _json(result)
+        if len(full) > MAX_SHOWN_RESULT_CHARS:
+            full = full[:MAX_SHOWN_RESULT_CHARS] + f"\n... cut here: {len(full):,} characters in all, in the record"
+        body.append(f"<details><summary>full result</summary><pre>{_e(full)}</pre></details>")
     else:
         body.append(f"<pre>{_e(_json(result))}</pre>")
     return f'<section class="{"ok" if ok else "error"}" id="call-{_e(entry.get("n"))}">{head}{"".join(body)}</section>'
