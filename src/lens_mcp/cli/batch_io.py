@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, TextIO
+from collections.abc import AsyncIterator
+from typing import Any, BinaryIO, TextIO
 
 from lens_mcp.errors import UsageError
 
@@ -38,6 +39,56 @@ def same_file(input_path: str, output_path: str, stdin_fd: int = 0) -> bool:
 def refuse_overwriting_input(input_path: str, output_path: str) -> None:
     if same_file(input_path, output_path):
         raise UsageError(f"-o {output_path} is the input file: the results would overwrite the calls; write elsewhere")
+
+
+class StreamedLines:
+    """The lines of a stream (stdin) as they arrive: each is read when the previous call is done, so a pipeline
+    that writes one call and waits for its answer gets it. Decoded as read_lines does; total unknown."""
+
+    total: int | None = None
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._lines()
+
+    async def _lines(self) -> AsyncIterator[str]:
+        import anyio.to_thread
+
+        pending = b""
+        while True:
+            chunk = await anyio.to_thread.run_sync(self._stream.readline, abandon_on_cancel=True)
+            if not chunk:
+                if pending:
+                    yield pending.decode("utf-8", "surrogateescape")
+                return
+            for line in (pending + chunk).splitlines(keepends=True):
+                if line.endswith((b"\n", b"\r")):
+                    yield line.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
+                    pending = b""
+                else:
+                    pending = line
+
+
+class ListedLines:
+    """The lines of a file, all known up front (the progress bar has a total)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.total: int | None = sum(1 for line in lines if line.strip())
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._lines()
+
+    async def _lines(self) -> AsyncIterator[str]:
+        for line in self.lines:
+            yield line
+
+
+def batch_lines(path: str) -> StreamedLines | ListedLines:
+    """stdin ('-') streamed line by line; a file read whole."""
+    return StreamedLines(sys.stdin.buffer) if path == "-" else ListedLines(read_lines(path))
 
 
 def read_lines(path: str) -> list[str]:

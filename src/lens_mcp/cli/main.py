@@ -298,10 +298,10 @@ def scripted(args: argparse.Namespace, out: TextIO, exit_hard: bool = False) -> 
         else:
             status = anyio.run(catalog.read_resource, host, _loader(host, args), args.uri, out)
     else:
-        from lens_mcp.cli.batch_io import GuardedOutput, close_output, read_lines, refuse_overwriting_input
+        from lens_mcp.cli.batch_io import GuardedOutput, batch_lines, close_output, refuse_overwriting_input
 
         refuse_overwriting_input(args.file, args.output)
-        lines = read_lines(args.file)
+        lines = batch_lines(args.file)
         with contextlib.ExitStack() as stack:
             target = out
             if args.output != "-":

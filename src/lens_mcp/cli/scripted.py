@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +21,7 @@ from typing import Any, TextIO
 from mcp import Client
 from mcp.types import CallToolResult, Tool
 
+from lens_mcp.cli.batch_io import ListedLines, StreamedLines
 from lens_mcp.errors import UsageError
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server.app import build_server
@@ -157,7 +160,9 @@ class ProgressLine:
         self._shown = 0
 
 
-def bar(done: int, total: int, width: int = 24) -> str:
+def bar(done: int, total: int | None, width: int = 24) -> str:
+    if total is None:  # streamed input: no total known
+        return f"[{done} done]"
     filled = width * done // total if total else width
     return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
 
@@ -264,6 +269,18 @@ def _decode(text: str) -> dict[str, Any]:
     return entry
 
 
+def _image_stem(call_id: object, number: int, tool: str) -> str:
+    """Image file names that do not collide across batches in one --image-dir: the line's id when it has one
+    (made safe for a file name), else the line number, then a per-process call count."""
+    global _IMAGE_CALLS
+    _IMAGE_CALLS += 1
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(call_id))[:40] if call_id is not None else f"line{number}"
+    return f"{label}-{tool}-{os.getpid()}-{_IMAGE_CALLS}"
+
+
+_IMAGE_CALLS = 0
+
+
 def _tool_name(entry: dict[str, Any]) -> str | None:
     name = entry.get("tool", entry.get("name"))
     return name if isinstance(name, str) else None
@@ -294,22 +311,27 @@ def _call_of(entry: dict[str, Any], tools: dict[str, Tool]) -> tuple[str, dict[s
 async def run_batch(
     host: ModelHost,
     start_load: Callable[[], None],
-    lines: list[str],
+    lines: StreamedLines | ListedLines | list[str],
     out: TextIO,
     err: TextIO,
     show_progress: bool = True,
     image_dir: str | None = None,
 ) -> int:
-    calls = [(number, text) for number, text in enumerate(lines, start=1) if text.strip()]
-    total = len(calls)
+    source = ListedLines(lines) if isinstance(lines, list) else lines
+    total = source.total
     progress = ProgressLine(err, enabled=show_progress)
     show = progress.show
-    failures = 0
+    failures = index = 0
     async with session(host) as (client, tools):
-        if calls and _first_tool(calls[0][1]) not in HOST_TOOLS:
-            start_load()  # a batch that starts with load_model brings its own model
         progress.show(f"batch {bar(0, total)}")
-        for index, (number, text) in enumerate(calls, start=1):
+        number = 0
+        async for text in source:
+            number += 1
+            if not text.strip():
+                continue
+            index += 1
+            if index == 1 and _first_tool(text) not in HOST_TOOLS:
+                start_load()  # a batch that starts with load_model brings its own model
             record: dict[str, Any] = {"line": number, "tool": None}
             label = f"batch {bar(index - 1, total)} line {number}"
 
@@ -330,7 +352,7 @@ async def run_batch(
                     record.update(ok=False, error=result_text(result))
                 else:
                     record.update(ok=True, result=result_data(result))
-                    paths = save_images(result, image_dir, f"line{number}-{name}")
+                    paths = save_images(result, image_dir, _image_stem(record.get("id"), number, name))
                     if paths:
                         record["images"] = [path for path, _ in paths]
             except UsageError as exc:
@@ -346,6 +368,6 @@ async def run_batch(
                 f"batch {bar(index, total)} line {number} {record['tool'] or '?'}: {status}", force=index == total
             )
     progress.close()
-    err.write(f"lens-mcp batch: {total} calls, {total - failures} ok, {failures} failed\n")
+    err.write(f"lens-mcp batch: {index} calls, {index - failures} ok, {failures} failed\n")
     err.flush()
     return 0 if failures == 0 else 1
