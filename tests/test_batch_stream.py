@@ -41,7 +41,8 @@ def test_batch_from_stdin_answers_each_line_before_the_next_is_written() -> None
             process.stdin.write(json.dumps({"tool": "tokenize", "arguments": {"text": text}, "id": text}) + "\n")
             process.stdin.flush()
             got: list[str] = []
-            reader = threading.Thread(target=lambda: got.append(process.stdout.readline()))  # type: ignore[union-attr]
+            stdout = process.stdout
+            reader = threading.Thread(target=lambda got=got, stdout=stdout: got.append(stdout.readline()))
             reader.start()
             reader.join(timeout=120)  # stdin is still open: the answer must come anyway
             assert got and got[0], f"no answer to {text!r} while stdin stayed open"
