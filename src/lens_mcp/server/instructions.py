@@ -12,7 +12,8 @@ Workflow:
 4. Intervene: patch_sweep restores clean activations into a corrupted run (1 = fully restores the clean
    behaviour, 0 = no effect; equal token counts). ablate_heads reports the metric before and after.
    attribution_patch screens big grids by gradient; confirm with patch_sweep. path_patch tests an edge
-   from sender heads to receivers (heads' q/k/v or the logits).
+   from sender heads to receivers (heads' q/k/v or the logits). edge_attribution ranks every edge;
+   circuit_faithfulness(circuit='last', k=[...]): how much the top k keep; circuits lists them.
 5. induction_scores finds induction, previous-token and duplicate-token heads.
 6. Components: head_output (what a head writes), neuron_attribution and mlp_neurons (MLP neurons),
    composition_scores (weight-based Q/K/V composition between heads).
