@@ -13,7 +13,7 @@ Workflow:
    behaviour, 0 = no effect; equal token counts). ablate_heads reports the metric before and after.
    attribution_patch screens big grids by gradient; confirm with patch_sweep. path_patch tests an edge
    from sender heads to receivers (heads' q/k/v or the logits). edge_attribution ranks every edge;
-   circuit_faithfulness(circuit='last', k=[...]): how much the top k keep; circuits lists them.
+   circuit_faithfulness(circuit='last', k=[...]): what the top k keep; circuits lists them.
 5. induction_scores finds induction, previous-token and duplicate-token heads.
 6. Components: head_output (what a head writes), neuron_attribution and mlp_neurons (MLP neurons),
    composition_scores (weight-based Q/K/V composition between heads).
@@ -21,7 +21,7 @@ Workflow:
 Units: raw logits, probabilities 0..1, losses in nats; 4 significant digits; `meaning` says what a
 result's main number means. Results are capped: ask for few layers/positions, small top_k. Grid tools
 take image=true for PNG heatmaps; sweeps take dry_run=true for a cost estimate.
-Prompts: locate_fact, find_induction_circuit, explain_prediction. Resources: lens://model/info,
+Prompts: locate_fact, find_induction_circuit, explain_prediction, find_circuit. Resources: lens://model/info,
 lens://model/hooks, lens://server/limits. Long tools report progress and can be cancelled. load_model
-switches the model (the old one stays if the new one fails). Errors say what was wrong and how to fix it.
+switches the model (the old one stays if the new one fails). Errors say how to fix them.
 """
