@@ -45,6 +45,7 @@ check: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench scripts
 	$(VENV)/bin/ruff format --check src tests bench scripts
 	$(VENV)/bin/pyright --pythonpath $(PY)
+	$(VENV)/bin/lint-imports
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

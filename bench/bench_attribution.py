@@ -131,7 +131,7 @@ def bench_dataset(tc: Any, repeat: int) -> None:
     """One call over 16 pairs against 16 single calls (heads, every layer)."""
     from lens_mcp.tools.causal.attribution_patch import attribution_patch
 
-    bridge = tc.bridge
+    bridge = tc.model.bridge
     names = [n for n in NAMES if len(bridge.to_tokens(n, prepend_bos=False)[0]) == 1]
     pairs = []
     for i, a in enumerate(names):

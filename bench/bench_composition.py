@@ -46,7 +46,7 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()}")
     with host.use() as model:
         tc = ToolContext(model, host.limits)
-        cfg = tc.cfg
+        cfg = tc.model.cfg
         print(f"model {args.model}: {cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}")
         for kind in args.kinds:
             ours_seconds = float("inf")

@@ -31,14 +31,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lens_mcp.limits import Limits  # noqa: E402
-from lens_mcp.model_host import ModelHost  # noqa: E402
-from lens_mcp.tools.circuits._attribute import attribute  # noqa: E402
-from lens_mcp.tools.circuits._engine import build_graph  # noqa: E402
-from lens_mcp.tools.circuits._faithful import evaluate, kept_masks  # noqa: E402
-from lens_mcp.tools.circuits._inputs import load_dataset  # noqa: E402
-from lens_mcp.tools.core.batching import ProgressCounter  # noqa: E402
-from lens_mcp.tools.core.context import ToolContext  # noqa: E402
+from lens_mcp.limits import Limits
+from lens_mcp.model_host import ModelHost
+from lens_mcp.tools.circuits._attribute import attribute
+from lens_mcp.tools.circuits._engine import build_graph
+from lens_mcp.tools.circuits._faithful import evaluate, kept_masks
+from lens_mcp.tools.circuits._inputs import load_dataset
+from lens_mcp.tools.core.batching import ProgressCounter
+from lens_mcp.tools.core.context import ToolContext
 
 NAMES = [
     " Mary",
@@ -79,7 +79,7 @@ def vm(field: str) -> float:
 
 
 def ioi_pairs(tc: ToolContext, n: int) -> list[dict[str, str]]:
-    names = [name for name in NAMES if len(tc.bridge.to_tokens(name, prepend_bos=False)[0]) == 1]
+    names = [name for name in NAMES if len(tc.view.to_tokens(name, prepend_bos=False)[0]) == 1]
     pairs = []
     for i in range(n):
         a, b = names[i % len(names)], names[(i + 1 + i // len(names)) % len(names)]
@@ -114,7 +114,7 @@ def smol(repeat: int) -> None:
         pairs = ioi_pairs(tc, 16)
         groups: dict[int, list[dict[str, str]]] = {}
         for pair in pairs:
-            n = int(tc.bridge.to_tokens(pair["clean_prompt"]).shape[-1])
+            n = int(tc.view.to_tokens(pair["clean_prompt"]).shape[-1])
             groups.setdefault(n, []).append(pair)
         length, chosen = max(groups.items(), key=lambda kv: len(kv[1]))
         data = load_dataset(tc, chosen, None, None, None, None, "logit_diff", True)  # type: ignore[arg-type]
@@ -127,16 +127,16 @@ def smol(repeat: int) -> None:
 
         def floor() -> None:
             with torch.no_grad():
-                tc.bridge(clean)
+                tc.model.bridge(clean)
             leaf: list[torch.Tensor] = []
 
             def add(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
                 leaf.append(torch.zeros_like(act, requires_grad=True))
                 return act + leaf[0]
 
-            with torch.enable_grad(), tc.bridge.hooks(fwd_hooks=[("hook_embed", add)]):
-                logits = tc.bridge(corrupted)[:, -1]
-                value = sum(m(logits[i : i + 1]).sum() for i, m in enumerate(data.metrics))
+            with torch.enable_grad(), tc.model.bridge.hooks(fwd_hooks=[("hook_embed", add)]):
+                logits = tc.model.bridge(corrupted)[:, -1]
+                value = torch.stack([m(logits[i : i + 1]).sum() for i, m in enumerate(data.metrics)]).sum()
                 torch.autograd.grad(value, leaf)
 
         def run(steps: int) -> Any:
@@ -216,13 +216,13 @@ def gpt2(repeat: int) -> None:
         graph = build_graph(tc)
         data = load_dataset(tc, None, "ba be bi bo bu ba be", "ba be da bo bu ba be", " bi", " da", "logit_diff", True)
         tokens, metric = data.tokens[0], data.metrics[0]
-        a, b = tc.bridge.to_single_token(" bi"), tc.bridge.to_single_token(" da")
+        a, b = tc.model.bridge.to_single_token(" bi"), tc.model.bridge.to_single_token(" da")
 
         def tl_metric(logits: torch.Tensor) -> torch.Tensor:
             return logits[0, -1, a] - logits[0, -1, b]
 
         ranking = tl_attribution_patch(
-            tc.bridge, tokens[:1], tokens[1:], tl_metric, EdgeAttributionConfig(granularity="edge")
+            tc.model.bridge, tokens[:1], tokens[1:], tl_metric, EdgeAttributionConfig(granularity="edge")
         )
         n_pos = int(tokens.shape[-1])
         print(f"GPT-2-small config, random weights: {graph.n_edges * n_pos} position edges ({n_pos} tokens)")
@@ -245,7 +245,7 @@ def gpt2(repeat: int) -> None:
         top = ranking.top_edges(max(sizes))
         edges = [(index(w, True), index(r, False), w.position) for w, r, _ in top]
         kept = kept_masks(graph, [edges[:k] for k in sizes], n_pos)
-        t_tl, tl = timed(lambda: faithfulness(tc.bridge, tokens[:1], tokens[1:], tl_metric, top[:1000]), repeat)
+        t_tl, tl = timed(lambda: faithfulness(tc.model.bridge, tokens[:1], tokens[1:], tl_metric, top[:1000]), repeat)
         t_ours, curve = timed(
             lambda: evaluate(tc, graph, [tokens], [metric], kept, "corrupted", None, 0, ProgressCounter()), repeat
         )

@@ -49,7 +49,7 @@ def main() -> None:
 
     from lens_mcp.limits import Limits
     from lens_mcp.model_host import ModelHost
-    from lens_mcp.tools.causal import patching_engine
+    from lens_mcp.tools.causal import _engine as patching_engine
     from lens_mcp.tools.causal.patch_sweep import run_sweep
     from lens_mcp.tools.core.context import ToolContext
 

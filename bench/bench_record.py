@@ -21,7 +21,7 @@ from lens_mcp.model_host import ModelHost
 from lens_mcp.server.record import Recorder, compute_fingerprint
 
 
-def best(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
+def best(fn, repeat: int) -> float:
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
@@ -30,7 +30,7 @@ def best(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
     return min(times)
 
 
-def sha256_of(bridge) -> str:  # type: ignore[no-untyped-def]
+def sha256_of(bridge) -> str:
     digest = hashlib.sha256()
     seen = set()
     for name, tensor in sorted(bridge.state_dict().items()):

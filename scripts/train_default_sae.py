@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from lens_mcp.limits import Limits  # noqa: E402
 from lens_mcp.model_host import ModelHost  # noqa: E402
-from lens_mcp.tools.features.sae_format import read_sae, write_sae  # noqa: E402
+from lens_mcp.tools.features._sae_format import read_sae, write_sae  # noqa: E402
 
 MODEL = "smollm2-135m"
 LAYER = 15

@@ -12,7 +12,7 @@ from tests.shared import reference_direction, reference_head_grid, reference_run
 
 
 def full_cache(tc: ToolContext, prompt: str) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    bridge = tc.bridge
+    bridge = tc.model.bridge
     tokens = bridge.to_tokens(prompt)
     suffixes = ("hook_z", "hook_v", "hook_pattern", "hook_scale", "hook_post", "hook_mlp_out", "hook_embed")
     suffixes += ("hook_pos_embed", "hook_resid_pre", "hook_resid_post")
@@ -26,7 +26,7 @@ def head_logits(tc: ToolContext, cache: Any, pos: int, layer: int, head: int) ->
     with torch.no_grad():
         stack = cache.stack_head_results(layer=-1, pos_slice=pos)
         stack = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=pos)
-        return stack[layer * tc.cfg.n_heads + head, 0] @ tc.bridge.W_U.detach()
+        return stack[layer * tc.model.cfg.n_heads + head, 0] @ tc.model.bridge.W_U.detach()
 
 
 def ln_logits(cache: Any, vector: torch.Tensor, pos: int, W_U: torch.Tensor) -> torch.Tensor:
@@ -41,11 +41,11 @@ def source_reference(tc: ToolContext, prompt: str, answer: str, wrong: str, laye
     last position, projected on W_U[:, answer] - W_U[:, wrong]."""
     tokens, _, cache = full_cache(tc, prompt)
     pos = tokens.shape[-1] - 1
-    n_kv = int(getattr(tc.cfg, "n_key_value_heads", None) or tc.cfg.n_heads)
-    kv = head // (tc.cfg.n_heads // n_kv)
+    n_kv = int(getattr(tc.model.cfg, "n_key_value_heads", None) or tc.model.cfg.n_heads)
+    kv = head // (tc.model.cfg.n_heads // n_kv)
     pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0, head, pos]  # (sources,)
     values = cache[f"blocks.{layer}.attn.hook_v"][0, :, kv]  # (sources, d_head)
-    writes = pattern[:, None] * (values @ tc.bridge.blocks[layer].attn.W_O[head].detach())  # (sources, d_model)
+    writes = pattern[:, None] * (values @ tc.model.bridge.blocks[layer].attn.W_O[head].detach())  # (sources, d_model)
     with torch.no_grad():
         normed = cache.apply_ln_to_stack(writes[:, None, None, :], layer=-1, pos_slice=pos)[:, 0, 0]
     return normed @ reference_direction(tc, answer, wrong)
@@ -76,7 +76,7 @@ def hand_gated_activations(tc: ToolContext, prompt: str, layer: int) -> torch.Te
     """silu(x @ W_gate) * (x @ W_in) by hand, from the MLP's input x at the last position (not hook_post)."""
     name = f"blocks.{layer}.mlp.hook_in"
     with torch.no_grad():
-        _, cache = tc.bridge.run_with_cache(tc.bridge.to_tokens(prompt), names_filter=[name])
+        _, cache = tc.model.bridge.run_with_cache(tc.model.bridge.to_tokens(prompt), names_filter=[name])
         x = cache[name][0, -1]
-        mlp = tc.bridge.blocks[layer].mlp
+        mlp = tc.model.bridge.blocks[layer].mlp
         return torch.nn.functional.silu(x @ mlp.W_gate) * (x @ mlp.W_in)

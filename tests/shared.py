@@ -133,7 +133,7 @@ _REFERENCE_SUFFIXES = (
 
 
 def reference_run(tc: ToolContext, prompt: str) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    bridge = tc.bridge
+    bridge = tc.model.bridge
     tokens = bridge.to_tokens(prompt)
     with torch.no_grad():
         logits, cache = bridge.run_with_cache(tokens, names_filter=lambda name: name.endswith(_REFERENCE_SUFFIXES))
@@ -141,13 +141,13 @@ def reference_run(tc: ToolContext, prompt: str) -> tuple[torch.Tensor, torch.Ten
 
 
 def token_id(tc: ToolContext, text: str) -> int:
-    ids = tc.bridge.to_tokens(text, prepend_bos=False)[0]
+    ids = tc.model.bridge.to_tokens(text, prepend_bos=False)[0]
     assert len(ids) == 1
     return int(ids[0])
 
 
 def reference_direction(tc: ToolContext, answer: str, wrong: str | None) -> torch.Tensor:
-    W_U = tc.bridge.W_U.detach()
+    W_U = tc.model.bridge.W_U.detach()
     direction = W_U[:, token_id(tc, answer)]
     return direction - W_U[:, token_id(tc, wrong)] if wrong is not None else direction
 
@@ -157,7 +157,7 @@ def reference_head_grid(tc: ToolContext, cache: Any, pos: int, direction: torch.
     with torch.no_grad():
         stack = cache.stack_head_results(layer=-1, pos_slice=pos)
         stack = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=pos)
-        return (stack @ direction).reshape(tc.cfg.n_layers, tc.cfg.n_heads)
+        return (stack @ direction).reshape(tc.model.cfg.n_layers, tc.model.cfg.n_heads)
 
 
 def reference_decomposition(cache: Any, pos: int, direction: torch.Tensor) -> dict[str, float]:
@@ -174,7 +174,7 @@ def reference_lens_logits(tc: ToolContext, cache: Any, pos: int) -> torch.Tensor
     """accumulated_resid(apply_ln=True) at pos through W_U + b_U: (n_layers + 1, d_vocab)."""
     with torch.no_grad():
         resid = cache.accumulated_resid(apply_ln=True, pos_slice=pos)  # (layers + 1, batch, d_model)
-        return (resid[:, 0] @ tc.bridge.W_U + tc.bridge.b_U).float()
+        return (resid[:, 0] @ tc.model.bridge.W_U + tc.model.bridge.b_U).float()
 
 
 def check_head_attribution(tc: ToolContext, prompt: str, answer: str, wrong: str | None, position: int) -> Any:
@@ -189,7 +189,7 @@ def check_head_attribution(tc: ToolContext, prompt: str, answer: str, wrong: str
     flat = grid.flatten()
     best = flat.abs().argsort(descending=True)[: len(result.top_heads)]
     assert [(h.layer, h.head) for h in result.top_heads] == [
-        (int(i) // tc.cfg.n_heads, int(i) % tc.cfg.n_heads) for i in best
+        (int(i) // tc.model.cfg.n_heads, int(i) % tc.model.cfg.n_heads) for i in best
     ]
     assert [h.score for h in result.top_heads] == pytest.approx(flat[best].tolist(), rel=REL, abs=ABS)
     # the other components against TransformerLens's decomposition
@@ -201,13 +201,13 @@ def check_head_attribution(tc: ToolContext, prompt: str, answer: str, wrong: str
         assert result.other.pos_embed is None
     if result.other.mlp is not None:
         assert result.other.mlp == pytest.approx(
-            [parts[f"{layer}_mlp_out"] for layer in range(tc.cfg.n_layers)], rel=REL, abs=ABS
+            [parts[f"{layer}_mlp_out"] for layer in range(tc.model.cfg.n_layers)], rel=REL, abs=ABS
         )
     assert result.other.attn_bias == pytest.approx(parts.get("bias", 0.0), rel=REL, abs=ABS)
     # total = every component; actual = the real logits; on fp32 they agree to 1e-3 and the result says so
     a = token_id(tc, answer)
     actual = float(logits[0, pos, a] - (logits[0, pos, token_id(tc, wrong)] if wrong is not None else 0.0))
-    b_U = tc.bridge.b_U.detach()
+    b_U = tc.model.bridge.b_U.detach()
     unembed_bias = float(b_U[a] - (b_U[token_id(tc, wrong)] if wrong is not None else 0.0))
     assert result.other.unembed_bias == pytest.approx(unembed_bias, rel=REL, abs=ABS)
     assert sum(parts.values()) + unembed_bias == pytest.approx(actual, abs=1e-3)  # TL's own closure
@@ -222,7 +222,7 @@ def check_logit_lens(tc: ToolContext, prompt: str, position: int, answer: str | 
     tokens, logits, cache = reference_run(tc, prompt)
     pos = position % tokens.shape[-1]
     result = logit_lens(tc, prompt, position=position, top_k=top_k, answer=answer)
-    n_layers = tc.cfg.n_layers
+    n_layers = tc.model.cfg.n_layers
     assert result.rows == [f"{layer}_pre" for layer in range(n_layers)] + ["final"]
     lens = reference_lens_logits(tc, cache, pos)
     # the last row is the model's real output
@@ -235,7 +235,7 @@ def check_logit_lens(tc: ToolContext, prompt: str, position: int, answer: str | 
     for row, tops in enumerate(result.top):
         expected = probs[row].topk(top_k)
         assert [t.prob for t in tops] == pytest.approx(expected.values.tolist(), rel=REL, abs=ABS)
-        assert [t.token for t in tops] == [tc.bridge.tokenizer.decode([i]) for i in (t.id for t in tops)]
+        assert [t.token for t in tops] == [tc.model.bridge.tokenizer.decode([i]) for i in (t.id for t in tops)]
         # ids may only differ among (near-)tied probabilities
         for t, i, p in zip(tops, expected.indices.tolist(), expected.values.tolist(), strict=True):
             assert t.id == i or float(probs[row, t.id]) == pytest.approx(p, rel=1e-4, abs=1e-9)
@@ -253,8 +253,8 @@ def check_attention_pattern(
 ) -> Any:
     tokens, _, cache = reference_run(tc, prompt)
     n = tokens.shape[-1]
-    pattern = cache["pattern", layer % tc.cfg.n_layers][0, head % tc.cfg.n_heads].float()
-    strings = tc.bridge.to_str_tokens(tokens[0])
+    pattern = cache["pattern", layer % tc.model.cfg.n_layers][0, head % tc.model.cfg.n_heads].float()
+    strings = tc.model.bridge.to_str_tokens(tokens[0])
     result = attention_pattern(tc, prompt, layer, head, top_k=top_k, query_positions=query_positions)
     queries = [q % n for q in query_positions] if query_positions is not None else list(range(n))
     assert [q.position for q in result.queries] == queries
@@ -294,14 +294,16 @@ def check_run_with_cache_norms(
     tc: ToolContext, prompt: str, hooks: list[str], layers: list[int] | None, positions: list[int] | None
 ) -> Any:
     result = run_with_cache(tc, prompt, hooks=hooks, layers=layers, positions=positions)
-    tokens = tc.bridge.to_tokens(prompt)
+    tokens = tc.model.bridge.to_tokens(prompt)
     n = tokens.shape[-1]
     names = {id(summary): row_names(summary) for summary in result.hooks}
     with torch.no_grad():  # one independent run caching exactly the rows the summary reports
-        logits, cache = tc.bridge.run_with_cache(tokens, names_filter=[n for rows in names.values() for n in rows])
+        logits, cache = tc.model.bridge.run_with_cache(
+            tokens, names_filter=[n for rows in names.values() for n in rows]
+        )
     pos = [p % n for p in positions] if positions is not None else list(range(n))
     assert result.positions == pos
-    assert result.tokens == tc.bridge.to_str_tokens(tokens[0])
+    assert result.tokens == tc.model.bridge.to_str_tokens(tokens[0])
     top = logits[0, -1].float().softmax(-1).topk(5)
     assert [t.id for t in result.top_predictions] == top.indices.tolist()
     assert [t.prob for t in result.top_predictions] == pytest.approx(top.values.tolist(), rel=REL, abs=ABS)
@@ -353,7 +355,7 @@ def transformer_lens_values(
     wrong: str = WRONG,
 ) -> torch.Tensor:
     """TransformerLens's patching function for `component`, on exactly `cells` (layer, head, position)."""
-    bridge = tc.bridge
+    bridge = tc.model.bridge
     tokens = bridge.to_tokens([clean, corrupted])
     a, b = bridge.to_single_token(answer), bridge.to_single_token(wrong)
 
@@ -391,7 +393,7 @@ def transformer_lens_values(
 
 def hand_ablation(tc: ToolContext, prompt: str, heads: list[tuple[int, int]], mode: str) -> torch.Tensor:
     """Last-position logits with `heads` ablated by a hand-written hook on hook_z."""
-    bridge = tc.bridge
+    bridge = tc.model.bridge
     tokens = bridge.to_tokens(prompt)
     with torch.no_grad():
         _, cache = bridge.run_with_cache(tokens, names_filter=lambda name: name.endswith("attn.hook_z"))
@@ -425,13 +427,16 @@ def by_hand(tc: ToolContext, tokens: torch.Tensor) -> tuple[dict[str, torch.Tens
     from the patterns and logits of bridge.run_with_cache."""
     seq_len = (tokens.shape[1] - 1) // 2
     with torch.no_grad():
-        logits, cache = tc.bridge.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_pattern"))
+        logits, cache = tc.model.bridge.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_pattern"))
     second = torch.arange(seq_len + 1, 2 * seq_len + 1)  # queries of the second repeat
     everything = torch.arange(1, 2 * seq_len + 1)
-    grids = {kind: torch.zeros(tc.cfg.n_layers, tc.cfg.n_heads) for kind in ("induction", "duplicate", "previous")}
-    for layer in range(tc.cfg.n_layers):
+    grids = {
+        kind: torch.zeros(tc.model.cfg.n_layers, tc.model.cfg.n_heads)
+        for kind in ("induction", "duplicate", "previous")
+    }
+    for layer in range(tc.model.cfg.n_layers):
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"]
-        assert pattern.shape == (tokens.shape[0], tc.cfg.n_heads, tokens.shape[1], tokens.shape[1])
+        assert pattern.shape == (tokens.shape[0], tc.model.cfg.n_heads, tokens.shape[1], tokens.shape[1])
         grids["induction"][layer] = pattern[:, :, second, second - seq_len + 1].mean(dim=(0, 2))
         grids["duplicate"][layer] = pattern[:, :, second, second - seq_len].mean(dim=(0, 2))
         grids["previous"][layer] = pattern[:, :, everything, everything - 1].mean(dim=(0, 2))
@@ -463,7 +468,7 @@ def tl_head_values(
 ) -> torch.Tensor:
     """TransformerLens's per-head patching function; noising = the same function with the roles swapped
     (the corrupted run's cache patched into the clean tokens)."""
-    bridge = tc.bridge
+    bridge = tc.model.bridge
     tokens = bridge.to_tokens([clean, corrupted])
     source, base = (0, 1) if direction == "denoise" else (1, 0)
     a, b = bridge.to_single_token(answer), bridge.to_single_token(wrong)
@@ -485,7 +490,7 @@ def hand_logits(
     tc: ToolContext, prompt: str, heads: list[tuple[int, int]], mode: str, source: str | None
 ) -> torch.Tensor:
     """Full logits [pos, vocab] of `prompt` with `heads`' z replaced by a hand-written hook."""
-    bridge = tc.bridge
+    bridge = tc.model.bridge
     tokens = bridge.to_tokens(prompt)
     with torch.no_grad():
         _, own = bridge.run_with_cache(tokens, names_filter=lambda name: name.endswith("attn.hook_z"))
@@ -516,7 +521,7 @@ def hand_logits(
 
 
 def loss(tc: ToolContext, logits: torch.Tensor, prompt: str, positions: list[int]) -> float:
-    tokens = tc.bridge.to_tokens(prompt)[0]
+    tokens = tc.model.bridge.to_tokens(prompt)[0]
     logprobs = logits.float().log_softmax(-1)
     return float(-torch.stack([logprobs[p - 1, tokens[p]] for p in positions]).mean())
 
@@ -539,3 +544,10 @@ def write_sae_folder(folder: Path, d_in: int, hook: str, d_sae: int = 32, seed: 
     cfg = {"architecture": "standard", "d_in": d_in, "d_sae": d_sae, "metadata": {"hook_name": hook}}
     (folder / "cfg.json").write_text(json.dumps(cfg))
     return tensors
+
+
+def pooled_from_singles(values: torch.Tensor, clean: list[float], corrupted: list[float]) -> torch.Tensor:
+    """Each pair's value in a dataset's pooled units, from single-pair normalized values [pairs, cells]: a single
+    call divides the pair's change by its own gap; the dataset divides it by mean clean - mean corrupted."""
+    gaps = torch.tensor(clean, dtype=torch.float64) - torch.tensor(corrupted, dtype=torch.float64)
+    return values.double() * gaps[:, None] / gaps.mean()

@@ -23,7 +23,7 @@ SECOND_HALF = list(range(22, 41))  # tokens an induction copy predicts (the seco
 @pytest.mark.parametrize("mode", ["resample", "corrupted_mean"])
 def test_resample_and_corrupted_mean_equal_hand_written_hooks(toy: ToolContext, mode: str) -> None:
     heads = [(1, 2), (0, 1)]
-    a, b = toy.bridge.to_single_token(ANSWER), toy.bridge.to_single_token(WRONG)
+    a, b = toy.model.bridge.to_single_token(ANSWER), toy.model.bridge.to_single_token(WRONG)
     result = ablate_heads(
         toy, CLEAN, [list(h) for h in heads], ANSWER, WRONG, mode=mode, corrupted_prompt=CORRUPTED, individually=True
     )
@@ -41,7 +41,7 @@ def test_resample_and_corrupted_mean_equal_hand_written_hooks(toy: ToolContext, 
 def test_corrupted_mean_may_use_a_prompt_of_another_length(toy: ToolContext) -> None:
     source = "w20 w31 w42"
     result = ablate_heads(toy, CLEAN, [[1, 2]], ANSWER, WRONG, mode="corrupted_mean", corrupted_prompt=source)
-    a, b = toy.bridge.to_single_token(ANSWER), toy.bridge.to_single_token(WRONG)
+    a, b = toy.model.bridge.to_single_token(ANSWER), toy.model.bridge.to_single_token(WRONG)
     alone = hand_logits(toy, CLEAN, [(1, 2)], "corrupted_mean", source)[-1]
     assert result.metric_after == round_sig(float(alone[a] - alone[b]))
 
@@ -49,9 +49,9 @@ def test_corrupted_mean_may_use_a_prompt_of_another_length(toy: ToolContext) -> 
 @pytest.mark.parametrize("metric", ["logprob", "prob"])
 def test_probability_metrics_equal_hand_written_hooks(toy: ToolContext, metric: str) -> None:
     result = ablate_heads(toy, CLEAN, [[1, 2]], ANSWER, metric=metric)
-    a = toy.bridge.to_single_token(ANSWER)
+    a = toy.model.bridge.to_single_token(ANSWER)
     with torch.no_grad():
-        clean = toy.bridge(toy.bridge.to_tokens(CLEAN))[0, -1].float().log_softmax(-1)[a]
+        clean = toy.model.bridge(toy.model.bridge.to_tokens(CLEAN))[0, -1].float().log_softmax(-1)[a]
     after = hand_logits(toy, CLEAN, [(1, 2)], "zero", None)[-1].float().log_softmax(-1)[a]
     transform = torch.exp if metric == "prob" else (lambda x: x)
     assert result.metric_before == round_sig(float(transform(clean)))
@@ -62,7 +62,7 @@ def test_loss_over_the_repeated_half_shows_the_induction_head(toy: ToolContext) 
     induction = ablate_heads(toy, REPEATED, [[1, 2]], metric="loss", positions=SECOND_HALF)
     other = ablate_heads(toy, REPEATED, [[1, 0]], metric="loss", positions=SECOND_HALF)
     with torch.no_grad():
-        plain = toy.bridge(toy.bridge.to_tokens(REPEATED))[0]
+        plain = toy.model.bridge(toy.model.bridge.to_tokens(REPEATED))[0]
     assert induction.metric_before == round_sig(loss(toy, plain, REPEATED, SECOND_HALF))
     ablated = hand_logits(toy, REPEATED, [(1, 2)], "zero", None)
     assert induction.metric_after == round_sig(loss(toy, ablated, REPEATED, SECOND_HALF))
@@ -118,7 +118,7 @@ def test_bad_ablation_arguments(toy: ToolContext) -> None:
     with pytest.raises(LensError, match="0 \\(BOS\\) is never predicted"):
         ablate_heads(toy, CLEAN, [[1, 2]], metric="loss", positions=[0, 3])
     with pytest.raises(LensError, match="metric='entropy'"):
-        ablate_heads(toy, CLEAN, [[1, 2]], ANSWER, metric="entropy")  # type: ignore[arg-type]
+        ablate_heads(toy, CLEAN, [[1, 2]], ANSWER, metric="entropy")
     with pytest.raises(LensError, match="only used by mode='resample'"):
         ablate_heads(toy, CLEAN, [[1, 2]], ANSWER, corrupted_prompt=CORRUPTED)
 

@@ -30,7 +30,6 @@ from transformer_lens.tools.analysis.logit_lens import logit_lens as tl_logit_le
 from lens_mcp.errors import LensError
 from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost
-from lens_mcp.progress import no_progress
 from lens_mcp.tools.causal.ablate_heads import ablate_heads
 from lens_mcp.tools.causal.attribution_patch import PairRun, attribution_patch, estimate_effects, resolve_grid
 from lens_mcp.tools.causal.patch_sweep import run_sweep
@@ -47,7 +46,7 @@ from lens_mcp.tools.features.sae_features import sae_features
 from lens_mcp.tools.features.steering_vector import steering_vector
 from lens_mcp.tools.model.model_info import model_info
 from lens_mcp.tools.model.tokenize import tokenize
-from lens_mcp.tools.reading import head_attribution as head_attribution_module
+from lens_mcp.tools.reading import _dla as head_attribution_module
 from lens_mcp.tools.reading.attention_pattern import attention_pattern
 from lens_mcp.tools.reading.head_attribution import head_attribution
 from lens_mcp.tools.reading.head_output import head_output
@@ -185,7 +184,7 @@ def check_head_attribution(case: Case) -> None:
     with case.tc() as tc:
         result = head_attribution(tc, PROMPT, ANSWER, WRONG)
     assert result.explained, result.note
-    gap = float(re.search(r"total equals actual to ([0-9.e+-]+)", result.note).group(1))  # type: ignore[union-attr]
+    gap = float(re.search(r"total equals actual to ([0-9.e+-]+)", result.note).group(1))
     assert gap <= TOL
     a, b = case.token(ANSWER), case.token(WRONG)
     real = case.hf_logits(PROMPT, cap=not case.family.soft_cap)[-1]
@@ -560,13 +559,18 @@ SAE_HOOK = "blocks.1.hook_resid_pre"
 D_SAE = 32
 
 
+def _load_sae(case: Case, folder: str) -> Any:
+    with case.tc() as tc:
+        return load_sae(tc, folder)
+
+
 @contextmanager
 def sae_loaded(case: Case) -> Iterator[dict[str, torch.Tensor]]:
     """A random SAE with d_in = the family's d_model on SAE_HOOK, loaded through the load_sae tool; removed after."""
     assert case.host.model is not None
     with tempfile.TemporaryDirectory() as folder:
         weights = write_sae_folder(Path(folder), int(case.hf.config.hidden_size), SAE_HOOK, D_SAE)
-        result = load_sae(case.host, no_progress, folder)
+        result = _load_sae(case, folder)
     assert result.loaded.hook == SAE_HOOK and not result.replaced
     try:
         yield weights
@@ -601,7 +605,7 @@ def check_load_sae(case: Case) -> None:
     d_model = int(case.hf.config.hidden_size)
     with tempfile.TemporaryDirectory() as folder:
         write_sae_folder(Path(folder), d_model + 1, SAE_HOOK, D_SAE)
-        _refused(lambda: load_sae(case.host, no_progress, folder), f"d_in={d_model + 1} but the activation")
+        _refused(lambda: _load_sae(case, folder), f"d_in={d_model + 1} but the activation")
     assert case.host.model.saes == {}
     with sae_loaded(case) as weights:
         sae = case.host.model.saes[SAE_HOOK]

@@ -40,6 +40,7 @@ from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import measured_throughput
 from lens_mcp.tools.core.metrics import resolve_metric
 from tests.mcp_client import call_tool, error_text, result_data
+from tests.shared import pooled_from_singles
 
 CLEAN = "w20 w31 w42 w53 w64 w20 w31 w42 w53"
 CORRUPTED = "w20 w31 w42 w53 w77 w20 w31 w42 w53"
@@ -52,21 +53,21 @@ def raw_estimates(
     tc: ToolContext, component: str, direction: str = "denoise", clean: str = CLEAN, corrupted: str = CORRUPTED
 ) -> tuple[torch.Tensor, list[Any], torch.Tensor]:
     """Our unrounded per-cell estimates (grad . delta), the cells, and the [clean, corrupted] tokens."""
-    tokens = tc.bridge.to_tokens([clean, corrupted])
+    tokens = tc.model.bridge.to_tokens([clean, corrupted])
     pair = PairRun(tokens, resolve_metric(tc, ANSWER, WRONG))
     grid = resolve_grid(tc, component, None, None, [int(tokens.shape[-1])])
     return estimate_effects(tc, [pair], grid, direction).values[0], grid.cells, tokens
 
 
 def tl_metric_fn(tc: ToolContext) -> Any:
-    a, b = tc.bridge.to_single_token(ANSWER), tc.bridge.to_single_token(WRONG)
+    a, b = tc.model.bridge.to_single_token(ANSWER), tc.model.bridge.to_single_token(WRONG)
     return lambda logits: logits[0, -1, a] - logits[0, -1, b]
 
 
 def tl_node_scores(tc: ToolContext, source: torch.Tensor, receiver: torch.Tensor) -> dict[Any, float]:
     """TransformerLens's attribution patching, node granularity: grad at `receiver` . (source - receiver)."""
     result = tl_attribution_patch(
-        tc.bridge, source, receiver, tl_metric_fn(tc), EdgeAttributionConfig(granularity="node")
+        tc.model.bridge, source, receiver, tl_metric_fn(tc), EdgeAttributionConfig(granularity="node")
     )
     return {(node.kind, node.layer, node.head, node.position): score for node, score in result.node_scores.items()}
 
@@ -93,17 +94,17 @@ def test_estimates_equal_transformer_lens_attribution_patch(toy: ToolContext, co
 
 @pytest.mark.parametrize("metric", ["logprob", "prob"])
 def test_probability_metrics_equal_transformer_lens(toy: ToolContext, metric: str) -> None:
-    tokens = toy.bridge.to_tokens([CLEAN, CORRUPTED])
+    tokens = toy.model.bridge.to_tokens([CLEAN, CORRUPTED])
     pair = PairRun(tokens, resolve_metric(toy, ANSWER, None, metric))
     grid = resolve_grid(toy, "heads_by_pos", None, None, [int(tokens.shape[-1])])
     values = estimate_effects(toy, [pair], grid, "denoise").values[0]
-    a = toy.bridge.to_single_token(ANSWER)
+    a = toy.model.bridge.to_single_token(ANSWER)
 
     def metric_fn(logits: torch.Tensor) -> torch.Tensor:
         logprob = logits[0, -1].log_softmax(-1)[a]
         return logprob.exp() if metric == "prob" else logprob
 
-    result = tl_attribution_patch(toy.bridge, tokens[:1], tokens[1:], metric_fn, EdgeAttributionConfig("node"))
+    result = tl_attribution_patch(toy.model.bridge, tokens[:1], tokens[1:], metric_fn, EdgeAttributionConfig("node"))
     scores = {(n.kind, n.layer, n.head, n.position): v for n, v in result.node_scores.items()}
     expected = torch.tensor([scores[("attn_head_out", layer, head, pos)] for layer, head, pos in grid.cells])
     assert torch.allclose(values, expected, atol=TOL, rtol=0)
@@ -115,11 +116,11 @@ def test_residual_estimates_equal_gradients_from_transformer_lens_backward_hooks
     toy: ToolContext, component: str
 ) -> None:
     values, cells, tokens = raw_estimates(toy, component)
-    names = [f"blocks.{layer}.hook_{component}" for layer in range(toy.cfg.n_layers)]
+    names = [f"blocks.{layer}.hook_{component}" for layer in range(toy.model.cfg.n_layers)]
     with torch.enable_grad():
-        corrupted = cache_activation_and_gradient(toy.bridge, tokens[1:], tl_metric_fn(toy), names_filter=names)
+        corrupted = cache_activation_and_gradient(toy.model.bridge, tokens[1:], tl_metric_fn(toy), names_filter=names)
     with torch.no_grad():
-        _, clean_cache = toy.bridge.run_with_cache(tokens[:1], names_filter=names)
+        _, clean_cache = toy.model.bridge.run_with_cache(tokens[:1], names_filter=names)
     expected = []
     for layer, _, position in cells:
         name = f"blocks.{layer}.hook_{component}"
@@ -134,7 +135,7 @@ def test_the_grid_uses_patch_sweeps_normalization_and_rounding(toy: ToolContext)
     values, _, _ = raw_estimates(toy, "heads_by_pos")
     result = attribution_patch(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "heads_by_pos", verify_top=0)
     span = result.clean_metric - result.corrupted_metric
-    n_layers, n_heads = toy.cfg.n_layers, toy.cfg.n_heads
+    n_layers, n_heads = toy.model.cfg.n_layers, toy.model.cfg.n_heads
     expected = (values / span).reshape(n_layers, n_heads, -1).tolist()
     grid = cast("list[list[list[float]]]", result.grid)  # heads_by_pos: layers x heads x positions
     flat_grid = [v for layer in grid for row in layer for v in row]
@@ -148,7 +149,7 @@ def test_the_grid_uses_patch_sweeps_normalization_and_rounding(toy: ToolContext)
     assert not raw.normalized and "estimated metric" in raw.meaning
     # Raw values are the receiving (corrupted) run's metric plus the estimated change.
     per_head = raw_estimates(toy, "heads")[0] + raw.corrupted_metric
-    assert [v for row in raw.grid for v in row] == pytest.approx(per_head.tolist(), rel=1e-3)  # type: ignore[union-attr]
+    assert [v for row in raw.grid for v in row] == pytest.approx(per_head.tolist(), rel=1e-3)
 
 
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
@@ -183,15 +184,15 @@ def test_noising_verified_cells_equal_transformer_lens_patching(toy: ToolContext
     """Noising = patching the corrupted run's activation into the clean run: TransformerLens's function with the
     prompts' roles swapped is the reference; normalized (clean - patched) / (clean - corrupted)."""
     result = attribution_patch(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "heads_by_pos", verify_top=6, direction="noise")
-    tokens = toy.bridge.to_tokens([CLEAN, CORRUPTED])
+    tokens = toy.model.bridge.to_tokens([CLEAN, CORRUPTED])
     metric = tl_metric_fn(toy)
     cells = [(c.layer, c.position, c.head) for c in result.verified]
     with torch.no_grad():
-        _, corrupted_cache = toy.bridge.run_with_cache(tokens[1:])
-        clean_value = float(metric(toy.bridge(tokens[:1])))
-        corrupted_value = float(metric(toy.bridge(tokens[1:])))
+        _, corrupted_cache = toy.model.bridge.run_with_cache(tokens[1:])
+        clean_value = float(metric(toy.model.bridge(tokens[:1])))
+        corrupted_value = float(metric(toy.model.bridge(tokens[1:])))
         patched = patching.get_act_patch_attn_head_out_by_pos(
-            toy.bridge,
+            toy.model.bridge,
             tokens[:1],
             corrupted_cache,
             metric,
@@ -227,8 +228,8 @@ def test_rank_agreement_matches_pandas_and_hand_counts() -> None:
 
 
 def test_no_hook_gradient_or_mode_leaks_even_when_the_metric_fails(toy: ToolContext) -> None:
-    before = count_hooks(toy.bridge)
-    tokens = toy.bridge.to_tokens([CLEAN, CORRUPTED])
+    before = count_hooks(toy.model.bridge)
+    tokens = toy.model.bridge.to_tokens([CLEAN, CORRUPTED])
     good = resolve_metric(toy, ANSWER, WRONG)
 
     def broken(logits: torch.Tensor) -> torch.Tensor:
@@ -236,24 +237,24 @@ def test_no_hook_gradient_or_mode_leaks_even_when_the_metric_fails(toy: ToolCont
 
     grid = resolve_grid(toy, "heads_by_pos", None, None, [int(tokens.shape[-1])])
     with pytest.raises(RuntimeError, match="metric failed"):
-        estimate_effects(toy, [PairRun(tokens, broken)], grid, "denoise")  # type: ignore[arg-type]
-    assert count_hooks(toy.bridge) == before
+        estimate_effects(toy, [PairRun(tokens, broken)], grid, "denoise")
+    assert count_hooks(toy.model.bridge) == before
     with torch.no_grad():  # as the server calls tools: gradients come back off afterwards
         attribution_patch(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "resid_pre", verify_top=3)
         assert not torch.is_grad_enabled()
-    assert count_hooks(toy.bridge) == before
-    assert all(p.grad is None for p in toy.bridge.parameters())  # no parameter gradient was accumulated
+    assert count_hooks(toy.model.bridge) == before
+    assert all(p.grad is None for p in toy.model.bridge.parameters())  # no parameter gradient was accumulated
     # The failed call left the model usable: the same estimate as before it.
     assert estimate_effects(toy, [PairRun(tokens, good)], grid, "denoise").values.abs().max() > 0.5
 
 
 def test_a_model_in_training_mode_is_refused(toy: ToolContext) -> None:
-    toy.bridge.train()
+    toy.model.bridge.train()
     try:
         with pytest.raises(LensError, match="training mode"):
             attribution_patch(toy, CLEAN, CORRUPTED, ANSWER, WRONG)
     finally:
-        toy.bridge.eval()
+        toy.model.bridge.eval()
 
 
 def test_an_oversized_grid_is_refused_before_any_forward_pass(
@@ -261,7 +262,7 @@ def test_an_oversized_grid_is_refused_before_any_forward_pass(
 ) -> None:
     measured_throughput(toy)  # the cost estimate's own probe (measured once per model) is not the call's work
     calls: list[int] = []
-    monkeypatch.setattr(toy.bridge, "forward", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(toy.model.bridge, "forward", lambda *a, **k: calls.append(1))
     small = ToolContext(toy.model, Limits(max_response_chars=2_000))
     with pytest.raises(LensError, match=r"refused before computing.*max_response_chars=2000.*layers=\[\.\.\.\]"):
         attribution_patch(small, CLEAN, CORRUPTED, ANSWER, WRONG, "heads_by_pos")
@@ -275,13 +276,13 @@ def test_dry_run_returns_the_cost_and_computes_nothing(toy: ToolContext, monkeyp
     saved = toy.model.throughput
     toy.model.throughput = 1000.0  # token-layers per second, so the seconds follow by hand
     calls: list[int] = []
-    monkeypatch.setattr(toy.bridge, "forward", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(toy.model.bridge, "forward", lambda *a, **k: calls.append(1))
     try:
         result = attribution_patch(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "heads_by_pos", verify_top=4, dry_run=True)
     finally:
         toy.model.throughput = saved
     assert calls == [] and result.dry_run and result.grid == [] and result.verified == []
-    n_layers, n_heads, n_tokens = toy.cfg.n_layers, toy.cfg.n_heads, 10
+    n_layers, n_heads, n_tokens = toy.model.cfg.n_layers, toy.model.cfg.n_heads, 10
     assert result.cost.cells == result.n_cells == n_layers * n_heads * n_tokens
     # forward of both prompts + their backward (twice a forward) + the engine's 2 runs and 4 / 2 patched rows
     units = (2 + 2 * 2 + 2 + 2) * n_tokens * n_layers
@@ -297,7 +298,7 @@ def test_progress_is_reported(toy: ToolContext) -> None:
 
 
 def test_counter_argument_is_optional(toy: ToolContext) -> None:
-    tokens = toy.bridge.to_tokens([CLEAN, CORRUPTED])
+    tokens = toy.model.bridge.to_tokens([CLEAN, CORRUPTED])
     grid = resolve_grid(toy, "heads", None, None, [int(tokens.shape[-1])])
     counter = ProgressCounter(total=1)
     estimate_effects(toy, [PairRun(tokens, resolve_metric(toy, ANSWER, WRONG))], grid, "denoise", counter)
@@ -372,11 +373,15 @@ def flatten(grid: Any) -> list[float]:
 
 
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
-def test_the_mean_over_pairs_equals_the_mean_of_single_pair_calls(toy: ToolContext, direction: str) -> None:
+def test_the_pooled_dataset_value_follows_from_single_pair_calls(toy: ToolContext, direction: str) -> None:
+    """A dataset is normalized pooled: (mean change over pairs) / (mean clean - mean corrupted); each pair's
+    value in the spread is its change over that same pooled gap. Both follow from the single-pair calls."""
     pairs = PAIR_SETS[:2]  # same length: every position
-    both = attribution_patch(toy, component="heads_by_pos", pairs=pairs, verify_top=0, direction=direction)  # type: ignore[arg-type]
+    both = attribution_patch(toy, component="heads_by_pos", pairs=pairs, verify_top=0, direction=direction)
     singles = [single(toy, p, component="heads_by_pos", verify_top=0, direction=direction) for p in pairs]
-    grids = torch.tensor([flatten(s.grid) for s in singles])
+    gaps = torch.tensor([s.clean_metric - s.corrupted_metric for s in singles], dtype=torch.float64)
+    changes = torch.tensor([flatten(s.grid) for s in singles], dtype=torch.float64) * gaps[:, None]
+    grids = changes / gaps.mean()
     assert flatten(both.grid) == pytest.approx(grids.mean(0).tolist(), rel=2e-3, abs=2e-6)
     assert both.spread is not None and both.spread.n_pairs == 2
     assert flatten(both.spread.min) == pytest.approx(grids.min(0).values.tolist(), rel=2e-3, abs=2e-6)
@@ -389,28 +394,32 @@ def test_the_mean_over_pairs_equals_the_mean_of_single_pair_calls(toy: ToolConte
     got = [v for m in both.pair_metrics for v in (m.clean_metric, m.corrupted_metric)]
     assert got == pytest.approx([v for s in singles for v in (s.clean_metric, s.corrupted_metric)], rel=1e-3)
     assert both.forward_passes == 1  # both pairs' prompts in one batched forward and backward pass
-    assert "mean over pairs" in both.meaning
+    assert "pooled" in both.meaning
 
 
 def test_pairs_of_different_lengths_line_up_from_the_end(toy: ToolContext) -> None:
     both = attribution_patch(
         toy, component="heads_by_pos", positions=[-1, -3], pairs=PAIR_SETS, verify_top=3, normalize=True
-    )  # type: ignore[arg-type]
+    )
     singles = [single(toy, p, component="heads_by_pos", positions=[-1, -3], verify_top=0) for p in PAIR_SETS]
-    grids = torch.tensor([flatten(s.grid) for s in singles])
+    grids = pooled_from_singles(
+        torch.tensor([flatten(s.grid) for s in singles]),
+        [s.clean_metric for s in singles],
+        [s.corrupted_metric for s in singles],
+    )
     assert both.positions == [-1, -3]
     assert flatten(both.grid) == pytest.approx(grids.mean(0).tolist(), rel=2e-3, abs=2e-6)
     assert both.forward_passes >= 2  # two lengths: two gradient batches (plus verification)
-    # The verified cells' exact values are the mean of the exact engine on each pair (patch_sweep per pair).
+    # The verified cells' exact values pool the exact engine's runs on each pair (patch_sweep per pair).
     for cell in both.verified:
-        exact = []
+        changes, spans = [], []
         for pair in PAIR_SETS:
-            n = len(toy.bridge.to_tokens(pair["clean_prompt"])[0])
+            n = len(toy.model.bridge.to_tokens(pair["clean_prompt"])[0])
             sweep = run_sweep(toy, *pair.values(), "heads_by_pos", layers=[cell.layer], positions=[cell.position])  # type: ignore[misc]
-            span = sweep.clean_metric - sweep.corrupted_metric
-            exact.append((float(sweep.values[cell.head]) - sweep.corrupted_metric) / span)
+            spans.append(sweep.clean_metric - sweep.corrupted_metric)
+            changes.append(float(sweep.values[cell.head]) - sweep.corrupted_metric)
             assert sweep.positions == [n + cell.position]
-        assert cell.exact == pytest.approx(sum(exact) / len(exact), rel=1e-3, abs=1e-5)
+        assert cell.exact == pytest.approx(sum(changes) / sum(spans), rel=1e-3, abs=1e-5)
 
 
 def test_the_raw_mean_equals_transformer_lens_on_a_batch_of_pairs(toy: ToolContext) -> None:
@@ -418,14 +427,17 @@ def test_the_raw_mean_equals_transformer_lens_on_a_batch_of_pairs(toy: ToolConte
     pairs = PAIR_SETS[:2]
     runs = [
         PairRun(
-            toy.bridge.to_tokens([p["clean_prompt"], p["corrupted_prompt"]]),
+            toy.model.bridge.to_tokens([p["clean_prompt"], p["corrupted_prompt"]]),
             resolve_metric(toy, p["answer"], p["wrong_answer"]),
         )
         for p in pairs
     ]
     grid = resolve_grid(toy, "heads_by_pos", None, None, [10, 10])
     values = estimate_effects(toy, runs, grid, "denoise").values.mean(0)
-    ids = [(toy.bridge.to_single_token(p["answer"]), toy.bridge.to_single_token(p["wrong_answer"])) for p in pairs]
+    ids = [
+        (toy.model.bridge.to_single_token(p["answer"]), toy.model.bridge.to_single_token(p["wrong_answer"]))
+        for p in pairs
+    ]
     # TransformerLens runs one pair at a time: its metric_fn sees one pair's logits. Which pair: count the calls.
     calls = {"n": 0}
 
@@ -437,7 +449,9 @@ def test_the_raw_mean_equals_transformer_lens_on_a_batch_of_pairs(toy: ToolConte
 
     clean = torch.cat([r.tokens[:1] for r in runs])
     corrupted = torch.cat([r.tokens[1:] for r in runs])
-    result = tl_attribution_patch(toy.bridge, clean, corrupted, metric_fn, EdgeAttributionConfig(granularity="node"))
+    result = tl_attribution_patch(
+        toy.model.bridge, clean, corrupted, metric_fn, EdgeAttributionConfig(granularity="node")
+    )
     scores = {(n.kind, n.layer, n.head, n.position): s for n, s in result.node_scores.items()}
     expected = torch.tensor([scores[("attn_head_out", layer, head, pos)] for layer, head, pos in grid.cells])
     assert torch.allclose(values, expected, atol=TOL, rtol=0)
@@ -445,13 +459,13 @@ def test_the_raw_mean_equals_transformer_lens_on_a_batch_of_pairs(toy: ToolConte
 
 def test_dataset_errors_name_the_pair(toy: ToolContext) -> None:
     with pytest.raises(LensError, match=r"pairs\[2\] is 8 tokens long but pairs\[0\] is 10"):
-        attribution_patch(toy, component="heads_by_pos", pairs=PAIR_SETS)  # type: ignore[arg-type]
+        attribution_patch(toy, component="heads_by_pos", pairs=PAIR_SETS)
     bad = [PAIR_SETS[0], {**PAIR_SETS[1], "answer": " w14 w15"}]
     with pytest.raises(LensError, match=r"pairs\[1\]\.answer must be a single token"):
-        attribution_patch(toy, pairs=bad)  # type: ignore[arg-type]
+        attribution_patch(toy, pairs=bad)
     with pytest.raises(LensError, match="not both"):
-        attribution_patch(toy, CLEAN, pairs=PAIR_SETS)  # type: ignore[arg-type]
+        attribution_patch(toy, CLEAN, pairs=PAIR_SETS)
     with pytest.raises(LensError, match=r"pairs\[1\]\.corrupted_prompt is required"):
-        attribution_patch(toy, pairs=[PAIR_SETS[0], {"clean_prompt": CLEAN, "answer": ANSWER}])  # type: ignore[arg-type]
+        attribution_patch(toy, pairs=[PAIR_SETS[0], {"clean_prompt": CLEAN, "answer": ANSWER}])
     with pytest.raises(LensError, match="clean_prompt is required"):
         attribution_patch(toy)

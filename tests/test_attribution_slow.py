@@ -26,7 +26,7 @@ def _smol_answers(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
 def test_estimates_equal_transformer_lens_attribution_patch(smol: ToolContext, direction: str) -> None:
-    tokens = smol.bridge.to_tokens([CLEAN, CORRUPTED])
+    tokens = smol.model.bridge.to_tokens([CLEAN, CORRUPTED])
     source, receiver = (tokens[:1], tokens[1:]) if direction == "denoise" else (tokens[1:], tokens[:1])
     scores = fast.tl_node_scores(smol, source, receiver)
     for component, kind in (("heads_by_pos", "attn_head_out"), ("mlp_out", "mlp_out")):
@@ -57,13 +57,13 @@ def test_verified_cells_equal_patch_sweep(smol: ToolContext) -> None:
 @pytest.mark.parametrize("component", ["resid_pre", "resid_mid", "attn_out"])
 def test_residual_estimates_equal_transformer_lens_backward_hook_gradients(smol: ToolContext, component: str) -> None:
     values, cells, tokens = fast.raw_estimates(smol, component, "denoise", CLEAN, CORRUPTED)
-    names = [f"blocks.{layer}.hook_{component}" for layer in range(smol.cfg.n_layers)]
+    names = [f"blocks.{layer}.hook_{component}" for layer in range(smol.model.cfg.n_layers)]
     with torch.enable_grad():
         corrupted = fast.cache_activation_and_gradient(
-            smol.bridge, tokens[1:], fast.tl_metric_fn(smol), names_filter=names
+            smol.model.bridge, tokens[1:], fast.tl_metric_fn(smol), names_filter=names
         )
     with torch.no_grad():
-        _, clean_cache = smol.bridge.run_with_cache(tokens[:1], names_filter=names)
+        _, clean_cache = smol.model.bridge.run_with_cache(tokens[:1], names_filter=names)
     expected = []
     for layer, _, position in cells:
         name = f"blocks.{layer}.hook_{component}"

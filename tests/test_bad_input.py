@@ -19,7 +19,7 @@ from lens_mcp.model_host import ModelHost
 from lens_mcp.server.app import build_server
 from lens_mcp.server.readable_errors import readable_errors
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.features.load_sae import load_sae_into
+from lens_mcp.tools.features.load_sae import load_sae
 from lens_mcp.tools.features.steering_vector import steering_vector
 from tests.mcp_client import MODES, result_data, spawn_toy_server
 from tests.registry_helpers import registered_tools
@@ -279,7 +279,7 @@ def battery_host(tmp_path_factory: pytest.TempPathFactory) -> ModelHost:
     write_sae_folder(folder, int(host.model.bridge.cfg.d_model), SAE_HOOK)
     with host.use() as model:
         tc = ToolContext(model, host.limits)
-        load_sae_into(tc, str(folder))
+        load_sae(tc, str(folder))
         steering_vector(tc, "v", ["w1 w2 w3"], ["w7 w8 w9"], layer=1)
     return host
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lens_mcp.server.cli import main
-from lens_mcp.server.scripted import ProgressLine
+from lens_mcp.cli.main import main
+from lens_mcp.cli.scripted import ProgressLine
 
 TOY = ["--model", "toy-induction", "--device", "cpu", "--no-progress"]
 

@@ -138,7 +138,7 @@ def test_find_non_finite_names_the_path_and_its_labels() -> None:
     path, value, labels = find_non_finite(data) or ("", 0.0, [])
     assert path == "top[2][0].p" and value == math.inf and "rows[2]='final'" in labels
     assert find_non_finite({"a": [1.0, 2.0], "b": "nan"}) is None
-    assert find_non_finite([{"layer": 4, "score": math.nan}])[2] == ["layer=4"]  # type: ignore[index]
+    assert find_non_finite([{"layer": 4, "score": math.nan}])[2] == ["layer=4"]
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -23,7 +23,7 @@ from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.tools.causal.path_patch import run_path_patch
 from lens_mcp.tools.circuits._attribute import attribute, embeddings
-from lens_mcp.tools.circuits._engine import build_graph, edge_hooks_on
+from lens_mcp.tools.circuits._engine import build_graph
 from lens_mcp.tools.circuits._faithful import evaluate, kept_masks
 from lens_mcp.tools.circuits._graph import Graph
 from lens_mcp.tools.circuits._inputs import load_dataset
@@ -81,7 +81,7 @@ def _index(graph: Graph, node: Node, writer: bool) -> int:
 def _setup(tc: ToolContext, prompts: tuple[str, str, str, str]) -> tuple[Graph, torch.Tensor, Any, Any]:
     clean, corrupted, answer, wrong = prompts
     data = load_dataset(tc, None, clean, corrupted, answer, wrong, "logit_diff", True)
-    a, b = tc.bridge.to_single_token(answer), tc.bridge.to_single_token(wrong)
+    a, b = tc.model.bridge.to_single_token(answer), tc.model.bridge.to_single_token(wrong)
     return build_graph(tc), data.tokens[0], data.metrics[0], lambda logits: logits[0, -1, a] - logits[0, -1, b]
 
 
@@ -95,7 +95,7 @@ def test_position_eap_equals_transformer_lens(ctx: Any) -> None:
     graph, tokens, metric, tl_metric = _setup(tc, prompts)
     ours = _scores(tc, graph, tokens, metric, 1, True).clone()
     result = tl_attribution_patch(
-        tc.bridge, tokens[:1], tokens[1:], tl_metric, EdgeAttributionConfig(granularity="edge")
+        tc.model.bridge, tokens[:1], tokens[1:], tl_metric, EdgeAttributionConfig(granularity="edge")
     )
     assert len(result.edge_scores) == graph.n_edges * tokens.shape[-1]
     scale = max(abs(v) for v in result.edge_scores.values())
@@ -120,13 +120,13 @@ def test_faithfulness_equals_transformer_lens(ctx: Any) -> None:
     tc, prompts = ctx
     graph, tokens, metric, tl_metric = _setup(tc, prompts)
     ranking = tl_attribution_patch(
-        tc.bridge, tokens[:1], tokens[1:], tl_metric, EdgeAttributionConfig(granularity="edge")
+        tc.model.bridge, tokens[:1], tokens[1:], tl_metric, EdgeAttributionConfig(granularity="edge")
     )
     sizes = [1, 3, 10, 40]
     theirs, circuits_ = [], []
     for k in sizes:
         top = ranking.top_edges(k)
-        theirs.append(faithfulness(tc.bridge, tokens[:1], tokens[1:], tl_metric, top))
+        theirs.append(faithfulness(tc.model.bridge, tokens[:1], tokens[1:], tl_metric, top))
         circuits_.append([(_index(graph, w, True), _index(graph, r, False), w.position) for w, r, _ in top])
     kept = kept_masks(graph, circuits_, int(tokens.shape[-1]))
     curve = evaluate(tc, graph, [tokens], [metric], kept, "corrupted", None, 0, ProgressCounter())
@@ -147,9 +147,9 @@ def test_gqa_scores_equal_hand_written_hooks(ctx: Any) -> None:
     graph, tokens, metric, tl_metric = _setup(tc, prompts)
     assert graph.gqa
     ours = _scores(tc, graph, tokens, metric, 1, False)
-    with edge_hooks_on(tc.bridge):
-        _, clean_cache = tc.bridge.run_with_cache(tokens[:1])
-        _, corrupted_cache = tc.bridge.run_with_cache(tokens[1:])
+    with tc.view.per_head_hooks():
+        _, clean_cache = tc.model.bridge.run_with_cache(tokens[:1])
+        _, corrupted_cache = tc.model.bridge.run_with_cache(tokens[1:])
 
     def writer_delta(layer: int, head: int | None) -> torch.Tensor:
         name = (
@@ -180,8 +180,8 @@ def test_gqa_scores_equal_hand_written_hooks(ctx: Any) -> None:
             act[:, :, index] = act[:, :, index] + eps * delta
             return act
 
-        with edge_hooks_on(tc.bridge), torch.enable_grad(), tc.bridge.hooks(fwd_hooks=[(hook, add)]):
-            (grad,) = torch.autograd.grad(tl_metric(tc.bridge(tokens[1:])), [eps])
+        with tc.view.per_head_hooks(), torch.enable_grad(), tc.model.bridge.hooks(fwd_hooks=[(hook, add)]):
+            (grad,) = torch.autograd.grad(tl_metric(tc.model.bridge(tokens[1:])), [eps])
         writer, reader, _ = graph.parse_edge(name, "test", None)
         assert abs(float(ours[writer, reader]) - float(grad)) <= TOL * max(1.0, abs(float(grad))), name
 
@@ -200,7 +200,7 @@ def test_verified_edges_equal_path_patch(ctx: Any) -> None:
     cases.append(((last, 1), "logits", "q", f"L{last}H1->logits"))
     del kv
     with torch.no_grad():
-        corrupted_metric = float(metric(tc.bridge(tokens[1:2])[:, -1]))
+        corrupted_metric = float(metric(tc.model.bridge(tokens[1:2])[:, -1]))
     for sender, receivers, receiver_input, name in cases:
         run = run_path_patch(tc, clean, corrupted, answer, wrong, [list(sender)], receivers, receiver_input)
         exact = float(run.values.flatten()[0]) - corrupted_metric
@@ -221,17 +221,17 @@ def test_eap_ig_equals_a_loop_over_steps(ctx: Any) -> None:
     names = [f"blocks.{graph.n_layers - 1}.{h}" for h in reader_hooks.values()]
     names.append(f"blocks.{graph.n_layers - 1}.hook_mlp_in")
     grads: dict[str, torch.Tensor] = {}
-    with edge_hooks_on(tc.bridge):
-        _, clean_cache = tc.bridge.run_with_cache(tokens[:1])
-        _, corrupted_cache = tc.bridge.run_with_cache(tokens[1:])
+    with tc.view.per_head_hooks():
+        _, clean_cache = tc.model.bridge.run_with_cache(tokens[:1])
+        _, corrupted_cache = tc.model.bridge.run_with_cache(tokens[1:])
         for k in range(steps):
             embed = corrupted_embed + (k / steps) * (clean_embed - corrupted_embed)
-            with tc.bridge.hooks(fwd_hooks=[("hook_embed", lambda act, hook=None, e=embed: e.clone())]):
-                cache = cache_activation_and_gradient(tc.bridge, tokens[1:], tl_metric, names_filter=names)
+            with tc.model.bridge.hooks(fwd_hooks=[("hook_embed", lambda act, hook=None, e=embed: e.clone())]):
+                cache = cache_activation_and_gradient(tc.model.bridge, tokens[1:], tl_metric, names_filter=names)
             for name in names:
                 g = cache.gradients[name]
                 assert g is not None
-                grads[name] = grads.get(name, 0) + g / steps  # type: ignore[operator]
+                grads[name] = grads.get(name, 0) + g / steps
     last = graph.n_layers - 1
     delta_head = (clean_cache["blocks.0.attn.hook_result"] - corrupted_cache["blocks.0.attn.hook_result"])[0, :, 1]
     delta_mlp = (clean_cache["blocks.0.hook_mlp_out"] - corrupted_cache["blocks.0.hook_mlp_out"])[0]
@@ -255,7 +255,7 @@ def test_tool_results_and_store_on_toy(tmp_path_factory: pytest.TempPathFactory)
     clean, corrupted, answer, wrong = TOY
     with host.use() as model:
         tc = ToolContext(model, host.limits)
-        hooks_before = count_hooks(tc.bridge)
+        hooks_before = count_hooks(tc.model.bridge)
         result = edge_attribution(tc, clean, corrupted, answer, wrong, top_k=5, verify_top=3, name="toy")
         # the planted induction head's value input and its direct path to the logits carry the behaviour
         assert {"L1H2->logits"} <= {e.edge for e in result.top_edges[:3]}
@@ -273,8 +273,8 @@ def test_tool_results_and_store_on_toy(tmp_path_factory: pytest.TempPathFactory)
         assert listed["all"].last_recovered is not None and abs(listed["all"].last_recovered - 1) < 1e-3
         dry = edge_attribution(tc, clean, corrupted, answer, wrong, dry_run=True)
         assert dry.dry_run and not dry.top_edges and dry.cost.forward_passes >= 1
-        assert count_hooks(tc.bridge) == hooks_before
-        assert not tc.bridge.cfg.use_split_qkv_input
+        assert count_hooks(tc.model.bridge) == hooks_before
+        assert not tc.model.bridge.cfg.use_split_qkv_input
 
 
 @pytest.mark.parametrize("ctx", ["toy"], indirect=True)
@@ -286,9 +286,9 @@ def test_mean_and_resample_ablation(ctx: Any) -> None:
     args = dict(
         clean_prompt=clean, corrupted_prompt=corrupted, answer=answer, wrong_answer=wrong, nodes=["L1H2", "L0H1"]
     )
-    base = circuit_faithfulness(tc, **args)  # type: ignore[arg-type]
-    mean = circuit_faithfulness(tc, **args, ablation="mean", reference_prompts=[corrupted])  # type: ignore[arg-type]
-    resample = circuit_faithfulness(tc, **args, ablation="resample", reference_prompts=[corrupted])  # type: ignore[arg-type]
+    base = circuit_faithfulness(tc, **args)
+    mean = circuit_faithfulness(tc, **args, ablation="mean", reference_prompts=[corrupted])
+    resample = circuit_faithfulness(tc, **args, ablation="resample", reference_prompts=[corrupted])
     assert base.curve[0].metric == mean.curve[0].metric == resample.curve[0].metric
 
 
@@ -314,26 +314,24 @@ def test_bad_input(ctx: Any) -> None:
         bad["L0H1->L1.kv0.k"] = "no grouped-query attention"
     for edge, message in bad.items():
         with pytest.raises(LensError, match=message):
-            circuit_faithfulness(tc, **single, edges=["L0H0->logits", edge])  # type: ignore[arg-type]
+            circuit_faithfulness(tc, **single, edges=["L0H0->logits", edge])
     with pytest.raises(LensError, match="non-empty"):
-        circuit_faithfulness(tc, **single, edges=[])  # type: ignore[arg-type]
+        circuit_faithfulness(tc, **single, edges=[])
     with pytest.raises(LensError, match="empty"):
-        circuit_faithfulness(tc, **single, edges=["L0H0->logits"], remove=["L0H0->logits"])  # type: ignore[arg-type]
-    edge_attribution(tc, **single, top_k=3, verify_top=0)  # type: ignore[arg-type]
+        circuit_faithfulness(tc, **single, edges=["L0H0->logits"], remove=["L0H0->logits"])
+    edge_attribution(tc, **single, top_k=3, verify_top=0)
     with pytest.raises(LensError, match="larger than"):
-        circuit_faithfulness(tc, **single, circuit="last", k=[graph.n_edges + 1])  # type: ignore[arg-type]
+        circuit_faithfulness(tc, **single, circuit="last", k=[graph.n_edges + 1])
     with pytest.raises(LensError, match="not stored"):
-        circuit_faithfulness(tc, **single, circuit="nope")  # type: ignore[arg-type]
+        circuit_faithfulness(tc, **single, circuit="nope")
     with pytest.raises(LensError, match="exactly one"):
-        circuit_faithfulness(tc, **single, circuit="last", nodes=["L0H0"])  # type: ignore[arg-type]
+        circuit_faithfulness(tc, **single, circuit="last", nodes=["L0H0"])
     with pytest.raises(LensError, match="ig_steps"):
-        edge_attribution(tc, **single, method="eap-ig", ig_steps=0)  # type: ignore[arg-type]
+        edge_attribution(tc, **single, method="eap-ig", ig_steps=0)
     with pytest.raises(LensError, match="tokens"):
-        circuit_faithfulness(  # type: ignore[arg-type]
-            tc, **single, nodes=["L0H0"], ablation="mean", reference_prompts=["ba"]
-        )
-    hooks = count_hooks(tc.bridge)
-    assert hooks == 0 or hooks == count_hooks(tc.bridge)
+        circuit_faithfulness(tc, **single, nodes=["L0H0"], ablation="mean", reference_prompts=["ba"])
+    hooks = count_hooks(tc.model.bridge)
+    assert hooks == 0 or hooks == count_hooks(tc.model.bridge)
 
 
 @pytest.mark.parametrize("family", ["gemma2", "olmo2", "granite", "phi", "cohere"])
@@ -344,4 +342,4 @@ def test_refused_where_not_exact(family: str, tmp_path_factory: pytest.TempPathF
         tc = ToolContext(model, host.limits)
         with pytest.raises(LensError, match="not (exact|supported) on this model"):
             edge_attribution(tc, clean, corrupted, answer, wrong)
-        assert not tc.bridge.cfg.use_split_qkv_input
+        assert not tc.model.bridge.cfg.use_split_qkv_input

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from mcp.types import Tool
 
-from lens_mcp.server.cli import main
-from lens_mcp.server.scripted import parse_key_values
+from lens_mcp.cli.main import main
+from lens_mcp.cli.scripted import parse_key_values
 
 TOY = ["--model", "toy-induction", "--device", "cpu"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lens_mcp.server.cli import main
+from lens_mcp.cli.main import main
 from lens_mcp.server.prompts import locate_fact
 
 TOY = ["--model", "toy-induction", "--device", "cpu"]

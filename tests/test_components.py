@@ -91,7 +91,7 @@ def test_head_output_matches_stack_head_results(
     request: pytest.FixtureRequest, fixture: str, layer: int, head: int, position: int
 ) -> None:
     tc: ToolContext = request.getfixturevalue(fixture)
-    head = head % tc.cfg.n_heads
+    head = head % tc.model.cfg.n_heads
     tokens, _, cache = full_cache(tc, TOY_PROMPT)
     pos = position % tokens.shape[-1]
     result = head_output(tc, TOY_PROMPT, layer, head, position=position, top_k=5)
@@ -103,21 +103,21 @@ def test_head_output_matches_stack_head_results(
     assert [t.id for t in result.suppressed] == low_ids.tolist()
     assert [t.logit for t in result.suppressed] == pytest.approx((-low_values).tolist(), rel=REL, abs=ABS)
     # the OV readout: the value of the head's key/value group at the source, through W_O, by hand
-    n_kv = int(getattr(tc.cfg, "n_key_value_heads", None) or tc.cfg.n_heads)
-    kv = head // (tc.cfg.n_heads // n_kv)
+    n_kv = int(getattr(tc.model.cfg, "n_key_value_heads", None) or tc.model.cfg.n_heads)
+    kv = head // (tc.model.cfg.n_heads // n_kv)
     assert result.kv_head == kv
     source = result.ov.source_position
     pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0, head, pos]
     if pos >= 1:  # default source: most attended, BOS left out
         assert source == int(pattern[1 : pos + 1].argmax()) + 1
-    value = cache[f"blocks.{layer}.attn.hook_v"][0, source, kv] @ tc.bridge.blocks[layer].attn.W_O[head].detach()
-    ov = ln_logits(cache, value, pos, tc.bridge.W_U.detach())
+    value = cache[f"blocks.{layer}.attn.hook_v"][0, source, kv] @ tc.model.bridge.blocks[layer].attn.W_O[head].detach()
+    ov = ln_logits(cache, value, pos, tc.model.bridge.W_U.detach())
     assert [t.id for t in result.ov.promoted] == ov.topk(5).indices.tolist()
     source_id = int(tokens[0, source])
     assert result.ov.source_token_logit == pytest.approx(float(ov[source_id]), rel=REL, abs=ABS)
     assert result.ov.source_token_rank == int((ov > ov[source_id]).sum()) + 1
     assert result.ov.attention == pytest.approx(float(pattern[source]), rel=REL, abs=ABS)
-    assert count_hooks(tc.bridge) == 0
+    assert count_hooks(tc.model.bridge) == 0
 
 
 def test_head_output_induction_head_copies(toy: ToolContext) -> None:
@@ -141,7 +141,7 @@ def test_head_output_explicit_source(toy: ToolContext) -> None:
 @pytest.mark.parametrize("fixture", ["toy", "llama"])
 def test_by_source_matches_hand_split_and_sums_to_the_cell(request: pytest.FixtureRequest, fixture: str) -> None:
     tc: ToolContext = request.getfixturevalue(fixture)
-    layer, head = 1, tc.cfg.n_heads - 1
+    layer, head = 1, tc.model.cfg.n_heads - 1
     result = head_attribution(tc, TOY_PROMPT, "w5", "w61", by_source=True, layer=layer, head=head, top_k=100)
     split = result.by_source
     assert split is not None and (split.layer, split.head) == (layer, head)
@@ -221,7 +221,7 @@ def test_pairs_with_corrupted_prompts_are_differences(toy: ToolContext) -> None:
     result = head_attribution(toy, pairs=pairs)
     single = head_attribution(toy, TOY_PROMPT, "w5", "w61", baseline_prompt=TOY_BASELINE)
     assert result.heads == single.heads
-    assert result.pairs is not None and result.pairs[0].corrupted_metric == single.baseline.baseline_actual  # type: ignore[union-attr]
+    assert result.pairs is not None and result.pairs[0].corrupted_metric == single.baseline.baseline_actual
 
 
 def test_plain_call_unchanged(toy: ToolContext) -> None:
@@ -272,10 +272,10 @@ def test_mlp_neurons_most_active_and_their_tokens(llama: ToolContext) -> None:
     )
     tokens, _, cache = full_cache(llama, TOY_PROMPT)
     pos = tokens.shape[-1] - 1
-    W_out = llama.bridge.blocks[0].mlp.W_out.detach()
+    W_out = llama.model.bridge.blocks[0].mlp.W_out.detach()
     for neuron in result.neurons:
         write = neuron.activation * W_out[neuron.neuron]
-        reference = ln_logits(cache, write, pos, llama.bridge.W_U.detach())
+        reference = ln_logits(cache, write, pos, llama.model.bridge.W_U.detach())
         assert [t.id for t in neuron.promoted] == reference.topk(3).indices.tolist()
         assert [t.logit for t in neuron.suppressed] == pytest.approx(
             (-(-reference).topk(3).values).tolist(), rel=5e-3, abs=1e-4
@@ -299,11 +299,11 @@ def test_neuron_attribution_refuses_over_the_work_cap(toy_host: ModelHost) -> No
 def test_composition_matches_all_composition_scores(request: pytest.FixtureRequest, fixture: str, kind: str) -> None:
     tc: ToolContext = request.getfixturevalue(fixture)
     with torch.no_grad(), one_thread():
-        reference = tc.bridge.all_composition_scores(kind.upper()).scores
+        reference = tc.model.bridge.all_composition_scores(kind.upper()).scores
     scores = all_scores(tc, kind)
-    assert set(scores) == set(range(1, tc.cfg.n_layers))
+    assert set(scores) == set(range(1, tc.model.cfg.n_layers))
     for layer, grid in scores.items():
-        assert grid.shape == (layer, tc.cfg.n_heads, tc.cfg.n_heads)  # grouped-query heads expanded
+        assert grid.shape == (layer, tc.model.cfg.n_heads, tc.model.cfg.n_heads)  # grouped-query heads expanded
         assert grid == pytest.approx(reference[:layer, :, layer], abs=1e-5)
 
 
@@ -337,7 +337,7 @@ def test_composition_random_baseline_matches_gaussian_matrices(toy: ToolContext)
 
     result = composition_scores(toy, "v", top_k=1)
     generator = torch.Generator().manual_seed(123)
-    d_model, d_head = toy.cfg.d_model, toy.cfg.d_head
+    d_model, d_head = toy.model.cfg.d_model, toy.model.cfg.d_head
 
     def factored() -> FactoredMatrix:
         return FactoredMatrix(

@@ -47,7 +47,7 @@ def test_smol_top_head_output_and_sources(smol: ToolContext) -> None:
     assert [t.id for t in output.promoted] == expected.topk(5).indices.tolist()
     assert [t.logit for t in output.promoted] == pytest.approx(expected.topk(5).values.tolist(), rel=5e-3)
     # the head's direct effect on the answer, read off its token logits, is its cell of the grid
-    paris, rome = (smol.bridge.to_tokens(t, prepend_bos=False)[0, 0] for t in (" Paris", " Rome"))
+    paris, rome = (smol.model.bridge.to_tokens(t, prepend_bos=False)[0, 0] for t in (" Paris", " Rome"))
     assert float(expected[paris] - expected[rome]) == pytest.approx(top.score, rel=5e-3, abs=ABS)
 
 
@@ -87,7 +87,7 @@ def test_smol_composition_pairs_match_transformer_lens(smol: ToolContext) -> Non
     result = composition_scores(smol, "k", top_k=10, layers=[18])
     assert result.receiver_layers == [18] and result.n_pairs == 18 * 9 * 9
     with torch.no_grad(), one_thread():
-        ov, qk = smol.bridge.OV, smol.bridge.QK  # grouped-query key/value heads expanded
+        ov, qk = smol.model.bridge.OV, smol.model.bridge.QK  # grouped-query key/value heads expanded
         for pair in result.top_pairs:
             sender = ov[pair.sender_layer, pair.sender_head]
             receiver = qk[pair.receiver_layer, pair.receiver_head].T  # K-composition reads W_QK^T

@@ -29,7 +29,7 @@ def fixed_speed(toy: ToolContext) -> Iterator[ToolContext]:
 
 def test_work_units_and_seconds_follow_the_hand_count(fixed_speed: ToolContext) -> None:
     tc = fixed_speed
-    n_layers = int(tc.cfg.n_layers)
+    n_layers = int(tc.model.cfg.n_layers)
     work = Work(rows=10, tokens_per_row=8, layer_fraction=0.5, backward_rows=2, cells=10, result_chars=1234)
     units = math.ceil((10 + 2 * 2) * 8 * n_layers * 0.5)
     assert work_units(tc, work) == units
@@ -55,7 +55,7 @@ def test_enforce_refuses_over_each_cap_and_says_how_to_narrow(fixed_speed: ToolC
 
 def test_rows_for_time_keeps_a_batch_near_max_batch_seconds(fixed_speed: ToolContext) -> None:
     tc = fixed_speed
-    n_layers = int(tc.cfg.n_layers)
+    n_layers = int(tc.model.cfg.n_layers)
     # one row of 10 tokens through every block takes 10 * n_layers / 1000 s
     expected = int(tc.limits.max_batch_seconds / (10 * n_layers / 1000.0))
     assert rows_for_time(tc, 10) == max(1, expected)
@@ -114,7 +114,7 @@ def test_encode_pairs_checks_lengths_within_and_across_pairs(toy: ToolContext) -
         encode_pairs(toy, pairs)
     tokens = encode_pairs(toy, pairs, fixed_positions=False)
     assert [tuple(t.shape) for t in tokens] == [(2, 3), (2, 4)]
-    assert tokens[1][0].tolist() == toy.bridge.to_tokens("w1 w2 w3")[0].tolist()
+    assert tokens[1][0].tolist() == toy.model.bridge.to_tokens("w1 w2 w3")[0].tolist()
     with pytest.raises(LensError, match=r"pairs\[0\]\.clean_prompt and pairs\[0\]\.corrupted_prompt"):
         encode_pairs(toy, [PromptPair(clean_prompt="w1", corrupted_prompt="w1 w2"), pairs[0]])
     assert positions_from_end([-1, -3]) and not positions_from_end([0, -1]) and not positions_from_end(None)

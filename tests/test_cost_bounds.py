@@ -64,8 +64,8 @@ def test_induction_scores_batches_by_time_and_a_cancel_lands_after_one_batch(
     original = induction_module.head_scores_and_losses
 
     def counted(tc: ToolContext, tokens: object, targets: object) -> object:
-        batches.append(int(tokens.shape[0]))  # type: ignore[attr-defined]
-        return original(tc, tokens, targets)  # type: ignore[arg-type]
+        batches.append(int(tokens.shape[0]))
+        return original(tc, tokens, targets)
 
     monkeypatch.setattr(induction_module, "head_scores_and_losses", counted)
     # 41 tokens x 2 layers per row at 100 token-layers/s: 0.82 s a row, so the first 3 s batch holds 3 rows;

@@ -4,7 +4,6 @@ hand-written steering hook, alpha = 0, caps, cancellation), and bad input throug
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from lens_mcp.errors import LensError
 from lens_mcp.limits import Limits
@@ -20,26 +18,19 @@ from lens_mcp.loading.policy import LoadPolicy
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.server.app import build_server
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.features._sae_format import read_sae
 from lens_mcp.tools.features.feature_attribution import feature_attribution
 from lens_mcp.tools.features.generate import MAX_NEW_TOKENS, generate, random_like
-from lens_mcp.tools.features.load_sae import load_sae_into as load_sae
+from lens_mcp.tools.features.load_sae import load_sae
 from lens_mcp.tools.features.sae_features import sae_features
-from lens_mcp.tools.features.sae_format import read_sae
 from lens_mcp.tools.features.steering_vector import steering_vector
 from tests.mcp_client import call_tool, error_text, result_data
+from tests.sae_refs import HOOK, toy_sae_folder, write_folder
 
-HOOK = "blocks.1.hook_resid_pre"
 PROMPT = "w1 w2 w3 w4 w5 w1 w2 w3"
 
 
 # ---- writing SAELens folders by hand -------------------------------------------------------------
-def write_folder(folder: Path, tensors: dict[str, list[Any]], cfg: dict[str, Any]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: torch.tensor(v, dtype=torch.float32) for k, v in tensors.items()}, str(folder / "sae_weights.safetensors")
-    )
-    (folder / "cfg.json").write_text(json.dumps(cfg))
-    return folder
 
 
 # A 3 -> 2 -> 3 SAE small enough to compute by hand.
@@ -180,19 +171,6 @@ def test_format_errors_are_clear(tmp_path: Path) -> None:
 
 
 # ---- an SAE on the toy model ----------------------------------------------------------------------
-def toy_sae_folder(folder: Path, d_in: int = 144, d_sae: int = 48, hook: str = HOOK, seed: int = 0) -> Path:
-    gen = torch.Generator().manual_seed(seed)
-    tensors = {
-        "W_enc": (torch.randn(d_in, d_sae, generator=gen) / d_in**0.5).tolist(),
-        "b_enc": [0.05] * d_sae,
-        "W_dec": (torch.randn(d_sae, d_in, generator=gen) / d_in**0.5).tolist(),
-        "b_dec": (torch.randn(d_in, generator=gen) * 0.01).tolist(),
-    }
-    return write_folder(
-        folder,
-        tensors,
-        {"architecture": "standard", "d_in": d_in, "d_sae": d_sae, "metadata": {"hook_name": hook}},
-    )
 
 
 @pytest.fixture
@@ -203,7 +181,7 @@ def clean_toy(toy: ToolContext) -> Iterator[ToolContext]:
     yield toy
     toy.model.saes.clear()
     toy.model.steering_vectors.clear()
-    assert count_hooks(toy.bridge) == 0
+    assert count_hooks(toy.model.bridge) == 0
 
 
 @pytest.fixture
@@ -213,23 +191,23 @@ def toy_sae(clean_toy: ToolContext, tmp_path: Path) -> ToolContext:
 
 
 def resid(tc: ToolContext, text: str, hook: str = HOOK) -> tuple[torch.Tensor, torch.Tensor]:
-    tokens = tc.bridge.to_tokens(text)
+    tokens = tc.model.bridge.to_tokens(text)
     with torch.no_grad():
-        _, cache = tc.bridge.run_with_cache(tokens, names_filter=[hook])
+        _, cache = tc.model.bridge.run_with_cache(tokens, names_filter=[hook])
     return tokens, cache[hook][0]
 
 
 def test_wrong_d_in_and_unknown_hook_are_refused_model_unchanged(clean_toy: ToolContext, tmp_path: Path) -> None:
-    tokens = clean_toy.bridge.to_tokens(PROMPT)
+    tokens = clean_toy.model.bridge.to_tokens(PROMPT)
     with torch.no_grad():
-        before = clean_toy.bridge(tokens)
+        before = clean_toy.model.bridge(tokens)
     with pytest.raises(LensError, match="d_in=100 but the activation at 'blocks.1.hook_resid_pre' has width 144"):
         load_sae(clean_toy, str(toy_sae_folder(tmp_path / "wide", d_in=100)))
     with pytest.raises(LensError, match="does not have"):
         load_sae(clean_toy, str(toy_sae_folder(tmp_path / "deep", hook="blocks.7.hook_resid_pre")))
     assert clean_toy.model.saes == {}
     with torch.no_grad():
-        assert torch.equal(clean_toy.bridge(tokens), before)
+        assert torch.equal(clean_toy.model.bridge(tokens), before)
 
 
 def test_several_saes_keyed_by_hook(clean_toy: ToolContext, tmp_path: Path) -> None:
@@ -264,8 +242,8 @@ def test_sae_features_against_hand_encoding_and_spliced_loss(toy_sae: ToolContex
         return activation
 
     with torch.no_grad():
-        clean = tc.bridge(tokens)
-        spliced = tc.bridge.run_with_hooks(tokens, fwd_hooks=[(HOOK, splice)])
+        clean = tc.model.bridge(tokens)
+        spliced = tc.model.bridge.run_with_hooks(tokens, fwd_hooks=[(HOOK, splice)])
 
     def loss(logits: torch.Tensor) -> float:
         return float(torch.nn.functional.cross_entropy(logits[0, :-1], tokens[0, 1:]))
@@ -274,9 +252,9 @@ def test_sae_features_against_hand_encoding_and_spliced_loss(toy_sae: ToolContex
     assert result.reconstruction.loss_spliced == pytest.approx(loss(spliced), rel=1e-3)
     # promoted tokens: the decoder row through ln_final and W_U, ranked
     direction = sae.W_dec[result.promoted[0].feature]
-    normed = tc.bridge.ln_final(direction[None, None])[0, 0]
-    top = (normed @ tc.bridge.W_U).topk(5).indices.tolist()
-    assert result.promoted[0].tokens == [tc.bridge.tokenizer.decode([i]) for i in top]
+    normed = tc.model.bridge.ln_final(direction[None, None])[0, 0]
+    top = (normed @ tc.model.bridge.W_U).topk(5).indices.tolist()
+    assert result.promoted[0].tokens == [tc.model.bridge.tokenizer.decode([i]) for i in top]
 
 
 def test_feature_attribution_matches_finite_differences(toy_sae: ToolContext) -> None:
@@ -285,7 +263,7 @@ def test_feature_attribution_matches_finite_differences(toy_sae: ToolContext) ->
     result = feature_attribution(tc, PROMPT, answer=" w4", wrong_answer=" w5", top_k=4)
     tokens, x = resid(tc, PROMPT)
     acts = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc).relu()
-    answer, wrong = (tc.bridge.to_single_token(t) for t in (" w4", " w5"))
+    answer, wrong = (tc.model.bridge.to_single_token(t) for t in (" w4", " w5"))
 
     def metric_without(feature: int, scale: float) -> float:
         def remove(activation: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -293,7 +271,7 @@ def test_feature_attribution_matches_finite_differences(toy_sae: ToolContext) ->
             return activation
 
         with torch.no_grad():
-            logits = tc.bridge.run_with_hooks(tokens, fwd_hooks=[(HOOK, remove)])[0, -1]
+            logits = tc.model.bridge.run_with_hooks(tokens, fwd_hooks=[(HOOK, remove)])[0, -1]
         return float(logits[answer] - logits[wrong])
 
     base = metric_without(0, 0.0)
@@ -332,16 +310,16 @@ def test_steering_vector_contrast_and_from_feature(toy_sae: ToolContext) -> None
 
 
 def greedy_loop(tc: ToolContext, text: str, n: int, hooks: list | None = None) -> list[int]:
-    tokens = tc.bridge.to_tokens(text)
+    tokens = tc.model.bridge.to_tokens(text)
     for _ in range(n):
         with torch.no_grad():
-            logits = tc.bridge.run_with_hooks(tokens, fwd_hooks=hooks or [])
+            logits = tc.model.bridge.run_with_hooks(tokens, fwd_hooks=hooks or [])
         tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return tokens[0, -n:].tolist()
 
 
 def ids_of(tc: ToolContext, continuation: Any) -> list[int]:
-    return [tc.bridge.to_single_token(t.token) for t in continuation.tokens]
+    return [tc.model.bridge.to_single_token(t.token) for t in continuation.tokens]
 
 
 def test_generate_baseline_equals_no_cache_greedy_loop(clean_toy: ToolContext) -> None:
@@ -366,18 +344,18 @@ def test_steering_alpha_zero_is_baseline_and_first_token_matches_hand_hook(clean
         activation[:, 1:] += alpha * vector  # never the BOS position
         return activation
 
-    tokens = tc.bridge.to_tokens(prompt)
+    tokens = tc.model.bridge.to_tokens(prompt)
     with torch.no_grad():
-        logits = tc.bridge.run_with_hooks(tokens, fwd_hooks=[(HOOK, add)])[0, -1]
+        logits = tc.model.bridge.run_with_hooks(tokens, fwd_hooks=[(HOOK, add)])[0, -1]
     first = steered.intervened.tokens[0]
-    assert tc.bridge.to_single_token(first.token) == int(logits.argmax())
+    assert tc.model.bridge.to_single_token(first.token) == int(logits.argmax())
     assert first.logprob == pytest.approx(float(logits.log_softmax(-1).max()), rel=1e-4, abs=1e-5)
     assert ids_of(tc, steered.intervened) == greedy_loop(tc, prompt, 4, [(HOOK, add)])
     # logprob_other of the intervened tokens = the baseline model on the same prefix
     with torch.no_grad():
-        plain = tc.bridge(tokens)[0, -1].log_softmax(-1)
+        plain = tc.model.bridge(tokens)[0, -1].log_softmax(-1)
     assert first.logprob_other == pytest.approx(
-        float(plain[tc.bridge.to_single_token(first.token)]), rel=1e-4, abs=1e-5
+        float(plain[tc.model.bridge.to_single_token(first.token)]), rel=1e-4, abs=1e-5
     )
     assert len(steered.controls) == 1 and steered.controls[0].label == "control:v"
     assert float(random_like(vector, 7).norm()) == pytest.approx(float(vector.norm()), rel=1e-5)
@@ -434,7 +412,7 @@ def test_generate_cap_and_cancellation(clean_toy: ToolContext) -> None:
     with pytest.raises(Cancelled):
         generate(tc, "w1 w2 w3", max_new_tokens=20)
     assert seen == [(1, 20), (2, 20), (3, 20)]
-    assert count_hooks(clean_toy.bridge) == 0
+    assert count_hooks(clean_toy.model.bridge) == 0
 
 
 def test_sampling_is_seeded(clean_toy: ToolContext) -> None:

@@ -14,9 +14,9 @@ import torch
 from lens_mcp.loading.specs import BUILTIN_DIR
 from lens_mcp.model_host import count_hooks
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.features._sae import BUILTIN_SAES
 from lens_mcp.tools.features.feature_attribution import feature_attribution
 from lens_mcp.tools.features.generate import generate
-from lens_mcp.tools.features.load_sae import BUILTIN_SAES
 from lens_mcp.tools.features.sae_features import sae_features
 from lens_mcp.tools.features.steering_vector import steering_vector
 from lens_mcp.tools.model.model_info import model_info
@@ -38,7 +38,7 @@ def smol_clean(smol: ToolContext) -> Iterator[ToolContext]:
     yield smol
     smol.model.saes.clear()
     smol.model.steering_vectors.clear()
-    assert count_hooks(smol.bridge) == 0
+    assert count_hooks(smol.model.bridge) == 0
 
 
 def test_builtin_sae_out_of_the_box(smol_clean: ToolContext) -> None:
@@ -48,9 +48,9 @@ def test_builtin_sae_out_of_the_box(smol_clean: ToolContext) -> None:
     assert any(entry.startswith(HOOK) for entry in model_info(tc).saes)
     sae = tc.model.saes[HOOK]
     assert sae.architecture == "topk" and sae.k is not None
-    tokens = tc.bridge.to_tokens(EIFFEL)
+    tokens = tc.model.bridge.to_tokens(EIFFEL)
     with torch.no_grad():
-        _, cache = tc.bridge.run_with_cache(tokens, names_filter=[HOOK])
+        _, cache = tc.model.bridge.run_with_cache(tokens, names_filter=[HOOK])
     x = cache[HOOK][0]
     pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
     values, ids = pre.topk(sae.k, dim=-1)
@@ -74,11 +74,11 @@ def test_attribution_against_finite_differences_on_smollm2(smol_clean: ToolConte
     tc = smol_clean
     result = feature_attribution(tc, EIFFEL, answer=" Paris", wrong_answer=" Rome", top_k=2)
     sae = tc.model.saes[HOOK]
-    tokens = tc.bridge.to_tokens(EIFFEL)
+    tokens = tc.model.bridge.to_tokens(EIFFEL)
     with torch.no_grad():
-        _, cache = tc.bridge.run_with_cache(tokens, names_filter=[HOOK])
+        _, cache = tc.model.bridge.run_with_cache(tokens, names_filter=[HOOK])
     acts, _ = sae.encode(cache[HOOK][0])
-    paris, rome = (tc.bridge.to_single_token(t) for t in (" Paris", " Rome"))
+    paris, rome = (tc.model.bridge.to_single_token(t) for t in (" Paris", " Rome"))
 
     def metric(feature: int, scale: float) -> float:
         def remove(activation: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -86,7 +86,7 @@ def test_attribution_against_finite_differences_on_smollm2(smol_clean: ToolConte
             return activation
 
         with torch.no_grad():
-            logits = tc.bridge.run_with_hooks(tokens, fwd_hooks=[(HOOK, remove)])[0, -1]
+            logits = tc.model.bridge.run_with_hooks(tokens, fwd_hooks=[(HOOK, remove)])[0, -1]
         return float(logits[paris] - logits[rome])
 
     base = metric(0, 0.0)
@@ -101,12 +101,12 @@ def test_generate_on_smollm2_equals_no_cache_loop_and_steers(smol_clean: ToolCon
     tc = smol_clean
     n = 3
     result = generate(tc, EIFFEL, max_new_tokens=n)
-    tokens = tc.bridge.to_tokens(EIFFEL)
+    tokens = tc.model.bridge.to_tokens(EIFFEL)
     for _ in range(n):
         with torch.no_grad():
-            logits = tc.bridge(tokens)
+            logits = tc.model.bridge(tokens)
         tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert [tc.bridge.to_single_token(t.token) for t in result.baseline.tokens] == tokens[0, -n:].tolist()
+    assert [tc.model.bridge.to_single_token(t.token) for t in result.baseline.tokens] == tokens[0, -n:].tolist()
     assert result.baseline.tokens[0].token == " Paris"
 
     steering_vector(tc, "rome", ["The Colosseum is in the city of"], [EIFFEL], layer=15)

@@ -25,7 +25,8 @@ from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server.adapter import compact_result
 from lens_mcp.server.app import build_server
-from lens_mcp.tools.causal.patch_sweep import COMPONENT_FAMILY, patch_sweep
+from lens_mcp.tools.causal._components import COMPONENT_FAMILY
+from lens_mcp.tools.causal.patch_sweep import patch_sweep
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.hook_names import FAMILY_TEMPLATES
 from lens_mcp.tools.model.tokenize import tokenize

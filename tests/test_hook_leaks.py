@@ -28,8 +28,8 @@ def leaky_tool(tc: ToolContext) -> Planted:
     def hook(activation: torch.Tensor, hook: Any) -> torch.Tensor:
         return activation
 
-    tc.bridge.hook_dict["blocks.0.attn.hook_z"].add_hook(hook)
-    tc.bridge.hook_dict["blocks.1.hook_resid_post"].add_hook(hook)
+    tc.model.bridge.hook_dict["blocks.0.attn.hook_z"].add_hook(hook)
+    tc.model.bridge.hook_dict["blocks.1.hook_resid_post"].add_hook(hook)
     return Planted(planted=2)
 
 

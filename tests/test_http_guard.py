@@ -53,7 +53,7 @@ class FakeEndpoint:
 
 
 def client_for(app: object, client_addr: str = "127.0.0.1") -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app, client=(client_addr, 50000))  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app, client=(client_addr, 50000))
     return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8123")
 
 
@@ -131,7 +131,7 @@ def test_a_token_file_may_list_one_token_per_client(tmp_path: Path) -> None:
 # ---- sessions --------------------------------------------------------------------------------------------
 def guarded_sessions(per_owner: int = 3, idle: float = 300.0, clock: object = time.monotonic) -> tuple:
     inner = FakeEndpoint()
-    sessions = SessionGuard(inner, per_owner=per_owner, idle_timeout=idle, clock=clock)  # type: ignore[arg-type]
+    sessions = SessionGuard(inner, per_owner=per_owner, idle_timeout=idle, clock=clock)
     return inner, RequestGuard(sessions, allowed_for("127.0.0.1", 8123), ["tok-a", "tok-b"]), sessions
 
 

@@ -4,27 +4,20 @@ stays small, and reaches a legacy (Claude Code-style) client as an image block b
 from __future__ import annotations
 
 import base64
-import io
 import json
 
 import numpy as np
 import pytest
 from matplotlib import colormaps
 from matplotlib.colors import Normalize, TwoSlopeNorm
-from PIL import Image
 
 from lens_mcp.model_host import ModelHost
 from lens_mcp.schemas.figures import Heatmap
 from lens_mcp.server.app import build_server
 from lens_mcp.server.images import MAX_PNG_BYTES, RenderedImage, render_heatmap
+from tests.image_refs import EIFFEL_TOY, decode, invert_colours, read_cells
 from tests.mcp_client import call_tool, error_text, result_data
 
-EIFFEL_TOY = {
-    "clean_prompt": "w1 w2 w3 w1 w2",
-    "corrupted_prompt": "w1 w2 w3 w4 w2",
-    "answer": " w3",
-    "wrong_answer": " w4",
-}
 DRAWING_TOOLS = {
     "patch_sweep",
     "head_attribution",
@@ -37,33 +30,6 @@ DRAWING_TOOLS = {
     "sae_features",
     "path_patch",
 }
-
-
-def decode(png: bytes) -> np.ndarray:
-    image = Image.open(io.BytesIO(png))
-    assert image.format == "PNG"
-    return np.asarray(image.convert("RGB"), dtype=float) / 255.0
-
-
-def read_cells(pixels: np.ndarray, box: tuple[float, float, float, float], shape: tuple[int, int]) -> np.ndarray:
-    """The colour of every cell, sampled near each cell's top-left corner (away from any cell text)."""
-    left, top, right, bottom = box
-    n_rows, n_cols = shape
-    width, height = (right - left) / n_cols, (bottom - top) / n_rows
-    colours = np.zeros((n_rows, n_cols, 3))
-    for r in range(n_rows):
-        for c in range(n_cols):
-            x, y = int(left + (c + 0.2) * width), int(top + (r + 0.2) * height)
-            colours[r, c] = pixels[y, x]
-    return colours
-
-
-def invert_colours(colours: np.ndarray, cmap_name: str, norm: Normalize) -> np.ndarray:
-    """Each colour back to a value: the nearest entry of the colour map, through the inverse of the norm."""
-    table = colormaps[cmap_name](np.linspace(0, 1, 256))[:, :3]
-    distances = ((colours[..., None, :] - table) ** 2).sum(axis=-1)
-    fractions = distances.argmin(axis=-1) / 255.0
-    return np.asarray(norm.inverse(fractions))
 
 
 def test_signed_png_has_the_grid_shape_and_values_in_place() -> None:

@@ -22,9 +22,9 @@ from lens_mcp.schemas.reading import HeadAttribution
 from lens_mcp.schemas.weights import CompositionScores
 from lens_mcp.server.app import build_server
 from lens_mcp.server.images import MAX_PNG_BYTES, render_heatmap
+from tests.image_refs import EIFFEL_TOY, decode, invert_colours, read_cells
 from tests.mcp_client import call_tool, result_data
-from tests.test_features import HOOK, toy_sae_folder
-from tests.test_images import EIFFEL_TOY, decode, invert_colours, read_cells
+from tests.sae_refs import HOOK, toy_sae_folder
 
 GREY = 0xE6 / 255  # server.images.MISSING_COLOUR: a cell without a value
 

@@ -37,7 +37,7 @@ def test_known_circuit_ranks_first(toy: ToolContext) -> None:
     assert result.loss_second_repeat is not None
     assert result.loss_first_repeat > 4 and result.loss_second_repeat < result.loss_first_repeat / 4
     assert result.mode == "random" and (result.n_seqs, result.n_tokens, result.seq_len) == (16, 41, 20)
-    assert len(result.top_induction) == min(10, toy.cfg.n_layers * toy.cfg.n_heads)  # capped at all heads
+    assert len(result.top_induction) == min(10, toy.model.cfg.n_layers * toy.model.cfg.n_heads)  # capped at all heads
     scores = [h.score for h in result.top_duplicate_token]
     assert scores == sorted(scores, reverse=True)
 
@@ -66,7 +66,7 @@ def test_random_tokens_are_seeded_ordinary_and_distinct(toy: ToolContext) -> Non
     again, _ = repeated_random_tokens(toy, 20, 8, 5)
     other, _ = repeated_random_tokens(toy, 20, 8, 6)
     assert torch.equal(tokens, again) and not torch.equal(tokens, other)
-    tokenizer = toy.bridge.tokenizer
+    tokenizer = toy.model.bridge.tokenizer
     assert tokens.shape == (8, 41) and (tokens[:, 0] == tokenizer.bos_token_id).all()
     assert torch.equal(tokens[:, 1:21], tokens[:, 21:])
     special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
@@ -82,15 +82,15 @@ def test_example_prompt_reproduces_sequence_zero(toy: ToolContext) -> None:
     result = induction_scores(toy, seq_len=12, n_seqs=3, seed=1)
     tokens, _ = repeated_random_tokens(toy, 12, 3, 1)
     assert result.example_prompt is not None
-    assert toy.bridge.to_tokens(result.example_prompt)[0].tolist() == tokens[0].tolist()
+    assert toy.model.bridge.to_tokens(result.example_prompt)[0].tolist() == tokens[0].tolist()
 
 
 def test_one_batched_forward_pass(toy: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
-    bridge = toy.bridge
+    bridge = toy.model.bridge
     calls: list[tuple[int, ...]] = []
     original = bridge.forward
 
-    def counting_forward(input, *args, **kwargs):  # noqa: A002, ANN001, ANN002, ANN003, ANN202
+    def counting_forward(input, *args, **kwargs):
         calls.append(tuple(input.shape))
         return original(input, *args, **kwargs)
 
@@ -135,7 +135,7 @@ def test_prompt_mode_agrees_with_detect_head(toy: ToolContext, prompt: str, kind
     assert result.mode == "prompt" and result.seq_len is None and result.example_prompt is None
     queries = getattr(result.positions, field)
     with torch.no_grad():
-        detected = detect_head(toy.bridge, prompt, kind)  # attention on targets / all attention (every row)
+        detected = detect_head(toy.model.bridge, prompt, kind)  # attention on targets / all attention (every row)
     # ours averages over the queries that have a target, detect_head over all rows
     assert_grid_close(getattr(result, field), detected * result.n_tokens / queries, kind)
 
@@ -143,9 +143,9 @@ def test_prompt_mode_agrees_with_detect_head(toy: ToolContext, prompt: str, kind
 def test_prompt_mode_losses(toy: ToolContext) -> None:
     prompt = "w1 w2 w3 w4 w5 w6 w7 w1 w2 w3 w4 w5 w6 w7"
     result = induction_scores(toy, prompt=prompt)
-    tokens = toy.bridge.to_tokens(prompt)
+    tokens = toy.model.bridge.to_tokens(prompt)
     with torch.no_grad():
-        logits = toy.bridge(tokens)
+        logits = toy.model.bridge(tokens)
     losses = -logits.log_softmax(-1)[0, :-1].gather(-1, tokens[0, 1:, None])[:, 0]
     assert math.isclose(result.loss_first_repeat, losses[0:7].mean().item(), rel_tol=1e-3)
     assert math.isclose(result.loss_second_repeat, losses[8:].mean().item(), rel_tol=1e-3, abs_tol=1e-4)

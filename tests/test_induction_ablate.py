@@ -30,7 +30,7 @@ def hand_losses(tc: ToolContext, tokens: torch.Tensor, heads: list[tuple[int, in
 
         hooks.append((f"blocks.{layer}.attn.hook_z", hook))
     with torch.no_grad():
-        logprobs = tc.bridge.run_with_hooks(tokens, fwd_hooks=hooks).float().log_softmax(-1)
+        logprobs = tc.model.bridge.run_with_hooks(tokens, fwd_hooks=hooks).float().log_softmax(-1)
     targets = find_targets(tokens)
     means = []
     for b, p in (targets.first_seen, targets.copyable):
@@ -64,7 +64,7 @@ def test_ablating_the_induction_head_breaks_copying(toy: ToolContext) -> None:
 def test_two_heads_together_equal_a_hand_written_hook(toy: ToolContext) -> None:
     prompt = "w5 w9 w13 w17 w21 w25 w5 w9 w13 w17 w21 w25"
     result = induction_scores(toy, prompt=prompt, ablate=[[0, 1], [1, 2]])
-    first, copy = hand_losses(toy, toy.bridge.to_tokens(prompt), [(0, 1), (1, 2)])
+    first, copy = hand_losses(toy, toy.model.bridge.to_tokens(prompt), [(0, 1), (1, 2)])
     assert result.ablated is not None
     assert (result.ablated.loss_first_repeat, result.ablated.loss_second_repeat) == (round_sig(first), round_sig(copy))
 

@@ -49,7 +49,7 @@ def test_random_mode_equals_patterns_by_hand(smol: ToolContext) -> None:
 
 def test_random_tokens_are_ordinary_words(smol: ToolContext) -> None:
     tokens, pool = repeated_random_tokens(smol, 40, 8, 0)
-    tokenizer = smol.bridge.tokenizer
+    tokenizer = smol.model.bridge.tokenizer
     assert "space followed by letters" in pool
     assert (tokens[:, 0] == tokenizer.bos_token_id).all()
     special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
@@ -75,11 +75,11 @@ def test_prompt_mode_agrees_with_detect_head(smol: ToolContext, kind: str, field
         "duplicate_token": result.positions.duplicate_token,
         "induction": result.positions.induction,
     }[field]
-    tokens = smol.bridge.to_tokens(PROMPT)[0].tolist()
+    tokens = smol.model.bridge.to_tokens(PROMPT)[0].tolist()
     for a, b in zip(tokens, tokens[1:], strict=False):
         assert a != b  # no back-to-back repeat, where detect_head's induction pattern differs by design
     with torch.no_grad():
-        detected = detect_head(smol.bridge, PROMPT, kind)  # "mul": attention on targets / all attention (n rows)
+        detected = detect_head(smol.model.bridge, PROMPT, kind)  # "mul": attention on targets / all attention (n rows)
     # ours averages over the queries that have a target; detect_head over every row
     assert_grid_close(getattr(result, field), detected * n_tokens / queries, kind)
 

@@ -13,10 +13,11 @@ import pytest
 import torch
 from mcp import Client
 
+from lens_mcp.cli.hosts import LIMIT_FLAGS, limits_from_args
+from lens_mcp.cli.main import build_parser
 from lens_mcp.limits import ENV_PREFIX, Limits
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server.app import build_server
-from lens_mcp.server.cli import LIMIT_FLAGS, build_parser, limits_from_args
 from lens_mcp.tools.core import batching
 from tests.mcp_client import error_text, result_data
 from tests.shared import CLEAN, SWEEP, TIMING_FIELDS, P, leak_reports
@@ -288,7 +289,7 @@ class OutOfMemoryInjector:
 async def test_patch_sweep_halves_a_batch_that_runs_out_of_memory(
     capped_host: ModelHost, error: BaseException, monkeypatch: pytest.MonkeyPatch, reference: dict[str, dict[str, Any]]
 ) -> None:
-    injector = OutOfMemoryInjector(monkeypatch, "lens_mcp.tools.causal.patching_engine", error)
+    injector = OutOfMemoryInjector(monkeypatch, "lens_mcp.tools.causal._engine", error)
     sweep = result_data(await call_with(capped_host, Limits(), "patch_sweep", {**SWEEP, "component": "heads"}))
     injector.check_halved()
     assert_same_numbers(sweep_numbers(sweep), sweep_numbers(reference["heads"]))
@@ -335,7 +336,7 @@ async def test_a_single_sequence_out_of_memory_is_a_clear_error(
 ) -> None:
     """When even one sequence does not fit, the call fails with advice and the server keeps serving."""
     error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-    for module in ("lens_mcp.tools.causal.patching_engine", "lens_mcp.tools.causal.ablate_heads"):
+    for module in ("lens_mcp.tools.causal._engine", "lens_mcp.tools.causal.ablate_heads"):
         OutOfMemoryInjector(monkeypatch, module, error, fits=0)
     text = error_text(await call_with(capped_host, Limits(), "patch_sweep", {**SWEEP, "component": "heads"}))
     assert "patch_sweep ran out of GPU memory" in text and "narrow the call" in text

@@ -177,7 +177,8 @@ async def test_load_model_over_a_confined_server_says_only_not_allowed(mode: str
 
 
 def test_the_command_line_builds_the_policy() -> None:
-    from lens_mcp.server.cli import build_parser, make_host
+    from lens_mcp.cli.hosts import make_host
+    from lens_mcp.cli.main import build_parser
 
     args = build_parser().parse_args(["serve", "--transport", "http", "--load-root", "/data", "--allow-hub"])
     policy = make_host(args).load_policy

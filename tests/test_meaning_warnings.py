@@ -51,7 +51,7 @@ def test_patch_sweep_meaning_follows_normalization(toy: ToolContext) -> None:
     normalized = patch_sweep(toy, **arguments)
     raw = patch_sweep(toy, **arguments, normalize=False)
     assert "1 = this clean activation alone restores the clean behaviour" in normalized.meaning
-    assert raw.meaning.startswith("each cell is the raw metric (logit(' w3') - logit(' w4')")
+    assert raw.meaning.startswith("metric (logit(' w3') - logit(' w4')")
     noised = patch_sweep(toy, **arguments, direction="noise")
     assert "1 = this corrupted activation alone fully breaks the clean behaviour" in noised.meaning
     assert normalized.warnings == [] and raw.warnings == []  # the toy vocabulary has no space variants
@@ -63,11 +63,11 @@ COLOSSEUM = "The Colosseum is in the city of"
 
 def _probs(smol: ToolContext, prompt: str) -> torch.Tensor:
     with torch.no_grad():
-        return smol.bridge(smol.bridge.to_tokens(prompt))[0, -1].float().softmax(dim=-1)
+        return smol.model.bridge(smol.model.bridge.to_tokens(prompt))[0, -1].float().softmax(dim=-1)
 
 
 def _id(smol: ToolContext, text: str) -> int:
-    ids = smol.bridge.to_tokens(text, prepend_bos=False)[0]
+    ids = smol.model.bridge.to_tokens(text, prepend_bos=False)[0]
     assert len(ids) == 1
     return int(ids[0])
 
@@ -98,5 +98,5 @@ def test_answer_that_is_only_single_token_with_a_space_is_refused_with_the_fix(s
 
     with pytest.raises(LensError, match="' Barcelona' is a single token: use that") as caught:
         head_attribution(smol, EIFFEL, "Barcelona")
-    assert len(smol.bridge.to_tokens("Barcelona", prepend_bos=False)[0]) > 1  # the premise
+    assert len(smol.model.bridge.to_tokens("Barcelona", prepend_bos=False)[0]) > 1  # the premise
     assert "answer must be a single token" in str(caught.value)

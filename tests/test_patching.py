@@ -17,10 +17,10 @@ from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost
 from lens_mcp.schemas.common import round_sig
 from lens_mcp.server.app import build_server
-from lens_mcp.tools.causal import patching_engine
+from lens_mcp.tools.causal import _engine as patching_engine
+from lens_mcp.tools.causal._engine import PatchEngine
 from lens_mcp.tools.causal.ablate_heads import ablate_heads
 from lens_mcp.tools.causal.patch_sweep import patch_sweep, run_sweep
-from lens_mcp.tools.causal.patching_engine import PatchEngine
 from lens_mcp.tools.core import batching
 from lens_mcp.tools.core.batching import ProgressCounter, plan_rows, run_batched
 from lens_mcp.tools.core.context import ToolContext
@@ -45,7 +45,7 @@ def test_every_component_equals_transformer_lens(toy: ToolContext, component: st
     assert sweep.values.shape == reference.shape
     assert float((sweep.values - reference).abs().max()) <= TOL
     assert sweep.engine.stats.method == "driven"
-    n_layers, n_heads, n_tokens = toy.cfg.n_layers, toy.cfg.n_heads, 10
+    n_layers, n_heads, n_tokens = toy.model.cfg.n_layers, toy.model.cfg.n_heads, 10
     expected_cells = {"heads": n_layers * n_heads, "heads_by_pos": n_layers * n_heads * n_tokens}
     assert len(sweep.cells) == expected_cells.get(component, n_layers * n_tokens)
 
@@ -59,8 +59,8 @@ def test_probability_metrics_equal_transformer_lens(toy: ToolContext, metric: st
 
 def test_layers_and_positions_restrict_the_grid(toy: ToolContext) -> None:
     sweep = run_sweep(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "heads_by_pos", layers=[-1], positions=[-1, 5])
-    assert sweep.layers == [toy.cfg.n_layers - 1] and sweep.positions == [9, 5]
-    assert len(sweep.cells) == toy.cfg.n_heads * 2
+    assert sweep.layers == [toy.model.cfg.n_layers - 1] and sweep.positions == [9, 5]
+    assert len(sweep.cells) == toy.model.cfg.n_heads * 2
     reference = transformer_lens_values(toy, "heads_by_pos", sweep.cells)
     assert float((sweep.values - reference).abs().max()) <= TOL
 
@@ -186,7 +186,7 @@ def test_an_out_of_memory_batch_is_halved_and_retried(toy: ToolContext, monkeypa
     monkeypatch.setattr(PatchEngine, "_driven_batch", flaky)
     sweep = run_sweep(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "heads")
     # The whole sweep in one batch first; halved while it fails; the size that worked is kept for the rest.
-    assert tried[0] == toy.cfg.n_layers * toy.cfg.n_heads
+    assert tried[0] == toy.model.cfg.n_layers * toy.model.cfg.n_heads
     failed = [size for size in tried if size > 2]
     assert failed == [tried[0] >> k for k in range(len(failed))]
     assert all(size == tried[len(failed)] for size in tried[len(failed) :])
@@ -372,10 +372,10 @@ async def test_a_cancelled_sweep_leaves_no_hook_and_changes_nothing(monkeypatch:
 @pytest.mark.parametrize("mode", ["zero", "mean"])
 def test_ablate_heads_equals_hand_written_hooks(toy: ToolContext, mode: str) -> None:
     heads = [(1, 2), (0, 1), (1, 0)]
-    a, b = toy.bridge.to_single_token(ANSWER), toy.bridge.to_single_token(WRONG)
+    a, b = toy.model.bridge.to_single_token(ANSWER), toy.model.bridge.to_single_token(WRONG)
     result = ablate_heads(toy, CLEAN, [list(h) for h in heads], ANSWER, WRONG, mode=mode, individually=True)
     with torch.no_grad():
-        clean = toy.bridge(toy.bridge.to_tokens(CLEAN))[0, -1]
+        clean = toy.model.bridge(toy.model.bridge.to_tokens(CLEAN))[0, -1]
     together = hand_ablation(toy, CLEAN, heads, mode)
     assert result.metric_before == round_sig(float(clean[a] - clean[b]))
     assert result.metric_after == round_sig(float(together[a] - together[b]))
@@ -400,7 +400,7 @@ def test_ablate_heads_rejects_bad_heads(toy: ToolContext) -> None:
     with pytest.raises(LensError, match=r"heads\[1\]\[1\] \(head\)=9 is out of range"):
         ablate_heads(toy, CLEAN, [[0, 0], [1, 9]], ANSWER)
     with pytest.raises(LensError, match="mode='half'"):
-        ablate_heads(toy, CLEAN, [[0, 0]], ANSWER, mode="half")  # type: ignore[arg-type]
+        ablate_heads(toy, CLEAN, [[0, 0]], ANSWER, mode="half")
 
 
 async def test_ablate_heads_through_a_client(toy_host: ModelHost) -> None:

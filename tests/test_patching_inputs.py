@@ -21,7 +21,7 @@ from tests.shared import ANSWER, CLEAN, CORRUPTED, TOL, WRONG, tl_head_values, t
 def test_head_inputs_equal_transformer_lens(toy: ToolContext, component: str, direction: str) -> None:
     sweep = run_sweep(toy, CLEAN, CORRUPTED, ANSWER, WRONG, component, direction=direction)
     reference = tl_head_values(toy, component, sweep.cells, direction)
-    assert len(sweep.cells) == toy.cfg.n_layers * toy.cfg.n_heads
+    assert len(sweep.cells) == toy.model.cfg.n_layers * toy.model.cfg.n_heads
     assert float((sweep.values - reference).abs().max()) <= TOL
     assert sweep.engine.stats.method == "driven"
 
@@ -65,7 +65,7 @@ def test_cells_zero_by_construction_are_exactly_zero(toy: ToolContext) -> None:
     result = patch_sweep(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "heads_by_pos", layers=[1])
     sweep = run_sweep(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "heads_by_pos", layers=[1])
     grid = cast("list[list[list[float | None]]]", result.grid)  # heads_by_pos: layers x heads x positions
-    for head in range(toy.cfg.n_heads):
+    for head in range(toy.model.cfg.n_heads):
         row = grid[0][head]
         assert all(value == 0.0 and isinstance(value, float) for value in row[:-1])
     reference = transformer_lens_values(toy, "heads_by_pos", sweep.cells)
@@ -76,7 +76,7 @@ def test_cells_zero_by_construction_are_exactly_zero(toy: ToolContext) -> None:
 def test_grouped_query_key_value_heads_are_named_as_such(toy: ToolContext) -> None:
     # The toy model has as many key/value heads as query heads: the axis is a plain head axis.
     result = patch_sweep(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "k")
-    assert result.axes == ["layer", "head"] and result.heads == list(range(toy.cfg.n_heads))
+    assert result.axes == ["layer", "head"] and result.heads == list(range(toy.model.cfg.n_heads))
     assert not any("grouped-query" in note for note in result.notes)
 
 

@@ -16,6 +16,7 @@ from lens_mcp.server.app import build_server
 from lens_mcp.tools.causal.patch_sweep import patch_sweep
 from lens_mcp.tools.core.context import ToolContext
 from tests.mcp_client import call_tool, error_text, result_data
+from tests.shared import pooled_from_singles
 
 # Induction-shaped pairs: the clean prompt repeats "... A B ... A" (answer B), the corrupted one has C for B.
 SAME_LENGTH = [
@@ -47,16 +48,18 @@ def test_the_mean_over_pairs_equals_the_mean_of_single_calls(
     toy: ToolContext, component: str, positions: list[int] | None, items: list, direction: str
 ) -> None:
     kwargs = dict(component=component, positions=positions, direction=direction, normalize=True)
-    dataset = patch_sweep(toy, pairs=as_pairs(items), **kwargs)  # type: ignore[arg-type]
-    singles = [patch_sweep(toy, *item, **kwargs) for item in items]  # type: ignore[arg-type]
+    dataset = patch_sweep(toy, pairs=as_pairs(items), **kwargs)
+    singles = [patch_sweep(toy, *item, **kwargs) for item in items]
     n_cells = len(flat(singles[0].grid))
+    grids = torch.tensor([[0.0 if v is None else v for v in flat(s.grid)] for s in singles], dtype=torch.float64)
+    pooled = pooled_from_singles(grids, [s.clean_metric for s in singles], [s.corrupted_metric for s in singles])
     assert dataset.n_cells == n_cells and dataset.spread is not None and dataset.spread.n_pairs == len(items)
     for cell in range(n_cells):
         values = [flat(s.grid)[cell] for s in singles]
         if all(v is None for v in values):
             assert flat(dataset.grid)[cell] is None
             continue
-        present = torch.tensor([0.0 if v is None else v for v in values], dtype=torch.float64)
+        present = pooled[:, cell]
         # Single-call values are rounded to 4 digits: the mean agrees to that precision.
         assert flat(dataset.grid)[cell] == pytest.approx(float(present.mean()), rel=2e-3, abs=2e-4)
         assert flat(dataset.spread.std)[cell] == pytest.approx(float(present.std(unbiased=False)), rel=2e-2, abs=5e-4)
@@ -67,7 +70,7 @@ def test_the_mean_over_pairs_equals_the_mean_of_single_calls(
         assert (row.clean_metric, row.corrupted_metric) == (single.clean_metric, single.corrupted_metric)
         assert row.clean_tokens == single.clean_tokens and row.corrupted_tokens == single.corrupted_tokens
     assert dataset.clean_tokens is None  # each prompt's tokens appear once, under pairs
-    assert "mean over" in dataset.meaning
+    assert "pooled" in dataset.meaning
 
 
 def test_rows_of_all_pairs_share_batches(toy: ToolContext) -> None:
@@ -102,7 +105,7 @@ def test_bad_pairs_are_named(toy: ToolContext) -> None:
 def test_dry_run_and_refusal_come_before_any_forward_pass(toy: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
     estimate = patch_sweep(toy, pairs=as_pairs(SAME_LENGTH), component="heads_by_pos", dry_run=True)
     assert estimate.dry_run and estimate.cost is not None and estimate.grid == []
-    n_cells = toy.cfg.n_layers * toy.cfg.n_heads * 10
+    n_cells = toy.model.cfg.n_layers * toy.model.cfg.n_heads * 10
     assert estimate.n_cells == n_cells and estimate.cost.cells == n_cells * len(SAME_LENGTH)
     real = patch_sweep(toy, pairs=as_pairs(SAME_LENGTH), component="heads_by_pos")
     assert real.cost == estimate.cost
@@ -112,7 +115,7 @@ def test_dry_run_and_refusal_come_before_any_forward_pass(toy: ToolContext, monk
         raise AssertionError("a forward pass ran")
 
     tight = ToolContext(toy.model, Limits(max_work_units=100))
-    monkeypatch.setattr(type(toy.bridge), "run_with_cache", no_forward)
+    monkeypatch.setattr(type(toy.model.bridge), "run_with_cache", no_forward)
     started = time.perf_counter()
     with pytest.raises(LensError, match="refused before computing.*max_work_units=100.*layers="):
         patch_sweep(tight, pairs=as_pairs(SAME_LENGTH), component="heads_by_pos")

@@ -66,7 +66,7 @@ def test_the_eiffel_tower_sweep_finds_the_subject_tokens(smol: ToolContext) -> N
 
 def test_ablate_heads_equals_hand_written_hooks(smol: ToolContext) -> None:
     heads = [(20, 3), (25, 0)]
-    a, b = smol.bridge.to_single_token(ANSWER), smol.bridge.to_single_token(WRONG)
+    a, b = smol.model.bridge.to_single_token(ANSWER), smol.model.bridge.to_single_token(WRONG)
     result = ablate_heads(smol, CLEAN, [list(h) for h in heads], ANSWER, WRONG, mode="mean", individually=True)
     together = hand_ablation(smol, CLEAN, heads, "mean")
     assert result.metric_after == pytest.approx(float(together[a] - together[b]), rel=1e-3, abs=1e-4)
@@ -75,7 +75,7 @@ def test_ablate_heads_equals_hand_written_hooks(smol: ToolContext) -> None:
         alone = hand_ablation(smol, CLEAN, [(effect.layer, effect.head)], "mean")
         assert effect.metric == pytest.approx(float(alone[a] - alone[b]), rel=1e-3, abs=1e-4)
     with torch.no_grad():
-        logits = smol.bridge(smol.bridge.to_tokens(CLEAN))[0, -1]
+        logits = smol.model.bridge(smol.model.bridge.to_tokens(CLEAN))[0, -1]
     assert result.metric_before == pytest.approx(float(logits[a] - logits[b]), rel=1e-3)
 
 
@@ -105,11 +105,21 @@ SHORTER_PAIR = ("The Kremlin is in the city of", "The Louvre is in the city of",
 
 
 def test_pairs_mean_equals_the_mean_of_single_sweeps(smol: ToolContext) -> None:
-    from lens_mcp.tools.causal.patch_sweep import PairSpec, run_sweeps
+    from lens_mcp.tools.causal.patch_sweep import run_sweeps
+    from lens_mcp.tools.core.pairs import PromptPair
 
     items: list[tuple[str, str, str, str]] = [*LANDMARK_PAIRS, SHORTER_PAIR]
     for component, positions in (("resid_pre", [-1, -3, -5]), ("heads", None)):
-        together = run_sweeps(smol, [PairSpec(*p) for p in items], component, layers=[0, 14, 29], positions=positions)
+        together = run_sweeps(
+            smol,
+            [
+                PromptPair(**dict(zip(("clean_prompt", "corrupted_prompt", "answer", "wrong_answer"), p, strict=True)))
+                for p in items
+            ],
+            component,
+            layers=[0, 14, 29],
+            positions=positions,
+        )
         for sweep, item in zip(together, items, strict=True):
             single = run_sweep(smol, *item, component, layers=[0, 14, 29], positions=positions)
             assert float((sweep.values - single.values).abs().max()) <= TOL
@@ -122,10 +132,12 @@ def test_pairs_mean_equals_the_mean_of_single_sweeps(smol: ToolContext) -> None:
             component=component,
             layers=[0, 14, 29],
             positions=positions,
-        )  # type: ignore[arg-type]
-        normalized = torch.stack(
-            [(s.values.double() - s.corrupted_metric) / (s.clean_metric - s.corrupted_metric) for s in together]
-        ).mean(0)
+        )
+        # Pooled over the dataset: (mean patched - mean corrupted) / (mean clean - mean corrupted).
+        mean_clean = sum(s.clean_metric for s in together) / len(together)
+        mean_corrupted = sum(s.corrupted_metric for s in together) / len(together)
+        mean_patched = torch.stack([s.values.double() for s in together]).mean(0)
+        normalized = (mean_patched - mean_corrupted) / (mean_clean - mean_corrupted)
         flat = [v for row in result.grid for v in row]
         for value, expected, skipped in zip(
             flat, normalized.tolist(), zip(*(s.skipped for s in together), strict=True), strict=True
@@ -139,14 +151,14 @@ def test_pairs_mean_equals_the_mean_of_single_sweeps(smol: ToolContext) -> None:
 
 def test_ablate_heads_resample_and_loss_equal_hand_written_hooks(smol: ToolContext) -> None:
     heads = [(21, 3), (25, 0)]
-    a, b = smol.bridge.to_single_token(ANSWER), smol.bridge.to_single_token(WRONG)
+    a, b = smol.model.bridge.to_single_token(ANSWER), smol.model.bridge.to_single_token(WRONG)
     result = ablate_heads(
         smol, CLEAN, [list(h) for h in heads], ANSWER, WRONG, mode="resample", corrupted_prompt=CORRUPTED
     )
     logits = hand_logits(smol, CLEAN, heads, "resample", CORRUPTED)[-1]
     assert result.metric_after == pytest.approx(float(logits[a] - logits[b]), rel=1e-3, abs=1e-4)
     text = "The cat sat on the mat and the dog sat on the rug. The cat sat on the mat and the dog sat on the rug."
-    n = smol.bridge.to_tokens(text).shape[-1]
+    n = smol.model.bridge.to_tokens(text).shape[-1]
     second = list(range(n // 2 + 2, n))
     ablated = ablate_heads(smol, text, [list(h) for h in heads], metric="loss", positions=second)
     logits = hand_logits(smol, text, heads, "zero", None)

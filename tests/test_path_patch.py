@@ -5,7 +5,6 @@ bad input."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -18,10 +17,11 @@ from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.schemas.common import round_sig
 from lens_mcp.server.app import build_server
-from lens_mcp.tools.causal.patching_engine import PatchEngine
+from lens_mcp.tools.causal._engine import PatchEngine
 from lens_mcp.tools.causal.path_patch import path_patch, run_path_patch
 from lens_mcp.tools.core.context import ToolContext
 from tests.mcp_client import call_tool, error_text, result_data
+from tests.path_refs import TOL, Edit, hand_path_patch
 
 # The induction pair of the patching tests: the prompts differ at position 5 (w64 / w77).
 CLEAN = "w20 w31 w42 w53 w64 w20 w31 w42 w53"
@@ -31,71 +31,6 @@ ANSWER, WRONG = " w64", " w77"
 # previous-token head's output at position 5 tells the induction head where to look.
 KEY_CLEAN = "w20 w31 w42 w53 w64 w20 w31 w42 w53"
 KEY_CORRUPTED = "w20 w31 w42 w99 w64 w20 w31 w42 w53"
-TOL = 1e-4
-
-Edit = tuple[str, int | None]
-"""(hook name, head index on the hook's head axis or None) where the sender's write is added."""
-
-
-def sender_write(tc: ToolContext, clean: str, corrupted: str, sender: Sequence[int]) -> torch.Tensor:
-    """(z_clean - z_corrupted) @ W_O of one head, [pos, d_model], from separate runs of the two prompts."""
-    bridge = tc.bridge
-    layer, head = sender
-    name = f"blocks.{layer}.attn.hook_z"
-    with torch.no_grad():
-        _, clean_cache = bridge.run_with_cache(bridge.to_tokens(clean), names_filter=[name])
-        _, corrupted_cache = bridge.run_with_cache(bridge.to_tokens(corrupted), names_filter=[name])
-        w_o = bridge.blocks[layer].attn.W_O[head]
-        return clean_cache[name][0, :, head] @ w_o - corrupted_cache[name][0, :, head] @ w_o
-
-
-def hand_path_patch(
-    tc: ToolContext,
-    clean: str,
-    corrupted: str,
-    sender: Sequence[int],
-    edits: Sequence[Edit],
-    answer: str = ANSWER,
-    wrong: str | None = WRONG,
-    positions: Sequence[int] | None = None,
-) -> float:
-    """One full hooked forward pass of the corrupted prompt with the sender's write added at each edit, through
-    TransformerLens's per-head q/k/v input copies (use_split_qkv_input) for head inputs; the metric at the last
-    position (logit difference, or log-probability without a wrong answer)."""
-    bridge = tc.bridge
-    delta = sender_write(tc, clean, corrupted, sender)
-    if positions is not None:
-        keep = torch.zeros(delta.shape[0], dtype=torch.bool)
-        keep[list(positions)] = True
-        delta = delta * keep[:, None]
-
-    def make(head: int | None) -> Any:
-        def hook(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
-            act = act.clone()
-            if head is None:
-                act[0] += delta
-            else:
-                act[0, :, head] += delta
-            return act
-
-        return hook
-
-    split = any(name.endswith("_input") for name, _ in edits)
-    with torch.no_grad():
-        if split:
-            bridge.set_use_split_qkv_input(True)
-        try:
-            logits = bridge.run_with_hooks(
-                bridge.to_tokens(corrupted), fwd_hooks=[(name, make(head)) for name, head in edits]
-            )
-        finally:
-            if split:
-                bridge.set_use_split_qkv_input(False)
-    last = logits[0, -1].float()
-    a = bridge.to_single_token(answer)
-    if wrong is None:
-        return float(last.log_softmax(-1)[a])
-    return float(last[a] - last[bridge.to_single_token(wrong)])
 
 
 def values_by_path(run: Any) -> dict[tuple[tuple[int, int], tuple[Any, ...]], float]:
@@ -104,7 +39,7 @@ def values_by_path(run: Any) -> dict[tuple[tuple[int, int], tuple[Any, ...]], fl
 
 @pytest.mark.parametrize("component", ["q", "k", "v"])
 def test_all_heads_equals_transformer_lens_direct_path(toy: ToolContext, component: str) -> None:
-    bridge = toy.bridge
+    bridge = toy.model.bridge
     tokens = bridge.to_tokens([KEY_CLEAN, KEY_CORRUPTED])
     a, b = bridge.to_single_token(ANSWER), bridge.to_single_token(" w99")
 
@@ -115,12 +50,12 @@ def test_all_heads_equals_transformer_lens_direct_path(toy: ToolContext, compone
         _, clean_cache = bridge.run_with_cache(tokens[:1])
         _, corrupted_cache = bridge.run_with_cache(tokens[1:])
     references = []
-    for head in range(int(toy.cfg.n_heads)):
+    for head in range(int(toy.model.cfg.n_heads)):
         reference = patching.get_act_patch_direct_path(
             bridge, tokens[1:], clean_cache, corrupted_cache, metric, 0, head, component, verbose=False
         )
         run = run_path_patch(toy, KEY_CLEAN, KEY_CORRUPTED, ANSWER, " w99", [[0, head]], "all_heads", component)
-        assert run.form == "receivers" and len(run.paths) == toy.cfg.n_heads  # every head of layer 1
+        assert run.form == "receivers" and len(run.paths) == toy.model.cfg.n_heads  # every head of layer 1
         assert run.stats.method == "driven"
         ours = torch.zeros_like(reference)
         for (_, (receiver,)), value in zip(run.paths, run.values, strict=True):
@@ -169,7 +104,7 @@ def test_receiver_forms_equal_hand_written_hooks(
 ) -> None:
     run = run_path_patch(toy, KEY_CLEAN, KEY_CORRUPTED, ANSWER, " w99", None, receivers, receiver_input)
     assert run.form == "senders"
-    expected_senders = 2 * toy.cfg.n_heads if receivers == "logits" else toy.cfg.n_heads
+    expected_senders = 2 * toy.model.cfg.n_heads if receivers == "logits" else toy.model.cfg.n_heads
     assert len(run.paths) == expected_senders
     for (sender, _), value in zip(run.paths, run.values, strict=True):
         if sender[0] >= 1 and receivers != "logits":
@@ -209,7 +144,7 @@ def test_result_is_normalized_rounded_and_null_without_a_path(toy: ToolContext) 
     # Several senders into every head: a sender x receiver layer x receiver head grid.
     both = path_patch(toy, CLEAN, CORRUPTED, ANSWER, WRONG, [[0, 1], [0, 2]], "all_heads", "v")
     assert both.axes == ["sender", "receiver_layer", "receiver_head"] and both.senders == [[0, 1], [0, 2]]
-    assert len(both.grid) == 2 and len(both.grid[0]) == 1 and len(both.grid[0][0]) == toy.cfg.n_heads
+    assert len(both.grid) == 2 and len(both.grid[0]) == 1 and len(both.grid[0][0]) == toy.model.cfg.n_heads
 
 
 def test_identical_prompts_change_nothing(toy: ToolContext) -> None:
@@ -330,7 +265,7 @@ def test_pairs_give_the_mean_and_spread_of_single_pair_runs(toy: ToolContext) ->
         {"clean_prompt": KEY_CLEAN, "corrupted_prompt": KEY_CORRUPTED, "answer": ANSWER, "wrong_answer": " w99"},
         {"clean_prompt": KEY_CLEAN_2, "corrupted_prompt": KEY_CORRUPTED_2, "answer": ANSWER_2, "wrong_answer": " w98"},
     ]
-    result = path_patch(toy, senders=None, receivers=[[1, 2]], receiver_input="k", pairs=pairs)  # type: ignore[arg-type]
+    result = path_patch(toy, senders=None, receivers=[[1, 2]], receiver_input="k", pairs=pairs)
     runs = [
         run_path_patch(
             toy, p["clean_prompt"], p["corrupted_prompt"], p["answer"], p["wrong_answer"], None, [[1, 2]], "k"
@@ -347,16 +282,16 @@ def test_pairs_give_the_mean_and_spread_of_single_pair_runs(toy: ToolContext) ->
     assert result.pairs is not None and [p.clean_metric for p in result.pairs] == [
         round_sig(r.clean_metric) for r in runs
     ]
-    assert result.clean_metric == round_sig(clean) and "mean over 2 pairs" in result.meaning
+    assert result.clean_metric == round_sig(clean) and "over 2 pairs, pooled" in result.meaning
     # The planted circuit holds on both pairs: L0H1 into L1H2's keys restores about all of each.
     assert result.top_paths[0].sender == (0, 1) and float(per_pair[:, 1].min()) > 0.8
     # Pairs of different lengths line up only when positions count from the end.
     with pytest.raises(LensError, match="count positions from the end|Count positions from the end"):
-        path_patch(toy, senders=None, receivers=[[1, 2]], receiver_input="k", positions=[5], pairs=pairs)  # type: ignore[arg-type]
-    from_end = path_patch(toy, senders=[[0, 1]], receivers=[[1, 2]], receiver_input="k", positions=[-1], pairs=pairs)  # type: ignore[arg-type]
+        path_patch(toy, senders=None, receivers=[[1, 2]], receiver_input="k", positions=[5], pairs=pairs)
+    from_end = path_patch(toy, senders=[[0, 1]], receivers=[[1, 2]], receiver_input="k", positions=[-1], pairs=pairs)
     assert from_end.grid is not None and from_end.grid[0][1] is not None
     with pytest.raises(LensError, match="not both"):
-        path_patch(toy, KEY_CLEAN, senders=None, receivers=[[1, 2]], pairs=pairs)  # type: ignore[arg-type]
+        path_patch(toy, KEY_CLEAN, senders=None, receivers=[[1, 2]], pairs=pairs)
 
 
 def test_dry_run_estimates_the_work_without_computing(

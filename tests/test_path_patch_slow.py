@@ -14,7 +14,7 @@ from transformer_lens import patching
 from lens_mcp.errors import LensError
 from lens_mcp.tools.causal.path_patch import path_patch, run_path_patch
 from lens_mcp.tools.core.context import ToolContext
-from tests.test_path_patch import TOL, Edit, hand_path_patch
+from tests.path_refs import TOL, Edit, hand_path_patch
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ ANSWER, WRONG = " Mary", " John"
 
 
 def test_query_receivers_equal_transformer_lens(smol: ToolContext) -> None:
-    bridge = smol.bridge
+    bridge = smol.model.bridge
     tokens = bridge.to_tokens([CLEAN, CORRUPTED])
     a, b = bridge.to_single_token(ANSWER), bridge.to_single_token(WRONG)
 
@@ -50,7 +50,7 @@ def test_query_receivers_equal_transformer_lens(smol: ToolContext) -> None:
 def test_transformer_lens_refuses_key_value_receivers_under_grouped_query_attention(smol: ToolContext) -> None:
     """Why k/v receivers are key/value heads here, checked against the bridge's own per-head input copies."""
     with pytest.raises(ValueError, match="GQA"):
-        patching.get_act_patch_direct_path(smol.bridge, None, None, None, None, 27, 4, "k", verbose=False)
+        patching.get_act_patch_direct_path(smol.model.bridge, None, None, None, None, 27, 4, "k", verbose=False)
 
 
 @pytest.mark.parametrize("component", ["k", "v"])

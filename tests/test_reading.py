@@ -38,8 +38,8 @@ from tests.shared import (
 @pytest.mark.parametrize(("wrong", "position"), [(TOY_WRONG, -1), (None, -1), (TOY_WRONG, 7), (None, 3)])
 def test_head_attribution_matches_transformer_lens(toy: ToolContext, wrong: str | None, position: int) -> None:
     result = check_head_attribution(toy, TOY_PROMPT, TOY_ANSWER, wrong, position)
-    assert len(result.heads) == toy.cfg.n_layers and len(result.heads[0]) == toy.cfg.n_heads
-    assert len(result.top_heads) == min(10, toy.cfg.n_layers * toy.cfg.n_heads)
+    assert len(result.heads) == toy.model.cfg.n_layers and len(result.heads[0]) == toy.model.cfg.n_heads
+    assert len(result.top_heads) == min(10, toy.model.cfg.n_layers * toy.model.cfg.n_heads)
     assert result.metric == (f"logit({TOY_ANSWER!r}) - logit({wrong!r})" if wrong else f"logit({TOY_ANSWER!r})")
 
 
@@ -67,7 +67,7 @@ def test_logit_lens_unembeds_one_position_only(toy: ToolContext, monkeypatch: py
 
     monkeypatch.setattr(lens_module, "unembed", spy)
     logit_lens(toy, TOY_PROMPT)
-    assert shapes == [(toy.cfg.n_layers + 1, toy.cfg.d_model)]
+    assert shapes == [(toy.model.cfg.n_layers + 1, toy.model.cfg.d_model)]
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,7 @@ def test_attention_pattern_matches_the_cache(
     toy: ToolContext, layer: int, head: int, top_k: int, queries: list[int] | None
 ) -> None:
     result = check_attention_pattern(toy, TOY_PROMPT, layer, head, top_k, queries)
-    assert result.layer == layer % toy.cfg.n_layers and result.head == head % toy.cfg.n_heads
+    assert result.layer == layer % toy.model.cfg.n_layers and result.head == head % toy.model.cfg.n_heads
     assert result.kv_head == result.head  # no grouped-query attention here
 
 
@@ -121,8 +121,8 @@ def test_run_with_cache_hooks_only_what_was_asked(toy: ToolContext, monkeypatch:
 
     monkeypatch.setattr(run_with_cache_module, "summarizing_forward", spy)
     run_with_cache(toy, TOY_PROMPT, hooks=["pattern"])
-    assert seen == [[f"blocks.{layer}.attn.hook_pattern" for layer in range(toy.cfg.n_layers)]]
-    assert count_hooks(toy.bridge) == 0
+    assert seen == [[f"blocks.{layer}.attn.hook_pattern" for layer in range(toy.model.cfg.n_layers)]]
+    assert count_hooks(toy.model.bridge) == 0
 
 
 # ---- through the MCP client -------------------------------------------------------------------------------

@@ -31,8 +31,8 @@ MAX_DEFAULT_CHARS = 8000  # about 2,000 tokens
 
 
 def test_the_model_is_grouped_query(smol: ToolContext) -> None:
-    bridge = smol.bridge
-    assert (smol.cfg.n_heads, smol.cfg.n_key_value_heads) == (9, 3)
+    bridge = smol.model.bridge
+    assert (smol.model.cfg.n_heads, smol.model.cfg.n_key_value_heads) == (9, 3)
     assert tuple(bridge.W_O.shape) == (30, 9, 64, 576)
     with torch.no_grad():
         _, cache = bridge.run_with_cache(
@@ -86,7 +86,7 @@ def test_run_with_cache_holds_one_family(smol: ToolContext, monkeypatch: pytest.
     kept: list[dict] = []
     real = run_with_cache_module.summarizing_forward
 
-    def spy(tc: ToolContext, tokens: torch.Tensor, names: list[str], summarize):  # type: ignore[no-untyped-def]
+    def spy(tc: ToolContext, tokens: torch.Tensor, names: list[str], summarize):
         hooked.append(list(names))
 
         def record(name: str, tensor: torch.Tensor) -> None:
@@ -100,7 +100,7 @@ def test_run_with_cache_holds_one_family(smol: ToolContext, monkeypatch: pytest.
     assert hooked == [[f"blocks.{layer}.hook_resid_post" for layer in range(30)]]
     assert [k["name"] for k in kept] == hooked[0]  # each fired once, reduced to norms on the spot
     assert [s.hook for s in result.hooks] == ["resid_post"]
-    assert count_hooks(smol.bridge) == 0
+    assert count_hooks(smol.model.bridge) == 0
 
 
 @pytest.mark.parametrize(("layer", "head"), [(0, 0), (5, 7), (-1, 8), (15, 4)])

@@ -17,12 +17,12 @@ import pytest
 import torch
 import xxhash
 
+from lens_mcp.cli.main import main
+from lens_mcp.cli.replay import differences, numbers_match
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server import record as recording
 from lens_mcp.server.app import build_server
-from lens_mcp.server.cli import main
 from lens_mcp.server.record import Recorder, compute_fingerprint, read_record
-from lens_mcp.server.replay import differences, numbers_match
 from tests.mcp_client import call_tool
 
 PROMPT = "w1 w2 w3 w1 w2"
@@ -69,12 +69,12 @@ async def test_every_call_is_recorded_errors_included(recorded_host: tuple[Model
         assert entry["seconds"] >= 0 and entry["time"].endswith("+00:00")
         assert entry["versions"]["transformer_lens"] and entry["versions"]["torch"] and entry["versions"]["lens-mcp"]
         assert entry["model"]["spec"] == "toy-induction" and entry["model"]["dtype"] == "float32"
-        assert entry["model"]["fingerprint"] == recording.fingerprint(host.model)  # type: ignore[arg-type]
+        assert entry["model"]["fingerprint"] == recording.fingerprint(host.model)
 
 
 def test_fingerprint_hashes_every_weight(toy_host: ModelHost) -> None:
     """Independent hash of the same tensors; the same weights loaded again agree; one changed weight differs."""
-    bridge = toy_host.model.bridge  # type: ignore[union-attr]
+    bridge = toy_host.model.bridge
     digest = xxhash.xxh3_128()
     seen = set()
     for name, tensor in sorted(bridge.state_dict().items()):

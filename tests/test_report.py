@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lens_mcp.server.cli import main
+from lens_mcp.cli.main import main
 
 PROMPT = "w1 w2 w3 w1 w2"
 CALLS = [

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from lens_mcp.cli.main import build_parser
 from lens_mcp.model_host import ModelHost
-from lens_mcp.server.cli import build_parser
 from tests.mcp_client import spawn_toy_server
 
 SOURCE = Path(__file__).resolve().parent.parent / "src" / "lens_mcp"

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from lens_mcp.cli import scripted
 from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost
-from lens_mcp.server import scripted
 from lens_mcp.server.app import build_server
 from lens_mcp.server.instructions import INSTRUCTIONS
 from lens_mcp.server.registry import HOST_TOOLS, TOOL_NAMES, TOOLS
@@ -59,10 +59,13 @@ def test_readme_tool_table_equals_the_registry() -> None:
     assert readme_tool_table() == list(TOOL_NAMES), "README.md's ## Tools table must list the registry in order"
 
 
-def test_instructions_mention_every_tool() -> None:
-    missing = [name for name in TOOL_NAMES if not re.search(rf"\b{name}\b", INSTRUCTIONS)]
-    assert not missing, f"server/instructions.py does not mention {missing}"
-    assert len(INSTRUCTIONS.encode()) < 2048
+def test_instructions_name_every_tool_family_within_the_budget() -> None:
+    """Every registered tool's family (its package under tools/) is named as a family line of the
+    instructions, which stay under Claude Code's 2 KB cut with room for more tools in those families."""
+    families = {tool.fn.__module__.split(".")[-2] for tool in TOOLS}
+    missing = [family for family in sorted(families) if not re.search(rf"^- {family}\b", INSTRUCTIONS, re.MULTILINE)]
+    assert not missing, f"server/instructions.py names no family line for {missing}"
+    assert len(INSTRUCTIONS.encode()) < 1800
 
 
 def test_cli_host_tools_come_from_the_registry() -> None:

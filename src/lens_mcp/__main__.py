@@ -1,4 +1,4 @@
-from lens_mcp.server.cli import main
+from lens_mcp.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -7,3 +7,7 @@ whose text is what the agent reads. Every message says what was wrong and how to
 
 class LensError(Exception):
     """A request that cannot be served as asked; the message names the argument and the fix."""
+
+
+class UsageError(Exception):
+    """Bad command-line input (exit status 2); the message says what to type instead."""

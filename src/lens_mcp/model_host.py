@@ -25,7 +25,7 @@ _WAIT_SLICE_S = 0.5
 _PROCESS_LOAD_LOCK = threading.Lock()
 
 
-class LoadCancelled(BaseException):  # noqa: N818 - like anyio's cancellation, it must pass `except Exception`
+class LoadCancelled(BaseException):
     """The request that started a load was cancelled: the load stops at its next stage."""
 
 

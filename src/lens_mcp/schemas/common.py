@@ -62,7 +62,7 @@ class Result(BaseModel):
 
 def warnings_field() -> list[str]:
     """`warnings: list[str] = warnings_field()` on results that take answers (see tools.core.metrics)."""
-    return Field(  # type: ignore[no-any-return]
+    return Field(
         default_factory=list,
         description="Things to check about the inputs, e.g. an answer that is far less likely than its "
         "leading-space variant at this position",

@@ -151,12 +151,12 @@ def sweep_heatmap(
         return [
             Heatmap(
                 name="grid",
-                values=values,  # type: ignore[arg-type]
+                values=values,
                 rows=[f"L{layer}{head_letter}{head}" for layer in result.layers for head in heads],
                 columns=position_labels(positions, result.clean_tokens),
                 row_axis=f"layer, {head_word}",
                 column_axis=position_axis,
-                **common,  # type: ignore[arg-type]
+                **common,
             )
         ]
     if head_axis is not None:
@@ -173,7 +173,7 @@ def sweep_heatmap(
             columns=columns,
             row_axis="layer",
             column_axis=column_axis,
-            **common,  # type: ignore[arg-type]
+            **common,
         )
     ]
 

@@ -124,7 +124,7 @@ class PathPatchResult(Result):
                     row_axis="sender layer",
                     column_axis="sender head",
                     notes=["blank: not a sender asked for"],
-                    **common,  # type: ignore[arg-type]
+                    **common,
                 )
             ]
         notes = ["blank: no path (the receiver is not after the sender)", *grouped]
@@ -137,7 +137,7 @@ class PathPatchResult(Result):
                     row_axis=f"receiver layer{sender}",
                     column_axis=receiver,
                     notes=notes,
-                    **common,  # type: ignore[arg-type]
+                    **common,
                 )
             ]
         senders = self.senders or []
@@ -148,6 +148,6 @@ class PathPatchResult(Result):
                 row_axis="sender > receiver layer",
                 column_axis=receiver,
                 notes=notes,
-                **common,  # type: ignore[arg-type]
+                **common,
             )
         ]

@@ -104,10 +104,9 @@ def _publish(
 ) -> None:
     parameters, result_model = _exposed_signature(fn, skip)
     parameters += extra  # adapter-level arguments (image)
-    images.RESULT_MODELS[fn.__name__] = result_model
     context_parameter = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)
     returns = Annotated[CallToolResult, result_model]
-    body.__signature__ = inspect.Signature([*parameters, context_parameter], return_annotation=returns)  # type: ignore[attr-defined]
+    body.__signature__ = inspect.Signature([*parameters, context_parameter], return_annotation=returns)
     body.__annotations__ = {**{p.name: p.annotation for p in parameters}, "ctx": Context, "return": returns}
     body.__name__ = fn.__name__
     body.__doc__ = fn.__doc__
@@ -122,8 +121,11 @@ def add_model_tool(
     *,
     title: str | None = None,
     read_only: bool = True,
+    open_world: bool = False,
 ) -> None:
-    """Register `fn(tc, **arguments)` as a tool that runs on the loaded model."""
+    """Register `fn(tc, **arguments)` as a tool that runs on the loaded model. A tool that changes what is
+    attached to the model (read_only=False) is idempotent and not destructive; open_world: it may load from
+    outside the server (folders, the Hub)."""
 
     draws = images.supports_images(_exposed_signature(fn, 1)[1])
 
@@ -134,7 +136,7 @@ def add_model_tool(
 
         def call() -> BaseModel:
             with host.use(report) as model:
-                produced.append(fn(ToolContext(model, host.limits, report), **arguments))
+                produced.append(fn(ToolContext(model, host.limits, report, host.load_policy), **arguments))
             return produced[-1]
 
         result = run_guarded(fn.__name__, call, host.limits)
@@ -145,7 +147,9 @@ def add_model_tool(
         fn,
         body,
         skip=1,
-        annotations=ToolAnnotations(read_only_hint=read_only, idempotent_hint=read_only, open_world_hint=False),
+        annotations=ToolAnnotations(read_only_hint=read_only, idempotent_hint=read_only, open_world_hint=open_world)
+        if not open_world
+        else ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=True),
         title=title,
         extra=(images.IMAGE_PARAMETER,) if draws else (),
     )

@@ -129,7 +129,7 @@ def _first_error(problem: Exception) -> str:
         try:
             first = problem.errors(include_url=False)[0]
             return f"{'.'.join(map(str, first.get('loc', ())))}: {first.get('msg', '')}"[:300]
-        except Exception:  # noqa: BLE001 - the message is a courtesy
+        except Exception:
             pass
     return f"{type(problem).__name__}: {str(problem).splitlines()[0] if str(problem) else ''}"[:300]
 
@@ -153,7 +153,7 @@ class ValidatingLines:
             line = await self._lines.__anext__()
             try:
                 types.jsonrpc_message_adapter.validate_json(line, by_name=False)
-            except Exception as exc:  # noqa: BLE001 - exactly what the SDK's reader catches
+            except Exception as exc:
                 refusal = refusal_for(line, exc)
                 if refusal is not None:
                     log.warning("answered a malformed request (id %r): %s", refusal.id, refusal.error.message)
@@ -174,7 +174,7 @@ def _claimed_stdin() -> tuple[Any, Callable[[], None] | None]:
 
 async def run_stdio(server: MCPServer) -> None:
     """MCPServer.run_stdio_async with the validating layer in front of the reader."""
-    lowlevel = server._lowlevel_server  # noqa: SLF001 - what MCPServer.run_stdio_async runs
+    lowlevel = server._lowlevel_server
     buffer, release = _claimed_stdin()
     answers_send, answers_receive = anyio.create_memory_object_stream[types.JSONRPCError](64)
     wrapper = io.TextIOWrapper(buffer, encoding="utf-8", errors="replace")

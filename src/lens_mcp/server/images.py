@@ -46,9 +46,6 @@ IMAGE_PARAMETER = inspect.Parameter(
     ],
 )
 
-RESULT_MODELS: dict[str, type[BaseModel]] = {}
-"""Result model of every published tool, by tool name (filled by the adapter; read by report and replay)."""
-
 
 def supports_images(result_model: Any) -> bool:
     return isinstance(result_model, type) and callable(getattr(result_model, "heatmaps", None))
@@ -207,7 +204,7 @@ def image_blocks(result: BaseModel, tool: str) -> list[Any]:
             blocks.append(TextContent(type="text", text=f"{len(maps) - MAX_IMAGES} more heatmaps not drawn"))
         if not maps:
             blocks.append(TextContent(type="text", text=f"{tool}: this result has nothing to draw"))
-    except Exception as exc:  # noqa: BLE001 - the numbers are the result; a picture is extra
+    except Exception as exc:
         log.exception("rendering images for %s failed", tool)
         blocks.append(TextContent(type="text", text=f"images could not be drawn ({type(exc).__name__}: {exc})"))
     return blocks

@@ -112,7 +112,7 @@ class ReadableErrors:
         if getattr(ctx, "method", None) == "tools/call":
             try:
                 return self._rewrite(ctx.params or {}, result)
-            except Exception:  # noqa: BLE001 - never lose the original answer over a message
+            except Exception:
                 log.debug("could not rewrite an argument error", exc_info=True)
         return result
 

@@ -122,7 +122,7 @@ class Recorder:
         folder.mkdir(parents=True, exist_ok=True)
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         self.path = folder / f"lens-mcp-{stamp}-{command}-{os.getpid()}.jsonl"
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the session's lifetime
+        self._file = open(self.path, "a", encoding="utf-8")
         self._lock = threading.Lock()
         self._count = 0
         self.versions = versions()
@@ -152,7 +152,7 @@ class Recorder:
         entry["seconds"] = round(seconds, 4)
         try:
             entry["model"] = model_facts(model)
-        except Exception as exc:  # noqa: BLE001 - a record line without a fingerprint beats none
+        except Exception as exc:
             log.warning("weights fingerprint failed: %s", exc)
             entry["model"] = {"spec": model.spec.name if model else None, "fingerprint": None}
         entry["versions"] = self.versions

@@ -4,11 +4,14 @@ bad-input battery, the architecture matrix and the tools/list snapshot). The sci
 
 from __future__ import annotations
 
+import functools
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
+from pydantic import BaseModel
 
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server.adapter import add_host_tool, add_model_tool
@@ -73,7 +76,7 @@ TOOLS: tuple[ToolEntry, ...] = (
     ToolEntry(neuron_attribution, "Direct logit attribution per MLP neuron"),
     ToolEntry(mlp_neurons, "Most active neurons of one MLP"),
     ToolEntry(composition_scores, "Q/K/V composition between heads"),
-    ToolEntry(load_sae, "Load a sparse autoencoder", host=True),
+    ToolEntry(load_sae, "Load a sparse autoencoder", options=(("read_only", False), ("open_world", True))),
     ToolEntry(sae_features, "SAE features of a prompt"),
     ToolEntry(feature_attribution, "Attribute an answer to SAE features"),
     ToolEntry(steering_vector, "Make a steering vector", options=(("read_only", False),)),
@@ -83,6 +86,12 @@ TOOLS: tuple[ToolEntry, ...] = (
 TOOL_NAMES: tuple[str, ...] = tuple(tool.name for tool in TOOLS)
 HOST_TOOLS: frozenset[str] = frozenset(tool.name for tool in TOOLS if tool.host)
 """Tools that bring their own model: the CLI starts no default load for them."""
+
+
+@functools.cache
+def result_models() -> dict[str, type[BaseModel]]:
+    """Each tool's result model, by tool name, read off the function's return annotation (builds no server)."""
+    return {tool.name: typing.get_type_hints(tool.fn)["return"] for tool in TOOLS}
 
 
 def register_tools(server: MCPServer, host: ModelHost) -> None:

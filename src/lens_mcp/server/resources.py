@@ -16,7 +16,7 @@ from lens_mcp.loading import LoadedModel
 from lens_mcp.model_host import ModelHost
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.hook_names import FAMILY_TEMPLATES, available_families
-from lens_mcp.tools.model.model_info import describe
+from lens_mcp.tools.core.model_facts import describe
 
 MODEL_INFO_URI = "lens://model/info"
 MODEL_HOOKS_URI = "lens://model/hooks"
@@ -50,7 +50,7 @@ def hook_summary(model: LoadedModel) -> dict[str, Any]:
             other.append(name)
     every_layer = sorted(t for t, layers in layers_of.items() if len(layers) == n_layers)
     some_layers = {t: sorted(layers) for t, layers in sorted(layers_of.items()) if len(layers) != n_layers}
-    families = available_families(model.bridge)
+    families = available_families(ToolContext(model).view)
     return {
         "model": model.spec.name,
         "n_layers": n_layers,
@@ -75,7 +75,7 @@ def register_resources(server: MCPServer, host: ModelHost) -> None:
     )
     def model_info_resource() -> str:
         model = _ready_model(host)
-        info = describe(model, ToolContext(model, host.limits).max_prompt_tokens)
+        info = describe(ToolContext(model, host.limits))
         return _compact(info.model_dump(mode="json"))
 
     @server.resource(

@@ -3,8 +3,7 @@ after, on one prompt or a prompt dataset (rows of every pair and head set batche
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -13,64 +12,18 @@ from pydantic import Field
 
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.patching import AblateHeadsResult, AblationMode, AblationPairResult, EffectSpread, HeadEffect
-from lens_mcp.tools.causal.patch_sweep import check_positions, resolve_pairs_checked
+from lens_mcp.tools.core.ablation import ALL_MODES, ablation_hooks, resolve_heads
 from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, seconds_per_row
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.metrics import AnswerMetric, metric_warnings, resolve_metric
-from lens_mcp.tools.core.pairs import PairsArgument, pair_label, positions_from_end, spread
+from lens_mcp.tools.core.pairs import PairsArgument, pair_label, positions_from_end, resolve_pairs, spread
 from lens_mcp.tools.core.tokens import encode, token_strings
-from lens_mcp.tools.core.validation import resolve_head, resolve_layer, resolve_positions
+from lens_mcp.tools.core.validation import check_positions, resolve_positions
 
-MODES = ("zero", "mean")
-"""Modes that need only the prompt itself (what generate's head ablation offers)."""
-ALL_MODES = ("zero", "mean", "resample", "corrupted_mean")
 AblationMetric = Literal["logit_diff", "logprob", "prob", "loss"]
 ABLATION_METRICS = ("logit_diff", "logprob", "prob", "loss")
-
-
-def resolve_heads(tc: ToolContext, heads: object, arg: str = "heads") -> list[tuple[int, int]]:
-    """[[layer, head], ...] checked against the model, deduplicated, in the order given."""
-    example = f"e.g. {arg}=[[1, 2], [0, 3]]"
-    if not isinstance(heads, (list, tuple)) or len(heads) == 0:
-        raise LensError(f"{arg}: expected a non-empty list of [layer, head] pairs, {example}.")
-    resolved: list[tuple[int, int]] = []
-    for index, pair in enumerate(heads):
-        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise LensError(f"{arg}[{index}]={pair!r}: each entry must be a [layer, head] pair, {example}.")
-        layer = resolve_layer(pair[0], int(tc.cfg.n_layers), f"{arg}[{index}][0] (layer)")
-        head = resolve_head(pair[1], int(tc.cfg.n_heads), f"{arg}[{index}][1] (head)")
-        if (layer, head) not in resolved:
-            resolved.append((layer, head))
-    return resolved
-
-
-def ablation_hooks(
-    rows: Sequence[Sequence[tuple[int, int]]],
-    replacement: Callable[..., Any],
-    row_keys: Sequence[Any] | None = None,
-) -> list[tuple[str, Callable[..., torch.Tensor]]]:
-    """Hooks on hook_z that, in batch row r, replace each head in rows[r] by its replacement at every position:
-    replacement(layer, head) (0 or a [d_head] mean), or with `row_keys`, replacement(row_keys[r], layer, head)
-    (0, a [d_head] mean or a [pos, d_head] activation for that row's prompt)."""
-    by_layer: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    for row, heads in enumerate(rows):
-        for layer, head in heads:
-            by_layer[layer].append((row, head))
-
-    def make(layer: int, entries: list[tuple[int, int]]) -> Callable[..., torch.Tensor]:
-        def hook(z: torch.Tensor, hook: Any = None) -> torch.Tensor:
-            for row, head in entries:
-                if row_keys is None:
-                    z[row, :, head] = replacement(layer, head)
-                else:
-                    z[row, :, head] = replacement(row_keys[row], layer, head)
-            return z
-
-        return hook
-
-    return [(hook_name("z", layer), make(layer, entries)) for layer, entries in by_layer.items()]
 
 
 @dataclass
@@ -175,7 +128,7 @@ def ablate_heads(
         )
     if metric != "loss" and positions is not None:
         raise LensError("positions= is only used by metric='loss' (the answer metrics read the last position).")
-    items = resolve_pairs_checked(
+    items = resolve_pairs(
         tc,
         pairs,
         clean_prompt=prompt,
@@ -255,7 +208,7 @@ def ablate_heads(
         warnings: list[str] = []
         for group in _by_length(references):
             reference_tokens = torch.cat([references[i].tokens for i in group], dim=0)
-            logits, cache = tc.bridge.run_with_cache(reference_tokens, names_filter=lambda name: name in wanted)
+            logits, cache = tc.view.run_with_cache(reference_tokens, names_filter=lambda name: name in wanted)
             for row, i in enumerate(group):
                 first_metric = references[i].metric
                 if i == 0 and first_metric is not None:  # answer warnings for the (first) prompt
@@ -288,7 +241,7 @@ def ablate_heads(
                 tc.limits,
                 prompts[group[0]].tokens.device,
                 n_tokens,
-                sequence_bytes(tc.cfg, n_tokens, logits_tokens=n_tokens),
+                sequence_bytes(tc.view, n_tokens, logits_tokens=n_tokens),
                 wanted=len(rows),
                 seconds_per_row=seconds_per_row(tc, n_tokens),
             )
@@ -297,14 +250,14 @@ def ablate_heads(
                 tokens = torch.cat([prompts[pair].tokens for pair, _ in batch], dim=0)
                 keys = [pair for pair, _ in batch]
                 hooks = ablation_hooks([sets[s] for _, s in batch], replacement, keys)
-                batch_logits = tc.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+                batch_logits = tc.view.run_with_hooks(tokens, fwd_hooks=hooks)
                 out: list[tuple[float, float | None]] = []
                 for row, pair in enumerate(keys):
                     value, prob = _measure(prompts[pair], batch_logits[row : row + 1])
                     out.append((float(value[0]), None if prob is None else float(prob[0])))
                 return out
 
-            for batch, results in iter_batched(rows, run_batch, plan, device=tc.cfg.device, counter=counter):
+            for batch, results in iter_batched(rows, run_batch, plan, device=tc.view.device, counter=counter):
                 for key, result in zip(batch, results, strict=True):
                     after[key] = result
 

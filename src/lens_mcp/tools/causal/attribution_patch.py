@@ -21,9 +21,9 @@ from pydantic import Field
 
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.common import Cost, GridSpread, PairMetrics
-from lens_mcp.schemas.patching import AttributionPatchResult, PatchCell, RankAgreement, VerifiedCell
-from lens_mcp.tools.causal.patch_sweep import Component, _check_component
-from lens_mcp.tools.causal.patching_engine import PatchEngine, Readout, make_patch
+from lens_mcp.schemas.patching import AttributionPatchResult, Component, PatchCell, RankAgreement, VerifiedCell
+from lens_mcp.tools.causal._components import check_component
+from lens_mcp.tools.causal._engine import PatchEngine, Readout, make_patch
 from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars, seconds_per_row
@@ -37,13 +37,19 @@ from lens_mcp.tools.core.pairs import (
     resolve_pairs,
     spread,
 )
+from lens_mcp.tools.core.patching import (
+    TOP_CELLS,
+    Direction,
+    check_direction,
+    normalize_pooled,
+    patching_meaning,
+    pooled_gap,
+    shape_grid,
+)
 from lens_mcp.tools.core.tokens import token_strings
 from lens_mcp.tools.core.validation import check_range, resolve_layers, resolve_positions
 
-Direction = Literal["denoise", "noise"]
-DIRECTIONS = ("denoise", "noise")
 Problem = Literal["sign", "magnitude"]
-TOP_CELLS = 10
 AGREEMENT_FLOOR = 0.01
 """Estimate and exact value both under this share of the clean - corrupted gap count as agreeing (both ~0)."""
 
@@ -110,14 +116,14 @@ def resolve_grid(
 ) -> CellGrid:
     """The cells, for prompts of `lengths` tokens: positions are absolute when every prompt has the same length,
     else they must count from the end (checked against the shortest prompt)."""
-    family = _check_component(tc, component)
-    layer_list = resolve_layers(layers, int(tc.cfg.n_layers))
+    family = check_component(tc, component)
+    layer_list = resolve_layers(layers, tc.view.n_layers)
     if component == "heads" and positions is not None:
         raise LensError(
             "positions= does not apply to component='heads' (it patches every position of a head); "
             "use component='heads_by_pos' to patch one position at a time."
         )
-    head_list = list(range(int(tc.cfg.n_heads))) if component in ("heads", "heads_by_pos") else None
+    head_list = list(range(tc.view.n_heads)) if component in ("heads", "heads_by_pos") else None
     if component == "heads":
         return CellGrid(component, family, layer_list, head_list, None)
     if len(set(lengths)) == 1:
@@ -129,7 +135,7 @@ def resolve_grid(
 
 
 def _check_eval_mode(tc: ToolContext) -> None:
-    training = [name for name, module in tc.bridge.named_modules() if module.training]
+    training = [name for name, module in tc.view.named_modules() if module.training]
     if training:
         raise LensError(
             f"the loaded model is in training mode ({training[0] or 'the model'}): dropout would make the clean "
@@ -168,7 +174,7 @@ def estimate_effects(
 
     for n_tokens, members in by_length.items():
         # Backward keeps every layer's activations: about n_layers forward footprints per row, and the logits.
-        per_row = sequence_bytes(tc.cfg, n_tokens, n_tokens, logits_tokens=2 * n_tokens) * int(tc.cfg.n_layers)
+        per_row = sequence_bytes(tc.view, n_tokens, n_tokens, logits_tokens=2 * n_tokens) * tc.view.n_layers
         plan = plan_rows(
             tc.limits,
             pairs[members[0]].tokens.device,
@@ -192,8 +198,8 @@ def estimate_effects(
 
                 return hook
 
-            with torch.enable_grad(), tc.bridge.hooks(fwd_hooks=[(name, make_hook(name)) for name in hooks]):
-                logits = tc.bridge(tokens)
+            with torch.enable_grad(), tc.view.hooks(fwd_hooks=[(name, make_hook(name)) for name in hooks]):
+                logits = tc.view(tokens)
                 metrics = torch.stack(
                     [pairs[i].metric(logits[2 * k : 2 * k + 2, -1]) for k, i in enumerate(batch)]
                 )  # [batch, 2]
@@ -271,17 +277,6 @@ def exact_effects(
     return Exact(values, clean_metric, corrupted_metric, engine.stats.forward_passes, list(engine.stats.notes))
 
 
-def normalized_effect(
-    patched: torch.Tensor, clean_metric: float | torch.Tensor, corrupted_metric: float | torch.Tensor, direction: str
-) -> torch.Tensor:
-    """patch_sweep's normalization: denoise (patched - corrupted) / (clean - corrupted), 1 = clean behaviour fully
-    restored; noise (clean - patched) / (clean - corrupted), 1 = clean behaviour fully broken."""
-    span = clean_metric - corrupted_metric
-    if direction == "denoise":
-        return (patched - corrupted_metric) / span
-    return (clean_metric - patched) / span
-
-
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     """Spearman rank correlation (average ranks for ties); None for fewer than 3 values or a constant side."""
     if len(x) < 3:
@@ -336,21 +331,11 @@ def agreement(estimates: Sequence[float], exacts: Sequence[float], problems: Seq
 
 
 def _shape_grid(grid: CellGrid, flat: list[float]) -> tuple[list[str], list[Any]]:
-    n_layers = len(grid.layers)
-    if grid.component == "heads":
-        assert grid.heads is not None
-        n_heads = len(grid.heads)
-        return ["layer", "head"], [flat[i * n_heads : (i + 1) * n_heads] for i in range(n_layers)]
-    assert grid.positions is not None
-    n_pos = len(grid.positions)
-    if grid.component == "heads_by_pos":
-        assert grid.heads is not None
-        n_heads = len(grid.heads)
-        return ["layer", "head", "position"], [
-            [flat[(i * n_heads + h) * n_pos : (i * n_heads + h + 1) * n_pos] for h in range(n_heads)]
-            for i in range(n_layers)
-        ]
-    return ["layer", "position"], [flat[i * n_pos : (i + 1) * n_pos] for i in range(n_layers)]
+    """(axis names, nested grid) of a CellGrid's flat layer-major values."""
+    n_heads = len(grid.heads) if grid.heads is not None else None
+    n_pos = len(grid.positions) if grid.component != "heads" and grid.positions is not None else None
+    axes = ["layer"] + (["head"] if n_heads is not None else []) + (["position"] if n_pos is not None else [])
+    return axes, shape_grid(flat, len(grid.layers), n_heads, n_pos)
 
 
 def _estimate_cost(tc: ToolContext, grid: CellGrid, lengths: Sequence[int], verify_top: int) -> Cost:
@@ -452,8 +437,7 @@ def attribution_patch(
     and early-layer residual estimates are the least reliable. Confirm what matters with patch_sweep on the
     layers/positions it points to (or ablate_heads on the top heads)."""
     started = time.perf_counter()
-    if direction not in DIRECTIONS:
-        raise LensError(f"direction={direction!r} is not one of {', '.join(DIRECTIONS)}.")
+    check_direction(direction)
     items = resolve_pairs(
         tc,
         pairs,
@@ -514,20 +498,11 @@ def attribution_patch(
     clean_values, corrupted_values = estimates.clean_metrics.double(), estimates.corrupted_metrics.double()
     receiving = corrupted_values if direction == "denoise" else clean_values
     estimated_patched = receiving[:, None] + estimates.values.double()  # [pairs, cells]
-    spans = clean_values - corrupted_values
-    usable = spans.abs() >= 1e-6
-    do_normalize = normalize and bool(usable.any())
-    if normalize and not do_normalize:
-        notes.append("clean and corrupted metrics are equal, so the grid cannot be normalized: raw metric shown")
-    elif do_normalize and not bool(usable.all()):
-        left_out = [i for i in range(n_pairs) if not bool(usable[i])]
-        notes.append(f"pairs {left_out} have equal clean and corrupted metrics: left out of the normalized mean")
-    if do_normalize:
-        per_pair = normalized_effect(estimated_patched, clean_values[:, None], corrupted_values[:, None], direction)
-        per_pair = torch.where(usable[:, None], per_pair, torch.full_like(per_pair, float("nan")))
-    else:
-        per_pair = estimated_patched
-    stats = spread(per_pair)
+    pooled = normalize_pooled(estimated_patched, clean_values, corrupted_values, direction, normalize)
+    do_normalize = pooled.normalized
+    if pooled.note:
+        notes.append(pooled.note)
+    stats = spread(pooled.per_pair)
     flat = stats.mean.tolist()
     passes = estimates.passes
 
@@ -550,24 +525,25 @@ def attribution_patch(
     agreement_result = None
     if n_verify:
         chosen = order[:n_verify]
-        exact_per_pair = []
-        for index, run in enumerate(runs):
+        exacts = []
+        for run in runs:
             exact = exact_effects(tc, run, grid, [cells[i] for i in chosen], direction, counter)
             passes += exact.passes
             notes.extend(note for note in exact.notes if note not in notes)
-            patched = exact.values.double()
-            if do_normalize:
-                if not bool(usable[index]):
-                    patched = torch.full_like(patched, float("nan"))
-                else:  # the engine's own clean and corrupted runs, exactly as patch_sweep normalizes
-                    patched = normalized_effect(patched, exact.clean_metric, exact.corrupted_metric, direction)
-            exact_per_pair.append(patched)
-        exact_mean = spread(torch.stack(exact_per_pair)).mean.tolist()
+            exacts.append(exact)
+        # Normalized with the engine's own clean and corrupted runs, exactly as patch_sweep normalizes.
+        exact_mean = normalize_pooled(
+            torch.stack([exact.values for exact in exacts]),
+            torch.tensor([exact.clean_metric for exact in exacts]),
+            torch.tensor([exact.corrupted_metric for exact in exacts]),
+            direction,
+            do_normalize,
+        ).mean.tolist()
         # Compare changes of the metric (the normalized grid already is one; raw values are levels).
         offset = 0.0 if do_normalize else float(receiving.mean())
         estimate_changes = [flat[i] - offset for i in chosen]
         exact_changes = [value - offset for value in exact_mean]
-        mean_span = float(spans.abs().mean())
+        mean_span = abs(pooled_gap(clean_values, corrupted_values))
         floor = AGREEMENT_FLOOR * (1.0 if do_normalize else max(mean_span, 1e-6))
         problems: list[Problem | None] = [
             classify(e, x, floor) for e, x in zip(estimate_changes, exact_changes, strict=True)
@@ -597,7 +573,13 @@ def attribution_patch(
         )
     return AttributionPatchResult(
         **common,
-        meaning=_meaning(direction, do_normalize, answer_metric, n_pairs),
+        meaning=patching_meaning(
+            direction,
+            do_normalize,
+            answer_metric.description if n_pairs == 1 else f"{answer_metric.name} of each pair's answers",
+            n_pairs,
+            estimated=True,
+        ),
         normalized=do_normalize,
         clean_metric=float(clean_values.mean()),
         corrupted_metric=float(corrupted_values.mean()),
@@ -615,25 +597,4 @@ def attribution_patch(
         forward_passes=passes,
         seconds=time.perf_counter() - started,
         notes=notes,
-    )
-
-
-def _meaning(direction: str, normalized: bool, metric: AnswerMetric, n_pairs: int) -> str:
-    over = " (mean over pairs, each pair normalized by its own clean - corrupted gap)" if n_pairs > 1 else ""
-    if normalized and direction == "denoise":
-        return (
-            "estimated (patched - corrupted) / (clean - corrupted) with the clean activation patched into the "
-            "corrupted run: 1 = restores the clean behaviour, 0 = no effect, negative = pushes toward the corrupted "
-            f"answer{over}"
-        )
-    if normalized:
-        return (
-            "estimated (clean - patched) / (clean - corrupted) with the corrupted activation patched into the clean "
-            f"run: 1 = fully breaks the clean behaviour, 0 = no effect, negative = strengthens it{over}"
-        )
-    receiving, source = ("corrupted", "clean") if direction == "denoise" else ("clean", "corrupted")
-    what = metric.description if n_pairs == 1 else f"{metric.name} of each pair's answers"
-    return (
-        f"estimated metric ({what}) of the {receiving} run with the {source} activation patched in"
-        f"{' (mean over pairs)' if n_pairs > 1 else ''}; compare with clean_metric and corrupted_metric"
     )

@@ -5,14 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 import torch
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.common import Cost
-from lens_mcp.schemas.patching import Component as Component  # re-exported: attribution_patch's components
 from lens_mcp.schemas.patching import (
     PatchCell,
     PatchPairMetrics,
@@ -20,7 +19,13 @@ from lens_mcp.schemas.patching import (
     SweepComponent,
     SweepSpread,
 )
-from lens_mcp.tools.causal.patching_engine import Patch, PatchEngine, Readout, make_patch
+from lens_mcp.tools.causal._components import (
+    AFTER_LAST_ATTENTION,
+    COMPONENT_FAMILY,
+    PER_HEAD,
+    check_component,
+)
+from lens_mcp.tools.causal._engine import Patch, PatchEngine, Readout, make_patch
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars
@@ -35,59 +40,16 @@ from lens_mcp.tools.core.pairs import (
     resolve_pairs,
     spread,
 )
-from lens_mcp.tools.core.tokens import token_strings
-from lens_mcp.tools.core.validation import check_int, resolve_layers, resolve_positions
-
-Direction = Literal["denoise", "noise"]
-COMPONENT_FAMILY = {
-    "resid_pre": "resid_pre",
-    "resid_mid": "resid_mid",
-    "resid_post": "resid_post",
-    "attn_out": "attn_out",
-    "mlp_out": "mlp_out",
-    "heads": "z",
-    "heads_by_pos": "z",
-    "q": "q",
-    "k": "k",
-    "v": "v",
-    "pattern": "pattern",
-}
-PER_HEAD = ("heads", "q", "k", "v", "pattern")
-"""Components that patch one head at every position (no position axis)."""
-AFTER_LAST_ATTENTION = ("resid_mid", "resid_post", "attn_out", "mlp_out", "heads_by_pos")
-"""Per-position components that, in the last layer, reach the last position only through that position."""
-DIRECTIONS = ("denoise", "noise")
-TOP_CELLS = 10
-
-
-OUTPUT_COMPONENTS: tuple[str, ...] = (
-    "resid_pre",
-    "resid_mid",
-    "resid_post",
-    "attn_out",
-    "mlp_out",
-    "heads",
-    "heads_by_pos",
+from lens_mcp.tools.core.patching import (
+    TOP_CELLS,
+    Direction,
+    check_direction,
+    normalize_pooled,
+    patching_meaning,
+    shape_grid,
 )
-"""The components other tools (attribution_patch) share with patch_sweep: outputs, not head inputs or patterns."""
-
-
-def _check_component(tc: ToolContext, component: str, components: Sequence[str] = OUTPUT_COMPONENTS) -> str:
-    if component not in components:
-        raise LensError(f"component={component!r} is not one of {', '.join(components)}.")
-    family = COMPONENT_FAMILY[component]
-    if hook_name(family, 0) not in tc.bridge.hook_dict:
-        available = [c for c in components if hook_name(COMPONENT_FAMILY[c], 0) in tc.bridge.hook_dict]
-        raise LensError(
-            f"component={component!r}: this model has no {hook_name(family, 0)} hook point "
-            f"(e.g. an attention-only model has no MLP); use one of {', '.join(available)}."
-        )
-    return family
-
-
-def n_kv_heads(tc: ToolContext) -> int:
-    """Key/value heads per layer (fewer than query heads under grouped-query attention)."""
-    return int(getattr(tc.cfg, "n_key_value_heads", None) or tc.cfg.n_heads)
+from lens_mcp.tools.core.tokens import token_strings
+from lens_mcp.tools.core.validation import check_positions, resolve_layers, resolve_positions
 
 
 @dataclass
@@ -123,50 +85,6 @@ class Sweep:
         return self.clean_metric if self.direction == "denoise" else self.corrupted_metric
 
 
-@dataclass(frozen=True)
-class PairSpec:
-    """One prompt pair of a sweep."""
-
-    clean_prompt: str
-    corrupted_prompt: str
-    answer: str
-    wrong_answer: str | None
-
-
-def resolve_pairs_checked(tc: ToolContext, pairs: object, **arguments: Any) -> list[PromptPair]:
-    """core.pairs.resolve_pairs, with arguments of the wrong type (a direct call, not through the MCP schema)
-    reported as a LensError naming the argument instead of a raw validation error."""
-    for name in ("clean_prompt", "corrupted_prompt", "answer", "wrong_answer"):
-        value = arguments.get(name)
-        if value is not None and not isinstance(value, str):
-            shown = arguments.get("prompt_arg", name) if name == "clean_prompt" else name
-            raise LensError(f"{shown}: expected a string, got {value!r:.80}.")
-    if pairs is not None and not isinstance(pairs, (list, tuple)):
-        raise LensError(
-            f"pairs: expected a list of {{clean_prompt, corrupted_prompt, answer, ...}} items, got {pairs!r:.80}."
-        )
-    try:
-        return resolve_pairs(tc, pairs, **arguments)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error.get("loc", ()))
-        raise LensError(
-            f"pairs: an item is invalid ({where}: {error.get('msg')}); each item is {{clean_prompt, "
-            "corrupted_prompt, answer, wrong_answer}} with string values."
-        ) from None
-
-
-def check_positions(positions: object) -> list[int] | None:
-    """positions as a list of integers (or None), checked before anything reads them."""
-    if positions is None:
-        return None
-    if not isinstance(positions, (list, tuple)):
-        raise LensError(
-            f"positions: expected a list of integers (e.g. positions=[0, -1]) or null for all, got {positions!r:.80}."
-        )
-    return [check_int(p, "positions") for p in positions]
-
-
 @dataclass
 class SweepPlan:
     """A sweep's arguments, checked and resolved before any forward pass."""
@@ -184,7 +102,7 @@ class SweepPlan:
 
 def plan_sweep(
     tc: ToolContext,
-    pairs: Sequence[PairSpec | PromptPair],
+    pairs: Sequence[PromptPair],
     component: str,
     layers: list[int] | None,
     positions: list[int] | None,
@@ -192,13 +110,13 @@ def plan_sweep(
 ) -> SweepPlan:
     """Check every argument and count the cells (refusing a sweep over max_sweep_cells), without running.
     Pairs may differ in length only for per-head components or positions counted from the end."""
-    _check_component(tc, component, tuple(COMPONENT_FAMILY))
+    check_component(tc, component, tuple(COMPONENT_FAMILY))
     if component in PER_HEAD and positions is not None:
         raise LensError(
             f"positions= does not apply to component={component!r} (it patches every position of a head); "
             "use component='heads_by_pos' to patch one head output at one position at a time."
         )
-    items = [p if isinstance(p, PromptPair) else PromptPair(**vars(p)) for p in pairs]
+    items = list(pairs)
     positions = check_positions(positions)
     fixed = component not in PER_HEAD and not positions_from_end(positions)
     encoded = encode_pairs(tc, items, fixed_positions=fixed)
@@ -208,12 +126,12 @@ def plan_sweep(
             metrics.append(resolve_metric(tc, pair.answer or "", pair.wrong_answer, metric, require_wrong=True))
         except LensError as exc:
             raise LensError(f"{pair_label(index, len(items))}{exc}") from None
-    n_layers, n_heads = int(tc.cfg.n_layers), int(tc.cfg.n_heads)
+    n_layers, n_heads = tc.view.n_layers, tc.view.n_heads
     layer_list = resolve_layers(layers, n_layers)
     position_lists: list[list[int] | None] = [None] * len(items)
     if component not in PER_HEAD:
         position_lists = [resolve_positions(positions, int(t.shape[-1])) for t in encoded]
-    head_count = n_kv_heads(tc) if component in ("k", "v") else n_heads
+    head_count = tc.view.n_kv_heads if component in ("k", "v") else n_heads
     head_list = list(range(head_count)) if component in (*PER_HEAD, "heads_by_pos") else None
     position_list = position_lists[0]
     n_cells = len(layer_list) * (len(head_list) if head_list else 1) * (len(position_list) if position_list else 1)
@@ -237,7 +155,7 @@ NARROW = "pass fewer layers=[...] or positions=[...], use a per-head component, 
 def sweep_cost(tc: ToolContext, plan: SweepPlan) -> Cost:
     """The sweep's cost before any forward pass: one patched row per cell and pair, each from its layer on,
     plus the clean and corrupted runs; the result's characters (mean and spread grids with several pairs)."""
-    n_pairs, n_layers = len(plan.encoded), int(tc.cfg.n_layers)
+    n_pairs, n_layers = len(plan.encoded), tc.view.n_layers
     tokens = max(int(t.shape[-1]) for t in plan.encoded)
     per_layer = plan.n_cells // max(1, len(plan.layers))
     patched = plan.n_cells * n_pairs
@@ -255,7 +173,7 @@ def sweep_cost(tc: ToolContext, plan: SweepPlan) -> Cost:
 
 def run_sweeps(
     tc: ToolContext,
-    pairs: Sequence[PairSpec | PromptPair],
+    pairs: Sequence[PromptPair],
     component: str = "resid_pre",
     layers: list[int] | None = None,
     positions: list[int] | None = None,
@@ -267,13 +185,12 @@ def run_sweeps(
     """Validate the arguments and run every cell of the sweep for each pair, rows of all pairs of one length
     batched together in one engine. Positions are resolved per pair (negative ones count from each pair's end);
     pairs of different lengths need negative positions, or a per-head component."""
-    family = _check_component(tc, component, tuple(COMPONENT_FAMILY))
-    if direction not in DIRECTIONS:
-        raise LensError(f"direction={direction!r} is not one of {', '.join(DIRECTIONS)}.")
+    family = check_component(tc, component, tuple(COMPONENT_FAMILY))
+    check_direction(direction)
     spec = plan or plan_sweep(tc, pairs, component, layers, positions, metric)
     encoded, metrics, layer_list = spec.encoded, spec.metrics, spec.layers
     position_lists, head_list, n_cells = spec.positions, spec.heads, spec.n_cells
-    n_layers = int(tc.cfg.n_layers)
+    n_layers = tc.view.n_layers
     lengths = [int(t.shape[-1]) for t in encoded]
     hooks = {layer: hook_name(family, layer) for layer in layer_list}
     head_axis = 1 if component == "pattern" else 2
@@ -367,32 +284,10 @@ def run_sweep(
     direction: str = "denoise",
 ) -> Sweep:
     """Validate the arguments and run every cell of the sweep on one pair; see patch_sweep."""
-    pair = PairSpec(clean_prompt, corrupted_prompt, answer, wrong_answer)
-    return run_sweeps(tc, [pair], component, layers, positions, metric, direction)[0]
-
-
-def _meaning(direction: str, normalized: bool, metric: str) -> str:
-    if not normalized:
-        return f"each cell is the raw metric ({metric}) with that one activation patched"
-    if direction == "denoise":
-        return (
-            "(patched - corrupted) / (clean - corrupted): 1 = this clean activation alone restores the clean "
-            "behaviour in the corrupted run, 0 = no effect, negative = pushes further toward the corrupted answer"
-        )
-    return (
-        "(clean - patched) / (clean - corrupted): 1 = this corrupted activation alone fully breaks the clean "
-        "behaviour in the clean run, 0 = no effect, negative = strengthens the clean answer"
+    pair = PromptPair(
+        clean_prompt=clean_prompt, corrupted_prompt=corrupted_prompt, answer=answer, wrong_answer=wrong_answer
     )
-
-
-def _shape_grid(flat: list[float | None], n_layers: int, n_heads: int | None, n_pos: int | None) -> list:
-    if n_heads is not None and n_pos is not None:
-        return [
-            [flat[(i * n_heads + h) * n_pos : (i * n_heads + h + 1) * n_pos] for h in range(n_heads)]
-            for i in range(n_layers)
-        ]
-    width = n_heads if n_heads is not None else n_pos or 1
-    return [flat[i * width : (i + 1) * width] for i in range(n_layers)]
+    return run_sweeps(tc, [pair], component, layers, positions, metric, direction)[0]
 
 
 def summarize_sweeps(
@@ -411,21 +306,18 @@ def summarize_sweeps(
     for note in (n for s in sweeps for n in s.engine.stats.notes):
         if note not in notes:
             notes.append(note)
-    spans = [s.source_metric - s.base_metric for s in sweeps]
-    do_normalize = normalize
-    flat_spans = [i for i, span in enumerate(spans) if abs(span) < 1e-6]
-    if normalize and flat_spans:
-        do_normalize = False
-        which = "" if len(sweeps) == 1 else f" (pairs[{flat_spans[0]}])"
-        notes.append(
-            f"clean and corrupted metrics are equal{which}, so the grid cannot be normalized: raw metric shown"
-        )
-    rows = []
-    for sweep, span in zip(sweeps, spans, strict=True):
-        values = sweep.values.double()
-        rows.append((values - sweep.base_metric) / span if do_normalize else values)
-    stacked = torch.stack(rows)  # [pairs, cells]
-    mean = stacked.mean(dim=0)
+    pooled = normalize_pooled(
+        torch.stack([s.values for s in sweeps]),
+        torch.tensor([s.clean_metric for s in sweeps]),
+        torch.tensor([s.corrupted_metric for s in sweeps]),
+        direction,
+        normalize,
+    )
+    do_normalize = pooled.normalized
+    if pooled.note:
+        notes.append(pooled.note)
+    stacked = pooled.per_pair  # [pairs, cells]
+    mean = pooled.mean
     skipped = [all(s.skipped[c] for s in sweeps) for c in range(len(first.cells))]
     inert = [all(s.inert[c] for s in sweeps) for c in range(len(first.cells))]
     flat: list[float | None] = [None if skip else float(v) for v, skip in zip(mean.tolist(), skipped, strict=True)]
@@ -450,13 +342,13 @@ def summarize_sweeps(
         same_length = len({int(s.tokens.shape[-1]) for s in sweeps}) == 1
         pos_axis = first.positions if same_length else list(positions or [])
     n_pos = len(pos_axis) if pos_axis is not None else None
-    grid = _shape_grid(flat, len(layer_list), n_heads, n_pos)
-    head_name = "kv_head" if component in ("k", "v") and n_kv_heads(tc) != int(tc.cfg.n_heads) else "head"
+    grid = shape_grid(flat, len(layer_list), n_heads, n_pos)
+    head_name = "kv_head" if component in ("k", "v") and tc.view.n_kv_heads != tc.view.n_heads else "head"
     axes = ["layer"] + ([head_name] if head_list is not None else []) + (["position"] if pos_axis is not None else [])
     if head_name == "kv_head":
         notes.append(
             f"grouped-query attention: each {component} cell patches one key/value head, shared by "
-            f"{int(tc.cfg.n_heads) // n_kv_heads(tc)} query heads ({n_kv_heads(tc)} key/value heads per layer)"
+            f"{tc.view.n_heads // tc.view.n_kv_heads} query heads ({tc.view.n_kv_heads} key/value heads per layer)"
         )
     cell_spread = None
     if len(sweeps) > 1:
@@ -464,7 +356,7 @@ def summarize_sweeps(
 
         def shaped(values: torch.Tensor) -> list:
             flat_values = [None if skip else float(v) for v, skip in zip(values.tolist(), skipped, strict=True)]
-            return _shape_grid(flat_values, len(layer_list), n_heads, n_pos)
+            return shape_grid(flat_values, len(layer_list), n_heads, n_pos)
 
         cell_spread = SweepSpread(
             n_pairs=len(sweeps), std=shaped(stats.std), min=shaped(stats.min), max=shaped(stats.max)
@@ -507,8 +399,7 @@ def summarize_sweeps(
         direction=direction,  # type: ignore[arg-type]
         metric=metric_text if single else f"{first.metric.name} of each pair's answer(s) at the last position",
         normalized=do_normalize,
-        meaning=_meaning(direction, do_normalize, metric_text if single else first.metric.name)
-        + ("" if single else f"; mean over {len(sweeps)} pairs, each normalized on its own"),
+        meaning=patching_meaning(direction, do_normalize, metric_text if single else first.metric.name, len(sweeps)),
         clean_tokens=token_lists[0][0] if single else None,
         corrupted_tokens=token_lists[0][1] if single else None,
         clean_metric=sum(s.clean_metric for s in sweeps) / len(sweeps),
@@ -613,14 +504,13 @@ def patch_sweep(
     (equals TransformerLens's patching functions) and batched, rows of all pairs together. Progress is reported
     per batch; the call can be cancelled. Next: heads_by_pos on the layers that matter, or ablate_heads."""
     started = time.perf_counter()
-    if direction not in DIRECTIONS:
-        raise LensError(f"direction={direction!r} is not one of {', '.join(DIRECTIONS)}.")
+    check_direction(direction)
     if pairs is None and clean_prompt is not None and answer is None:
         raise LensError(
             "answer is required: pass answer (the clean prompt's answer, one token, e.g. ' Paris'), or a dataset "
             "as pairs=[...]."
         )
-    items = resolve_pairs_checked(
+    items = resolve_pairs(
         tc,
         pairs,
         clean_prompt=clean_prompt,

@@ -33,7 +33,7 @@ from pydantic import Field
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.common import Cost, PairMetrics
 from lens_mcp.schemas.paths import PathEdge, PathPatchResult, PathSpread
-from lens_mcp.tools.causal.patching_engine import EngineStats, Patch, PatchEngine, Readout
+from lens_mcp.tools.causal._engine import EngineStats, Patch, PatchEngine, Readout
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars
@@ -41,6 +41,7 @@ from lens_mcp.tools.core.forward import final_norm, unembed
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.metrics import AnswerMetric, MetricName, resolve_metric
 from lens_mcp.tools.core.pairs import PairsArgument, encode_pairs, pair_label, positions_from_end, resolve_pairs, spread
+from lens_mcp.tools.core.patching import normalize_pooled, pooled_note
 from lens_mcp.tools.core.tokens import encode_pair, token_strings
 from lens_mcp.tools.core.validation import resolve_head_pairs, resolve_layer, resolve_positions
 
@@ -89,26 +90,15 @@ class PathRun:
     notes: list[str] = field(default_factory=list)
 
 
-def _n_kv_heads(tc: ToolContext) -> int:
-    cfg = tc.cfg
-    per_layer = getattr(cfg, "per_layer_num_key_value_heads", None)
-    if per_layer and len(set(per_layer)) > 1:
-        raise LensError(
-            "receiver_input='k'/'v': this model has a different number of key/value heads per layer, which "
-            "path_patch does not support; use receiver_input='q'."
-        )
-    return int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
-
-
 def receiver_heads_per_layer(tc: ToolContext, receiver_input: str) -> int:
     """Heads a receiver's q/k/v input is split into: query heads for q, key/value heads for k and v."""
-    return int(tc.cfg.n_heads) if receiver_input == "q" else _n_kv_heads(tc)
+    return tc.view.n_heads if receiver_input == "q" else tc.view.n_kv_heads
 
 
 def _resolve_receivers(
     tc: ToolContext, receivers: object, receiver_input: str
 ) -> tuple[Literal["logits", "all_heads", "set", "resid"], tuple[Receiver, ...]]:
-    n_layers = int(tc.cfg.n_layers)
+    n_layers = tc.view.n_layers
     forms = "'logits', 'all_heads', [[layer, head], ...] or {'resid': layer}"
     if isinstance(receivers, str):
         if receivers == "logits":
@@ -127,8 +117,8 @@ def _resolve_receivers(
         kind = "query" if receiver_input == "q" else "key/value"
         hint = (
             f" Receivers of receiver_input={receiver_input!r} are {kind} heads 0..{n - 1} (query head h reads "
-            f"key/value head h // {int(tc.cfg.n_heads) // n})."
-            if n != int(tc.cfg.n_heads)
+            f"key/value head h // {tc.view.n_heads // n})."
+            if n != tc.view.n_heads
             else ""
         )
         try:
@@ -142,14 +132,11 @@ def _resolve_receivers(
 def _check_architecture(tc: ToolContext, sender_layers: Sequence[int]) -> None:
     """TransformerLens's own refusals for direct path patching (no attention in a block, a sender whose
     residual write is not z @ W_O: post-norm, scaled-residual or parallel blocks)."""
-    from transformer_lens.patching import _check_direct_path_support  # noqa: PLC0415 - private, version-pinned
-
-    if hook_name("z", 0) not in tc.bridge.hook_dict:
+    if hook_name("z", 0) not in tc.view.hook_dict:
         raise LensError("path_patch needs per-head attention outputs (hook_z), which this model does not have.")
-    try:
-        _check_direct_path_support(tc.bridge, list(sender_layers), "q")
-    except ValueError as exc:
-        raise LensError(f"path_patch is not supported on this model: {exc}") from None
+    obstruction = tc.view.direct_path_obstruction(sender_layers)
+    if obstruction is not None:
+        raise LensError(f"path_patch is not supported on this model: {obstruction}")
 
 
 class _InputCapture:
@@ -179,7 +166,7 @@ class _HeadInputEdit:
         store: dict[tuple[int, int], torch.Tensor],
         fired: set[str],
     ):
-        block = tc.bridge.blocks[receiver.layer]
+        block = tc.view.blocks[receiver.layer]
         self.layer, self.head = receiver.layer, int(receiver.head or 0)
         self.hook = f"blocks.{receiver.layer}.attn.hook_{receiver_input}"
         self.norm = getattr(block, "ln1", None)
@@ -211,7 +198,7 @@ def _sender_writes(
         keep[positions] = True
     for layer, head in senders:
         name = hook_name("z", layer)
-        w_o = tc.bridge.blocks[layer].attn.W_O[head]
+        w_o = tc.view.blocks[layer].attn.W_O[head]
         z_clean = engine.clean_cache[name][0, :, head]
         z_corrupted = engine.cache[name][0, :, head]
         delta = z_clean @ w_o - z_corrupted @ w_o
@@ -300,7 +287,7 @@ def plan_paths(tc: ToolContext, senders: object, receivers: object, receiver_inp
     """Check senders, receivers and receiver_input against the model and list every path (no forward pass)."""
     if receiver_input not in RECEIVER_INPUTS:
         raise LensError(f"receiver_input={receiver_input!r} is not one of 'q', 'k', 'v'.")
-    n_layers, n_heads = int(tc.cfg.n_layers), int(tc.cfg.n_heads)
+    n_layers, n_heads = tc.view.n_layers, tc.view.n_heads
     form_name, receiver_list = _resolve_receivers(tc, receivers, receiver_input)
     last_receiver_layer = max(r.layer for r in receiver_list)
     if senders is None:
@@ -355,7 +342,7 @@ def estimate_cost(
     tc: ToolContext, plan: PathPlan, encoded: Sequence[torch.Tensor], positions: Sequence[list[int] | None]
 ) -> Cost:
     """Work, passes, seconds and result size of the call, from the plan and the token ids alone."""
-    n_layers = int(tc.cfg.n_layers)
+    n_layers = tc.view.n_layers
     starts = plan.start_layers()
     units = 0.0
     rows = 0
@@ -370,7 +357,7 @@ def estimate_cost(
             units += sum((n_layers - start) * suffix for start in active)
             rows += len(active)
     n_cells = len(plan.paths)
-    grid_cells = n_cells if plan.form_name == "all_heads" else len({s[0] for s in plan.senders}) * int(tc.cfg.n_heads)
+    grid_cells = n_cells if plan.form_name == "all_heads" else len({s[0] for s in plan.senders}) * tc.view.n_heads
     statistics = 4 if len(encoded) > 1 else 1  # the mean grid, plus std / min / max over pairs
     chars = grid_chars(grid_cells * statistics, 1500 + 24 * longest + 90 * TOP_EDGES + 80 * len(encoded))
     fraction = units / max(1, rows * longest * n_layers)
@@ -471,7 +458,7 @@ def _grid_axes(tc: ToolContext, run: PathRun, shown: list[float]) -> tuple[list[
     asked or there is no path."""
     nan = math.nan
     if run.form == "senders":
-        heads = list(range(int(tc.cfg.n_heads)))
+        heads = list(range(tc.view.n_heads))
         layers = sorted({layer for layer, _ in run.senders})
         grid = [[nan] * len(heads) for _ in layers]
         for (sender, _), value in zip(run.paths, shown, strict=True):
@@ -479,7 +466,7 @@ def _grid_axes(tc: ToolContext, run: PathRun, shown: list[float]) -> tuple[list[
         return ["sender_layer", "sender_head"], layers, heads, grid
     n = receiver_heads_per_layer(tc, run.receiver_input or "q")
     heads = list(range(n))
-    layers = list(range(min(layer for layer, _ in run.senders) + 1, int(tc.cfg.n_layers)))
+    layers = list(range(min(layer for layer, _ in run.senders) + 1, tc.view.n_layers))
     by_sender = {s: [[nan] * n for _ in layers] for s in run.senders}
     for (sender, (receiver,)), value in zip(run.paths, shown, strict=True):
         by_sender[sender][layers.index(receiver.layer)][receiver.head or 0] = value
@@ -608,17 +595,17 @@ def path_patch(
     ]
     run = runs[0]
     notes = list(dict.fromkeys(note for r in runs for note in r.notes))
-    per_pair = torch.stack([r.values for r in runs]).double()
-    clean = torch.tensor([r.clean_metric for r in runs], dtype=torch.float64)
-    corrupted = torch.tensor([r.corrupted_metric for r in runs], dtype=torch.float64)
-    span = float(clean.mean() - corrupted.mean())
-    do_normalize = normalize
-    if normalize and abs(span) < 1e-6:
-        do_normalize = False
-        notes.append("clean and corrupted metrics are equal, so the grid cannot be normalized: raw metric shown")
-    if do_normalize:
-        per_pair = (per_pair - corrupted[:, None]) / span
-    statistics = spread(per_pair)
+    pooled = normalize_pooled(
+        torch.stack([r.values for r in runs]),
+        torch.tensor([r.clean_metric for r in runs]),
+        torch.tensor([r.corrupted_metric for r in runs]),
+        "denoise",
+        normalize,
+    )
+    do_normalize = pooled.normalized
+    if pooled.note:
+        notes.append(pooled.note)
+    statistics = spread(pooled.per_pair)
     shown = statistics.mean.tolist()
     axes, layers, heads, grid = _grid_axes(tc, run, shown)
     path_spread = None
@@ -640,9 +627,9 @@ def path_patch(
         if not math.isnan(value)
     ]
     edges.sort(key=lambda edge: abs(edge.value), reverse=True)
-    n_kv = _n_kv_heads(tc) if run.receiver_input in ("k", "v") else int(tc.cfg.n_heads)
-    if n_kv != int(tc.cfg.n_heads):
-        group = int(tc.cfg.n_heads) // n_kv
+    n_kv = tc.view.n_kv_heads if run.receiver_input in ("k", "v") else tc.view.n_heads
+    if n_kv != tc.view.n_heads:
+        group = tc.view.n_heads // n_kv
         notes.append(
             f"grouped-query attention: receiver heads are key/value heads; KV head j is read by query heads "
             f"{group}j..{group}j+{group - 1}"
@@ -650,8 +637,7 @@ def path_patch(
     if do_normalize:
         unit = "fraction of the clean - corrupted difference restored"
         scale = "1 = the path alone restores the clean metric, 0 = no effect"
-        if n_pairs > 1:
-            unit += f", mean over {n_pairs} pairs (each pair's change divided by the mean clean - corrupted difference)"
+        unit += pooled_note(n_pairs)
     else:
         unit = f"the raw metric{f', mean over {n_pairs} pairs' if n_pairs > 1 else ''}"
         scale = f"compare with corrupted_metric {run.corrupted_metric:.4g}" if n_pairs == 1 else "raw metric"
@@ -664,8 +650,8 @@ def path_patch(
         "null = no path",
         clean_tokens=token_strings(tc, run.tokens[0]),
         corrupted_tokens=token_strings(tc, run.tokens[1]),
-        clean_metric=float(clean.mean()),
-        corrupted_metric=float(corrupted.mean()),
+        clean_metric=sum(r.clean_metric for r in runs) / n_pairs,
+        corrupted_metric=sum(r.corrupted_metric for r in runs) / n_pairs,
         positions=run.positions,
         axes=axes,
         senders=[list(s) for s in run.senders] if len(axes) == 3 else None,

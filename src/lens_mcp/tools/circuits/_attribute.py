@@ -37,8 +37,8 @@ def embeddings(tc: ToolContext, tokens: torch.Tensor) -> torch.Tensor:
         raise _EmbedOnly
 
     try:
-        with torch.no_grad(), tc.bridge.hooks(fwd_hooks=[("hook_embed", grab)]):
-            tc.bridge(tokens)
+        with torch.no_grad(), tc.view.hooks(fwd_hooks=[("hook_embed", grab)]):
+            tc.view(tokens)
     except _EmbedOnly:
         pass
     return found[0]
@@ -76,7 +76,7 @@ def attribute(
     clean_metrics = torch.zeros(len(pairs))
     corrupted_metrics = torch.zeros(len(pairs))
     passes = 0
-    d_model = int(tc.cfg.d_model)
+    d_model = tc.view.d_model
     for index, (tokens, metric) in enumerate(zip(pairs, metrics, strict=True)):
         clean = writer_states(tc, graph, tokens[:1])
         clean_metrics[index] = metric(clean.logits)[0]

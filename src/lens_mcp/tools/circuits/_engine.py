@@ -11,8 +11,7 @@ the metric; `edge_run` rebuilds each reader's input per row from a mask of repla
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,51 +29,15 @@ _ADDITIVE_RTOL = 1e-3
 
 def build_graph(tc: ToolContext) -> Graph:
     """The model's graph, or a LensError where the residual stream is not a sum of the writers."""
-    from transformer_lens.tools.analysis.attribution_patching import (  # noqa: PLC0415 - private, version-pinned
-        _attention_write_obstruction,
-    )
-
-    cfg = tc.cfg
-    detail = _attention_write_obstruction(tc.bridge)
-    if detail is None and any(f"blocks.0.{n}_post.hook_scale" in tc.bridge.hook_dict for n in ("ln1", "ln2")):
-        detail = "a norm after each sublayer"
+    view = tc.view
+    detail = view.residual_write_obstruction()
     if detail is not None:
         raise LensError(
             f"edge attribution and circuit faithfulness are not exact on this model ({detail}): a head's or MLP's "
             "output is rescaled before it joins the residual stream, so the residual stream is not a sum of the "
             "writers. Use attribution_patch, patch_sweep or path_patch here."
         )
-    per_layer = getattr(cfg, "per_layer_num_key_value_heads", None)
-    if per_layer and len(set(per_layer)) > 1:
-        raise LensError("edge attribution needs the same number of key/value heads in every layer; this model varies.")
-    n_heads = int(cfg.n_heads)
-    n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
-    return Graph(int(cfg.n_layers), n_heads, n_kv, bool(getattr(cfg, "parallel_attn_mlp", False)))
-
-
-@contextmanager
-def edge_hooks_on(bridge: Any) -> Iterator[None]:
-    """Turn on the per-head writer and reader hook points, restoring the model's own settings afterwards."""
-    cfg = bridge.cfg
-    saved = (
-        cfg.use_attn_result,
-        cfg.use_split_qkv_input,
-        cfg.use_hook_mlp_in,
-        bool(getattr(cfg, "use_attn_in", False)),
-    )
-    try:
-        if saved[3]:
-            bridge.set_use_attn_in(False)
-        bridge.set_use_attn_result(True)
-        bridge.set_use_split_qkv_input(True)
-        bridge.set_use_hook_mlp_in(True)
-        yield
-    finally:
-        bridge.set_use_attn_result(saved[0])
-        bridge.set_use_split_qkv_input(saved[1])
-        bridge.set_use_hook_mlp_in(saved[2])
-        if saved[3]:
-            bridge.set_use_attn_in(True)
+    return Graph(view.n_layers, view.n_heads, view.n_kv_heads, view.capabilities.parallel_attn_mlp)
 
 
 def _writer_hooks(graph: Graph) -> list[tuple[str, int, bool]]:
@@ -137,11 +100,11 @@ def _final_hook(graph: Graph, sink: list[torch.Tensor]) -> tuple[str, Callable[.
 
 def writer_states(tc: ToolContext, graph: Graph, tokens: torch.Tensor) -> WriterStates:
     """Every writer's output, the logits and the final residual stream of one forward pass."""
-    store = _new_store(graph, tokens, int(tc.cfg.d_model))
+    store = _new_store(graph, tokens, tc.view.d_model)
     final: list[torch.Tensor] = []
     hooks = [*_capture_writers(graph, store), _final_hook(graph, final)]
-    with torch.no_grad(), edge_hooks_on(tc.bridge), tc.bridge.hooks(fwd_hooks=hooks):
-        logits = tc.bridge(tokens)[:, -1].float()
+    with torch.no_grad(), tc.view.per_head_hooks(), tc.view.hooks(fwd_hooks=hooks):
+        logits = tc.view(tokens)[:, -1].float()
     return WriterStates(store, logits, final[0])
 
 
@@ -162,7 +125,7 @@ def gradient_pass(
 ) -> GradientPass:
     """One forward and backward: every reader's input gradient. `embed` replaces the token embeddings
     (integrated gradients' interpolated inputs)."""
-    d_model = int(tc.cfg.d_model)
+    d_model = tc.view.d_model
     rows, n_pos = int(tokens.shape[0]), int(tokens.shape[1])
     store = _new_store(graph, tokens, d_model)
     grads = torch.zeros(rows, n_pos, len(graph.readers), d_model, device=tokens.device)
@@ -191,8 +154,8 @@ def gradient_pass(
         return hook
 
     hooks += [(name, make_leaf(name, first)) for name, first, _ in _reader_hooks(graph)]
-    with torch.enable_grad(), edge_hooks_on(tc.bridge), tc.bridge.hooks(fwd_hooks=hooks):
-        logits = tc.bridge(tokens)[:, -1]
+    with torch.enable_grad(), tc.view.per_head_hooks(), tc.view.hooks(fwd_hooks=hooks):
+        logits = tc.view(tokens)[:, -1]
         values = metric(logits)
         found = torch.autograd.grad(values.sum(), [leaf for _, leaf in leaves], allow_unused=True)
     missing = [name for name, _, _ in _reader_hooks(graph) if name not in fired]
@@ -237,7 +200,7 @@ def edge_run(
     """Metric per row of a forward pass in which, in each row b, every edge (w, r) with replaced[b, w, r] (or
     replaced[b, p, w, r] for position edges, at position p) carries replacement[b, p, w] in place of writer w's
     live output. replacement broadcasts over rows (e.g. [1, positions, writers, d_model])."""
-    store = _new_store(graph, tokens, int(tc.cfg.d_model))
+    store = _new_store(graph, tokens, tc.view.d_model)
     by_position = replaced.dim() == 4
     mask = replaced.to(store.dtype)
     hooks = _capture_writers(graph, store)
@@ -263,6 +226,6 @@ def edge_run(
         return hook
 
     hooks += [(name, make(first, count)) for name, first, count in _reader_hooks(graph)]
-    with torch.no_grad(), edge_hooks_on(tc.bridge), tc.bridge.hooks(fwd_hooks=hooks):
-        logits = tc.bridge(tokens)[:, -1]
+    with torch.no_grad(), tc.view.per_head_hooks(), tc.view.hooks(fwd_hooks=hooks):
+        logits = tc.view(tokens)[:, -1]
     return metric(logits).float()

@@ -103,7 +103,7 @@ def evaluate(
     if references is not None:
         reference_writers = writer_states(tc, graph, references).writers
         passes += 1
-    d_model = int(tc.cfg.d_model)
+    d_model = tc.view.d_model
     for index, (tokens, metric) in enumerate(zip(pairs, metrics, strict=True)):
         n_tokens = int(tokens.shape[-1])
         if reference_writers is not None and int(reference_writers.shape[1]) != n_tokens:

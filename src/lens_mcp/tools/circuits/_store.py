@@ -55,4 +55,4 @@ def lookup(tc: ToolContext, name: str, arg: str = "circuit") -> Stored:
             f"{arg}={name!r} is not stored (stored: {known}); edge_attribution stores its ranking as "
             f"'{LAST}' and under name=..., circuit_faithfulness under name=...."
         )
-    return item  # type: ignore[no-any-return]
+    return item

@@ -18,6 +18,7 @@ from typing import Any, TypeVar, cast
 import torch
 
 from lens_mcp.progress import ProgressReporter, no_progress
+from lens_mcp.tools.core.model_view import ModelView
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +49,18 @@ def available_memory_bytes(device: torch.device | str) -> int | None:
 
 
 def sequence_bytes(
-    cfg: Any, query_tokens: int, key_tokens: int | None = None, *, logits_tokens: int = 0, dtype_bytes: int = 4
+    view: ModelView, query_tokens: int, key_tokens: int | None = None, *, logits_tokens: int = 0, dtype_bytes: int = 4
 ) -> int:
     """A generous estimate of the activation memory one sequence needs while a block runs: the residual
     stream and its copies, the MLP's hidden layer, the attention scores and pattern, plus `logits_tokens`
     rows of logits if the caller keeps full-vocabulary logits."""
     key_tokens = query_tokens if key_tokens is None else key_tokens
-    d_model = int(cfg.d_model)
-    d_mlp = int(getattr(cfg, "d_mlp", None) or 4 * d_model)
-    n_heads = int(cfg.n_heads)
+    d_model = view.d_model
+    d_mlp = view.d_mlp or 4 * d_model
+    n_heads = view.n_heads
     per_token = 12 * d_model + 4 * d_mlp
     attention = 4 * n_heads * query_tokens * key_tokens
-    logits = logits_tokens * int(cfg.d_vocab)
+    logits = logits_tokens * view.d_vocab
     return dtype_bytes * (query_tokens * per_token + attention + logits)
 
 
@@ -177,7 +178,7 @@ def iter_batched(
         started = time.perf_counter()
         try:
             result = run_batch(batch)
-        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
+        except Exception as exc:
             if not is_out_of_memory(exc) or len(batch) == 1:
                 raise
             out_of_memory = True

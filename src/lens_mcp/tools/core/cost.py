@@ -68,20 +68,20 @@ def measured_throughput(tc: ToolContext) -> float:
     warm-up pass, then the faster of two timed passes) and kept on `tc.model.throughput`."""
     if tc.model.throughput is not None:
         return tc.model.throughput
-    cfg = tc.cfg
-    n_tokens = max(2, min(_PROBE_TOKENS, int(cfg.n_ctx)))
-    device = next(iter(tc.bridge.parameters())).device
-    tokens = torch.randint(0, int(cfg.d_vocab), (_PROBE_BATCH, n_tokens), device=device)
+    view = tc.view
+    n_tokens = max(2, min(_PROBE_TOKENS, view.n_ctx))
+    device = next(iter(view.parameters())).device
+    tokens = torch.randint(0, view.d_vocab, (_PROBE_BATCH, n_tokens), device=device)
     best = math.inf
     with torch.no_grad():
         for attempt in range(3):
             _synchronize(device)
             start = time.perf_counter()
-            tc.bridge(tokens)
+            tc.view(tokens)
             _synchronize(device)
             if attempt > 0:
                 best = min(best, time.perf_counter() - start)
-    throughput = _PROBE_BATCH * n_tokens * int(cfg.n_layers) / max(best, 1e-6)
+    throughput = _PROBE_BATCH * n_tokens * view.n_layers / max(best, 1e-6)
     tc.model.throughput = throughput
     log.info("measured throughput: %.0f token-layers/s", throughput)
     return throughput
@@ -94,7 +94,7 @@ def _synchronize(device: torch.device) -> None:
 
 def work_units(tc: ToolContext, work: Work) -> int:
     """Token-layers the call will run: rows x tokens x blocks, backward passes counted twice."""
-    per_row = work.tokens_per_row * int(tc.cfg.n_layers) * max(0.0, work.layer_fraction)
+    per_row = work.tokens_per_row * tc.view.n_layers * max(0.0, work.layer_fraction)
     return int(math.ceil((work.rows + 2 * work.backward_rows) * per_row))
 
 
@@ -102,7 +102,7 @@ def estimate(tc: ToolContext, work: Work) -> Cost:
     """The call's cost: cells, batched passes, work units, seconds on this model and device, result size."""
     throughput = measured_throughput(tc)
     units = work_units(tc, work)
-    layers_per_row = max(1.0, int(tc.cfg.n_layers) * work.layer_fraction)
+    layers_per_row = max(1.0, tc.view.n_layers * work.layer_fraction)
     rows_per_pass = work.rows_per_pass or rows_for_time(tc, work.tokens_per_row, layers_per_row)
     passes = math.ceil(work.rows / max(1, rows_per_pass)) + math.ceil(work.backward_rows / max(1, rows_per_pass))
     return Cost(
@@ -150,5 +150,21 @@ def rows_for_time(tc: ToolContext, tokens_per_row: int, layers_per_row: float | 
 
 def seconds_per_row(tc: ToolContext, tokens_per_row: int, layers_per_row: float | None = None) -> float:
     """Estimated seconds one row of `tokens_per_row` tokens takes through `layers_per_row` blocks."""
-    layers = float(layers_per_row if layers_per_row is not None else tc.cfg.n_layers)
+    layers = float(layers_per_row if layers_per_row is not None else tc.view.n_layers)
     return max(1.0, tokens_per_row * layers) / measured_throughput(tc)
+
+
+def single_pass_cost(tc: ToolContext, work: Work) -> Cost:
+    """The cost of a call that runs one forward pass, without measuring the device's throughput for it (a probe
+    of several passes): seconds from the throughput when it is already known, else 0 (one pass is never the
+    problem; the result size and the work units are what the caps bound here)."""
+    units = work_units(tc, work)
+    throughput = tc.model.throughput
+    return Cost(
+        cells=work.cells,
+        forward_passes=1,
+        work_units=units,
+        seconds=units / throughput if throughput else 0.0,
+        result_chars=work.result_chars,
+        throughput=throughput or 0.0,
+    )

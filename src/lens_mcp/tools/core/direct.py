@@ -25,30 +25,28 @@ SCALE_HOOK = "ln_final.hook_scale"
 
 def final_norm_centres(tc: ToolContext) -> bool:
     """Whether the final norm subtracts the mean (LayerNorm) rather than only scaling (RMSNorm)."""
-    cfg = tc.cfg
-    return cfg.normalization_type in ("LN", "LNPre") and not getattr(cfg, "final_rms", False)
+    return tc.view.capabilities.final_norm_centres
 
 
 def has_final_norm(tc: ToolContext) -> bool:
-    norm = tc.cfg.normalization_type
-    return norm in ("LN", "LNPre", "RMS", "RMSPre") and SCALE_HOOK in tc.bridge.hook_dict
+    return tc.view.capabilities.final_norm != "none"
 
 
 def _final_norm_weight(tc: ToolContext, like: torch.Tensor) -> torch.Tensor | None:
     """The elementwise weight the final norm multiplies by, when it is not folded into W_U (None: folded or
     absent). An RMS norm is probed with a constant vector so large that eps does not count, which covers the
     `w` and `1 + w` parametrizations alike; a LayerNorm's weight is read off its module."""
-    norm = getattr(tc.bridge, "ln_final", None)
+    norm = tc.view.ln_final
     if norm is None or not has_final_norm(tc):
         return None
-    d_model = int(tc.cfg.d_model)
+    d_model = tc.view.d_model
     with torch.no_grad():
         if final_norm_centres(tc):
             weight = getattr(getattr(norm, "original_component", norm), "weight", None)
             weight = weight.detach().float().to(like.device) if isinstance(weight, torch.Tensor) else None
         else:
             probe = torch.full((1, 1, d_model), 1e3, dtype=torch.float32, device=like.device)
-            weight = norm(probe.to(dtype=next(iter(tc.bridge.parameters())).dtype))[0, 0].float().to(like.device)
+            weight = norm(probe.to(dtype=next(iter(tc.view.parameters())).dtype))[0, 0].float().to(like.device)
     if weight is None or torch.allclose(weight, torch.ones_like(weight)):
         return None
     return weight
@@ -59,7 +57,7 @@ def refuse_sublayer_post_norm(tc: ToolContext, sublayer: str, what: str) -> None
     the residual stream (Gemma 2's post-attention / post-MLP norms): the raw write would be the wrong vector.
     sublayer: 'ln1' (attention) or 'ln2' (MLP)."""
     name = f"blocks.0.{sublayer}_post.hook_scale"
-    if name in tc.bridge.hook_dict:
+    if name in tc.view.hook_dict:
         raise LensError(
             f"{what} is not supported on this model yet: it normalizes each {'attention' if sublayer == 'ln1' else 'MLP'}"
             " output again before adding it to the residual stream (a norm after the sublayer), so the raw output "
@@ -96,7 +94,7 @@ class DirectReadout:
 
     def prepare(self, vectors: torch.Tensor) -> torch.Tensor:
         """Vectors (..., d_model) through the frozen final norm: centred, weighted, divided by the scale."""
-        device = self.tc.bridge.W_U.device
+        device = self.tc.view.W_U.device
         v = vectors.to(device).float()
         if final_norm_centres(self.tc):
             v = v - v.mean(dim=-1, keepdim=True)
@@ -107,13 +105,13 @@ class DirectReadout:
 
     def logits(self, vectors: torch.Tensor, ids: list[int] | None = None) -> torch.Tensor:
         """Each vector's direct contribution to every logit (or to the columns `ids`): (..., d_vocab)."""
-        W_U = self.tc.bridge.W_U
+        W_U = self.tc.view.W_U
         weight = W_U if ids is None else W_U[:, ids]
         return self.prepare(vectors) @ weight.float()
 
     def direction(self, answer_id: int, wrong_id: int | None) -> torch.Tensor:
         """d (d_model) such that vector . d is the vector's contribution to logit(answer) - logit(wrong)."""
-        W_U = self.tc.bridge.W_U
+        W_U = self.tc.view.W_U
         d = W_U[:, answer_id].float()
         if wrong_id is not None:
             d = d - W_U[:, wrong_id].float()

@@ -38,11 +38,11 @@ def cached_forward(
     kwargs: dict[str, Any] = {}
     if positions is not None:
         kwargs["pos_slice"] = list(positions)
-    if stop_at_layer is not None and stop_at_layer < int(tc.cfg.n_layers):
+    if stop_at_layer is not None and stop_at_layer < tc.view.n_layers:
         kwargs["stop_at_layer"] = stop_at_layer
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_GATED_WARNING)
-        output, cache = tc.bridge.run_with_cache(tokens, names_filter=name_list, **kwargs)
+        output, cache = tc.view.run_with_cache(tokens, names_filter=name_list, **kwargs)
     return (None if "stop_at_layer" in kwargs else output), cache
 
 
@@ -62,8 +62,8 @@ def summarizing_forward(
         return hook
 
     fwd_hooks = [(name, make_hook(name)) for name in dict.fromkeys(names)]
-    with torch.no_grad(), tc.bridge.hooks(fwd_hooks=fwd_hooks):
-        logits = tc.bridge(tokens)
+    with torch.no_grad(), tc.view.hooks(fwd_hooks=fwd_hooks):
+        logits = tc.view(tokens)
     assert isinstance(logits, torch.Tensor)
     return logits
 
@@ -73,12 +73,7 @@ def output_transform(tc: ToolContext, logits: torch.Tensor) -> torch.Tensor:
     Granite's logits scaling, ...): the adapter's `apply_output_logits_transform`, exactly what
     TransformerLens's `logit_readout` applies. Every transform TransformerLens 4.3 declares is elementwise,
     so it may be applied to a subset of the vocabulary's columns."""
-    transform = getattr(getattr(tc.bridge, "adapter", None), "apply_output_logits_transform", None)
-    if not callable(transform):
-        return logits
-    transformed = transform(logits)
-    assert isinstance(transformed, torch.Tensor)
-    return transformed
+    return tc.view.output_transform(logits)
 
 
 def output_slope(tc: ToolContext) -> tuple[float, bool]:
@@ -98,18 +93,18 @@ def unembed(
 ) -> torch.Tensor:
     """Logits from vectors (..., d_model) that already went through the final norm: `x @ W_U + b_U`, then
     the output transform (unless transform=False). ids: only these vocabulary columns, in that order."""
-    bridge = tc.bridge
-    weight = bridge.W_U if ids is None else bridge.W_U[:, list(ids)]
+    view = tc.view
+    weight = view.W_U if ids is None else view.W_U[:, list(ids)]
     logits = normalized.to(device=weight.device, dtype=weight.dtype) @ weight
-    bias = getattr(bridge, "b_U", None)
-    if isinstance(bias, torch.Tensor):
+    bias = view.b_U
+    if bias is not None:
         logits = logits + (bias if ids is None else bias[list(ids)])
     return output_transform(tc, logits) if transform else logits
 
 
 def final_norm(tc: ToolContext, vectors: torch.Tensor) -> torch.Tensor:
     """The model's own final norm applied to each vector (..., d_model), statistics recomputed per vector."""
-    ln_final = getattr(tc.bridge, "ln_final", None)
+    ln_final = tc.view.ln_final
     if ln_final is None:
         return vectors
     shape = vectors.shape

@@ -5,9 +5,9 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 from lens_mcp.errors import LensError
+from lens_mcp.tools.core.model_view import ModelView
 
 FAMILY_TEMPLATES: dict[str, str] = {
     "resid_pre": "blocks.{layer}.hook_resid_pre",
@@ -32,9 +32,9 @@ def hook_name(family: str, layer: int) -> str:
     return FAMILY_TEMPLATES[family].format(layer=layer)
 
 
-def available_families(bridge: Any) -> list[str]:
+def available_families(view: ModelView) -> list[str]:
     """The families whose layer-0 hook point exists on this model (e.g. no mlp_* on attention-only)."""
-    names = bridge.hook_dict
+    names = view.hook_dict
     return [family for family in FAMILY_TEMPLATES if hook_name(family, 0) in names]
 
 
@@ -72,24 +72,15 @@ def _family_of_template(template: str) -> str | None:
     return None
 
 
-def fireable(bridge: Any, name: str, hook_dict: dict[str, Any] | None = None) -> bool:
-    """False for hook points the bridge gates off (attn.hook_result, hook_*_input...): they never fire."""
-    gated = getattr(bridge, "_gated_hook_reason", None)
-    point = (bridge.hook_dict if hook_dict is None else hook_dict).get(name)
-    if point is None:
-        return False
-    return gated is None or gated(getattr(point, "name", None) or name) is None
-
-
-def _selector_error(bridge: Any, selector: object, arg: str, why: str) -> LensError:
+def _selector_error(view: ModelView, selector: object, arg: str, why: str) -> LensError:
     return LensError(
-        f"{arg}: {selector!r} {why}. Use a family ({', '.join(available_families(bridge))}), an exact hook name "
+        f"{arg}: {selector!r} {why}. Use a family ({', '.join(available_families(view))}), an exact hook name "
         "(e.g. 'blocks.0.attn.hook_z', 'hook_embed'), or a glob over hook names (e.g. 'blocks.*.hook_resid_post')."
     )
 
 
 def resolve_hook_selection(
-    bridge: Any, selectors: list[str], layers: list[int] | None = None, arg: str = "hooks"
+    view: ModelView, selectors: list[str], layers: list[int] | None = None, arg: str = "hooks"
 ) -> list[HookGroup]:
     """Turn selectors into groups of concrete, fireable hook names, in the order asked.
 
@@ -98,10 +89,10 @@ def resolve_hook_selection(
     hook point are kept once. Matches are grouped by kind (the name with its layer number taken out)."""
     if not isinstance(selectors, list) or not selectors:
         raise LensError(f"{arg}: pass a non-empty list, e.g. ['resid_post'] or ['pattern', 'blocks.3.attn.hook_z'].")
-    hook_dict = bridge.hook_dict
-    n_layers = int(bridge.cfg.n_layers)
+    hook_dict = view.hook_dict
+    n_layers = view.n_layers
     layer_set = None if layers is None else set(layers)
-    families = available_families(bridge)
+    families = available_families(view)
     groups: dict[str, HookGroup] = {}
     seen_points: set[int] = set()
 
@@ -118,11 +109,11 @@ def resolve_hook_selection(
 
     for selector in selectors:
         if not isinstance(selector, str) or not selector.strip():
-            raise _selector_error(bridge, selector, arg, "is not a hook selector")
+            raise _selector_error(view, selector, arg, "is not a hook selector")
         selector = selector.strip()
         if selector in FAMILY_TEMPLATES:
             if selector not in families:
-                raise _selector_error(bridge, selector, arg, "is a family this model does not have")
+                raise _selector_error(view, selector, arg, "is a family this model does not have")
             for layer in range(n_layers):
                 if layer_set is None or layer in layer_set:
                     name = hook_name(selector, layer)
@@ -141,12 +132,12 @@ def resolve_hook_selection(
             kept = [
                 name
                 for name in preferred.values()
-                if fireable(bridge, name, hook_dict)
+                if view.fireable(name)
                 and (layer_set is None or hook_layer(name) is None or hook_layer(name) in layer_set)
             ]
             if not kept:
                 raise _selector_error(
-                    bridge,
+                    view,
                     selector,
                     arg,
                     "matches no hook point that fires on this model"
@@ -155,9 +146,9 @@ def resolve_hook_selection(
             for name in kept:
                 add(name)
         elif selector in hook_dict:
-            if not fireable(bridge, selector, hook_dict):
+            if not view.fireable(selector):
                 raise _selector_error(
-                    bridge,
+                    view,
                     selector,
                     arg,
                     "is switched off on this model and never fires "
@@ -165,5 +156,5 @@ def resolve_hook_selection(
                 )
             add(selector)
         else:
-            raise _selector_error(bridge, selector, arg, "is neither a family nor a hook name of this model")
+            raise _selector_error(view, selector, arg, "is neither a family nor a hook name of this model")
     return list(groups.values())

@@ -83,8 +83,8 @@ def _space_variant_id(tc: ToolContext, text: str, token_id: int) -> tuple[str, i
     if not text or text[0].isspace():
         return None
     variant = " " + text
-    ids = tc.bridge.to_tokens(variant, prepend_bos=False, truncate=False)[0]
-    unk_id = getattr(tc.bridge.tokenizer, "unk_token_id", None)
+    ids = tc.view.to_tokens(variant, prepend_bos=False, truncate=False)[0]
+    unk_id = getattr(tc.view.tokenizer, "unk_token_id", None)
     if len(ids) != 1 or int(ids[0]) == token_id or (unk_id is not None and int(ids[0]) == unk_id):
         return None
     return variant, int(ids[0])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -45,7 +45,7 @@ PairsArgument = Annotated[
 """The `pairs` argument, with one description for every tool that takes it."""
 
 
-def resolve_pairs(
+def _resolve_pairs(
     tc: ToolContext,
     pairs: Sequence[PromptPair | dict[str, object]] | None,
     *,
@@ -209,3 +209,27 @@ def spread(per_pair: torch.Tensor | Sequence[torch.Tensor]) -> Spread:
         max=torch.where(missing, nan, high),
         n=int(values.shape[0]),
     )
+
+
+def resolve_pairs(tc: ToolContext, pairs: object, **arguments: Any) -> list[PromptPair]:
+    """The dataset to run: `pairs`, or the single-prompt arguments as one pair (see _resolve_pairs). Arguments
+    of the wrong type (a direct call, not through the MCP schema) are reported as a LensError naming the
+    argument instead of a raw validation error."""
+    for name in ("clean_prompt", "corrupted_prompt", "answer", "wrong_answer"):
+        value = arguments.get(name)
+        if value is not None and not isinstance(value, str):
+            shown = arguments.get("prompt_arg", name) if name == "clean_prompt" else name
+            raise LensError(f"{shown}: expected a string, got {value!r:.80}.")
+    if pairs is not None and not isinstance(pairs, (list, tuple)):
+        raise LensError(
+            f"pairs: expected a list of {{clean_prompt, corrupted_prompt, answer, ...}} items, got {pairs!r:.80}."
+        )
+    try:
+        return _resolve_pairs(tc, pairs, **arguments)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error.get("loc", ()))
+        raise LensError(
+            f"pairs: an item is invalid ({where}: {error.get('msg')}); each item is {{clean_prompt, "
+            "corrupted_prompt, answer, wrong_answer}} with string values."
+        ) from None

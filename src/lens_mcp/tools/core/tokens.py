@@ -30,7 +30,7 @@ def _check_text(tc: ToolContext, text: object, arg: str) -> str:
 
 
 def token_string(tc: ToolContext, token_id: int) -> str:
-    return tc.bridge.tokenizer.decode([int(token_id)])
+    return tc.view.tokenizer.decode([int(token_id)])
 
 
 def token_strings(tc: ToolContext, ids: torch.Tensor | list[int]) -> list[str]:
@@ -44,21 +44,21 @@ def token_pairs(tc: ToolContext, ids: torch.Tensor | list[int]) -> list[tuple[in
 
 def show_tokenization(tc: ToolContext, text: str, prepend_bos: bool = False) -> str:
     """How the model tokenizes `text`, e.g. `' Pari s' -> [' Par', 'i', ' s']`."""
-    ids = tc.bridge.to_tokens(text, prepend_bos=prepend_bos, truncate=False)[0]
+    ids = tc.view.to_tokens(text, prepend_bos=prepend_bos, truncate=False)[0]
     return f"{text!r} -> {token_strings(tc, ids)}"
 
 
 def encode(tc: ToolContext, text: str, arg: str = "prompt", prepend_bos: bool = True) -> torch.Tensor:
     """Token ids of shape (1, n) on the model's device, checked against the prompt-length cap."""
     text = _check_text(tc, text, arg)
-    tokens = tc.bridge.to_tokens(text, prepend_bos=prepend_bos, truncate=False)
+    tokens = tc.view.to_tokens(text, prepend_bos=prepend_bos, truncate=False)
     n_tokens = tokens.shape[-1]
     if n_tokens == 0:
         raise LensError(f"{arg} produced no tokens; pass some text.")
     if n_tokens > tc.max_prompt_tokens:
         raise LensError(
             f"{arg} is {n_tokens} tokens long, over the limit of {tc.max_prompt_tokens} "
-            f"(model context {tc.cfg.n_ctx}, server cap LENS_MCP_MAX_PROMPT_TOKENS="
+            f"(model context {tc.view.n_ctx}, server cap LENS_MCP_MAX_PROMPT_TOKENS="
             f"{tc.limits.max_prompt_tokens}); shorten it."
         )
     return tokens
@@ -67,8 +67,8 @@ def encode(tc: ToolContext, text: str, arg: str = "prompt", prepend_bos: bool = 
 def single_token_id(tc: ToolContext, text: str, arg: str = "answer") -> int:
     """The id of `text` if it is exactly one token; otherwise a LensError showing the tokenization."""
     text = _check_text(tc, text, arg)
-    ids = tc.bridge.to_tokens(text, prepend_bos=False, truncate=False)[0]
-    tokenizer = tc.bridge.tokenizer
+    ids = tc.view.to_tokens(text, prepend_bos=False, truncate=False)[0]
+    tokenizer = tc.view.tokenizer
     unk_id = getattr(tokenizer, "unk_token_id", None)
     if len(ids) == 1 and (unk_id is None or int(ids[0]) != unk_id or text.strip() == tokenizer.unk_token):
         return int(ids[0])
@@ -79,7 +79,7 @@ def single_token_id(tc: ToolContext, text: str, arg: str = "answer") -> int:
         )
     hint = ""
     for candidate in dict.fromkeys([" " + text.lstrip(), text.strip(), text.lstrip()]):
-        if candidate != text and candidate and len(tc.bridge.to_tokens(candidate, prepend_bos=False)[0]) == 1:
+        if candidate != text and candidate and len(tc.view.to_tokens(candidate, prepend_bos=False)[0]) == 1:
             hint = f" {candidate!r} is a single token: use that (answers usually start with a space)."
             break
     raise LensError(

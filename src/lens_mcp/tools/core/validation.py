@@ -97,3 +97,14 @@ def resolve_head_pairs(pairs: object, n_layers: int, n_heads: int, arg: str = "h
         if (layer, head) not in resolved:
             resolved.append((layer, head))
     return resolved
+
+
+def check_positions(positions: object) -> list[int] | None:
+    """positions as a list of integers (or None), checked before anything reads them."""
+    if positions is None:
+        return None
+    if not isinstance(positions, (list, tuple)):
+        raise LensError(
+            f"positions: expected a list of integers (e.g. positions=[0, -1]) or null for all, got {positions!r:.80}."
+        )
+    return [check_int(p, "positions") for p in positions]

@@ -16,8 +16,7 @@ from lens_mcp.tools.core.cost import Work, enforce, estimate
 from lens_mcp.tools.core.metrics import resolve_metric
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import check_top_k, resolve_position
-from lens_mcp.tools.features.load_sae import flat, get_sae
-from lens_mcp.tools.features.sae_features import body_start
+from lens_mcp.tools.features._sae import body_start, flat, get_sae
 
 
 def metric_gradient(
@@ -32,8 +31,8 @@ def metric_gradient(
         holder["x"] = leaf
         return leaf
 
-    with torch.enable_grad(), tc.bridge.hooks(fwd_hooks=[(hook, capture)]):
-        logits = tc.bridge(tokens)
+    with torch.enable_grad(), tc.view.hooks(fwd_hooks=[(hook, capture)]):
+        logits = tc.view(tokens)
         value = metric(logits[0, -1])
         (grad,) = torch.autograd.grad(value, holder["x"])
     return float(value.detach()), holder["x"][0].detach(), grad[0].detach()
@@ -129,12 +128,12 @@ def feature_attribution(
                 shaped = deltas.reshape(activation.shape).to(activation.dtype)
                 return activation - shaped
 
-            with tc.bridge.hooks(fwd_hooks=[(hook_name, subtract)]):
-                logits = tc.bridge(tokens.expand(len(batch), -1))
+            with tc.view.hooks(fwd_hooks=[(hook_name, subtract)]):
+                logits = tc.view(tokens.expand(len(batch), -1))
             return answer_metric(logits[:, -1])
 
         plan = plan_rows(
-            tc.limits, tokens.device, n_tokens, sequence_bytes(tc.cfg, n_tokens, logits_tokens=n_tokens), len(listed)
+            tc.limits, tokens.device, n_tokens, sequence_bytes(tc.view, n_tokens, logits_tokens=n_tokens), len(listed)
         )
         counter = ProgressCounter(tc.progress, total=max(len(listed), 1), unit="ablated runs")
         ablated: list[float] = []

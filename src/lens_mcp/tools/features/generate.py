@@ -13,16 +13,15 @@ from pydantic import Field
 
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.features import Continuation, GeneratedToken, GenerateResult
-from lens_mcp.tools.causal.ablate_heads import MODES, ablation_hooks, resolve_heads
+from lens_mcp.tools.core.ablation import MODES, ablation_hooks, resolve_heads
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import check_int, check_range, resolve_layer
-from lens_mcp.tools.features.decoding import decode, score
-from lens_mcp.tools.features.load_sae import flat, get_sae
-from lens_mcp.tools.features.sae_features import body_start
-from lens_mcp.tools.features.sae_format import SAE
+from lens_mcp.tools.features._decoding import decode, score
+from lens_mcp.tools.features._sae import body_start, flat, get_sae
+from lens_mcp.tools.features._sae_format import SAE
 
 MAX_NEW_TOKENS = 256
 MAX_TEMPERATURE = 10.0
@@ -88,7 +87,7 @@ def parse_interventions(tc: ToolContext, interventions: object) -> list[Interven
     if len(interventions) > 16:
         raise LensError("interventions: at most 16 at once.")
     parsed: list[Intervention] = []
-    n_layers = int(tc.cfg.n_layers)
+    n_layers = tc.view.n_layers
     for index, item in enumerate(interventions):
         where = f"interventions[{index}]"
         if not isinstance(item, dict):
@@ -196,7 +195,7 @@ def head_means(
         return {}
     wanted = {hook_name("z", layer) for layer, _ in pairs}
     with torch.no_grad():
-        _, cache = tc.bridge.run_with_cache(tokens, names_filter=lambda name: name in wanted)
+        _, cache = tc.view.run_with_cache(tokens, names_filter=lambda name: name in wanted)
     return {(layer, head): cache[hook_name("z", layer)][0, :, head].mean(dim=0) for layer, head in pairs}
 
 
@@ -285,7 +284,7 @@ def generate(
 
     start = body_start(tc, tokens)
     z_means = head_means(tc, tokens, parsed)
-    stop = tc.bridge.tokenizer.eos_token_id
+    stop = tc.view.tokenizer.eos_token_id
     decoded = decode(tc, tokens, len(rows), build_hooks(tc, rows, start, z_means), max_new, temperature, seed, stop)
 
     # each row's tokens scored under the other run: baseline under the interventions, the rest under the baseline
@@ -308,7 +307,7 @@ def generate(
         continuations.append(
             Continuation(
                 label=spec.label,
-                text=tc.bridge.tokenizer.decode(text_ids),
+                text=tc.view.tokenizer.decode(text_ids),
                 tokens=[
                     GeneratedToken(token=text, logprob=a, logprob_other=b)
                     for text, a, b in zip(token_strings(tc, ids), own_lp, other_lp, strict=True)

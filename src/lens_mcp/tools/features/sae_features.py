@@ -14,18 +14,12 @@ from lens_mcp.tools.core.cost import Work, enforce, estimate
 from lens_mcp.tools.core.forward import final_norm, unembed
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import check_top_k, resolve_positions
-from lens_mcp.tools.features.load_sae import flat, get_sae
-from lens_mcp.tools.features.sae_format import SAE, finite
+from lens_mcp.tools.features._sae import body_start, flat, get_sae
+from lens_mcp.tools.features._sae_format import SAE, finite
 
 N_PROMOTED = 5
 _CHARS_PER_FEATURE = 40  # {"feature":1234,"activation":12.34} plus its share of the promoted list
 _CHARS_PER_PROMOTED = 160
-
-
-def body_start(tc: ToolContext, tokens: torch.Tensor) -> int:
-    """1 when position 0 is the BOS token (never reconstructed, steered or clamped), else 0."""
-    bos = tc.bridge.tokenizer.bos_token_id
-    return 1 if bos is not None and int(tokens[0, 0]) == int(bos) and tokens.shape[-1] > 1 else 0
 
 
 def promoted_tokens(tc: ToolContext, sae: SAE, features: list[int], n: int = N_PROMOTED) -> list[PromotedTokens]:
@@ -35,8 +29,8 @@ def promoted_tokens(tc: ToolContext, sae: SAE, features: list[int], n: int = N_P
         return []
     with torch.no_grad():
         directions = sae.decoder_rows()[torch.tensor(features, device=sae.W_dec.device)]
-        logits = unembed(tc, final_norm(tc, directions.to(tc.bridge.W_U.dtype)))
-        logits = logits - unembed(tc, torch.zeros_like(directions[:1], dtype=tc.bridge.W_U.dtype))
+        logits = unembed(tc, final_norm(tc, directions.to(tc.view.W_U.dtype)))
+        logits = logits - unembed(tc, torch.zeros_like(directions[:1], dtype=tc.view.W_U.dtype))
         values, ids = logits.float().topk(n, dim=-1)
     return [
         PromotedTokens(feature=feature, tokens=token_strings(tc, ids[row]), logits=values[row].tolist())
@@ -116,8 +110,8 @@ def sae_features(
         activation[2, start:] = 0.0
         return activation
 
-    with torch.no_grad(), tc.bridge.hooks(fwd_hooks=[(hook_name, splice)]):
-        logits = tc.bridge(tokens.expand(3, -1))
+    with torch.no_grad(), tc.view.hooks(fwd_hooks=[(hook_name, splice)]):
+        logits = tc.view(tokens.expand(3, -1))
     loss_clean, loss_spliced, loss_zero = next_token_losses(logits, tokens)
     del logits
 

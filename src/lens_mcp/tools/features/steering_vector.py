@@ -16,8 +16,7 @@ from lens_mcp.tools.core.cost import Work, enforce, estimate
 from lens_mcp.tools.core.hook_names import hook_layer, hook_name
 from lens_mcp.tools.core.tokens import encode
 from lens_mcp.tools.core.validation import check_int, resolve_layer, resolve_position
-from lens_mcp.tools.features.load_sae import flat, get_sae
-from lens_mcp.tools.features.sae_features import body_start
+from lens_mcp.tools.features._sae import body_start, flat, get_sae
 
 MAX_PROMPTS = 64
 MAX_NAME_CHARS = 64
@@ -59,7 +58,7 @@ def residuals_at(
     """The activation at `hook` and `position` of each prompt [n, d], plus the norms of every non-BOS token's
     activation (for the typical norm). One forward pass per prompt, stopped after the hook's block."""
     layer = hook_layer(hook)
-    stop = layer + 1 if layer is not None and layer + 1 < int(tc.cfg.n_layers) else None
+    stop = layer + 1 if layer is not None and layer + 1 < tc.view.n_layers else None
     rows: list[torch.Tensor] = []
     norms: list[float] = []
     for index, prompt in enumerate(prompts):
@@ -73,8 +72,8 @@ def residuals_at(
             captured["x"] = activation[0].detach().clone()
             return activation
 
-        with torch.no_grad(), tc.bridge.hooks(fwd_hooks=[(hook, grab)]):
-            tc.bridge(tokens, stop_at_layer=stop) if stop is not None else tc.bridge(tokens)
+        with torch.no_grad(), tc.view.hooks(fwd_hooks=[(hook, grab)]):
+            tc.view(tokens, stop_at_layer=stop) if stop is not None else tc.view(tokens)
         x = flat(captured["x"], hook).float()
         rows.append(x[pos])
         norms += x[body_start(tc, tokens) :].norm(dim=-1).tolist()
@@ -129,7 +128,7 @@ def steering_vector(
                 "has no fixed scale in the residual stream; use contrast prompts instead."
             )
         vector = sae.directions([feature], sae.norm_state(torch.zeros(1, sae.d_in, device=sae.W_dec.device)))[0]
-        if vector.shape[-1] != int(tc.cfg.d_model) or sae.hook_name.endswith("hook_z"):
+        if vector.shape[-1] != tc.view.d_model or sae.hook_name.endswith("hook_z"):
             raise LensError(
                 f"from_feature: the SAE reads {sae.hook_name} (width {sae.d_in}), not the residual stream; "
                 "steering needs an SAE on a resid_pre/resid_mid/resid_post hook."
@@ -145,14 +144,14 @@ def steering_vector(
             )
         positives = _check_prompts(positive_prompts, "positive_prompts")
         negatives = _check_prompts(negative_prompts, "negative_prompts")
-        target = hook_name("resid_pre", resolve_layer(layer, int(tc.cfg.n_layers)))
+        target = hook_name("resid_pre", resolve_layer(layer, tc.view.n_layers))
         total = len(positives) + len(negatives)
         lengths = [int(encode(tc, text, f"positive_prompts[{i}]").shape[-1]) for i, text in enumerate(positives)]
         lengths += [int(encode(tc, text, f"negative_prompts[{i}]").shape[-1]) for i, text in enumerate(negatives)]
         work = Work(
             rows=total,
             tokens_per_row=-(-sum(lengths) // total),
-            layer_fraction=min(1.0, ((hook_layer(target) or 0) + 1) / int(tc.cfg.n_layers)),
+            layer_fraction=min(1.0, ((hook_layer(target) or 0) + 1) / tc.view.n_layers),
             rows_per_pass=1,
         )
         enforce(tc, estimate(tc, work), "fewer or shorter prompts")

@@ -6,14 +6,14 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from lens_mcp.model_host import ModelHost
 from lens_mcp.progress import ProgressReporter
 from lens_mcp.schemas.model import ModelInfo
-from lens_mcp.tools.model.model_info import describe
+from lens_mcp.tools.core.context import HostControl, ToolContext
+from lens_mcp.tools.core.model_facts import describe
 
 
 def load_model(
-    host: ModelHost,
+    host: HostControl,
     progress: ProgressReporter,
     model: Annotated[
         str,
@@ -38,4 +38,4 @@ def load_model(
     model stays loaded and usable, and the error says why and what to try. The server may confine paths to
     its --load-root folders and turn Hugging Face names off (then the error says "not allowed")."""
     loaded = host.load(model, device, dtype, progress, confine=True)
-    return describe(loaded, host.limits.prompt_cap(loaded.cfg.n_ctx))
+    return describe(ToolContext(loaded, host.limits))

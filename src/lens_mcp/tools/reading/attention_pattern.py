@@ -33,9 +33,8 @@ def attention_pattern(
     (previous-token head), on the token after an earlier copy of the current one (induction head)."""
     tokens = encode(tc, prompt)
     n_tokens = int(tokens.shape[-1])
-    cfg = tc.cfg
-    n_heads = int(cfg.n_heads)
-    layer = resolve_layer(layer, int(cfg.n_layers))
+    n_heads = tc.view.n_heads
+    layer = resolve_layer(layer, tc.view.n_layers)
     head = resolve_head(head, n_heads)
     top_k = check_top_k(top_k, tc.limits.max_top_k)
     queries = resolve_positions(query_positions, n_tokens, "query_positions")
@@ -61,11 +60,10 @@ def attention_pattern(
                 ],
             )
         )
-    n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
     return AttentionPattern(
         layer=layer,
         head=head,
-        kv_head=head // (n_heads // n_kv),
+        kv_head=tc.view.kv_head_of(head),
         n_tokens=n_tokens,
         mean_entropy=float(entropy.mean()),
         queries=rows,

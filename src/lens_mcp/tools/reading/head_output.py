@@ -11,64 +11,18 @@ from typing import Annotated
 import torch
 from pydantic import Field
 
-from lens_mcp.schemas.components import HeadOutput, OVReadout, TokenEffect
+from lens_mcp.schemas.components import HeadOutput, OVReadout
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.direct import (
     LINEAR_NOTE,
-    SCALE_HOOK,
     DirectReadout,
-    has_final_norm,
     refuse_sublayer_post_norm,
 )
-from lens_mcp.tools.core.forward import summarizing_forward
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import check_top_k, resolve_head, resolve_layer, resolve_position
+from lens_mcp.tools.reading._heads import head_reads, top_effects
 
 COPY_RANK = 10
-
-
-def kv_head_of(tc: ToolContext, head: int) -> int:
-    """The key/value head a query head reads (differs under grouped-query attention)."""
-    n_heads = int(tc.cfg.n_heads)
-    n_kv = int(getattr(tc.cfg, "n_key_value_heads", None) or n_heads)
-    return head // (n_heads // n_kv)
-
-
-def head_reads(tc: ToolContext, tokens: torch.Tensor, layer: int, head: int, pos: int) -> dict[str, torch.Tensor]:
-    """One forward pass keeping: z (d_head) and the attention row (n) of `head` at `pos`, the values of its
-    key/value head at every position (n, d_head), and the final norm's scale at `pos` (if any)."""
-    kv = kv_head_of(tc, head)
-    prefix = f"blocks.{layer}.attn."
-    kept: dict[str, torch.Tensor] = {}
-
-    def keep(name: str, act: torch.Tensor) -> None:
-        if name == prefix + "hook_z":
-            kept["z"] = act[0, pos, head].float()
-        elif name == prefix + "hook_pattern":
-            kept["pattern"] = act[0, head, pos].float()
-        elif name == prefix + "hook_v":
-            kept["v"] = act[0, :, kv if act.shape[2] != int(tc.cfg.n_heads) else head].float()
-        elif name == SCALE_HOOK:
-            kept["scale"] = act[0, pos].reshape(-1)[:1].float()
-
-    names = [prefix + "hook_z", prefix + "hook_pattern", prefix + "hook_v"]
-    if has_final_norm(tc):
-        names.append(SCALE_HOOK)
-    kept["logits"] = summarizing_forward(tc, tokens, names, keep)[0, pos].float()
-    return kept
-
-
-def top_effects(tc: ToolContext, logits: torch.Tensor, k: int) -> tuple[list[TokenEffect], list[TokenEffect]]:
-    """The k tokens raised most and the k lowered most by a vector of direct logit contributions."""
-    k = min(k, int(logits.numel()))
-    up_values, up_ids = logits.topk(k)
-    down_values, down_ids = (-logits).topk(k)
-
-    def effects(ids: torch.Tensor, values: torch.Tensor) -> list[TokenEffect]:
-        strings = token_strings(tc, ids)
-        return [TokenEffect(token=s, id=int(i), logit=float(v)) for s, i, v in zip(strings, ids, values, strict=True)]
-
-    return effects(up_ids, up_values), effects(down_ids, -down_values)
 
 
 def head_output(
@@ -99,9 +53,8 @@ def head_output(
     refuse_sublayer_post_norm(tc, "ln1", "head_output")
     tokens = encode(tc, prompt)
     n_tokens = int(tokens.shape[-1])
-    cfg = tc.cfg
-    layer = resolve_layer(layer, int(cfg.n_layers))
-    head = resolve_head(head, int(cfg.n_heads))
+    layer = resolve_layer(layer, tc.view.n_layers)
+    head = resolve_head(head, tc.view.n_heads)
     pos = resolve_position(position, n_tokens)
     top_k = check_top_k(top_k, tc.limits.max_top_k)
     source = None if source_position is None else resolve_position(source_position, n_tokens, "source_position")
@@ -109,9 +62,9 @@ def head_output(
     kept = head_reads(tc, tokens, layer, head, pos)
     readout = DirectReadout.from_scale(tc, kept.get("scale"))
     with torch.no_grad():
-        block = tc.bridge.blocks[layer]
+        block = tc.view.blocks[layer]
         # A residual multiplier (Granite) scales what the block adds to the stream: it is part of the write.
-        multiplier = float(getattr(block, "residual_contribution_scale", 1.0) or 1.0)
+        multiplier = tc.view.residual_multiplier(layer)
         W_O = block.attn.W_O[head].float().to(kept["z"].device) * multiplier
         output = kept["z"] @ W_O
         promoted, suppressed = top_effects(tc, readout.logits(output), top_k)
@@ -134,7 +87,7 @@ def head_output(
     return HeadOutput(
         layer=layer,
         head=head,
-        kv_head=kv_head_of(tc, head),
+        kv_head=tc.view.kv_head_of(head),
         position=pos,
         token=strings[pos],
         output_norm=float(output.norm()),
@@ -148,7 +101,7 @@ def head_output(
             suppressed=ov_down,
             source_token_rank=rank,
             source_token_logit=source_logit,
-            behaviour=behaviour,  # type: ignore[arg-type]
+            behaviour=behaviour,
         ),
         meaning=(
             f"logit = L{layer}H{head}'s direct contribution to that token's logit at position {pos} (final-norm "

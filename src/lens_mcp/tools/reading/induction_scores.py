@@ -32,7 +32,7 @@ from pydantic import Field
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.common import HeadScore
 from lens_mcp.schemas.induction import AblatedLosses, InductionScores, ScoredPositions
-from lens_mcp.tools.causal.ablate_heads import resolve_heads
+from lens_mcp.tools.core.ablation import resolve_heads
 from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, seconds_per_row
@@ -103,7 +103,7 @@ def choose_pool(pools: TokenPools, seq_len: int) -> tuple[torch.Tensor, str]:
 
 
 def bos_id(tc: ToolContext) -> int:
-    tokenizer = tc.bridge.tokenizer
+    tokenizer = tc.view.tokenizer
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if bos is None:
         raise LensError(
@@ -117,7 +117,7 @@ def repeated_random_tokens(tc: ToolContext, seq_len: int, n_seqs: int, seed: int
     """The batch of random mode, shape (n_seqs, 2*seq_len + 1) on the CPU: BOS, then seq_len distinct
     tokens drawn uniformly without replacement from the chosen pool (torch.Generator seeded with seed),
     then the same seq_len tokens again. Returns the tokens and a description of the pool."""
-    ids, description = choose_pool(token_pools(tc.bridge.tokenizer, int(tc.cfg.d_vocab)), seq_len)
+    ids, description = choose_pool(token_pools(tc.view.tokenizer, tc.view.d_vocab), seq_len)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     choice = torch.rand(n_seqs, len(ids), generator=generator).topk(seq_len, dim=1).indices
     first = ids[choice]
@@ -187,8 +187,8 @@ def head_scores_and_losses(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """One forward pass over the batch: per-kind (n_layers, n_heads) score tensors (float32, CPU) and the
     per-token losses (nats) of the first-seen and the copyable tokens."""
-    bridge, cfg = tc.bridge, tc.cfg
-    n_layers, n_heads = int(cfg.n_layers), int(cfg.n_heads)
+    view = tc.view
+    n_layers, n_heads = view.n_layers, view.n_heads
     scores = {kind: torch.zeros(n_layers, n_heads) for kind in KINDS}
     on_device: dict[torch.device, dict[str, tuple[torch.Tensor, ...]]] = {}
     kept: dict[str, torch.Tensor] = {}
@@ -215,8 +215,8 @@ def head_scores_and_losses(
     hooks.append(("unembed.hook_in", keep_residual))
     with torch.no_grad():
         try:
-            with bridge.hooks(fwd_hooks=hooks):
-                bridge(tokens.to(cfg.device))
+            with view.hooks(fwd_hooks=hooks):
+                view(tokens.to(view.device))
         except _StopBeforeUnembed:
             pass
         if "resid" not in kept:
@@ -236,9 +236,9 @@ def _scores_in_batches(
     n_tokens = int(tokens.shape[1])
     plan = plan_rows(
         tc.limits,
-        tc.cfg.device,
+        tc.view.device,
         n_tokens,
-        sequence_bytes(tc.cfg, n_tokens),
+        sequence_bytes(tc.view, n_tokens),
         wanted=int(tokens.shape[0]),
         seconds_per_row=seconds_per_row(tc, n_tokens),
     )
@@ -252,7 +252,7 @@ def _scores_in_batches(
 
     results = [
         result
-        for _, result in iter_batched(range(tokens.shape[0]), run_batch, plan, device=tc.cfg.device, counter=counter)
+        for _, result in iter_batched(range(tokens.shape[0]), run_batch, plan, device=tc.view.device, counter=counter)
     ]
     sums = {kind: sum((r[0][kind] for r in results), torch.zeros(())) for kind in KINDS}
     scores = {kind: sums[kind] / max(1, targets.n_queries[kind]) for kind in KINDS}
@@ -276,9 +276,9 @@ def ablated_losses(
     n_tokens = int(tokens.shape[1])
     plan = plan_rows(
         tc.limits,
-        tc.cfg.device,
+        tc.view.device,
         n_tokens,
-        sequence_bytes(tc.cfg, n_tokens),
+        sequence_bytes(tc.view, n_tokens),
         wanted=int(tokens.shape[0]),
         seconds_per_row=seconds_per_row(tc, n_tokens),
     )
@@ -294,8 +294,8 @@ def ablated_losses(
 
         hooks = [*zero_z, ("unembed.hook_in", keep_residual)]
         try:
-            with tc.bridge.hooks(fwd_hooks=hooks):
-                tc.bridge(part.to(tc.cfg.device))
+            with tc.view.hooks(fwd_hooks=hooks):
+                tc.view(part.to(tc.view.device))
         except _StopBeforeUnembed:
             pass
         if "resid" not in kept:
@@ -306,7 +306,7 @@ def ablated_losses(
         return first, copy
 
     with torch.no_grad():
-        results = [r for _, r in iter_batched(range(tokens.shape[0]), run_batch, plan.rows, device=tc.cfg.device)]
+        results = [r for _, r in iter_batched(range(tokens.shape[0]), run_batch, plan.rows, device=tc.view.device)]
     return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
 
 
@@ -319,7 +319,7 @@ def _token_losses(
         return torch.zeros(0)
     rows = resid[b.to(resid.device), (p - 1).to(resid.device)]  # [n, d_model]
     answers = tokens[b, p]
-    chunk = max(1, _LOGIT_CHUNK_ENTRIES // int(tc.cfg.d_vocab))
+    chunk = max(1, _LOGIT_CHUNK_ENTRIES // tc.view.d_vocab)
     losses = []
     for start in range(0, len(rows), chunk):
         logits = unembed(tc, rows[start : start + chunk]).float()  # resid is after the final norm
@@ -331,7 +331,7 @@ def _token_losses(
 # ---- the tool -----------------------------------------------------------------------------------------
 def _check_size(tc: ToolContext, n_seqs: int, n_tokens: int, prompt_mode: bool) -> None:
     """The bounded-memory caps: tokens in the batch, and attention weights one layer's pattern holds."""
-    limit, n_heads = tc.limits.max_induction_tokens, int(tc.cfg.n_heads)
+    limit, n_heads = tc.limits.max_induction_tokens, tc.view.n_heads
     entry_limit = PATTERN_ENTRIES_PER_TOKEN * limit
     fitting = min(limit // n_tokens, entry_limit // (n_heads * n_tokens**2))
     fix = (
@@ -364,10 +364,10 @@ def _top(grid: torch.Tensor, k: int) -> list[HeadScore]:
 
 
 def _example_prompt(tc: ToolContext, tokens: torch.Tensor) -> str | None:
-    text = tc.bridge.tokenizer.decode(tokens[1:].tolist())
+    text = tc.view.tokenizer.decode(tokens[1:].tolist())
     if len(text) > _MAX_EXAMPLE_CHARS:
         return None
-    again = tc.bridge.to_tokens(text, prepend_bos=True, truncate=False)[0].cpu()
+    again = tc.view.to_tokens(text, prepend_bos=True, truncate=False)[0].cpu()
     return text if torch.equal(again, tokens) else None
 
 
@@ -421,7 +421,7 @@ def induction_scores(
     Next: attention_pattern(prompt=example_prompt) on the top induction head (second-repeat queries should
     attend to the token after the earlier copy). ablate=[[layer, head], ...] also reports both losses with
     those heads zero-ablated: induction heads raise the second-repeat loss, not the first."""
-    n_layers, n_heads = int(tc.cfg.n_layers), int(tc.cfg.n_heads)
+    n_layers, n_heads = tc.view.n_layers, tc.view.n_heads
     top_k = min(check_top_k(top_k, tc.limits.max_top_k), n_layers * n_heads)
     if prompt is None:
         max_tokens = tc.max_prompt_tokens
@@ -437,7 +437,7 @@ def induction_scores(
             longest,
             "seq_len",
             f"Each sequence is 2*seq_len+1 tokens and must fit in {max_tokens} (model context "
-            f"n_ctx={tc.cfg.n_ctx}, server cap LENS_MCP_MAX_PROMPT_TOKENS="
+            f"n_ctx={tc.view.n_ctx}, server cap LENS_MCP_MAX_PROMPT_TOKENS="
             f"{tc.limits.max_prompt_tokens}).",
         )
         n_seqs = check_range(n_seqs, 1, tc.limits.max_batch_sequences, "n_seqs")
@@ -451,7 +451,7 @@ def induction_scores(
     n_tokens = int(tokens.shape[1])
     ablated_heads = resolve_heads(tc, ablate, "ablate") if ablate is not None else None
     passes = 1 if ablated_heads is None else 2
-    cost = estimate(tc, Work(rows=passes * n_seqs, tokens_per_row=n_tokens, cells=3 * n_layers * int(tc.cfg.n_heads)))
+    cost = estimate(tc, Work(rows=passes * n_seqs, tokens_per_row=n_tokens, cells=3 * n_layers * tc.view.n_heads))
     enforce(tc, cost, "a smaller n_seqs or seq_len" if prompt is None else "a shorter prompt")
     targets = find_targets(tokens)
     if prompt is not None and targets.n_queries["induction"] == 0:

@@ -23,11 +23,11 @@ from lens_mcp.tools.core.validation import check_top_k, resolve_position
 
 def lens_logits(tc: ToolContext, tokens: torch.Tensor, pos: int) -> torch.Tensor:
     """(n_layers + 1, d_vocab): logits read off resid_pre of every layer and the last resid_post at `pos`."""
-    n_layers = int(tc.cfg.n_layers)
+    n_layers = tc.view.n_layers
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
     names.append(f"blocks.{n_layers - 1}.hook_resid_post")
     _, cache = cached_forward(tc, tokens, names, positions=[pos])
-    device = tc.bridge.W_U.device  # under a device_map the layers live on different devices
+    device = tc.view.W_U.device  # under a device_map the layers live on different devices
     stack = torch.stack([cache[name][0, 0].to(device) for name in names])
     with torch.no_grad():
         return unembed(tc, final_norm(tc, stack))
@@ -73,7 +73,7 @@ def logit_lens(
         trajectory = AnswerTrajectory(
             token=token_string(tc, answer_id), id=answer_id, probs=probs[:, answer_id].tolist(), ranks=ranks.tolist()
         )
-    n_layers = int(tc.cfg.n_layers)
+    n_layers = tc.view.n_layers
     return LogitLens(
         position=pos,
         token=token_string(tc, int(tokens[0, pos])),

@@ -13,12 +13,12 @@ from pydantic import Field
 
 from lens_mcp.schemas.components import MLPNeuron, MLPNeurons
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.cost import Work, enforce
+from lens_mcp.tools.core.cost import Work, enforce, single_pass_cost
 from lens_mcp.tools.core.direct import LINEAR_NOTE, DirectReadout
 from lens_mcp.tools.core.tokens import encode, token_string
 from lens_mcp.tools.core.validation import check_range, check_top_k, resolve_layer, resolve_position
-from lens_mcp.tools.reading.head_output import top_effects
-from lens_mcp.tools.reading.neuron_attribution import check_has_mlps, mlp_weights, neuron_reads, single_pass_cost
+from lens_mcp.tools.reading._heads import top_effects
+from lens_mcp.tools.reading._neurons import check_has_mlps, mlp_weights, neuron_reads
 
 CHARS_PER_TOKEN_EFFECT = 45
 
@@ -40,9 +40,9 @@ def mlp_neurons(
     check_has_mlps(tc)
     tokens = encode(tc, prompt)
     n_tokens = int(tokens.shape[-1])
-    layer = resolve_layer(layer, int(tc.cfg.n_layers))
+    layer = resolve_layer(layer, tc.view.n_layers)
     pos = resolve_position(position, n_tokens)
-    d_mlp = int(tc.cfg.d_mlp)
+    d_mlp = tc.view.d_mlp or 0
     top_k = min(check_top_k(top_k, tc.limits.max_top_k), d_mlp)
     top_tokens = check_range(top_tokens, 1, 20, "top_tokens")
     cost = single_pass_cost(
@@ -70,7 +70,7 @@ def mlp_neurons(
         neurons.append(
             MLPNeuron(neuron=index, activation=float(activation[index]), promoted=promoted, suppressed=suppressed)
         )
-    gated = bool(getattr(tc.cfg, "gated_mlp", False))
+    gated = tc.view.capabilities.gated_mlp
     return MLPNeurons(
         layer=layer,
         position=pos,

@@ -13,110 +13,17 @@ from typing import Annotated
 import torch
 from pydantic import Field
 
-from lens_mcp.errors import LensError
-from lens_mcp.schemas.common import Cost
 from lens_mcp.schemas.components import NeuronAttribution, NeuronScore
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.cost import Work, enforce, grid_chars, work_units
+from lens_mcp.tools.core.cost import Work, enforce, grid_chars, single_pass_cost
 from lens_mcp.tools.core.direct import (
     LINEAR_NOTE,
-    SCALE_HOOK,
     DirectReadout,
-    has_final_norm,
-    refuse_sublayer_post_norm,
 )
-from lens_mcp.tools.core.forward import summarizing_forward
 from lens_mcp.tools.core.metrics import resolve_metric
 from lens_mcp.tools.core.tokens import encode, token_string
 from lens_mcp.tools.core.validation import check_top_k, resolve_layers, resolve_position
-
-
-def single_pass_cost(tc: ToolContext, work: Work) -> Cost:
-    """The cost of a call that runs one forward pass, without measuring the device's throughput for it (a probe
-    of several passes): seconds from the throughput when it is already known, else 0 (one pass is never the
-    problem; the result size and the work units are what the caps bound here)."""
-    units = work_units(tc, work)
-    throughput = tc.model.throughput
-    return Cost(
-        cells=work.cells,
-        forward_passes=1,
-        work_units=units,
-        seconds=units / throughput if throughput else 0.0,
-        result_chars=work.result_chars,
-        throughput=throughput or 0.0,
-    )
-
-
-def check_has_mlps(tc: ToolContext) -> None:
-    refuse_sublayer_post_norm(tc, "ln2", "Reading MLP neurons")
-    if getattr(tc.cfg, "attn_only", False) or not getattr(tc.cfg, "d_mlp", None):
-        raise LensError("this model is attention-only: it has no MLP neurons. Use head_attribution instead.")
-
-
-def mlp_weights(tc: ToolContext, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(W_out (d_mlp, d_model), b_out or None) of one layer, as stored (no stacking over layers)."""
-    mlp = tc.bridge.blocks[layer].mlp
-    try:
-        W_out = mlp.W_out
-    except AttributeError:
-        W_out = None
-    if not isinstance(W_out, torch.Tensor) or W_out.ndim != 2:
-        raise LensError(
-            f"layer {layer}'s MLP has no single W_out matrix (e.g. a mixture of experts): neuron readouts are "
-            "not supported on this model."
-        )
-    try:
-        b_out = mlp.b_out
-    except AttributeError:
-        b_out = None
-    return W_out, b_out if isinstance(b_out, torch.Tensor) else None
-
-
-def neuron_reads(
-    tc: ToolContext, tokens: torch.Tensor, layers: list[int], pos: int
-) -> tuple[dict[int, torch.Tensor], torch.Tensor | None, torch.Tensor]:
-    """One forward pass: ({layer: hook_post at pos (d_mlp)}, final-norm scale at pos, logits at pos), with each
-    layer's activations checked to rebuild its cached MLP output at pos."""
-    post: dict[int, torch.Tensor] = {}
-    outs: dict[int, torch.Tensor] = {}
-    kept: dict[str, torch.Tensor] = {}
-    names: list[str] = []
-    for layer in layers:
-        names += [f"blocks.{layer}.mlp.hook_post", f"blocks.{layer}.hook_mlp_out"]
-    missing = [name for name in names if name not in tc.bridge.hook_dict]
-    if missing:
-        raise LensError(f"this model has no hook {missing[0]}: neuron readouts are not supported on it.")
-    if has_final_norm(tc):
-        names.append(SCALE_HOOK)
-
-    def keep(name: str, act: torch.Tensor) -> None:
-        if name == SCALE_HOOK:
-            kept["scale"] = act[0, pos].reshape(-1)[:1].float()
-            return
-        layer = int(name.split(".")[1])
-        (post if name.endswith("hook_post") else outs)[layer] = act[0, pos].float()
-
-    logits = summarizing_forward(tc, tokens, names, keep)[0, pos].float()
-    tolerance = 1e-3 if tc.model.dtype == torch.float32 else 2e-2
-    with torch.no_grad():
-        _check_rebuilds(tc, layers, post, outs, tolerance)
-    return post, kept.get("scale"), logits
-
-
-def _check_rebuilds(
-    tc: ToolContext, layers: list[int], post: dict[int, torch.Tensor], outs: dict[int, torch.Tensor], tolerance: float
-) -> None:
-    for layer in layers:
-        W_out, b_out = mlp_weights(tc, layer)
-        rebuilt = post[layer].to(W_out.device) @ W_out.float()
-        if b_out is not None:
-            rebuilt = rebuilt + b_out.float()
-        out = outs[layer].to(rebuilt.device)
-        if float((rebuilt - out).abs().max()) > tolerance * (1.0 + float(out.abs().max())):
-            raise LensError(
-                f"layer {layer}'s MLP output is not hook_post @ W_out + b_out on this model (e.g. experts or a "
-                "norm after the MLP), so per-neuron attributions would be wrong; they are refused here."
-            )
+from lens_mcp.tools.reading._neurons import check_has_mlps, mlp_weights, neuron_reads
 
 
 def neuron_attribution(
@@ -149,8 +56,8 @@ def neuron_attribution(
     pos = resolve_position(position, n_tokens)
     top_k = check_top_k(top_k, tc.limits.max_top_k)
     metric = resolve_metric(tc, answer, wrong_answer)
-    layer_list = resolve_layers(layers, int(tc.cfg.n_layers))
-    d_mlp = int(tc.cfg.d_mlp)
+    layer_list = resolve_layers(layers, tc.view.n_layers)
+    d_mlp = tc.view.d_mlp or 0
 
     cost = single_pass_cost(
         tc,

@@ -53,7 +53,7 @@ def _enforce_cost(tc: ToolContext, groups: list[HookGroup], n_tokens: int, n_pos
     """Refuse, before the forward pass, a summary whose JSON would be over the response cap: norms are one
     number per hooked layer and position; a pattern is an entropy per head and a top source per head and
     query position."""
-    n_heads = int(tc.cfg.n_heads)
+    n_heads = tc.view.n_heads
     cells = 0
     for group in groups:
         per_row = n_heads * (1 + n_positions) if "pattern" in group.label else n_positions
@@ -107,11 +107,11 @@ def run_with_cache(
     tokens = encode(tc, prompt)
     n_tokens = int(tokens.shape[-1])
     top_k = check_top_k(top_k, tc.limits.max_top_k)
-    n_layers = int(tc.cfg.n_layers)
+    n_layers = tc.view.n_layers
     layer_list = None if layers is None else resolve_layers(layers, n_layers)
     position_list = resolve_positions(positions, n_tokens)
-    groups = resolve_hook_selection(tc.bridge, [hooks] if isinstance(hooks, str) else hooks, layer_list)
-    hook_dict = tc.bridge.hook_dict
+    groups = resolve_hook_selection(tc.view, [hooks] if isinstance(hooks, str) else hooks, layer_list)
+    hook_dict = tc.view.hook_dict
     _enforce_cost(tc, groups, n_tokens, len(position_list), top_k)
 
     summaries: dict[str, dict[str, Any]] = {}

@@ -46,14 +46,12 @@ def one_thread() -> Iterator[None]:
 
 def circuits(tc: ToolContext, kind: str) -> tuple[list[int], FactoredMatrix, FactoredMatrix]:
     """(attention layer numbers, senders' OV circuits, receivers' circuit for `kind`), each (layers, heads, d, d)."""
-    bridge = tc.bridge
-    if any(hasattr(bridge, name) for name in ("encoder_blocks", "decoder_blocks")):
+    if tc.view.capabilities.encoder_decoder:
         raise LensError("composition scores are not defined across an encoder-decoder model's two residual streams.")
     try:
-        indices, ov = bridge.OV_for_attn_layers()
+        indices, ov, qk = tc.view.attention_circuits()
         if kind == "v":
-            return list(indices), ov, ov
-        _, qk = bridge.QK_for_attn_layers()
+            return indices, ov, ov
     except (AttributeError, ValueError) as exc:
         raise LensError(f"this model's attention weights cannot be factored into OV/QK circuits ({exc}).") from None
     return list(indices), ov, (qk if kind == "q" else qk.T)
@@ -62,7 +60,7 @@ def circuits(tc: ToolContext, kind: str) -> tuple[list[int], FactoredMatrix, Fac
 def random_baseline(tc: ToolContext) -> tuple[float, float]:
     """Mean and standard deviation of the score of independent Gaussian circuits of this model's shapes
     (d_model x d_head factors), by TransformerLens's composition_scores, with a fixed seed."""
-    return _random_baseline(int(tc.cfg.d_model), int(tc.cfg.d_head), BASELINE_SAMPLES)
+    return _random_baseline(tc.view.d_model, tc.view.d_head, BASELINE_SAMPLES)
 
 
 @lru_cache(maxsize=8)
@@ -150,7 +148,7 @@ def composition_scores(
     if kind not in ("q", "k", "v"):
         raise LensError(f"kind={kind!r} is not one of q, k, v.")
     top_k = check_top_k(top_k, tc.limits.max_top_k)
-    receiver_layers = None if layers is None else resolve_layers(layers, int(tc.cfg.n_layers))
+    receiver_layers = None if layers is None else resolve_layers(layers, tc.view.n_layers)
     scores = all_scores(tc, kind, receiver_layers)
     indices, _, _ = circuits(tc, kind)
     mean, std = random_baseline(tc)
@@ -173,7 +171,7 @@ def composition_scores(
         for score, sl, sh, rl, rh in rows[:top_k]
     ]
     return CompositionScores(
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         receiver_layers=list(scores),
         n_pairs=sum(int(grid.numel()) for grid in scores.values()),
         top_pairs=pairs,

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any, TextIO
 
-from lens_mcp.server.scripted import UsageError
+from lens_mcp.errors import UsageError
 
 # Lines are decoded with surrogateescape: each byte that is not UTF-8 becomes one of these code points.
 _ESCAPED = range(0xDC80, 0xDD00)

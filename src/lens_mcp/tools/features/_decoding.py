@@ -55,8 +55,8 @@ def decode(
     logprobs: list[torch.Tensor] = []
     finished = torch.zeros(n_rows, dtype=torch.bool, device=prompt.device)
     for step in range(max_new_tokens):
-        with torch.no_grad(), tc.bridge.hooks(fwd_hooks=hooks):
-            logits = tc.bridge(sequence)[:, -1].float()
+        with torch.no_grad(), tc.view.hooks(fwd_hooks=hooks):
+            logits = tc.view(sequence)[:, -1].float()
         chosen = next_tokens(logits, temperature, generator)
         logprobs.append(logits.log_softmax(dim=-1).gather(-1, chosen[:, None]).squeeze(-1))
         sequence = torch.cat([sequence, chosen[:, None]], dim=1)
@@ -72,6 +72,6 @@ def score(
     tc: ToolContext, sequences: torch.Tensor, n_prompt: int, hooks: list[tuple[str, Callable[..., Any]]]
 ) -> torch.Tensor:
     """Log-prob of each token after the prompt given its prefix, per row, under `hooks`: [rows, new]."""
-    with torch.no_grad(), tc.bridge.hooks(fwd_hooks=hooks):
-        logits = tc.bridge(sequences)[:, n_prompt - 1 : -1].float()
+    with torch.no_grad(), tc.view.hooks(fwd_hooks=hooks):
+        logits = tc.view(sequences)[:, n_prompt - 1 : -1].float()
     return logits.log_softmax(dim=-1).gather(-1, sequences[:, n_prompt:, None]).squeeze(-1)

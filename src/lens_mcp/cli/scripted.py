@@ -19,14 +19,11 @@ from typing import Any, TextIO
 from mcp import Client
 from mcp.types import CallToolResult, Tool
 
+from lens_mcp.errors import UsageError
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server.app import build_server
 from lens_mcp.server.images import count_images, save_images
 from lens_mcp.server.registry import HOST_TOOLS  # tools that bring their own model: no default load for them
-
-
-class UsageError(Exception):
-    """Bad command-line input (exit status 2)."""
 
 
 def compact(data: Any) -> str:
@@ -80,7 +77,7 @@ def parse_key_values(pairs: list[str], tool: Tool) -> dict[str, Any]:
 
 
 def parse_json_object(text: str, what: str) -> dict[str, Any]:
-    from lens_mcp.server.batch_io import loads_finite
+    from lens_mcp.cli.batch_io import loads_finite
 
     try:
         value = loads_finite(text, what)
@@ -255,7 +252,7 @@ def _report_images(result: CallToolResult, image_dir: str | None, stem: str, err
 
 
 def _decode(text: str) -> dict[str, Any]:
-    from lens_mcp.server.batch_io import check_utf8, loads_finite
+    from lens_mcp.cli.batch_io import check_utf8, loads_finite
 
     check_utf8(text)  # a line that is not UTF-8 fails alone
     try:

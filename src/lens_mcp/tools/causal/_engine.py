@@ -287,7 +287,7 @@ class PatchEngine:
         """`pair`: token ids [2, n], the clean prompt then the corrupted one (or [2 * n_pairs, n]);
         `cache_hooks`: the hook points patches will read (clean) and compare (corrupted)."""
         self.tc = tc
-        self.bridge = tc.bridge
+        self.view = tc.view
         self.pair = pair
         self.n_pairs = int(pair.shape[0]) // 2
         self.tokens = pair[1:2]
@@ -297,14 +297,14 @@ class PatchEngine:
         if len(self.readouts) != self.n_pairs:
             raise ValueError(f"{len(self.readouts)} readouts for {self.n_pairs} pairs")
         self.readout = self.readouts[0]
-        self.n_layers = int(tc.cfg.n_layers)
+        self.n_layers = tc.view.n_layers
         self.n_tokens = int(pair.shape[-1])
         self.stats = EngineStats()
         self.block_kwargs: dict[int, dict[str, Any]] = {}
         self.kv = _PrefixKV()
         self.suffix_ok = False
         self.driven_ok = False
-        blocks = getattr(self.bridge, "blocks", None)
+        blocks = self.view.blocks
         self._blocks = list(blocks) if blocks is not None and len(blocks) == self.n_layers else None
         resid = [f"blocks.{layer}.hook_resid_pre" for layer in range(self.n_layers)]
         resid.append(f"blocks.{self.n_layers - 1}.hook_resid_post")
@@ -329,7 +329,7 @@ class PatchEngine:
         and each layer's keys and values (the attention bridges are handed a `layer_past` that records)."""
         try:
             captured = self._paired_run(record_kv=self._blocks is not None)
-        except Exception:  # noqa: BLE001 - an attention module that refuses layer_past: run without it
+        except Exception:
             log.info("recording keys/values failed; running the prompts plainly", exc_info=True)
             self.kv = _PrefixKV()
             captured = self._paired_run(record_kv=False)
@@ -378,7 +378,7 @@ class PatchEngine:
                 attention = getattr(block, "attn", None)
                 if record_kv and isinstance(attention, torch.nn.Module):
                     handles.append(attention.register_forward_pre_hook(inject, with_kwargs=True))
-            logits, cache = self.bridge.run_with_cache(self.pair, names_filter=lambda name: name in wanted)
+            logits, cache = self.view.run_with_cache(self.pair, names_filter=lambda name: name in wanted)
         finally:
             self.kv.recording = False
             for handle in handles:
@@ -421,7 +421,7 @@ class PatchEngine:
                 x = self._call_block(layer, x, offset, with_kv=offset > 0)
             driven = x[:, -1]
             value = self.readout.from_resid(driven)
-        except Exception as exc:  # noqa: BLE001 - any failure here means: do not drive blocks
+        except Exception as exc:
             raise EngineMismatch(f"driving the blocks failed: {type(exc).__name__}: {exc}") from exc
         self.stats.forward_passes += 1
         reference = self.cache[f"blocks.{self.n_layers - 1}.hook_resid_post"][:1, -1]
@@ -516,9 +516,11 @@ class PatchEngine:
                 self.tc.limits,
                 self.tokens.device,
                 length,
-                sequence_bytes(self.tc.cfg, length, self.n_tokens),
+                sequence_bytes(self.tc.view, length, self.n_tokens),
                 wanted=len(members) + 1,
-                seconds_per_row=seconds_per_row(self.tc, length, int(self.tc.cfg.n_layers) - patches[members[0]].layer),
+                seconds_per_row=seconds_per_row(
+                    self.tc, length, int(self.tc.view.n_layers) - patches[members[0]].layer
+                ),
             )
             room = plan.ceiling if plan.ceiling is not None else plan.rows
             control = room >= 2  # a control row needs room for one more sequence in the batch
@@ -552,8 +554,8 @@ class PatchEngine:
         the positions in between) costs less than the block calls it saves (see MERGE_OFFSETS)."""
         if MERGE_OFFSETS is False or len(groups) < 2:
             return groups
-        cfg = self.tc.cfg
-        d_model, d_mlp = int(cfg.d_model), int(getattr(cfg, "d_mlp", None) or 4 * int(cfg.d_model))
+        d_model = self.view.d_model
+        d_mlp = self.view.d_mlp or 4 * d_model
         flops_per_token_block = 2 * (4 * d_model * d_model + 3 * d_model * d_mlp)
         call_cost = _CALL_COST_FLOPS["cpu" if self.tokens.device.type == "cpu" else "other"]
         threshold = call_cost / flops_per_token_block  # token-blocks one block call is worth
@@ -597,7 +599,7 @@ class PatchEngine:
         self.kv.prefix = offset if with_kv else 0
         x: torch.Tensor | None = None
         joined = 0
-        with self.bridge.hooks(fwd_hooks=fwd_hooks):
+        with self.view.hooks(fwd_hooks=fwd_hooks):
             for layer in range(start, self.n_layers):
                 count = sum(1 for s in starts if s <= layer)
                 if count > joined:
@@ -629,7 +631,7 @@ class PatchEngine:
             self.tc.limits,
             self.tokens.device,
             n,
-            sequence_bytes(self.tc.cfg, n, n, logits_tokens=n),
+            sequence_bytes(self.tc.view, n, n, logits_tokens=n),
             wanted=len(active),
             seconds_per_row=seconds_per_row(self.tc, n),
         )
@@ -652,7 +654,7 @@ class PatchEngine:
 
             row_pairs = [patches[i].pair for i in batch]
             tokens = self.bases[row_pairs] if self.n_pairs > 1 else self.tokens.expand(len(batch), -1)
-            logits = self.bridge.run_with_hooks(
+            logits = self.view.run_with_hooks(
                 tokens, fwd_hooks=[(name, make_hook(entries)) for name, entries in by_hook.items()]
             )
             self.stats.forward_passes += 1

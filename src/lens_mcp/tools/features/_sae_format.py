@@ -90,7 +90,7 @@ class SAE:
             b_dec=move(self.b_dec),
             threshold=move(self.threshold),
             finetuning_scale=move(self.finetuning_scale),
-        )  # type: ignore[arg-type]
+        )
 
     # ---- the computation --------------------------------------------------------------------------
     def norm_state(self, x: torch.Tensor) -> NormState:
@@ -183,7 +183,7 @@ def _architecture(cfg: dict[str, Any], folder: Path) -> Architecture:
     if arch in (None, "standard", "jumprelu", "topk"):
         if act not in (None, "relu", "topk", "top_k", "jumprelu"):
             raise _config_error(folder, f"activation function {act!r} is not supported (relu, jumprelu, topk are)")
-        return arch or "standard"  # type: ignore[return-value]
+        return arch or "standard"
     raise _config_error(
         folder,
         f"architecture {arch!r} is not supported; lens-mcp reads 'standard' (ReLU), 'jumprelu' and 'topk' SAEs "
@@ -210,7 +210,7 @@ def read_sae(folder: Path, source: str = "local") -> SAE:
         raise _config_error(folder, f"{CFG_FILE} is not a JSON object")
     try:
         tensors = load_file(str(weights_path))
-    except Exception as exc:  # noqa: BLE001 - any corrupt file is the user's input
+    except Exception as exc:
         raise _config_error(folder, f"{WEIGHTS_FILE} could not be read ({type(exc).__name__}: {exc})") from None
     missing = [name for name in ("W_enc", "b_enc", "W_dec", "b_dec") if name not in tensors]
     if missing:

@@ -23,26 +23,14 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO, cast
 
 from lens_mcp import __version__
-from lens_mcp.limits import Limits
+from lens_mcp.cli.hosts import LIMIT_FLAGS, make_host
+from lens_mcp.errors import UsageError
 from lens_mcp.loading import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from lens_mcp.model_host import ModelHost
 
 CATALOG_COMMANDS = ("prompts", "prompt", "resources", "resource")
-LIMIT_FLAGS = {
-    "max_prompt_tokens": "tokens per prompt",
-    "max_sweep_cells": "patched cells per patch_sweep",
-    "max_batch_sequences": "sequences per forward batch",
-    "max_batch_tokens": "tokens per forward batch",
-    "max_induction_tokens": "tokens in one induction_scores call",
-    "max_work_units": "token-layers of work in one call (tokens x blocks over every row it runs)",
-    "max_call_seconds": "estimated seconds one call may hold the model (measured throughput)",
-    "max_batch_seconds": "target seconds of one batch (progress and cancellation every few seconds)",
-    "max_pairs": "items in one pairs=[...] prompt dataset",
-    "max_top_k": "largest top_k",
-    "max_response_chars": "characters of JSON per tool result",
-}
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -200,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_record_argument(batch)
     add_image_argument(batch)
     add_catalog_commands(commands)
-    from lens_mcp.server.replay import add_record_commands
+    from lens_mcp.cli.replay import add_record_commands
 
     add_record_commands(commands, add_model_arguments, LOG_LEVELS)
     return parser
@@ -223,23 +211,6 @@ def add_catalog_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     for parser in (prompts, prompt, resources, resource):
         add_model_arguments(parser)
         parser.add_argument("--log-level", default="WARNING", choices=LOG_LEVELS)
-
-
-def limits_from_args(args: argparse.Namespace) -> Limits:
-    return Limits.from_env(**{name: getattr(args, name) for name in LIMIT_FLAGS})
-
-
-def make_host(args: argparse.Namespace) -> ModelHost:
-    from lens_mcp.loading.policy import LoadPolicy
-    from lens_mcp.model_host import ModelHost
-
-    return ModelHost(
-        limits_from_args(args),
-        trust_remote_code=args.trust_remote_code,
-        device_map=args.device_map,
-        n_devices=args.n_devices,
-        load_policy=LoadPolicy.for_transport(getattr(args, "transport", "stdio"), args.load_root, args.allow_hub),
-    )
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -294,7 +265,7 @@ def _loader(host: ModelHost, args: argparse.Namespace) -> Callable[[], None]:
 def scripted(args: argparse.Namespace, out: TextIO, exit_hard: bool = False) -> int:
     import anyio
 
-    from lens_mcp.server import scripted as commands
+    from lens_mcp.cli import scripted as commands
 
     host = make_host(args)
     if args.command in ("call", "batch"):
@@ -316,7 +287,7 @@ def scripted(args: argparse.Namespace, out: TextIO, exit_hard: bool = False) -> 
             args.image_dir,
         )
     elif args.command in CATALOG_COMMANDS:
-        from lens_mcp.server import catalog
+        from lens_mcp.cli import catalog
 
         if args.command == "prompts":
             status = anyio.run(catalog.list_prompts, host, out)
@@ -327,7 +298,7 @@ def scripted(args: argparse.Namespace, out: TextIO, exit_hard: bool = False) -> 
         else:
             status = anyio.run(catalog.read_resource, host, _loader(host, args), args.uri, out)
     else:
-        from lens_mcp.server.batch_io import GuardedOutput, close_output, read_lines, refuse_overwriting_input
+        from lens_mcp.cli.batch_io import GuardedOutput, close_output, read_lines, refuse_overwriting_input
 
         refuse_overwriting_input(args.file, args.output)
         lines = read_lines(args.file)
@@ -358,7 +329,6 @@ def scripted(args: argparse.Namespace, out: TextIO, exit_hard: bool = False) -> 
 
 def _usage_error(exc: BaseException) -> Exception | None:
     """The UsageError inside `exc`, which task groups may have wrapped in exception groups."""
-    from lens_mcp.server.scripted import UsageError
 
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
@@ -366,7 +336,6 @@ def _usage_error(exc: BaseException) -> Exception | None:
 
 
 def _open_output(path: str) -> TextIO:
-    from lens_mcp.server.scripted import UsageError
 
     try:
         return open(path, "w", encoding="utf-8")
@@ -392,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return serve(args)
         if args.command in ("report", "replay"):
-            from lens_mcp.server.replay import run_record_command
+            from lens_mcp.cli.replay import run_record_command
 
             return run_record_command(args, out)
         if args.command in ("tools", "call", "batch", *CATALOG_COMMANDS):

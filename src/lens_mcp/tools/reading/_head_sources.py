@@ -24,8 +24,8 @@ from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars
 from lens_mcp.tools.core.pairs import PromptPair, resolve_pairs, spread
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import check_top_k, resolve_head, resolve_layer
-from lens_mcp.tools.reading.head_attribution import _attribute_prompt
-from lens_mcp.tools.reading.head_output import head_reads, kv_head_of
+from lens_mcp.tools.reading._dla import attribute_prompt
+from lens_mcp.tools.reading._heads import head_reads
 
 _SCALARS = ("embed", "attn_bias", "unembed_bias", "total", "actual")
 
@@ -36,7 +36,7 @@ def _run(
     """One prompt's decomposition and its unrounded parts; errors name the pair or prompt (`prefix`)."""
     raw: dict[str, Any] = {}
     try:
-        result = _attribute_prompt(tc, text, pair.answer or "", pair.wrong_answer, position, top_k, raw)
+        result = attribute_prompt(tc, text, pair.answer or "", pair.wrong_answer, position, top_k, raw)
     except LensError as exc:
         raise LensError(f"{prefix}{exc}" if prefix else str(exc)) from None
     return result, raw
@@ -137,8 +137,8 @@ def attribution_call(
     if by_source and (layer is None) != (head is None):
         raise LensError("by_source: pass both layer and head, or neither (then the top head is split).")
     if layer is not None and head is not None:  # checked before any forward pass
-        layer = resolve_layer(layer, int(tc.cfg.n_layers))
-        head = resolve_head(head, int(tc.cfg.n_heads))
+        layer = resolve_layer(layer, tc.view.n_layers)
+        head = resolve_head(head, tc.view.n_heads)
     if pairs is not None and not isinstance(pairs, (list, tuple)):
         raise LensError(f"pairs: expected a list of {{clean_prompt, answer, ...}} objects, got {pairs!r:.60}.")
     if pairs is None and prompt is not None and answer is None:
@@ -147,7 +147,7 @@ def attribution_call(
             "answer, ...}]."
         )
     if pairs is None and baseline_prompt is None and not by_source and prompt is not None and answer is not None:
-        return _attribute_prompt(tc, prompt, answer, wrong_answer, position, top_k)  # the plain call, unchanged
+        return attribute_prompt(tc, prompt, answer, wrong_answer, position, top_k)  # the plain call, unchanged
     try:
         items = resolve_pairs(
             tc,
@@ -188,7 +188,7 @@ def attribution_call(
             label = f"{where}corrupted_prompt" if dataset else "baseline_prompt"
             lengths.append(int(encode(tc, item.corrupted_prompt, label).shape[-1]))
     if dataset:  # up to max_pairs x 2 forward passes: estimated before the first
-        n_layers, n_heads = int(tc.cfg.n_layers), int(tc.cfg.n_heads)
+        n_layers, n_heads = tc.view.n_layers, tc.view.n_heads
         cost = estimate(
             tc,
             Work(
@@ -289,13 +289,12 @@ def _by_source(
     first_base: HeadAttribution | None,
     top_k: int,
 ) -> SourceSplit:
-    cfg = tc.cfg
     if layer is None and head is None:
         layer, head = _top(parts["heads"], 1)[0]
     elif layer is None or head is None:
         raise LensError("by_source: pass both layer and head, or neither (then the top head is split).")
-    layer = resolve_layer(layer, int(cfg.n_layers))
-    head = resolve_head(head, int(cfg.n_heads))
+    layer = resolve_layer(layer, tc.view.n_layers)
+    head = resolve_head(head, tc.view.n_heads)
     tokens = encode(tc, item.clean_prompt)
     contributions, attention = _source_parts(tc, tokens, raw, layer, head, first.position)
     if raw_base is not None:
@@ -317,7 +316,7 @@ def _by_source(
     return SourceSplit(
         layer=layer,
         head=head,
-        kv_head=kv_head_of(tc, head),
+        kv_head=tc.view.kv_head_of(head),
         score=score,
         sources=[
             SourcePart(

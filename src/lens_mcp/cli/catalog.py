@@ -1,13 +1,14 @@
 """`lens-mcp prompts | prompt NAME key=value | resources | resource URI`: the server's MCP prompts and resources
-from a shell, through the same in-process MCP client session as `call` (lens_mcp.server.scripted)."""
+from a shell, through the same in-process MCP client session as `call` (lens_mcp.cli.scripted)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from lens_mcp.cli.scripted import compact, one_line, session
+from lens_mcp.errors import UsageError
 from lens_mcp.model_host import ModelHost
-from lens_mcp.server.scripted import UsageError, compact, one_line, session
 
 MODEL_RESOURCES = ("lens://model/",)  # resources that need the loaded model: reading one starts the load
 

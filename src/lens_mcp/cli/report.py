@@ -118,14 +118,15 @@ def key_numbers(result: Any) -> str:
 def figures(tool: str, result: Any) -> str:
     """The heatmaps of a recorded result as embedded PNGs (empty when its tool draws none)."""
     from lens_mcp.server import images
+    from lens_mcp.server.registry import result_models
 
-    model_class = images.RESULT_MODELS.get(tool)
+    model_class = result_models().get(tool)
     if model_class is None or not images.supports_images(model_class) or not isinstance(result, dict):
         return ""
     try:
         model = model_class.model_validate(result)
         maps = images.heatmaps_of(model)
-    except Exception as exc:  # noqa: BLE001 - a record from another version: show the numbers, skip the picture
+    except Exception as exc:
         log.info("cannot draw %s from the record: %s", tool, exc)
         return f'<p class="meta">heatmap not drawn: the recorded result does not fit this version ({_e(type(exc).__name__)})</p>'
     parts = []
@@ -201,7 +202,6 @@ def _call(entry: dict[str, Any]) -> str:
 
 
 def render_report(record: RecordFile) -> str:
-    _register_result_models()
     title = f"lens-mcp record {record.path.name}"
     calls = "".join(_call(entry) for entry in record.entries)
     return (
@@ -219,15 +219,3 @@ def write_report(record: RecordFile, output: str | Path) -> Path:
     path = Path(output)
     path.write_text(render_report(record), encoding="utf-8")
     return path
-
-
-def _register_result_models() -> None:
-    """Fill images.RESULT_MODELS by building a server around an empty host (loads no model)."""
-    from lens_mcp.server import images
-
-    if images.RESULT_MODELS:
-        return
-    from lens_mcp.model_host import ModelHost
-    from lens_mcp.server.app import build_server
-
-    build_server(ModelHost())

@@ -7,7 +7,7 @@ digits, and two numbers match when they differ by at most one unit in the 4th si
 compared. The weights fingerprint of the replaying model is compared with the recorded one. `image` arguments
 are dropped (pictures are not results); load_model calls are re-run on replay's --device.
 
-`lens-mcp report` lives beside it (lens_mcp.server.report): both read records.
+`lens-mcp report` lives beside it (lens_mcp.cli.report): both read records.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO, TypeGuard
 
+from lens_mcp.errors import UsageError
 from lens_mcp.server.record import RecordFile, fingerprint, read_record
 
 IGNORED_KEYS = frozenset({"seconds", "load_seconds", "from_cache", "device", "forward_passes"})
@@ -88,8 +89,8 @@ def _first_model(record: RecordFile) -> tuple[str | None, str | None, bool]:
 async def replay(record: RecordFile, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import anyio.to_thread
 
-    from lens_mcp.server.cli import make_host
-    from lens_mcp.server.scripted import result_data, result_text, session
+    from lens_mcp.cli.hosts import make_host
+    from lens_mcp.cli.scripted import result_data, result_text, session
 
     host = make_host(args)
     spec, dtype, starts_with_load = _first_model(record)
@@ -171,8 +172,6 @@ async def replay(record: RecordFile, args: argparse.Namespace, out: TextIO, err:
 
 
 def _usage(message: str) -> Exception:
-    from lens_mcp.server.scripted import UsageError
-
     return UsageError(message)
 
 
@@ -217,7 +216,7 @@ def run_record_command(args: argparse.Namespace, out: TextIO) -> int:
         print(f"lens-mcp {args.command}: error: {args.record} holds no call records", file=sys.stderr)
         return 2
     if args.command == "report":
-        from lens_mcp.server.report import write_report
+        from lens_mcp.cli.report import write_report
 
         try:
             path = write_report(record, args.output)
@@ -228,14 +227,12 @@ def run_record_command(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     import anyio
 
-    from lens_mcp.server.scripted import UsageError
-
     try:
         return anyio.run(replay, record, args, out, sys.stderr)
     except BaseException as exc:
         while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
             exc = exc.exceptions[0]
-        if isinstance(exc, (UsageError,)):
+        if isinstance(exc, UsageError):
             print(f"lens-mcp replay: error: {exc}", file=sys.stderr)
             return 2
         from lens_mcp.errors import LensError

@@ -1,0 +1,1 @@
+"""The `lens-mcp` command line: serve, call, batch, replay, report (see main.py)."""
