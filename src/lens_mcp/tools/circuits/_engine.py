@@ -189,6 +189,28 @@ def check_additive(clean: WriterStates, corrupted: GradientPass | WriterStates) 
         )
 
 
+def _edit_hooks(
+    graph: Graph, delta: torch.Tensor, replacement: torch.Tensor, sums: dict[int, torch.Tensor]
+) -> list[tuple[str, Callable[..., Any]]]:
+    """Writer hooks for edge_run: delta[rows, positions, writers, d_model] = live output - replacement, and
+    sums[n] = the sum of the first n writers' deltas, for every n a reader's prefix can end at."""
+
+    def make(first: int, per_head: bool) -> Callable[..., Any]:
+        def hook(act: torch.Tensor, hook: Any = None) -> None:
+            count = act.shape[2] if per_head else 1
+            live = act.detach().to(delta.dtype)
+            block = live if per_head else live[:, :, None]
+            delta[:, :, first : first + count] = block - replacement[:, :, first : first + count]
+            end = first + count
+            previous = sums.get(first)
+            part = delta[:, :, first:end].sum(dim=2)
+            sums[end] = part if previous is None else previous + part
+
+        return hook
+
+    return [(name, make(first, per_head)) for name, first, per_head in _writer_hooks(graph)]
+
+
 def edge_run(
     tc: ToolContext,
     graph: Graph,
@@ -199,26 +221,35 @@ def edge_run(
 ) -> torch.Tensor:
     """Metric per row of a forward pass in which, in each row b, every edge (w, r) with replaced[b, w, r] (or
     replaced[b, p, w, r] for position edges, at position p) carries replacement[b, p, w] in place of writer w's
-    live output. replacement broadcasts over rows (e.g. [1, positions, writers, d_model])."""
-    store = _new_store(graph, tokens, tc.view.d_model)
+    live output. replacement broadcasts over rows (e.g. [1, positions, writers, d_model]).
+
+    A reader's input changes by the sum of the replaced writers' deltas (live - replacement). Where most of its
+    writers are replaced (everything outside a small circuit), that is the sum of all its writers' deltas (a
+    running sum) minus the kept ones; either way only the writers some row treats differently are contracted."""
+    delta = _new_store(graph, tokens, tc.view.d_model)
+    sums: dict[int, torch.Tensor] = {0: torch.zeros_like(delta[:, :, 0])}
     by_position = replaced.dim() == 4
-    mask = replaced.to(store.dtype)
-    hooks = _capture_writers(graph, store)
+    hooks = _edit_hooks(graph, delta, replacement, sums)
     prefixes = graph.prefix
+    equation = "bpwr,bpwd->bprd" if by_position else "bwr,bpwd->bprd"
 
     def make(first: int, count: int) -> Callable[..., torch.Tensor]:
         limit = prefixes[first]
         cols = slice(first, first + count)
 
         def hook(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
-            part = mask[..., :limit, cols]
-            if not bool(part.any()):
+            part = replaced[..., :limit, cols]
+            n_replaced = int(part.sum())
+            if n_replaced == 0:
                 return act
-            delta = store[:, :, :limit] - replacement[:, :, :limit]
-            if by_position:
-                change = torch.einsum("bpwr,bpwd->bprd", part, delta)
-            else:
-                change = torch.einsum("bwr,bpwd->bprd", part, delta)
+            dense = 2 * n_replaced > part.numel()
+            chosen = ~part if dense else part
+            reduce_dims = (0, 1, 3) if by_position else (0, 2)
+            active = chosen.any(dim=reduce_dims).nonzero().flatten()
+            weights = chosen[..., active, :].to(delta.dtype)
+            change = torch.einsum(equation, weights, delta[:, :, active])
+            if dense:
+                change = sums[limit][:, :, None] - change
             if act.dim() == 3:
                 change = change[:, :, 0]
             return act - change.to(act.dtype)
