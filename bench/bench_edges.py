@@ -84,7 +84,7 @@ def ioi_pairs(tc: ToolContext, n: int) -> list[dict[str, str]]:
     for i in range(n):
         a, b = names[i % len(names)], names[(i + 1 + i // len(names)) % len(names)]
         c, d = names[(i + 5) % len(names)], names[(i + 9) % len(names)]
-        template = TEMPLATES[i % len(TEMPLATES)]
+        template = TEMPLATES[(i // len(names)) % len(TEMPLATES)]
         pairs.append(
             {
                 "clean_prompt": template.format(a=a, b=b),

@@ -772,7 +772,7 @@ def check_edge_attribution(case: Case) -> None:
                 edge_attribution(tc, CLEAN, CORRUPTED, PATCH_ANSWER, PATCH_WRONG)
             return
         result = edge_attribution(tc, CLEAN, CORRUPTED, PATCH_ANSWER, PATCH_WRONG, top_k=3, verify_top=1)
-        n_heads = int(tc.cfg.n_heads)
+        n_heads = tc.view.n_heads
         keep = ["MLP0", "MLP1"] + [f"L{layer}H{head}" for layer in range(2) for head in range(n_heads)]
         keep.remove("L1H1")
         curve = circuit_faithfulness(tc, CLEAN, CORRUPTED, PATCH_ANSWER, PATCH_WRONG, nodes=keep)
