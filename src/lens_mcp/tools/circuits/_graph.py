@@ -191,12 +191,12 @@ class Graph:
                 f"{arg}: {name!r} goes backwards or sideways: {self.writers[writer]} writes after "
                 f"{self.readers[reader]} reads"
                 + (" (with parallel attention a layer's MLP does not read its own heads)" if self.parallel else "")
-                + "; an edge runs from an earlier writer to a later reader."
+                + "; an edge runs from an earlier writer to a later reader: reverse it or remove it."
             )
         return writer, reader, position
 
     def _check(self, layer: int, head: int | None, n: int, arg: str, name: str, what: str = "head") -> None:
         if not 0 <= layer < self.n_layers:
-            raise LensError(f"{arg}: {name!r}: layer {layer} does not exist; layers are 0 to {self.n_layers - 1}.")
+            raise LensError(f"{arg}: {name!r}: layer {layer} does not exist: use 0 to {self.n_layers - 1}.")
         if head is not None and not 0 <= head < n:
-            raise LensError(f"{arg}: {name!r}: {what} {head} does not exist; they are 0 to {n - 1}.")
+            raise LensError(f"{arg}: {name!r}: {what} {head} does not exist: use 0 to {n - 1}.")

@@ -52,7 +52,7 @@ def lookup(tc: ToolContext, name: str, arg: str = "circuit") -> Stored:
     if item is None:
         known = ", ".join(sorted(tc.model.circuits)) or "none yet"
         raise LensError(
-            f"{arg}={name!r} is not stored (stored: {known}); edge_attribution stores its ranking as "
-            f"'{LAST}' and under name=..., circuit_faithfulness under name=...."
+            f"{arg}={name!r} is not stored (stored: {known}); pass a stored name: edge_attribution stores its "
+            f"ranking as '{LAST}' and under name=..., circuit_faithfulness under name=...."
         )
     return item
