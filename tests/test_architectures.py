@@ -34,6 +34,8 @@ from lens_mcp.tools.causal.ablate_heads import ablate_heads
 from lens_mcp.tools.causal.attribution_patch import PairRun, attribution_patch, estimate_effects, resolve_grid
 from lens_mcp.tools.causal.patch_sweep import run_sweep
 from lens_mcp.tools.causal.path_patch import run_path_patch
+from lens_mcp.tools.circuits.circuit_faithfulness import circuit_faithfulness
+from lens_mcp.tools.circuits.edge_attribution import edge_attribution
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.metrics import resolve_metric
 from lens_mcp.tools.core.tokens import token_strings
@@ -754,6 +756,44 @@ def check_generate(case: Case) -> None:
     assert [t.logprob for t in steered.intervened.tokens] == pytest.approx(steered_lp, rel=REL, abs=TOL)
 
 
+EDGE_REFUSED = {"gemma2", "olmo2", "granite", "phi", "cohere"}
+"""Families whose residual stream is not a plain sum of head, MLP and embedding writes here (norms after each
+sublayer, scaled residual adds) or whose MLP input TransformerLens does not expose (parallel blocks of phi and
+cohere): edge attribution refuses them."""
+
+
+def check_edge_attribution(case: Case) -> None:
+    """Refused where the graph is not exact; elsewhere the clean and corrupted metrics equal the HF model's, and
+    the node circuit 'every writer but head L1H1' equals the HF clean run with that head's z from the corrupted
+    run (a node outside the circuit has its output replaced everywhere)."""
+    with case.tc() as tc:
+        if case.family.name in EDGE_REFUSED:
+            with pytest.raises(LensError, match="not (exact|supported) on this model"):
+                edge_attribution(tc, CLEAN, CORRUPTED, PATCH_ANSWER, PATCH_WRONG)
+            return
+        result = edge_attribution(tc, CLEAN, CORRUPTED, PATCH_ANSWER, PATCH_WRONG, top_k=3, verify_top=1)
+        n_heads = tc.view.n_heads
+        keep = ["MLP0", "MLP1"] + [f"L{layer}H{head}" for layer in range(2) for head in range(n_heads)]
+        keep.remove("L1H1")
+        curve = circuit_faithfulness(tc, CLEAN, CORRUPTED, PATCH_ANSWER, PATCH_WRONG, nodes=keep)
+    tokens = case.bridge.to_tokens([CLEAN, CORRUPTED], prepend_bos=True)
+    a, b = case.token(PATCH_ANSWER), case.token(PATCH_WRONG)
+    with torch.no_grad():
+        clean, _ = hf_forward(case, tokens[:1])
+        corrupted, corrupted_z = hf_forward(case, tokens[1:])
+
+        def patch_head(z: torch.Tensor) -> torch.Tensor:
+            z = z.clone().unflatten(-1, (n_heads, -1))
+            z[:, :, 1] = corrupted_z[1].unflatten(-1, (n_heads, -1))[:, :, 1]
+            return z.flatten(-2)
+
+        patched, _ = hf_forward(case, tokens[:1], z={1: patch_head})
+    assert result.clean_metric == pytest.approx(float(hf_metric(clean.logits, a, b)), rel=REL, abs=TOL)
+    assert result.corrupted_metric == pytest.approx(float(hf_metric(corrupted.logits, a, b)), rel=REL, abs=TOL)
+    assert curve.ablated_metric == pytest.approx(float(hf_metric(corrupted.logits, a, b)), rel=REL, abs=TOL)
+    assert curve.curve[0].metric == pytest.approx(float(hf_metric(patched.logits, a, b)), rel=REL, abs=TOL)
+
+
 CHECKS: dict[str, Callable[[Case], None]] = {
     "model_info": check_model_info,
     "tokenize": check_tokenize,
@@ -775,11 +815,14 @@ CHECKS: dict[str, Callable[[Case], None]] = {
     "feature_attribution": check_feature_attribution,
     "steering_vector": check_steering_vector,
     "generate": check_generate,
+    "edge_attribution": check_edge_attribution,
+    "circuit_faithfulness": check_edge_attribution,
 }
 """Tool name -> check on one family. Add a line here when a tool is added."""
 
 NOT_IN_MATRIX: dict[str, str] = {
     "load_model": "every case is loaded through ModelHost.load, the function the tool calls",
+    "circuits": "lists the names circuit_faithfulness and edge_attribution store; runs no model",
 }
 
 KNOWN_FAILURES: dict[tuple[str, str], str] = {}

@@ -236,6 +236,12 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("path_patch", {**SWEEP, "senders": [[1, 0]], "receivers": [[1, 2]]}, ("no path", "use senders before layer 1")),
     ("path_patch", {**SWEEP, "receivers": "all_heads"}, ("senders=null", "pass senders")),
     ("path_patch", {**SWEEP, "receiver_input": "o"}, ("receiver_input", "pass receiver_input")),
+    # ---- circuits
+    ("edge_attribution", {**SWEEP, "method": "eap-ig", "ig_steps": 0}, ("ig_steps=0", "use 1..64")),
+    ("circuit_faithfulness", {**SWEEP, "edges": ["L1H0->L0H1.q"]}, ("goes backwards", "remove it")),
+    ("circuit_faithfulness", {**SWEEP, "edges": ["L0H1->L1H9.q"]}, ("head 9 does not exist", "use 0 to")),
+    ("circuit_faithfulness", {**SWEEP, "circuit": "nope"}, ("circuit='nope' is not stored", "pass a stored name")),
+    ("circuits", {"remove": ["nope"]}, ("remove='nope' is not stored", "pass a stored name")),
     # ---- component readers
     ("head_output", {"prompt": P, "layer": 9, "head": 0}, ("layer=9", "use 0..1")),
     ("head_output", {"prompt": P, "layer": 1, "head": 2, "source_position": 99}, ("source_position=99", "use 0..")),

@@ -18,7 +18,7 @@ def test_prompts_lists_every_prompt_with_its_arguments(capsys: pytest.CaptureFix
     assert main(["prompts"]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines()}
-    assert set(lines) == {"locate_fact", "find_induction_circuit", "explain_prediction"}
+    assert set(lines) == {"locate_fact", "find_induction_circuit", "explain_prediction", "find_circuit"}
     assert "args: prompt answer [corrupted_prompt] [wrong_answer]" in lines["locate_fact"]
 
 

@@ -26,6 +26,9 @@ TOY_CALLS = {
     "patch_sweep": {"clean_prompt": PROMPT, "corrupted_prompt": "w1 w2 w3 w4 w2", "answer": " w3", "wrong_answer": " w4"},
     "ablate_heads": {"prompt": PROMPT, "heads": [[1, 2]], "answer": " w3"},
     "induction_scores": {"seq_len": 10},
+    "edge_attribution": {"clean_prompt": PROMPT, "corrupted_prompt": "w1 w2 w3 w4 w2", "answer": " w3", "wrong_answer": " w4"},
+    "circuit_faithfulness": {"clean_prompt": PROMPT, "corrupted_prompt": "w1 w2 w3 w4 w2", "answer": " w3", "wrong_answer": " w4", "nodes": ["L1H2"]},
+    "circuits": {},
 }  # fmt: skip
 
 

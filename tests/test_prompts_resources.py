@@ -21,7 +21,7 @@ from tests.mcp_client import MODES, result_data
 async def test_prompts_are_listed_with_their_arguments(toy_host: ModelHost, mode: str) -> None:
     async with Client(build_server(toy_host), mode=mode) as client:
         prompts = {p.name: p for p in (await client.list_prompts()).prompts}
-    assert set(prompts) == {"locate_fact", "find_induction_circuit", "explain_prediction"}
+    assert set(prompts) == {"locate_fact", "find_induction_circuit", "explain_prediction", "find_circuit"}
     arguments = {arg.name: arg for arg in prompts["locate_fact"].arguments or []}
     assert {name for name, arg in arguments.items() if arg.required} == {"prompt", "answer"}
     assert {"corrupted_prompt", "wrong_answer"} <= set(arguments)
@@ -59,7 +59,12 @@ async def test_other_prompts_render(toy_host: ModelHost) -> None:
     assert "induction_scores(seq_len=20)" in induction and "seq_len=" not in default
     assert "ablate_heads" in induction and "attention_pattern" in induction
     assert "'w1 w2 w1'" in explain and "head_attribution" in explain
-    assert {fn.__name__ for fn, _ in PROMPTS} == {"locate_fact", "find_induction_circuit", "explain_prediction"}
+    assert {fn.__name__ for fn, _ in PROMPTS} == {
+        "locate_fact",
+        "find_induction_circuit",
+        "explain_prediction",
+        "find_circuit",
+    }
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -38,6 +38,8 @@ class LoadedModel:
     """Sparse autoencoders loaded for this model, keyed by hook name (dropped with the model)."""
     steering_vectors: dict[str, Any] = field(default_factory=dict)
     """Steering vectors stored by name for this model (dropped with the model)."""
+    circuits: dict[str, Any] = field(default_factory=dict)
+    """Edge rankings and circuits stored by name for this model (dropped with the model)."""
     throughput: float | None = None
     """Measured token-layers per second of a batched forward pass on this model's device (cost estimates)."""
 

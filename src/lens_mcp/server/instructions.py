@@ -14,12 +14,13 @@ families; each tool's description says what it returns.
   behaviour, 0 = no effect), attribution_patch (gradient screen; confirm exactly), path_patch (one
   sender-receiver path), ablate_heads. Datasets are normalized pooled: (mean patched - mean corrupted) /
   (mean clean - mean corrupted).
+- circuits: edge_attribution (edges scored), circuit_faithfulness (what the top k edges keep), circuits.
 - features: sparse autoencoders, steering vectors, generation with interventions.
 - weights (no forward pass): composition between heads.
 Units: raw logits, probabilities 0..1, losses in nats; 4 significant digits; `meaning` says what a
 result's main number means. Results are capped: ask for few layers/positions, small top_k. Grid tools
 take image=true for PNG pictures; sweeps take dry_run=true for a cost estimate first.
-Prompts: locate_fact, find_induction_circuit, explain_prediction. Resources: lens://model/info,
+Prompts: locate_fact, find_induction_circuit, explain_prediction, find_circuit. Resources: lens://model/info,
 lens://model/hooks, lens://server/limits. Long tools report progress and can be cancelled. Errors say
 what was wrong and how to fix it.
 """

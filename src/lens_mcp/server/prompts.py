@@ -122,10 +122,49 @@ Report: which heads (layer.head) and which earlier tokens produce the prediction
 {SMALL_RESULTS}"""
 
 
+def find_circuit(
+    clean_prompt: Annotated[
+        str, Field(description="Clean prompt, e.g. 'When Mary and John went to the store, John gave a drink to'")
+    ],
+    corrupted_prompt: Annotated[
+        str,
+        Field(
+            description="Same token count, the behaviour broken, e.g. 'When Mary and John went to the store, "
+            "Anna gave a drink to'"
+        ),
+    ],
+    answer: Annotated[str, Field(description="The clean answer, one token: ' Mary'")],
+    wrong_answer: Annotated[str, Field(description="The competing answer, one token: ' John'")],
+) -> str:
+    """Find the circuit behind a behaviour: edge_attribution -> circuit_faithfulness curve -> verify -> report."""
+    return f"""Find the circuit (edges between heads, MLPs, embeddings and logits) behind this behaviour.
+Clean prompt: {_quoted(clean_prompt)}
+Corrupted prompt: {_quoted(corrupted_prompt)}
+Answer: {_quoted(answer)}; competing answer (wrong_answer): {_quoted(wrong_answer)}
+
+1. tokenize both prompts: same token count; both answers single tokens. Several pairs of the same template
+   (pairs=[...]) give a more reliable circuit than one.
+2. edge_attribution(..., method="eap-ig", top_k=20, verify_top=5, name="c"): scores in logit-difference units,
+   positive = the edge carries the clean behaviour. Check `verified`: estimates with wrong_sign or
+   magnitude_off are not to be trusted. Readers: L<l>H<h>.q, key/value inputs (L<l>.kv<g>.k/.v under
+   grouped-query attention, one per key/value head, feeding the query heads kv_heads lists), MLP<l>, logits.
+3. circuit_faithfulness(..., circuit="c", k=[10, 20, 50, 100, 200, 500, 1000], target=0.8): recovered per
+   size (1 = the circuit alone keeps the behaviour) and the smallest k reaching 0.8. complement near 0 means
+   the rest of the model does not carry it too. Try ablation="mean" (per position over the corrupted prompts).
+4. Prune: circuit_faithfulness(circuit="c", k=[K], name="c_k"), then remove=[...] edges you doubt and compare
+   recovered; circuits lists what is stored with its last recovered.
+5. Optionally confirm single head-to-head edges with path_patch.
+
+Report: the circuit (its main heads and edges, by role), the faithfulness curve and the k reaching the target,
+and the verified edges with estimate vs exact.
+{SMALL_RESULTS}"""
+
+
 PROMPTS = (
     (locate_fact, "Where is this fact stored?"),
     (find_induction_circuit, "Find the induction circuit"),
     (explain_prediction, "Why this next token?"),
+    (find_circuit, "Find the circuit behind a behaviour"),
 )
 
 

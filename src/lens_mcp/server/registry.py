@@ -19,6 +19,9 @@ from lens_mcp.tools.causal.ablate_heads import ablate_heads
 from lens_mcp.tools.causal.attribution_patch import attribution_patch
 from lens_mcp.tools.causal.patch_sweep import patch_sweep
 from lens_mcp.tools.causal.path_patch import path_patch
+from lens_mcp.tools.circuits.circuit_faithfulness import circuit_faithfulness
+from lens_mcp.tools.circuits.circuits import circuits
+from lens_mcp.tools.circuits.edge_attribution import edge_attribution
 from lens_mcp.tools.features.feature_attribution import feature_attribution
 from lens_mcp.tools.features.generate import generate
 from lens_mcp.tools.features.load_sae import load_sae
@@ -65,6 +68,9 @@ TOOLS: tuple[ToolEntry, ...] = (
     ToolEntry(ablate_heads, "Ablate attention heads"),
     ToolEntry(attribution_patch, "Attribution patching (gradient estimate)"),
     ToolEntry(path_patch, "Path patching between heads"),
+    ToolEntry(edge_attribution, "Edge attribution (EAP, EAP-IG)", options=(("read_only", False),)),
+    ToolEntry(circuit_faithfulness, "Circuit faithfulness curve", options=(("read_only", False),)),
+    ToolEntry(circuits, "Stored circuits", options=(("read_only", False),)),
     ToolEntry(induction_scores, "Find induction heads"),
     ToolEntry(head_output, "What one head writes"),
     ToolEntry(neuron_attribution, "Direct logit attribution per MLP neuron"),

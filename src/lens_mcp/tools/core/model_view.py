@@ -159,6 +159,49 @@ class ModelView:
             return str(exc)
         return None
 
+    def residual_write_obstruction(self) -> str | None:
+        """Why a head's or MLP's output is not what joins the residual stream (a norm after the sublayer, a
+        scaled residual add, a parallel mixer), as TransformerLens's edge attribution refuses; None when the
+        residual stream is a plain sum of the embedding, head and MLP writes."""
+        from transformer_lens.tools.analysis.attribution_patching import (  # private, version-pinned
+            _attention_write_obstruction,
+        )
+
+        detail = _attention_write_obstruction(self._bridge)
+        if detail is None and self.capabilities.post_sublayer_norms:
+            detail = "a norm after each sublayer"
+        return detail
+
+    @contextlib.contextmanager
+    def per_head_hooks(self) -> Iterator[None]:
+        """Switch on the per-head hook points (attn.hook_result per head, attn.hook_{q,k,v}_input per query or
+        key/value head, hook_mlp_in) for the block, restoring the model's own settings afterwards. Memory: every
+        per-head tensor is [batch, pos, heads, d_model] while they are on."""
+        bridge, cfg = self._bridge, self._cfg
+        saved = (
+            cfg.use_attn_result,
+            cfg.use_split_qkv_input,
+            cfg.use_hook_mlp_in,
+            bool(getattr(cfg, "use_attn_in", False)),
+        )
+        try:
+            if saved[3]:
+                bridge.set_use_attn_in(False)
+            bridge.set_use_attn_result(True)
+            bridge.set_use_split_qkv_input(True)
+            bridge.set_use_hook_mlp_in(True)
+            yield
+        finally:
+            bridge.set_use_attn_result(saved[0])
+            bridge.set_use_split_qkv_input(saved[1])
+            bridge.set_use_hook_mlp_in(saved[2])
+            if saved[3]:
+                bridge.set_use_attn_in(True)
+
+    @property
+    def per_head_hooks_on(self) -> bool:
+        return bool(self._cfg.use_split_qkv_input)
+
     def has_post_norm(self, layer: int, sublayer: Literal["ln1", "ln2"]) -> bool:
         return f"blocks.{layer}.{sublayer}_post.hook_scale" in self.hook_dict
 

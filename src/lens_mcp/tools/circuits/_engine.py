@@ -1,0 +1,262 @@
+"""The computations behind edge attribution and circuit faithfulness, on TransformerLens's per-head hook points.
+
+With `use_attn_result`, `use_split_qkv_input` and `use_hook_mlp_in` on, every writer's residual contribution
+(`hook_embed`, `attn.hook_result` per head, `hook_mlp_out`) and every reader's own copy of the residual stream
+(`attn.hook_{q,k,v}_input` per query or key/value head, `hook_mlp_in`, the last block's `hook_resid_post` for the
+logits) is a hook point. On a pre-norm model a reader's input is a constant plus the sum of the writers before it,
+so replacing some writers' contributions in one reader's copy is exact. `writer_states` keeps the writers as a
+[rows, positions, writers, d_model] tensor; `gradient_pass` adds a zero leaf at every reader and differentiates
+the metric; `edge_run` rebuilds each reader's input per row from a mask of replaced edges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lens_mcp.errors import LensError
+from lens_mcp.tools.circuits._graph import Graph
+from lens_mcp.tools.core.context import ToolContext
+
+Metric = Callable[[torch.Tensor], torch.Tensor]
+"""Per-row metric of the last position's logits [rows, vocab] -> [rows]."""
+
+_ADDITIVE_RTOL = 1e-3
+
+
+def build_graph(tc: ToolContext) -> Graph:
+    """The model's graph, or a LensError where the residual stream is not a sum of the writers."""
+    view = tc.view
+    detail = view.residual_write_obstruction()
+    if detail is not None:
+        raise LensError(
+            f"edge attribution and circuit faithfulness are not exact on this model ({detail}): a head's or MLP's "
+            "output is rescaled before it joins the residual stream, so the residual stream is not a sum of the "
+            "writers. Use attribution_patch, patch_sweep or path_patch here."
+        )
+    return Graph(view.n_layers, view.n_heads, view.n_kv_heads, view.capabilities.parallel_attn_mlp)
+
+
+def _writer_hooks(graph: Graph) -> list[tuple[str, int, bool]]:
+    """(hook name, first writer index, per-head) of every writer hook point, in forward order."""
+    hooks = [("hook_embed", 0, False)]
+    for layer in range(graph.n_layers):
+        hooks.append((f"blocks.{layer}.attn.hook_result", graph.writer_index(layer, 0), True))
+        hooks.append((f"blocks.{layer}.hook_mlp_out", graph.writer_index(layer, None), False))
+    return hooks
+
+
+def _reader_hooks(graph: Graph) -> list[tuple[str, int, int]]:
+    """(hook name, first reader index, readers at that hook) of every reader hook point."""
+    hooks = []
+    for layer in range(graph.n_layers):
+        base = graph.reader_base(layer)
+        hooks.append((f"blocks.{layer}.attn.hook_q_input", base, graph.n_heads))
+        hooks.append((f"blocks.{layer}.attn.hook_k_input", base + graph.n_heads, graph.n_kv))
+        hooks.append((f"blocks.{layer}.attn.hook_v_input", base + graph.n_heads + graph.n_kv, graph.n_kv))
+        hooks.append((f"blocks.{layer}.hook_mlp_in", base + graph.readers_per_layer - 1, 1))
+    hooks.append((f"blocks.{graph.n_layers - 1}.hook_resid_post", len(graph.readers) - 1, 1))
+    return hooks
+
+
+def _capture_writers(graph: Graph, store: torch.Tensor) -> list[tuple[str, Callable[..., Any]]]:
+    """Forward hooks copying every writer's output into store[rows, positions, writers, d_model]."""
+
+    def make(first: int, per_head: bool) -> Callable[..., Any]:
+        def hook(act: torch.Tensor, hook: Any = None) -> None:
+            if per_head:
+                store[:, :, first : first + act.shape[2]] = act.detach().to(store.dtype)
+            else:
+                store[:, :, first] = act.detach().to(store.dtype)
+
+        return hook
+
+    return [(name, make(first, per_head)) for name, first, per_head in _writer_hooks(graph)]
+
+
+def _new_store(graph: Graph, tokens: torch.Tensor, d_model: int) -> torch.Tensor:
+    return torch.zeros(tokens.shape[0], tokens.shape[1], len(graph.writers), d_model, device=tokens.device)
+
+
+@dataclass
+class WriterStates:
+    writers: torch.Tensor
+    """[rows, positions, writers, d_model] (float32)"""
+    logits: torch.Tensor
+    """[rows, vocab]: the last position's logits"""
+    final: torch.Tensor
+    """[rows, positions, d_model]: the final residual stream (the logits reader's input)"""
+
+
+def _final_hook(graph: Graph, sink: list[torch.Tensor]) -> tuple[str, Callable[..., Any]]:
+    def hook(act: torch.Tensor, hook: Any = None) -> None:
+        sink.append(act.detach().float())
+
+    return f"blocks.{graph.n_layers - 1}.hook_resid_post", hook
+
+
+def writer_states(tc: ToolContext, graph: Graph, tokens: torch.Tensor) -> WriterStates:
+    """Every writer's output, the logits and the final residual stream of one forward pass."""
+    store = _new_store(graph, tokens, tc.view.d_model)
+    final: list[torch.Tensor] = []
+    hooks = [*_capture_writers(graph, store), _final_hook(graph, final)]
+    with torch.no_grad(), tc.view.per_head_hooks(), tc.view.hooks(fwd_hooks=hooks):
+        logits = tc.view(tokens)[:, -1].float()
+    return WriterStates(store, logits, final[0])
+
+
+@dataclass
+class GradientPass:
+    writers: torch.Tensor
+    """[rows, positions, writers, d_model]: the writers of the run (at its embeddings as given)."""
+    grads: torch.Tensor
+    """[rows, positions, readers, d_model]: d(metric)/d(each reader's input)."""
+    metric: torch.Tensor
+    """[rows]"""
+    final: torch.Tensor
+    """[rows, positions, d_model]: the final residual stream"""
+
+
+def gradient_pass(
+    tc: ToolContext, graph: Graph, tokens: torch.Tensor, metric: Metric, embed: torch.Tensor | None = None
+) -> GradientPass:
+    """One forward and backward: every reader's input gradient. `embed` replaces the token embeddings
+    (integrated gradients' interpolated inputs)."""
+    d_model = tc.view.d_model
+    rows, n_pos = int(tokens.shape[0]), int(tokens.shape[1])
+    store = _new_store(graph, tokens, d_model)
+    grads = torch.zeros(rows, n_pos, len(graph.readers), d_model, device=tokens.device)
+    leaves: list[tuple[int, torch.Tensor]] = []
+    fired: list[str] = []
+    final: list[torch.Tensor] = []
+    hooks = _capture_writers(graph, store)
+    if embed is not None:
+        replacement = embed
+
+        def set_embed(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
+            store[:, :, 0] = replacement.to(store.dtype)
+            return replacement.to(act.dtype)
+
+        hooks[0] = ("hook_embed", set_embed)
+
+    def make_leaf(name: str, first: int) -> Callable[..., torch.Tensor]:
+        def hook(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
+            fired.append(name)
+            leaf = torch.zeros_like(act, requires_grad=True)
+            leaves.append((first, leaf))
+            if first == len(graph.readers) - 1:
+                final.append(act.detach().float())
+            return act + leaf
+
+        return hook
+
+    hooks += [(name, make_leaf(name, first)) for name, first, _ in _reader_hooks(graph)]
+    with torch.enable_grad(), tc.view.per_head_hooks(), tc.view.hooks(fwd_hooks=hooks):
+        logits = tc.view(tokens)[:, -1]
+        values = metric(logits)
+        found = torch.autograd.grad(values.sum(), [leaf for _, leaf in leaves], allow_unused=True)
+    missing = [name for name, _, _ in _reader_hooks(graph) if name not in fired]
+    if missing:
+        raise LensError(
+            f"edge attribution is not supported on this model: the reader hook point {missing[0]} does not fire "
+            "here (TransformerLens does not expose that input separately on this architecture), so the graph "
+            "cannot be read. Use attribution_patch or path_patch here."
+        )
+    with torch.no_grad():
+        for (first, leaf), grad in zip(leaves, found, strict=True):
+            if grad is None:
+                continue
+            grads[:, :, first : first + (grad.shape[2] if grad.dim() == 4 else 1)] = (
+                grad.float() if grad.dim() == 4 else grad.float()[:, :, None]
+            )
+            del leaf
+    return GradientPass(store, grads, values.detach().float(), final[0])
+
+
+def check_additive(clean: WriterStates, corrupted: GradientPass | WriterStates) -> None:
+    """Refuse a model whose final residual stream does not move by the sum of its writers' moves (a scale or
+    norm this graph does not know of)."""
+    moved = clean.final - corrupted.final[:1]
+    summed = (clean.writers - corrupted.writers[:1]).sum(dim=2)
+    scale = float(moved.norm()) + 1e-6
+    if float((moved - summed).norm()) > _ADDITIVE_RTOL * max(scale, float(summed.norm())):
+        raise LensError(
+            "edge attribution is not exact on this model: its final residual stream is not the sum of the embedding, "
+            "head and MLP outputs (a scale or norm sits between them). Use attribution_patch or path_patch here."
+        )
+
+
+def _edit_hooks(
+    graph: Graph, delta: torch.Tensor, replacement: torch.Tensor, sums: dict[int, torch.Tensor]
+) -> list[tuple[str, Callable[..., Any]]]:
+    """Writer hooks for edge_run: delta[rows, positions, writers, d_model] = live output - replacement, and
+    sums[n] = the sum of the first n writers' deltas, for every n a reader's prefix can end at."""
+
+    def make(first: int, per_head: bool) -> Callable[..., Any]:
+        def hook(act: torch.Tensor, hook: Any = None) -> None:
+            count = act.shape[2] if per_head else 1
+            live = act.detach().to(delta.dtype)
+            block = live if per_head else live[:, :, None]
+            delta[:, :, first : first + count] = block - replacement[:, :, first : first + count]
+            end = first + count
+            previous = sums.get(first)
+            part = delta[:, :, first:end].sum(dim=2)
+            sums[end] = part if previous is None else previous + part
+
+        return hook
+
+    return [(name, make(first, per_head)) for name, first, per_head in _writer_hooks(graph)]
+
+
+def edge_run(
+    tc: ToolContext,
+    graph: Graph,
+    tokens: torch.Tensor,
+    replaced: torch.Tensor,
+    replacement: torch.Tensor,
+    metric: Metric,
+) -> torch.Tensor:
+    """Metric per row of a forward pass in which, in each row b, every edge (w, r) with replaced[b, w, r] (or
+    replaced[b, p, w, r] for position edges, at position p) carries replacement[b, p, w] in place of writer w's
+    live output. replacement broadcasts over rows (e.g. [1, positions, writers, d_model]).
+
+    A reader's input changes by the sum of the replaced writers' deltas (live - replacement). Where most of its
+    writers are replaced (everything outside a small circuit), that is the sum of all its writers' deltas (a
+    running sum) minus the kept ones; either way only the writers some row treats differently are contracted."""
+    delta = _new_store(graph, tokens, tc.view.d_model)
+    sums: dict[int, torch.Tensor] = {0: torch.zeros_like(delta[:, :, 0])}
+    by_position = replaced.dim() == 4
+    hooks = _edit_hooks(graph, delta, replacement, sums)
+    prefixes = graph.prefix
+    equation = "bpwr,bpwd->bprd" if by_position else "bwr,bpwd->bprd"
+
+    def make(first: int, count: int) -> Callable[..., torch.Tensor]:
+        limit = prefixes[first]
+        cols = slice(first, first + count)
+
+        def hook(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
+            part = replaced[..., :limit, cols]
+            n_replaced = int(part.sum())
+            if n_replaced == 0:
+                return act
+            dense = 2 * n_replaced > part.numel()
+            chosen = ~part if dense else part
+            reduce_dims = (0, 1, 3) if by_position else (0, 2)
+            active = chosen.any(dim=reduce_dims).nonzero().flatten()
+            weights = chosen[..., active, :].to(delta.dtype)
+            change = torch.einsum(equation, weights, delta[:, :, active])
+            if dense:
+                change = sums[limit][:, :, None] - change
+            if act.dim() == 3:
+                change = change[:, :, 0]
+            return act - change.to(act.dtype)
+
+        return hook
+
+    hooks += [(name, make(first, count)) for name, first, count in _reader_hooks(graph)]
+    with torch.no_grad(), tc.view.per_head_hooks(), tc.view.hooks(fwd_hooks=hooks):
+        logits = tc.view(tokens)[:, -1]
+    return metric(logits).float()
