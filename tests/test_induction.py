@@ -157,10 +157,10 @@ def test_prompt_mode_losses(toy: ToolContext) -> None:
     "arguments, message",
     [
         (
-            {},
+            {"seq_len": 40},
             r"seq_len=40 is out of range: use 2..23\. Each sequence is 2\*seq_len\+1 tokens and must fit in 48 "
             r"\(model context n_ctx=48",
-        ),  # 81 tokens do not fit the toy's context
+        ),  # 81 tokens do not fit the toy's context (the default shrinks to fit it instead)
         ({"seq_len": 1}, "seq_len=1 is out of range"),
         ({"seq_len": 20, "n_seqs": 0}, "n_seqs=0 is out of range"),
         ({"seq_len": 20, "top_k": 0}, "top_k=0 is out of range"),
@@ -208,7 +208,7 @@ async def test_through_mcp(toy_host: ModelHost, mode: str) -> None:
         await call_tool(server, "induction_scores", {"prompt": "w1 w2"}, mode=mode)
     )
     assert "seq_len=40 is out of range: use 2..23" in error_text(
-        await call_tool(server, "induction_scores", {}, mode=mode)
+        await call_tool(server, "induction_scores", {"seq_len": 40}, mode=mode)
     )
 
 
