@@ -227,7 +227,6 @@ def test_a_relative_owner_name_says_the_same_whether_or_not_it_exists(
 ) -> None:
     """With Hub names allowed and paths confined, 'a/b' is read as a Hub id whether or not a folder a/b exists
     outside the roots: the answer must not tell a client what exists on the server's disk."""
-    from lens_mcp.errors import LensError
     from lens_mcp.loading.policy import LoadPolicy
 
     root = tmp_path / "root"
