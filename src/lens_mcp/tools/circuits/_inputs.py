@@ -39,8 +39,6 @@ def load_dataset(
     metric: str,
     same_length: bool,
 ) -> Dataset:
-    if pairs is not None and not isinstance(pairs, (list, tuple)):
-        raise LensError("pairs: expected a list of {clean_prompt, corrupted_prompt, answer, wrong_answer} items.")
     items = resolve_pairs(
         tc,
         pairs,
