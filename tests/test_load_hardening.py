@@ -3,6 +3,7 @@ paths and hub names follow the server's policy, and a symlinked .gguf resolves t
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -220,6 +221,54 @@ def test_the_default_gguf_loads_through_a_symlink_with_another_name(tmp_path: Pa
     host = ModelHost()
     loaded = host.load(str(link), device="cpu")
     assert loaded.cfg.n_layers == 30 and loaded.from_cache is not None
+
+
+def test_a_relative_owner_name_says_the_same_whether_or_not_it_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With Hub names allowed and paths confined, 'a/b' is read as a Hub id whether or not a folder a/b exists
+    outside the roots: the answer must not tell a client what exists on the server's disk."""
+    from lens_mcp.errors import LensError
+
+    root = tmp_path / "root"
+    (root / "inside" / "model").mkdir(parents=True)
+    (root / "inside" / "model" / "config.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "secret" / "folder").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    policy = LoadPolicy(roots=(root.resolve(),), paths=True, hub=True)
+    existing, missing = policy.resolve("secret/folder"), policy.resolve("nobody/nothing")
+    assert existing.source == missing.source == "hub"
+    monkeypatch.chdir(root)
+    assert policy.resolve("inside/model").source != "hub"  # inside the roots, a relative folder is a folder
+    closed = LoadPolicy(roots=(root.resolve(),), paths=True, hub=False)
+    monkeypatch.chdir(tmp_path)
+    messages = []
+    for spec in ("secret/folder", "nobody/nothing"):
+        with pytest.raises(LensError) as refused:
+            closed.resolve(spec)
+        messages.append(str(refused.value).replace(spec, "X"))
+    assert messages[0] == messages[1]
+
+
+def test_a_hub_id_shadowed_by_a_relative_folder_loads_from_the_hub_never_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """from_pretrained would read a relative folder named like the Hub id; the loader reads the Hub's snapshot."""
+    from lens_mcp.loading import load as load_module
+    from lens_mcp.loading.specs import ModelSpec
+
+    secret = tmp_path / "secret" / "folder"
+    secret.mkdir(parents=True)
+    (secret / "config.json").write_text('{"model_type": "not-a-model"}', encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    snapshot = resolve_spec("toy-induction").location  # stands in for the Hub's copy of "secret/folder"
+    asked: list[str] = []
+    monkeypatch.setattr(load_module, "in_local_cache", lambda repo_id: True)
+    monkeypatch.setattr(load_module, "hub_snapshot", lambda repo_id: asked.append(repo_id) or snapshot)
+    loaded = load_module.load_model(ModelSpec("secret/folder", "hub", "secret/folder"), device="cpu")
+    assert asked == ["secret/folder"]
+    toy_config = json.loads((Path(snapshot) / "config.json").read_text(encoding="utf-8"))
+    assert loaded.cfg.n_layers == toy_config["n_layer"] and loaded.cfg.d_model == toy_config["n_embd"]
 
 
 def test_an_sae_folder_inside_the_root_with_files_linked_outside_is_refused(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from lens_mcp.errors import LensError
 from lens_mcp.limits import Limits
 from lens_mcp.loading import LoadedModel, ModelSpec, load_model, resolve_spec
 from lens_mcp.loading.policy import LoadPolicy
-from lens_mcp.progress import ProgressReporter, no_progress
+from lens_mcp.progress import HEARTBEAT_INTERVAL_S, Heartbeat, ProgressReporter, no_progress
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import measured_throughput
 
@@ -49,6 +49,25 @@ def count_hooks(bridge: Any) -> int:
     """Hook functions currently attached to the model's hook points (aliases counted once)."""
     points = {id(point): point for point in bridge.hook_dict.values()}.values()
     return sum(len(point.fwd_hooks) + len(point.bwd_hooks) for point in points)
+
+
+@contextmanager
+def beating(
+    model: LoadedModel, report: ProgressReporter, interval_s: float = HEARTBEAT_INTERVAL_S
+) -> Iterator[Heartbeat]:
+    """`report` as a Heartbeat that beats at the start of every transformer block while the block is open."""
+    heartbeat = Heartbeat(report, interval_s)
+    blocks = list(model.bridge.blocks)
+    places = [f"layer {layer} of {len(blocks)}" for layer in range(len(blocks))]
+    handles = [
+        block.register_forward_pre_hook(lambda *_, at=place: heartbeat.beat(at))
+        for block, place in zip(blocks, places, strict=True)
+    ]
+    try:
+        yield heartbeat
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class ModelHost:

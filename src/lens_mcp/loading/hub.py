@@ -34,3 +34,15 @@ def in_local_cache(repo_id: str) -> bool:
         return False
     found = try_to_load_from_cache(repo_id, "config.json")
     return isinstance(found, str)
+
+
+# What a TransformerBridge needs from a repository: configs, tokenizer files and safetensors weights.
+SNAPSHOT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.py"]
+
+
+def hub_snapshot(repo_id: str) -> str:
+    """The local folder holding `repo_id`'s files from the Hub (downloaded into the HF cache if needed): an
+    absolute path, so that a relative folder that happens to share the id's name is never read instead."""
+    from huggingface_hub import snapshot_download
+
+    return str(snapshot_download(repo_id, allow_patterns=SNAPSHOT_PATTERNS))

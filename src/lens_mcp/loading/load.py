@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ import torch
 from lens_mcp.errors import LensError
 from lens_mcp.loading.devices import dtype_name, resolve_device, resolve_dtype
 from lens_mcp.loading.gguf_cache import load_gguf
-from lens_mcp.loading.hub import hub_host_and_port, hub_reachable, in_local_cache
+from lens_mcp.loading.hub import hub_host_and_port, hub_reachable, hub_snapshot, in_local_cache
 from lens_mcp.loading.specs import ModelSpec
 from lens_mcp.progress import ProgressReporter, no_progress
 
@@ -115,8 +116,13 @@ def _boot(
             "file, or a builtin (smollm2-135m, toy-induction)."
         )
     progress(1, 3, f"reading weights from {spec.source} {spec.location}")
+    location = spec.location
+    if spec.source == "hub" and os.path.lexists(location):
+        # from_pretrained prefers a relative folder of the same name to the Hub id; the load policy may have read
+        # the name as a Hub id precisely because that folder lies outside its roots.
+        location = hub_snapshot(location)
     bridge = TransformerBridge.boot_transformers(
-        spec.location, dtype=dtype, trust_remote_code=trust_remote_code, **placement
+        location, dtype=dtype, trust_remote_code=trust_remote_code, **placement
     )
     return bridge, None
 

@@ -66,12 +66,15 @@ class LoadPolicy:
             return resolve_spec(spec)  # its own readable refusal, about the text only
         candidate = Path(os.path.expanduser(text))
         looks_like_path = text.startswith(("/", ".", "~")) or text.lower().endswith(".gguf") or "\\" in text
-        on_disk = os.path.lexists(candidate)
-        if looks_like_path or on_disk or not _HUB_NAME.match(text):
-            # Symlinks are followed before the check: a link inside a root to a file outside it is refused.
-            if self._inside(candidate.resolve()):
+        if _HUB_NAME.match(text) and not looks_like_path:
+            # 'owner/name' is a folder only inside the roots; elsewhere it is a Hub id whether or not such a folder
+            # exists (the loader then reads the Hub, never that folder), so the answer tells nothing about the disk.
+            if os.path.lexists(candidate) and self._inside(candidate.resolve()):
                 return resolve_spec(spec)
-            raise self._refuse(text)
-        if not self.hub:
-            raise self._refuse(text)
-        return ModelSpec(text, "hub", text)
+            if not self.hub:
+                raise self._refuse(text)
+            return ModelSpec(text, "hub", text)
+        # Symlinks are followed before the check: a link inside a root to a file outside it is refused.
+        if self._inside(candidate.resolve()):
+            return resolve_spec(spec)
+        raise self._refuse(text)

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from lens_mcp.errors import LensError
 from lens_mcp.limits import Limits
-from lens_mcp.model_host import ModelHost
+from lens_mcp.model_host import ModelHost, beating
 from lens_mcp.progress import ProgressReporter
 from lens_mcp.server import images
 from lens_mcp.server.finite import check_finite
@@ -135,8 +135,8 @@ def add_model_tool(
         produced: list[BaseModel] = []
 
         def call() -> BaseModel:
-            with host.use(report) as model:
-                produced.append(fn(ToolContext(model, host.limits, report, host.load_policy), **arguments))
+            with host.use(report) as model, beating(model, report) as heartbeat:
+                produced.append(fn(ToolContext(model, host.limits, heartbeat, host.load_policy), **arguments))
             return produced[-1]
 
         result = run_guarded(fn.__name__, call, host.limits)
