@@ -157,3 +157,40 @@ def test_token_sources_and_loopback_rules(tmp_path: Path) -> None:
     check_exposure("0.0.0.0", "token")
     with pytest.raises(TokenError, match="LENS_MCP_TOKEN"):
         check_exposure("0.0.0.0", None)
+
+
+def _cli(*args: str, token: str | None = TOKEN, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "LENS_MCP_TOKEN"}
+    if token is not None:
+        env["LENS_MCP_TOKEN"] = token
+    return subprocess.run(
+        [sys.executable, "-m", "lens_mcp", *args], env=env, input=stdin, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_call_and_batch_connect_to_the_running_server_instead_of_loading(server_url: str) -> None:
+    """`--connect` sends the calls to the server's model (toy-induction), though this command's own default model
+    is smollm2-135m: nothing loads here, so each command costs a session, not a model load."""
+    info = _cli("call", "--connect", server_url, "model_info")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["name"] == "toy-induction"
+    here = _cli("call", "--model", "toy-induction", "tokenize", "text= w5 w6", token=None)
+    there = _cli("call", "--connect", server_url, "tokenize", "text= w5 w6")
+    assert there.returncode == 0 and json.loads(there.stdout) == json.loads(here.stdout)
+    lines = '{"tool": "tokenize", "arguments": {"text": "w1"}, "id": "a"}\n{"tool": "nope"}\n'
+    batch = _cli("batch", "--connect", server_url, "-", stdin=lines)
+    records = [json.loads(line) for line in batch.stdout.splitlines()]
+    assert batch.returncode == 1 and [r["ok"] for r in records] == [True, False]
+    assert records[0]["id"] == "a" and records[0]["result"]["n_tokens"] == 2
+    assert "unknown tool 'nope'" in records[1]["error"]
+
+
+def test_connect_says_what_is_wrong(server_url: str) -> None:
+    wrong = _cli("call", "--connect", server_url, "model_info", token="not-the-token")
+    assert wrong.returncode == 2 and "bearer token" in wrong.stderr and "Traceback" not in wrong.stderr
+    nobody = _cli("call", "--connect", f"http://127.0.0.1:{free_port()}/mcp", "model_info")
+    assert nobody.returncode == 2 and "Is `lens-mcp serve --transport http` running" in nobody.stderr
+    recorded = _cli("call", "--connect", server_url, "--record", "/tmp", "model_info")
+    assert recorded.returncode == 2 and "the server records its own calls" in recorded.stderr
+    not_url = _cli("call", "--connect", "localhost:8000", "model_info")
+    assert not_url.returncode == 2 and "is not an http(s) URL" in not_url.stderr

@@ -28,6 +28,7 @@ from lens_mcp.errors import UsageError
 from lens_mcp.loading import DEFAULT_MODEL
 
 if TYPE_CHECKING:
+    from lens_mcp.cli.scripted import Server
     from lens_mcp.model_host import ModelHost
 
 CATALOG_COMMANDS = ("prompts", "prompt", "resources", "resource")
@@ -81,6 +82,23 @@ def add_record_argument(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="append every tool call (arguments, result or error, seconds, weights fingerprint, versions) to a "
         "JSONL file in DIR, fsynced per call (default: $LENS_MCP_RECORD_DIR; off when neither is set)",
+    )
+
+
+def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--connect",
+        default=None,
+        metavar="URL",
+        help="send the calls to a running `lens-mcp serve --transport http` (e.g. http://127.0.0.1:8000/mcp) "
+        "instead of loading a model here: its model loads once for every command (--model, the limits and "
+        "--record are then the server's)",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=None,
+        metavar="FILE",
+        help="with --connect: the server's bearer token (default: $LENS_MCP_TOKEN)",
     )
 
 
@@ -167,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--log-level", default="WARNING", choices=LOG_LEVELS)
     add_record_argument(call)
     add_image_argument(call)
+    add_connect_arguments(call)
 
     batch = commands.add_parser(
         "batch",
@@ -187,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--log-level", default="WARNING", choices=LOG_LEVELS)
     add_record_argument(batch)
     add_image_argument(batch)
+    add_connect_arguments(batch)
     add_catalog_commands(commands)
     from lens_mcp.cli.replay import add_record_commands
 
@@ -267,6 +287,8 @@ def scripted(args: argparse.Namespace, out: TextIO, exit_hard: bool = False) -> 
 
     from lens_mcp.cli import scripted as commands
 
+    if getattr(args, "connect", None) is not None:
+        return _scripted_remote(args, out)
     host = make_host(args)
     if args.command in ("call", "batch"):
         from lens_mcp.server.record import start_recording
@@ -298,26 +320,7 @@ def scripted(args: argparse.Namespace, out: TextIO, exit_hard: bool = False) -> 
         else:
             status = anyio.run(catalog.read_resource, host, _loader(host, args), args.uri, out)
     else:
-        from lens_mcp.cli.batch_io import GuardedOutput, batch_lines, close_output, refuse_overwriting_input
-
-        refuse_overwriting_input(args.file, args.output)
-        lines = batch_lines(args.file)
-        with contextlib.ExitStack() as stack:
-            target = out
-            if args.output != "-":
-                target = _open_output(args.output)
-                stack.callback(close_output, target, args.output)
-            target = cast(TextIO, GuardedOutput(target, args.output))  # forwards the rest of TextIO
-            status = anyio.run(
-                commands.run_batch,
-                host,
-                _loader(host, args),
-                lines,
-                target,
-                sys.stderr,
-                not args.no_progress,
-                args.image_dir,
-            )
+        status = _run_batch(args, out, host, _loader(host, args))
     if exit_hard and host.loading is not None:
         # The load is still running in its thread (the call failed before it needed the model): leave now
         # rather than let interpreter shutdown race the loader. Only as a program, never inside a caller.
@@ -325,6 +328,59 @@ def scripted(args: argparse.Namespace, out: TextIO, exit_hard: bool = False) -> 
         sys.stderr.flush()
         os._exit(status)
     return status
+
+
+def _run_batch(args: argparse.Namespace, out: TextIO, server: Server, start_load: Callable[[], None]) -> int:
+    import anyio
+
+    from lens_mcp.cli import scripted as commands
+    from lens_mcp.cli.batch_io import GuardedOutput, batch_lines, close_output, refuse_overwriting_input
+
+    refuse_overwriting_input(args.file, args.output)
+    lines = batch_lines(args.file)
+    with contextlib.ExitStack() as stack:
+        target = out
+        if args.output != "-":
+            target = _open_output(args.output)
+            stack.callback(close_output, target, args.output)
+        target = cast(TextIO, GuardedOutput(target, args.output))  # forwards the rest of TextIO
+        return anyio.run(
+            commands.run_batch, server, start_load, lines, target, sys.stderr, not args.no_progress, args.image_dir
+        )
+
+
+def _scripted_remote(args: argparse.Namespace, out: TextIO) -> int:
+    """`call` / `batch` against a running HTTP server: nothing loads here."""
+    import anyio
+
+    from lens_mcp.cli import scripted as commands
+    from lens_mcp.server.http import TokenError, read_token
+
+    if args.record is not None:
+        raise UsageError("--record with --connect: the server records its own calls (start it with --record DIR)")
+    if not args.connect.startswith(("http://", "https://")):
+        raise UsageError(f"--connect {args.connect!r} is not an http(s) URL, e.g. http://127.0.0.1:8000/mcp")
+    try:
+        remote = commands.Remote(args.connect, read_token(args.token_file))
+    except TokenError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.command == "call":
+        return anyio.run(
+            commands.call_one,
+            remote,
+            _no_load,
+            args.tool,
+            args.pairs,
+            args.json_arguments,
+            out,
+            sys.stderr,
+            args.image_dir,
+        )
+    return _run_batch(args, out, remote, _no_load)
+
+
+def _no_load() -> None:
+    """A running server has its model already."""
 
 
 def _usage_error(exc: BaseException) -> Exception | None:

@@ -2,7 +2,9 @@
 
 Each command builds the same server `serve` runs and talks to it through a real MCP client session (JSON-RPC
 over an in-memory transport), so a script sees exactly what an agent sees: the same argument validation, the
-same compact JSON, the same error messages. The model loads once per process; `tools` loads none.
+same compact JSON, the same error messages. The model loads once per process; `tools` loads none. With
+`--connect URL`, `call` and `batch` talk to a running `serve --transport http` instead, whose model is already
+loaded: a shell investigation then pays for the load once, not once per command.
 stdout carries results only (compact JSON); progress, logs and error messages go to stderr.
 """
 
@@ -16,6 +18,7 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from mcp import Client
@@ -168,13 +171,70 @@ def bar(done: int, total: int | None, width: int = 24) -> str:
 
 
 # ---- sessions ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Remote:
+    """A running `lens-mcp serve --transport http` (its /mcp endpoint) and the bearer token it wants."""
+
+    url: str
+    token: str | None = None
+
+
+Server = ModelHost | Remote
+CALL_TIMEOUT_S = 24 * 3600.0  # a remote call may run as long as the server's caps allow; progress keeps it alive
+
+
 @asynccontextmanager
-async def session(host: ModelHost) -> AsyncIterator[tuple[Client, dict[str, Tool]]]:
-    """A real MCP client session with the server (JSON-RPC over memory streams, as over stdio).
-    The server is built without a start-up model: callers start the load once they know they need it."""
-    async with Client(build_server(host), mode="legacy") as client:
+async def session(server: Server) -> AsyncIterator[tuple[Client, dict[str, Tool]]]:
+    """A real MCP client session: with the server built here around `server` (JSON-RPC over memory streams,
+    as over stdio; built without a start-up model, so callers start the load once they know they need it), or
+    over HTTP with a running server."""
+    if isinstance(server, Remote):
+        async with _remote_client(server) as client:
+            yield client, {tool.name: tool for tool in (await client.list_tools()).tools}
+        return
+    async with Client(build_server(server), mode="legacy") as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
         yield client, tools
+
+
+@asynccontextmanager
+async def _remote_client(remote: Remote) -> AsyncIterator[Client]:
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    headers = {"Authorization": f"Bearer {remote.token}"} if remote.token else {}
+    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=CALL_TIMEOUT_S))
+    client = Client(
+        streamable_http_client(remote.url, http_client=http), mode="legacy", read_timeout_seconds=CALL_TIMEOUT_S
+    )
+    async with http:
+        try:
+            await client.__aenter__()
+        except Exception as exc:
+            refused = await _refused_token(http, remote.url)
+            raise UsageError(f"cannot open a session with {remote.url}: {_connect_failure(exc, refused)}") from None
+        try:
+            yield client
+        finally:
+            await client.__aexit__(None, None, None)
+
+
+async def _refused_token(http: Any, url: str) -> bool:
+    """Whether the server answers 401 (no token, or not one it accepts)."""
+    try:
+        return (await http.post(url, json={}, timeout=10)).status_code == 401
+    except Exception:
+        return False
+
+
+def _connect_failure(exc: BaseException, refused_token: bool) -> str:
+    """The innermost reason a session did not open (task groups wrap it), with a hint for the usual ones."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = f"{type(exc).__name__}: {exc}".strip()[:300]
+    if refused_token:
+        return "the server refused the bearer token (HTTP 401): pass its token with --token-file FILE or LENS_MCP_TOKEN"
+    return f"{text}. Is `lens-mcp serve --transport http` running there (the URL ends in /mcp)?"
 
 
 def one_line(description: str | None, limit: int = 100) -> str:
@@ -189,7 +249,7 @@ def one_line(description: str | None, limit: int = 100) -> str:
     return text
 
 
-async def list_tools(host: ModelHost, as_json: bool, out: TextIO) -> int:
+async def list_tools(host: Server, as_json: bool, out: TextIO) -> int:
     async with session(host) as (_, tools):
         if as_json:
             out.write(
@@ -210,7 +270,7 @@ async def list_tools(host: ModelHost, as_json: bool, out: TextIO) -> int:
 
 
 async def call_one(
-    host: ModelHost,
+    host: Server,
     start_load: Callable[[], None],
     name: str,
     pairs: list[str],
@@ -309,7 +369,7 @@ def _call_of(entry: dict[str, Any], tools: dict[str, Tool]) -> tuple[str, dict[s
 
 
 async def run_batch(
-    host: ModelHost,
+    host: Server,
     start_load: Callable[[], None],
     lines: StreamedLines | ListedLines | list[str],
     out: TextIO,
