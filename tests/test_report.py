@@ -108,3 +108,52 @@ def test_a_crafted_record_and_a_huge_grid_make_a_bounded_page(tmp_path: Path) ->
     assert time.perf_counter() - started < 20
     assert "heatmap not drawn: the result holds more than" in page and "cut here" in page
     assert len(page) < 3 * MAX_SHOWN_RESULT_CHARS
+
+
+def test_a_folder_of_records_reads_as_a_story(tmp_path: Path) -> None:
+    """Several records (one per `call`) merged in time order, each step's note a heading, a pairs= dataset shown in
+    full once and named afterwards, and the main result lists (top cells) as tables."""
+    records = tmp_path / "rec"
+    dataset = [
+        {"clean_prompt": PROMPT, "corrupted_prompt": "w1 w2 w3 w4 w2", "answer": " w3", "wrong_answer": " w4"},
+        {
+            "clean_prompt": "w5 w6 w7 w5 w6",
+            "corrupted_prompt": "w5 w6 w7 w8 w6",
+            "answer": " w7",
+            "wrong_answer": " w8",
+        },
+    ]
+    toy = ["--model", "toy-induction", "--device", "cpu", "--record", str(records)]
+    first = ["call", "patch_sweep", "--json", json.dumps({"pairs": dataset, "component": "heads"}), *toy]
+    assert main([*first, "--note", "Which heads matter?"]) == 0
+    assert main(["call", "tokenize", "text=w3", *toy]) == 0
+    calls = tmp_path / "calls.jsonl"
+    line = {"tool": "patch_sweep", "arguments": {"pairs": dataset, "component": "resid_pre"}, "note": "And where?"}
+    calls.write_text(json.dumps(line) + "\n", encoding="utf-8")
+    assert main(["batch", str(calls), "-o", str(tmp_path / "out.jsonl"), "--no-progress", *toy]) == 0
+    files = sorted(records.glob("*.jsonl"))
+    assert len(files) == 3
+    page = tmp_path / "story.html"
+    assert main(["report", str(records), "-o", str(page)]) == 0
+    html = page.read_text(encoding="utf-8")
+    assert all(path.name in html for path in files) and "3 files, calls merged in time order" in html
+    # time order: the note of the first call, then the tokenize call, then the batch's step
+    first_step, tokenize, second_step = (
+        html.index(t) for t in ("Which heads matter?</h2>", "tokenize</span>", "And where?</h2>")
+    )
+    assert first_step < tokenize < second_step
+    assert 'href="#step-1"' in html and 'href="#step-3"' in html
+    assert html.count("<b>dataset D1</b>") == 1 and "dataset D1 (2 items, shown at call #1)" in html
+    assert html.count(dataset[1]["corrupted_prompt"]) == 1  # in the dataset table only, not in every call
+    assert "<p><b>top_cells</b></p><table>" in html
+
+
+def test_report_reads_several_files_and_refuses_what_is_missing(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text('{"n": 1, "time": "2026-01-01T00:00:02", "tool": "tokenize", "ok": true, "result": {}}\n')
+    b.write_text('{"n": 1, "time": "2026-01-01T00:00:01", "tool": "model_info", "ok": true, "result": {}}\n')
+    page = tmp_path / "r.html"
+    assert main(["report", str(a), str(b), "-o", str(page)]) == 0
+    html = page.read_text(encoding="utf-8")
+    assert html.index("model_info</span>") < html.index("tokenize</span>")
+    assert main(["report", str(a), str(tmp_path / "nope.jsonl"), "-o", str(page)]) == 2

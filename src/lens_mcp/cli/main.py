@@ -186,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_record_argument(call)
     add_image_argument(call)
     add_connect_arguments(call)
+    call.add_argument(
+        "--note",
+        default=None,
+        metavar="TEXT",
+        help="a note kept with the call in the record; `lens-mcp report` shows it as the heading of this step "
+        '(in a batch file: a "note" key on the line)',
+    )
 
     batch = commands.add_parser(
         "batch",
@@ -307,6 +314,7 @@ def scripted(args: argparse.Namespace, out: TextIO, exit_hard: bool = False) -> 
             out,
             sys.stderr,
             args.image_dir,
+            args.note,
         )
     elif args.command in CATALOG_COMMANDS:
         from lens_mcp.cli import catalog
@@ -375,6 +383,7 @@ def _scripted_remote(args: argparse.Namespace, out: TextIO) -> int:
             out,
             sys.stderr,
             args.image_dir,
+            args.note,
         )
     return _run_batch(args, out, remote, _no_load)
 

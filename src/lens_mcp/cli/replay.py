@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO, TypeGuard
 
 from lens_mcp.errors import LensError, UsageError
-from lens_mcp.server.record import RecordFile, fingerprint, read_record
+from lens_mcp.server.record import RecordFile, fingerprint, read_record, read_records
 
 IGNORED_KEYS = frozenset({"seconds", "load_seconds", "from_cache", "device", "forward_passes"})
 SIGNIFICANT_DIGITS = 4
@@ -204,7 +204,12 @@ def add_record_commands(
         "report",
         help="write a self-contained HTML page of a record (every call, key numbers, heatmaps, errors)",
     )
-    report.add_argument("record", help="a record file written with --record DIR (a .jsonl)")
+    report.add_argument(
+        "records",
+        nargs="+",
+        metavar="record",
+        help="record files written with --record DIR (.jsonl), or folders of them: merged in time order",
+    )
     report.add_argument("-o", "--output", default="report.html", help="the HTML file to write (default report.html)")
     report.add_argument("--log-level", default="WARNING", choices=list(log_levels))
 
@@ -227,13 +232,15 @@ def add_record_commands(
 
 def run_record_command(args: argparse.Namespace, out: TextIO) -> int:
     """report / replay; exit status 2 for an unreadable record."""
+    names = args.records if args.command == "report" else [args.record]
     try:
-        record = read_record(args.record)
+        record = read_records(names) if args.command == "report" else read_record(args.record)
     except OSError as exc:
-        print(f"lens-mcp {args.command}: error: cannot read {args.record}: {exc.strerror or exc}", file=sys.stderr)
+        where = exc.filename or " ".join(names)
+        print(f"lens-mcp {args.command}: error: cannot read {where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     if not record.entries:
-        print(f"lens-mcp {args.command}: error: {args.record} holds no call records", file=sys.stderr)
+        print(f"lens-mcp {args.command}: error: {' '.join(names)} holds no call records", file=sys.stderr)
         return 2
     if args.command == "report":
         from lens_mcp.cli.report import write_report
@@ -243,7 +250,8 @@ def run_record_command(args: argparse.Namespace, out: TextIO) -> int:
         except OSError as exc:
             print(f"lens-mcp report: error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
             return 2
-        print(f"lens-mcp report: wrote {path} ({len(record.entries)} calls)", file=sys.stderr)
+        files = f" from {len(record.sources)} records" if len(record.sources) > 1 else ""
+        print(f"lens-mcp report: wrote {path} ({len(record.entries)} calls{files})", file=sys.stderr)
         return 0
     import anyio
 

@@ -1,11 +1,13 @@
-"""`lens-mcp report RECORD.jsonl -o report.html`: one self-contained HTML page for a person to review an
-investigation. No network and no CDN: styles are inline and heatmaps are PNGs embedded as data URIs, drawn
+"""`lens-mcp report RECORD.jsonl|FOLDER ... -o report.html`: one self-contained HTML page for a person to review
+an investigation. No network and no CDN: styles are inline and heatmaps are PNGs embedded as data URIs, drawn
 from each recorded result with its model's `heatmaps()` (the same pictures as image=true).
 
-The page: a summary (record, calls, errors, the models with their weights fingerprints, the package versions),
-then one section per call: tool, time, seconds, arguments, the `meaning` line, warnings, the key numbers (the
-result's top-level scalars and short top-k tables), its heatmaps, the error if it failed, and the full result
-JSON folded away.
+Several records (every `lens-mcp call` writes its own) are merged in time order. The page reads as a story: a
+summary (the records with their models and versions, the steps, calls, errors, the models with their weights
+fingerprints), then the calls, each step's note (`call --note`, a batch line's "note") as a heading. Each call
+shows its tool, time, seconds, arguments (a `pairs=` dataset is shown once, in full, where it first appears, and
+named after that), the `meaning` line, warnings, the key numbers (top-level scalars, and the main result lists
+such as top_paths or top cells as tables), its heatmaps, the error if it failed, and the full result folded away.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ MAX_DRAWN_VALUES = 200_000
 MAX_SHOWN_RESULT_CHARS = 100_000
 """The full result shown on the page is cut past this many characters (the record keeps all of it)."""
 MAX_SCALAR_CHARS = 200
+MAX_CELL_CHARS = 120
 SKIPPED_SCALARS = {"meaning"}
+DATASET_ARGUMENT = "pairs"
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d2430; background: #f6f7f9; }
@@ -41,6 +45,7 @@ section.error { border-left: 5px solid #c62828; }
 section.ok { border-left: 5px solid #2e7d32; }
 h2 { font-size: 16px; margin: 0 0 8px; }
 h2 .tool { font-family: ui-monospace, monospace; }
+h2.step { font-size: 18px; margin: 26px 0 4px; padding-left: 4px; border-bottom: 2px solid #1d2430; }
 .meta { color: #5b6473; font-size: 12px; font-weight: normal; margin-left: 8px; }
 .meaning { background: #eef4ff; border-radius: 6px; padding: 6px 10px; margin: 8px 0; }
 .warning { background: #fff6e0; border-radius: 6px; padding: 6px 10px; margin: 8px 0; }
@@ -90,8 +95,20 @@ def _cell(value: Any) -> str:
     if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
         return f'<td class="num">{_e(value)}</td>'
     if isinstance(value, (list, dict)):
-        return f"<td><code>{_e(_json(value, None))}</code></td>"
+        text = _json(value, None)
+        return (
+            f"<td><code>{_e(text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 3] + '...')}</code></td>"
+        )
     return f"<td>{_e(value)}</td>"
+
+
+def _table(rows: list[dict[str, Any]], caption: str = "") -> str:
+    columns = list(dict.fromkeys(k for row in rows[:MAX_TABLE_ROWS] for k in row))
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(_cell(row.get(c)) for c in columns) + "</tr>" for row in rows[:MAX_TABLE_ROWS])
+    more = f"first {MAX_TABLE_ROWS} of {len(rows)}" if len(rows) > MAX_TABLE_ROWS else ""
+    caption = "; ".join(part for part in (caption, more) if part)
+    return f"<table>{f'<caption>{_e(caption)}</caption>' if caption else ''}<tr>{head}</tr>{body}</table>"
 
 
 def key_numbers(result: Any) -> str:
@@ -104,19 +121,9 @@ def key_numbers(result: Any) -> str:
         rows = "".join(f"<tr><th>{_e(k)}</th>{_cell(v)}</tr>" for k, v in scalars)
         parts.append(f"<div><p><b>numbers</b></p><table>{rows}</table></div>")
     for key, value in result.items():
-        if (
-            isinstance(value, list)
-            and value
-            and all(isinstance(item, dict) for item in value)
-            and all(all(_scalar(v) for v in item.values()) for item in value)
-        ):
-            columns = list(dict.fromkeys(k for item in value for k in item))
-            head = "".join(f"<th>{_e(c)}</th>" for c in columns)
-            body = "".join(
-                "<tr>" + "".join(_cell(item.get(c)) for c in columns) + "</tr>" for item in value[:MAX_TABLE_ROWS]
-            )
-            more = f"<caption>first {MAX_TABLE_ROWS} of {len(value)}</caption>" if len(value) > MAX_TABLE_ROWS else ""
-            parts.append(f"<div><p><b>{_e(key)}</b></p><table>{more}<tr>{head}</tr>{body}</table></div>")
+        # A list of objects is a result's main table (top_paths, top cells, top edges): nested values are cut short.
+        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            parts.append(f"<div><p><b>{_e(key)}</b></p>{_table(value)}</div>")
     return f'<div class="numbers">{"".join(parts)}</div>'
 
 
@@ -177,6 +184,59 @@ def figures(tool: str, result: Any) -> str:
     return f'<div class="figures">{"".join(parts)}</div>' if parts else ""
 
 
+class Datasets:
+    """The `pairs=` datasets of a record, each shown in full once (where it first appears) and named after that."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[str, int]] = {}  # dataset JSON -> (name, the call that showed it)
+
+    def arguments(self, arguments: dict[str, Any], call: int) -> tuple[dict[str, Any], str]:
+        """(the arguments to show, the dataset table to show with them, if this is its first appearance)."""
+        pairs = arguments.get(DATASET_ARGUMENT)
+        if not isinstance(pairs, list) or not pairs:
+            return arguments, ""
+        key = _json(pairs, None)
+        shown = dict(arguments)
+        if key in self._seen:
+            name, first = self._seen[key]
+            shown[DATASET_ARGUMENT] = f"dataset {name} ({len(pairs)} items, shown at call #{first})"
+            return shown, ""
+        name = f"D{len(self._seen) + 1}"
+        self._seen[key] = (name, call)
+        shown[DATASET_ARGUMENT] = f"dataset {name} ({len(pairs)} items, below)"
+        rows = [item if isinstance(item, dict) else {"item": item} for item in pairs]
+        return shown, f"<div><p><b>dataset {name}</b></p>{_table(rows, f'{len(pairs)} items')}</div>"
+
+
+def _steps(entries: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """(call number on the page, note) for every call that carries a note."""
+    return [(i, str(e["note"])) for i, e in enumerate(entries, start=1) if isinstance(e.get("note"), str)]
+
+
+def _sources(record: RecordFile) -> str:
+    """One row per record file: its calls, time span, models and versions (only when several were merged)."""
+    if len(record.sources) <= 1:
+        return ""
+    rows = []
+    for path in record.sources:
+        mine = [e for e in record.entries if e.get("file") == path.name]
+        specs = sorted({str(e["model"].get("spec")) for e in mine if isinstance(e.get("model"), dict)})
+        version = next((e["versions"] for e in mine if isinstance(e.get("versions"), dict)), {})
+        times = [str(e.get("time")) for e in mine if e.get("time")]
+        rows.append(
+            f"<tr><td><code>{_e(path.name)}</code></td>{_cell(len(mine))}"
+            f"<td>{_e(times[0] if times else '?')} to {_e(times[-1] if times else '?')}</td>"
+            f"<td>{_e(', '.join(specs) or '?')}</td>"
+            f"<td>{_e(', '.join(f'{k} {v}' for k, v in version.items()))}</td></tr>"
+        )
+    return (
+        f"<p><b>Records</b> ({len(record.sources)} files, calls merged in time order)</p>"
+        "<table><tr><th>file</th><th>calls</th><th>time</th><th>models</th><th>versions</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
 def _summary(record: RecordFile) -> str:
     entries = record.entries
     errors = sum(not e.get("ok") for e in entries)
@@ -199,12 +259,15 @@ def _summary(record: RecordFile) -> str:
         "<tr>" + "".join(f"<td>{_e(k)} {_e(v)}</td>" for k, v in version.items()) + "</tr>"
         for version in versions.values()
     )
+    steps = "".join(f'<li><a href="#step-{n}">{_e(note)}</a> (call #{n})</li>' for n, note in _steps(entries))
     skipped = "".join(f"<li>{_e(s)}</li>" for s in record.skipped)
     return (
         '<section id="summary"><h2>Summary</h2>'
         f"<p>{len(entries)} calls, {len(entries) - errors} ok, {errors} failed; "
         f"{_e(times[0] if times else '?')} to {_e(times[-1] if times else '?')}; {seconds:.1f} s of tool time.</p>"
-        "<p><b>Models</b></p><table><tr><th>spec</th><th>source</th><th>device</th><th>dtype</th>"
+        + (f"<p><b>Steps</b></p><ol>{steps}</ol>" if steps else "")
+        + _sources(record)
+        + "<p><b>Models</b></p><table><tr><th>spec</th><th>source</th><th>device</th><th>dtype</th>"
         f"<th>weights fingerprint</th></tr>{model_rows}</table>"
         f"<p><b>Versions</b></p><table>{version_rows}</table>"
         + (f"<p><b>Lines not read</b></p><ul>{skipped}</ul>" if skipped else "")
@@ -212,16 +275,25 @@ def _summary(record: RecordFile) -> str:
     )
 
 
-def _call(entry: dict[str, Any]) -> str:
+def _call(entry: dict[str, Any], number: int, datasets: Datasets) -> str:
     tool = str(entry.get("tool"))
     ok = bool(entry.get("ok"))
     result = entry.get("result")
-    head = (
-        f'<h2>#{_e(entry.get("n", "?"))} <span class="tool">{_e(tool)}</span>'
-        f'<span class="meta">{_e(entry.get("time", ""))} · {_e(_seconds(entry.get("seconds")) or "?")} s · '
-        f"{'ok' if ok else 'error'} · record line {_e(entry.get('line'))}</span></h2>"
+    origin = (
+        f"{entry['file']} #{entry.get('n', '?')}, line {entry.get('line')}"
+        if "file" in entry
+        else (f"record line {entry.get('line')}")
     )
-    body = [f"<pre>{_e(_json(entry.get('arguments') or {}))}</pre>"]
+    head = (
+        f'<h2>#{number} <span class="tool">{_e(tool)}</span>'
+        f'<span class="meta">{_e(entry.get("time", ""))} · {_e(_seconds(entry.get("seconds")) or "?")} s · '
+        f"{'ok' if ok else 'error'} · {_e(origin)}</span></h2>"
+    )
+    arguments = entry.get("arguments") if isinstance(entry.get("arguments"), dict) else entry.get("arguments") or {}
+    dataset = ""
+    if isinstance(arguments, dict):
+        arguments, dataset = datasets.arguments(arguments, number)
+    body = [f"<pre>{_e(_json(arguments))}</pre>", dataset]
     if not ok:
         body.append(f'<div class="errortext">{_e(entry.get("error"))}</div>')
     elif isinstance(result, dict):
@@ -237,12 +309,17 @@ def _call(entry: dict[str, Any]) -> str:
         body.append(f"<details><summary>full result</summary><pre>{_e(full)}</pre></details>")
     else:
         body.append(f"<pre>{_e(_json(result))}</pre>")
-    return f'<section class="{"ok" if ok else "error"}" id="call-{_e(entry.get("n"))}">{head}{"".join(body)}</section>'
+    step = f'<h2 class="step" id="step-{number}">{_e(entry["note"])}</h2>' if isinstance(entry.get("note"), str) else ""
+    return f'{step}<section class="{"ok" if ok else "error"}" id="call-{number}">{head}{"".join(body)}</section>'
 
 
 def render_report(record: RecordFile) -> str:
-    title = f"lens-mcp record {record.path.name}"
-    calls = "".join(_call(entry) for entry in record.entries)
+    if len(record.sources) > 1:
+        title = f"lens-mcp records: {len(record.sources)} files in {record.path.name or record.path}"
+    else:
+        title = f"lens-mcp record {record.path.name}"
+    datasets = Datasets()
+    calls = "".join(_call(entry, number, datasets) for number, entry in enumerate(record.entries, start=1))
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'

@@ -29,6 +29,7 @@ from lens_mcp.errors import UsageError
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server.app import build_server
 from lens_mcp.server.images import count_images, save_images
+from lens_mcp.server.record import NOTE_META_KEY
 from lens_mcp.server.registry import HOST_TOOLS  # tools that bring their own model: no default load for them
 
 
@@ -278,6 +279,7 @@ async def call_one(
     out: TextIO,
     err: TextIO,
     image_dir: str | None = None,
+    note: str | None = None,
 ) -> int:
     arguments = parse_json_object(json_arguments, "--json") if json_arguments is not None else {}
     progress = ProgressLine(err)
@@ -293,7 +295,7 @@ async def call_one(
         check_argument_names(tool, arguments)
         if name not in HOST_TOOLS:
             start_load()
-        result = await client.call_tool(name, arguments, progress_callback=on_progress)
+        result = await client.call_tool(name, arguments, progress_callback=on_progress, meta=note_meta(note))
     progress.close()
     if result.is_error:
         err.write(f"lens-mcp: {name} failed: {result_text(result)}\n")
@@ -303,6 +305,15 @@ async def call_one(
     out.flush()
     _report_images(result, image_dir, name, err)
     return 0
+
+
+def note_meta(note: object) -> Any:
+    """The tools/call `_meta` that carries a note into the record (None without one)."""
+    if note is None:
+        return None
+    if not isinstance(note, str):
+        raise UsageError(f'"note" must be text, got {type(note).__name__}')
+    return {NOTE_META_KEY: note}
 
 
 def _report_images(result: CallToolResult, image_dir: str | None, stem: str, err: TextIO) -> list[str]:
@@ -407,7 +418,8 @@ async def run_batch(
                 if "id" in entry:
                     record["id"] = entry["id"]
                 name, arguments = _call_of(entry, tools)
-                result = await client.call_tool(name, arguments, progress_callback=on_progress)
+                meta = note_meta(entry.get("note"))
+                result = await client.call_tool(name, arguments, progress_callback=on_progress, meta=meta)
                 if result.is_error:
                     record.update(ok=False, error=result_text(result))
                 else:

@@ -47,6 +47,10 @@ FINGERPRINT_ALGORITHM = "xxh3-128"
 MAX_RECORDED_CHARS = 256_000
 """Arguments or a result longer than this as JSON are cut in the record (the call itself is not)."""
 KEPT_CHARS = 2_000
+NOTE_META_KEY = "lens-mcp/note"
+"""A tools/call's `_meta` key for a note (`lens-mcp call --note`, a batch line's "note"): kept on its record line,
+shown by `lens-mcp report` as the heading of that step of the investigation."""
+MAX_NOTE_CHARS = 500
 
 
 # ---- facts kept on every line -------------------------------------------------------------------
@@ -149,6 +153,7 @@ class Recorder:
         seconds: float,
         result: Any = None,
         error: str | None = None,
+        note: str | None = None,
     ) -> None:
         entry: dict[str, Any] = {
             "n": 0,
@@ -157,6 +162,8 @@ class Recorder:
             "arguments": _bounded(arguments),
             "ok": error is None,
         }
+        if note:
+            entry["note"] = note
         if error is None:
             entry["result"] = _bounded(result)
         else:
@@ -259,6 +266,7 @@ class RecordCalls:
         params = ctx.params if isinstance(ctx.params, Mapping) else {}
         tool = str(params.get("name"))
         arguments = params.get("arguments") or {}
+        note = _note_of(params)
         started, clock = time.time(), time.perf_counter()
 
         async def write(**outcome: Any) -> None:
@@ -270,6 +278,7 @@ class RecordCalls:
                         arguments,
                         started=started,
                         seconds=time.perf_counter() - clock,
+                        note=note,
                         **outcome,
                     )
                 )
@@ -283,6 +292,14 @@ class RecordCalls:
         ok, data, error = _outcome(result)
         await write(result=data) if ok else await write(error=error)
         return result
+
+
+def _note_of(params: Mapping[str, Any]) -> str | None:
+    meta = params.get("_meta")
+    note = meta.get(NOTE_META_KEY) if isinstance(meta, Mapping) else None
+    if not isinstance(note, str) or not note.strip():
+        return None
+    return " ".join(note.split())[:MAX_NOTE_CHARS]
 
 
 def install_recording(server: Any, host: ModelHost) -> None:
@@ -302,11 +319,13 @@ class RecordFile:
     """The calls, in file order, each with `line` (its line number in the file) added."""
     skipped: list[str] = field(default_factory=list)
     """Lines that could not be read (a half-written last line after a crash), described."""
+    sources: list[Path] = field(default_factory=list)
+    """The record files read (one, or several merged by `read_records`)."""
 
 
 def read_record(path: str | os.PathLike[str]) -> RecordFile:
     """Every complete line of a record; unreadable lines (a half-written last one) are skipped and listed."""
-    record = RecordFile(Path(path))
+    record = RecordFile(Path(path), sources=[Path(path)])
     with open(path, encoding="utf-8", errors="replace") as source:
         lines = source.read().split("\n")
     for number, text in enumerate(lines, start=1):
@@ -326,3 +345,29 @@ def read_record(path: str | os.PathLike[str]) -> RecordFile:
         entry["line"] = number
         record.entries.append(entry)
     return record
+
+
+def record_files(paths: list[str]) -> list[Path]:
+    """The record files named: files as given, folders as every *.jsonl directly inside them (sorted)."""
+    found: list[Path] = []
+    for name in paths:
+        path = Path(name).expanduser()
+        found.extend(sorted(path.glob("*.jsonl")) if path.is_dir() else [path])
+    return list(dict.fromkeys(found))
+
+
+def read_records(paths: list[str]) -> RecordFile:
+    """Several records (files or folders of them) as one, calls merged in time order. Each entry gains `file` (the
+    record it came from) when there is more than one; its `n` and `line` stay those of its own file."""
+    files = record_files(paths)
+    if len(files) == 1:
+        return read_record(files[0])
+    merged = RecordFile(Path(paths[0]) if len(paths) == 1 else files[0].parent, sources=files)
+    for path in files:
+        one = read_record(path)
+        for entry in one.entries:
+            entry["file"] = path.name
+        merged.entries.extend(one.entries)
+        merged.skipped.extend(f"{path.name} {text}" for text in one.skipped)
+    merged.entries.sort(key=lambda entry: str(entry.get("time", "")))  # stable: file order within one time
+    return merged
