@@ -14,7 +14,7 @@ from matplotlib.colors import Normalize, TwoSlopeNorm
 from lens_mcp.model_host import ModelHost
 from lens_mcp.schemas.figures import Heatmap
 from lens_mcp.server.app import build_server
-from lens_mcp.server.images import MAX_PNG_BYTES, RenderedImage, render_heatmap
+from lens_mcp.server.images import MAX_PNG_BYTES, RenderedImage, render_heatmap, tick_positions, title_text
 from tests.image_refs import EIFFEL_TOY, decode, invert_colours, read_cells
 from tests.mcp_client import call_tool, error_text, result_data
 
@@ -84,7 +84,28 @@ def test_unsigned_png_uses_the_fixed_range_and_marks_missing_cells() -> None:
     recovered = invert_colours(colours, "viridis", Normalize(0.0, 1.0))
     for (r, c), expected in {(0, 0): 0.1, (0, 2): 0.9, (1, 0): 0.5, (1, 1): 0.0, (1, 2): 1.0}.items():
         assert abs(recovered[r, c] - expected) < 0.02
-    assert np.allclose(colours[0, 1], 0xE6 / 255, atol=0.02)  # no value: light grey, not a colour of the map
+    # no value: hatched grey (two shades inside the cell), never a flat colour that reads as a value such as 0
+    left, top, right, bottom = rendered.axes_box
+    width, height = (right - left) / 3, (bottom - top) / 2
+    pixels = decode(rendered.png)
+
+    def cell(r: int, c: int) -> np.ndarray:
+        x0, y0 = int(left + c * width + 3), int(top + r * height + 3)
+        return pixels[y0 : int(y0 + height - 6), x0 : int(x0 + width - 6)].reshape(-1, 3)
+
+    def hatch_share(pixels: np.ndarray) -> float:
+        return float((np.abs(pixels - 0x8C / 255).max(axis=1) < 0.08).mean())
+
+    missing, zero = cell(0, 1), cell(1, 1)
+    assert hatch_share(missing) > 0.05 and (np.abs(missing - 0xE6 / 255).max(axis=1) < 0.03).mean() > 0.4
+    assert hatch_share(zero) < 0.01  # a value (even 0) is its colour, with no hatching
+
+
+def test_a_long_title_is_wrapped_whole_not_cut() -> None:
+    title = "path_patch into L20H0, L20H1 (q input): " + " ".join(f"word{i}" for i in range(40)) + " uses induction"
+    wrapped = title_text(title, 4.5)
+    assert " ".join(wrapped.split()) == title and "…" not in wrapped
+    assert max(len(line) for line in wrapped.splitlines()) <= 4.5 * 11
 
 
 def test_large_grid_stays_under_the_size_cap() -> None:
@@ -194,3 +215,17 @@ async def test_bad_image_value_is_a_readable_error(toy_host: ModelHost) -> None:
     result = await call_tool(build_server(toy_host), "logit_lens", {"prompt": "w1 w2", "image": [1]})
     text = error_text(result)
     assert "image" in text and "true or false" in text
+
+
+def test_one_sender_to_every_head_is_not_a_tall_strip_and_labels_every_layer() -> None:
+    """path_patch from a layer-1 head into all heads of a 30-layer, 9-head model: 28 receiver layers x 9 heads."""
+    values: list[list[float | None]] = [[0.01 * (r - c) for c in range(9)] for r in range(28)]
+    heatmap = Heatmap(
+        name="grid", title="path_patch from L1H0 into all_heads", values=values, rows=[str(r) for r in range(2, 30)],
+        columns=[str(c) for c in range(9)], row_axis="receiver layer", column_axis="receiver head", units="x",
+        signed=True, notes=["hatched: no path"],
+    )  # fmt: skip
+    rendered = render_heatmap(heatmap)
+    assert rendered.height / rendered.width <= 1.6
+    ticks, labels = tick_positions(heatmap.rows)
+    assert labels == heatmap.rows and ticks == list(range(28))

@@ -76,7 +76,7 @@ class SaeFeaturesResult(Result):
     dry_run: bool = Field(default=False, description="True: only the estimate, nothing computed")
 
     def heatmaps(self) -> list[Heatmap]:
-        """Position x feature: each position's listed top features (blank: not listed at that position)."""
+        """Position x feature: each position's listed top features (hatched: not listed at that position)."""
         strongest: dict[int, float] = {}
         for row in self.positions:
             for entry in row.features:
@@ -92,7 +92,7 @@ class SaeFeaturesResult(Result):
                 if entry.feature in column_of:
                     values[r][column_of[entry.feature]] = entry.activation
         finite = [v for line in values for v in line if v is not None]
-        notes = ["blank: not listed at that position (<= its smallest listed activation)"]
+        notes = ["hatched: not listed at that position (<= its smallest listed activation)"]
         if len(ranked) > len(drawn):
             notes.append(f"drawn: the {len(drawn)} strongest of the {len(ranked)} features listed")
         return [

@@ -21,7 +21,7 @@ class Heatmap:
     """Short identifier, used in file names: 'grid', 'induction', 'answer'."""
     title: str
     values: list[list[float | None]]
-    """rows x columns; None (or NaN) = no value (drawn blank)."""
+    """rows x columns; None (or NaN) = no value (drawn hatched grey, never confused with 0)."""
     rows: list[str]
     """One label per row, e.g. layers '0'..'29' or 'L3H2'."""
     columns: list[str]

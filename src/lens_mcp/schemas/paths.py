@@ -123,11 +123,11 @@ class PathPatchResult(Result):
                     rows=[str(layer) for layer in self.layers],
                     row_axis="sender layer",
                     column_axis="sender head",
-                    notes=["blank: not a sender asked for"],
+                    notes=["hatched: not a sender asked for"],
                     **common,
                 )
             ]
-        notes = ["blank: no path (the receiver is not after the sender)", *grouped]
+        notes = ["hatched: no path (the receiver is not after the sender)", *grouped]
         if self.axes == ["receiver_layer", "receiver_head"]:
             sender = f" (from L{self.top_paths[0].sender[0]}H{self.top_paths[0].sender[1]})" if self.top_paths else ""
             return [

@@ -303,6 +303,6 @@ class AttentionPattern(Result):
                 units="attention weight",
                 signed=False,
                 value_range=(0.0, 1.0),
-                notes=["blank: a source outside the top_k listed for that query (its weight is not reported)"],
+                notes=["hatched: a source outside the top_k listed for that query (its weight is not reported)"],
             )
         ]

@@ -56,7 +56,7 @@ class CompositionScores(Result):
                 signed=False,
                 value_range=(0.0, max(highest, 1e-9)),
                 notes=[
-                    f"blank: not a top pair (score <= {lowest:.3g}) or sender not earlier",
+                    f"hatched: not a top pair (score <= {lowest:.3g}) or sender not earlier",
                     "drawn: only heads in a listed pair",
                     f"random matrices of these shapes: {self.baseline_mean:.3g} +- {self.baseline_std:.2g}",
                 ],

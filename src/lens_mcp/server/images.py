@@ -32,6 +32,10 @@ MAX_TICKS = 40
 ANNOTATE_CELLS = 200
 _DPIS = (100, 80, 64, 50)
 MISSING_COLOUR = "#e6e6e6"
+MISSING_HATCH_COLOUR = "#8c8c8c"
+MAX_TITLE_CHARS = 400
+MAX_ASPECT = 1.4
+"""The most a picture's height may exceed its width, before notes and title lines."""
 
 IMAGE_PARAMETER = inspect.Parameter(
     IMAGE_ARGUMENT,
@@ -71,7 +75,7 @@ class RenderedImage:
         return len(self.png) / 1000
 
 
-def _ticks(labels: list[str]) -> tuple[list[int], list[str]]:
+def tick_positions(labels: list[str]) -> tuple[list[int], list[str]]:
     step = max(1, math.ceil(len(labels) / MAX_TICKS))
     indices = list(range(0, len(labels), step))
     return indices, [_short(labels[i]) for i in indices]
@@ -112,36 +116,41 @@ def _render(heatmap: Heatmap, max_bytes: int) -> RenderedImage:
     if heatmap.signed:
         bound = max(abs(low), abs(high), 1e-12)
         norm: Normalize = TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound)
-        cmap = colormaps["RdBu_r"].with_extremes(bad=MISSING_COLOUR)
+        cmap = colormaps["RdBu_r"].with_extremes(bad=(0, 0, 0, 0))
     else:
         if high <= low:
             high = low + 1e-12
         norm = Normalize(vmin=low, vmax=high)
-        cmap = colormaps["viridis"].with_extremes(bad=MISSING_COLOUR)
+        cmap = colormaps["viridis"].with_extremes(bad=(0, 0, 0, 0))
 
     longest_column = max((len(_short(c)) for c in heatmap.columns), default=1)
     longest_row = max((len(_short(r)) for r in heatmap.rows), default=1)
     width = min(13.0, max(4.5, 1.8 + 0.06 * longest_row + 0.32 * min(n_cols, MAX_TICKS * 2)))
-    height = min(10.0, max(2.6, 1.6 + 0.055 * longest_column + 0.24 * min(n_rows, MAX_TICKS * 2)))
+    height = min(10.0, max(2.6, 1.6 + 0.055 * longest_column + 0.2 * min(n_rows, MAX_TICKS * 2)))
+    width = max(width, min(13.0, height / MAX_ASPECT))  # a grid of many rows and few columns is not a tall strip
     notes = list(heatmap.notes)
     height += 0.18 * len(notes)
+    title = title_text(heatmap.title, width)
+    height += 0.16 * max(0, title.count("\n") - 1)
 
     last: RenderedImage | None = None
     for dpi in _DPIS:
         figure = Figure(figsize=(width, height), dpi=dpi)
         canvas = FigureCanvasAgg(figure)
         axes = figure.add_subplot(1, 1, 1)
+        if values.mask.any():  # cells with no value show the hatched background, never a colour of the scale
+            axes.add_patch(_missing_background(n_rows, n_cols))
         image = axes.imshow(values, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
         colorbar = figure.colorbar(image, ax=axes, fraction=0.05, pad=0.02)
         colorbar.set_label(heatmap.units)
-        x_ticks, x_labels = _ticks(heatmap.columns)
-        y_ticks, y_labels = _ticks(heatmap.rows)
+        x_ticks, x_labels = tick_positions(heatmap.columns)
+        y_ticks, y_labels = tick_positions(heatmap.rows)
         rotate = 90 if longest_column > 3 else 0
         axes.set_xticks(x_ticks, x_labels, rotation=rotate, fontsize=7)
         axes.set_yticks(y_ticks, y_labels, fontsize=7)
         axes.set_xlabel(heatmap.column_axis)
         axes.set_ylabel(heatmap.row_axis)
-        axes.set_title(textwrap.fill(_short(heatmap.title, 160), int(width * 11)), fontsize=9)
+        axes.set_title(title, fontsize=9)
         if n_rows * n_cols <= ANNOTATE_CELLS:
             _annotate(axes, heatmap, data, norm, cmap)
         if notes:
@@ -160,6 +169,20 @@ def _render(heatmap: Heatmap, max_bytes: int) -> RenderedImage:
             break
     assert last is not None
     return last
+
+
+def title_text(title: str, width_inches: float) -> str:
+    """The whole title (up to MAX_TITLE_CHARS), wrapped to the figure's width at the title's font size."""
+    return textwrap.fill(_short(title, MAX_TITLE_CHARS), max(30, int(width_inches * 11)))
+
+
+def _missing_background(n_rows: int, n_cols: int) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle(
+        (-0.5, -0.5), n_cols, n_rows, facecolor=MISSING_COLOUR, edgecolor=MISSING_HATCH_COLOUR, hatch="///",
+        linewidth=0, zorder=0,
+    )  # fmt: skip
 
 
 def _annotate(axes: Any, heatmap: Heatmap, data: Any, norm: Any, cmap: Any) -> None:
