@@ -23,7 +23,7 @@ from lens_mcp.tools.features.load_sae import load_sae
 from lens_mcp.tools.features.steering_vector import steering_vector
 from tests.mcp_client import MODES, result_data, spawn_toy_server
 from tests.registry_helpers import registered_tools
-from tests.shared import CLEAN, CORRUPTED, SWEEP, TIMING_FIELDS, P, leak_reports, write_sae_folder
+from tests.shared import CLEAN, CORRUPTED, SWEEP, P, leak_reports, untimed, write_sae_folder
 
 LONG = " ".join(f"w{i % 250}" for i in range(60))  # 61 tokens: over the toy model's context of 48
 AB = {"prompt": P, "heads": [[1, 2]], "answer": " w4"}
@@ -272,7 +272,7 @@ REFERENCE: list[tuple[str, dict[str, Any]]] = [
 
 
 def numbers(data: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in data.items() if key not in TIMING_FIELDS}
+    return untimed(data)
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,14 @@ from lens_mcp.model_host import ModelHost
 from lens_mcp.server.app import build_server
 from lens_mcp.tools.core.batching import ProgressCounter
 from tests.mcp_client import MODES, result_data
-from tests.shared import MIXED, SWEEP, TIMING_FIELDS, leak_reports
+from tests.shared import MIXED, SWEEP, leak_reports, untimed
 
 
 def outcome(result: Any) -> tuple[bool, Any]:
     """What a call returned, without its timings: the numbers of a result, or the text of an error."""
     if result.is_error:
         return True, result.content[0].text
-    return False, {key: value for key, value in result_data(result).items() if key not in TIMING_FIELDS}
+    return False, untimed(result_data(result))
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -20,7 +20,7 @@ from lens_mcp.tools.reading.logit_lens import logit_lens
 from lens_mcp.tools.reading.mlp_neurons import mlp_neurons
 from lens_mcp.tools.reading.neuron_attribution import neuron_attribution
 from lens_mcp.tools.reading.run_with_cache import run_with_cache
-from tests.shared import TIMING_FIELDS, TOY_ANSWER, TOY_PROMPT
+from tests.shared import TOY_ANSWER, TOY_PROMPT, untimed
 
 
 class Cancelled(BaseException):
@@ -28,14 +28,6 @@ class Cancelled(BaseException):
 
 
 PROMPT = TOY_PROMPT
-
-
-def untimed(result: Any) -> Any:
-    if isinstance(result, dict):
-        return {k: untimed(v) for k, v in result.items() if k not in TIMING_FIELDS}
-    if isinstance(result, list):
-        return [untimed(v) for v in result]
-    return result
 
 
 SINGLE_PASS_CALLS: dict[str, Callable[[ToolContext], Any]] = {

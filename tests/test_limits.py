@@ -20,7 +20,7 @@ from lens_mcp.model_host import ModelHost
 from lens_mcp.server.app import build_server
 from lens_mcp.tools.core import batching
 from tests.mcp_client import error_text, result_data
-from tests.shared import CLEAN, SWEEP, TIMING_FIELDS, P, leak_reports
+from tests.shared import CLEAN, SWEEP, P, leak_reports, untimed
 
 ABLATE = {
     "prompt": CLEAN,
@@ -34,7 +34,7 @@ README = (__import__("pathlib").Path(__file__).resolve().parent.parent / "README
 
 
 def numbers(data: dict[str, Any], *ignore: str) -> dict[str, Any]:
-    return {key: value for key, value in data.items() if key not in TIMING_FIELDS | set(ignore)}
+    return {key: value for key, value in untimed(data).items() if key not in set(ignore)}
 
 
 def assert_same_numbers(got: Any, expected: Any, where: str = "result") -> None:
@@ -56,7 +56,7 @@ def assert_same_numbers(got: Any, expected: Any, where: str = "result") -> None:
 
 def sweep_numbers(data: dict[str, Any]) -> dict[str, Any]:
     """A sweep's result without what batching may change: timings, pass counts, and the order of near-ties."""
-    return numbers(data, "forward_passes", "top_cells")
+    return numbers(data, "forward_passes", "top_cells", "cost")  # the estimate follows the batch sizes too
 
 
 # ---- one configuration: environment variables and flags --------------------------------------------------

@@ -43,6 +43,8 @@ class LoadedModel:
     """Edge rankings and circuits stored by name for this model (dropped with the model)."""
     throughput: float | None = None
     """Measured token-layers per second of a batched forward pass on this model's device (cost estimates)."""
+    block_call_seconds: float | None = None
+    """Measured seconds one block call costs beyond its arithmetic (Python, hooks, kernel launches)."""
 
     @property
     def cfg(self) -> Any:

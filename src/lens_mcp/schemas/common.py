@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Annotated
 
@@ -96,6 +97,27 @@ class GridSpread(BaseModel):
     std: Grid | Grid3 = Field(description="Population standard deviation of each cell over pairs")
     min: Grid | Grid3 = Field(description="Smallest value of each cell over pairs")
     max: Grid | Grid3 = Field(description="Largest value of each cell over pairs")
+
+
+class SparseGrid(BaseModel):
+    """A mostly empty grid as the list of cells that hold a value, columnar: cell i sits at coords[a][i] on axis
+    a (the layer, head or position itself, not an index), with values[i]."""
+
+    axes: list[str] = Field(description="The axes, outermost first (as the result's `axes`)")
+    coords: list[list[int]] = Field(description="One list per axis: each listed cell's layer / head / position")
+    values: list[Rounded] = Field(description="Each listed cell's value, in the same order")
+    std: list[Rounded] | None = Field(default=None, description="With pairs: each listed cell's std over the pairs")
+    min: list[Rounded] | None = Field(default=None, description="With pairs: each listed cell's minimum")
+    max: list[Rounded] | None = Field(default=None, description="With pairs: each listed cell's maximum")
+    omitted: str = Field(description="What the cells not listed are")
+
+    def dense(self, axis_values: list[list[int]]) -> list[float | None]:
+        """The row-major flat grid over `axis_values` again, cells not listed as None (for pictures)."""
+        positions = {coords: i for i, coords in enumerate(itertools.product(*axis_values))}
+        flat: list[float | None] = [None] * len(positions)
+        for i, value in enumerate(self.values):
+            flat[positions[tuple(column[i] for column in self.coords)]] = value
+        return flat
 
 
 class Cost(BaseModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
@@ -14,6 +14,7 @@ from lens_mcp.schemas.common import (
     PairMetrics,
     Result,
     Rounded,
+    SparseGrid,
     round_nested,
     warnings_field,
 )
@@ -83,10 +84,18 @@ class PatchSweepResult(Result):
         default=None, description="Position of each position-axis entry (as given, when pairs differ in length)"
     )
     heads: list[int] | None = Field(default=None, description="Head (or key/value head) of each head-axis entry")
-    grid: NullableGrid | NullableGrid3 = Field(
+    grid: NullableGrid | NullableGrid3 | None = Field(
         default_factory=list,
         description="Values, indexed as `axes` says (4 significant digits; with pairs, the mean over pairs); "
-        "null = skipped (identical activations)",
+        "null = skipped (identical activations). Null as a whole when the grid is given as `sparse` (mostly "
+        "empty) or only summarized (`layer_max`, too large for the response cap)",
+    )
+    sparse: SparseGrid | None = Field(
+        default=None, description="A mostly null or zero grid: only the cells that hold a value (with their spread)"
+    )
+    layer_max: list[Rounded | None] | None = Field(
+        default=None,
+        description="When the grid was too large to return: the largest |value| in each layer (see top_cells)",
     )
     spread: SweepSpread | None = Field(default=None, description="With pairs: each cell's spread over pairs")
     pairs: list[PatchPairMetrics] | None = Field(default=None, description="With pairs: each pair's metrics and tokens")
@@ -123,7 +132,30 @@ class PatchSweepResult(Result):
         signed = self.normalized or self.metric.startswith("logit(")
         title = f"patch_sweep {self.component}: {self.metric}{' (normalized)' if self.normalized else ''}"
         value_range = (0.0, 1.0) if not signed and self.metric.startswith("probability") else None
-        return sweep_heatmap(self, title=title, units=units, signed=signed, value_range=value_range)
+        shown = self
+        if self.sparse is not None and self.grid is None:
+            flat = self.sparse.dense(self.axis_values())
+            nested = shape_nested(flat, [len(values) for values in self.axis_values()])
+            shown = self.model_copy(update={"grid": nested})
+        notes = ["hatched: null (identical activations) or exactly 0"] if self.sparse is not None else None
+        return sweep_heatmap(shown, title=title, units=units, signed=signed, value_range=value_range, notes=notes)
+
+    def axis_values(self) -> list[list[int]]:
+        """The values along each of `axes` (layers, then heads, then positions)."""
+        values = [self.layers]
+        if self.heads is not None and len(self.axes) > 1 and self.axes[1] in ("head", "kv_head"):
+            values.append(self.heads)
+        if self.axes and self.axes[-1] == "position":
+            values.append(self.positions or [])
+        return values
+
+
+def shape_nested(flat: list[float | None], sizes: list[int]) -> list[Any]:
+    """A row-major flat list as nested lists of the given sizes."""
+    if len(sizes) <= 1:
+        return list(flat)
+    step = len(flat) // sizes[0]
+    return [shape_nested(flat[i * step : (i + 1) * step], sizes[1:]) for i in range(sizes[0])]
 
 
 def sweep_heatmap(

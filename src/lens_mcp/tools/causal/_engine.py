@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ from lens_mcp.tools.core.batching import (
     sequence_bytes,
 )
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.cost import seconds_per_row
+from lens_mcp.tools.core.cost import observe, seconds_per_row
 from lens_mcp.tools.core.forward import readout
 from lens_mcp.tools.core.metrics import AnswerMetric
 
@@ -267,6 +268,20 @@ class EngineStats:
     batch_rows: int = 0
     batch_bound: str = ""
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PlannedWork:
+    """What `PatchEngine.run` will compute for a list of patches, counted from the prepared runs (so the cells
+    that change nothing and the positions before each row's first difference are not counted)."""
+
+    token_layers: int
+    """Tokens x blocks the patched rows (and control rows) run."""
+    block_calls: int
+    """Block calls (one per layer per batch), each costing `cost.block_call_seconds` beyond its arithmetic."""
+    rows: int
+    """Patched rows computed."""
+    batches: int
 
 
 class PatchEngine:
@@ -536,7 +551,12 @@ class PatchEngine:
 
             def run_batch(batch: Sequence[int], offset: int = offset, control: bool = control) -> torch.Tensor:
                 try:
-                    return self._driven_batch([patches[i] for i in batch], offset, control)
+                    started = time.perf_counter()
+                    values = self._driven_batch([patches[i] for i in batch], offset, control)
+                    depth = self.n_layers - patches[batch[0]].layer
+                    rows = sum(self.n_layers - patches[i].layer for i in batch) + int(control) * depth
+                    observe(self.tc, rows * (self.n_tokens - offset), depth, time.perf_counter() - started)
+                    return values
                 except EngineMismatch:
                     raise
                 except Exception as exc:
@@ -549,16 +569,66 @@ class PatchEngine:
                 values[list(batch)] = result
                 finished.update(batch)
 
+    def planned_work(self, patches: Sequence[Patch]) -> PlannedWork:
+        """The work `run(patches)` will do, batch by batch as it will batch them (call after prepare())."""
+        active = [i for i, patch in enumerate(patches) if patch.first_diff is not None]
+        if not active:
+            return PlannedWork(0, 0, 0, 0)
+        token_layers = block_calls = batches = 0
+        if self.driven_ok:
+            groups: dict[int, list[int]] = defaultdict(list)
+            for i in active:
+                groups[int(patches[i].first_diff or 0) if self.suffix_ok else 0].append(i)
+            for offset, members in self._merge_groups(groups, patches).items():
+                layers = sorted(patches[i].layer for i in members)
+                length = self.n_tokens - offset
+                plan = plan_rows(
+                    self.tc.limits,
+                    self.tokens.device,
+                    length,
+                    sequence_bytes(self.tc.view, length, self.n_tokens),
+                    wanted=len(members) + 1,
+                    seconds_per_row=seconds_per_row(self.tc, length, self.n_layers - layers[0]),
+                )
+                control = int((plan.ceiling if plan.ceiling is not None else plan.rows) >= 2)
+                per_batch = max(1, plan.rows - control)
+                for start in range(0, len(layers), per_batch):
+                    batch = layers[start : start + per_batch]
+                    depth = self.n_layers - batch[0]
+                    token_layers += length * (sum(self.n_layers - layer for layer in batch) + control * depth)
+                    block_calls += depth
+                    batches += 1
+                if not control:  # validated by one whole driven pass instead
+                    token_layers += length * self.n_layers
+                    block_calls += self.n_layers
+        else:
+            n = self.n_tokens
+            plan = plan_rows(
+                self.tc.limits,
+                self.tokens.device,
+                n,
+                sequence_bytes(self.tc.view, n, n, logits_tokens=n),
+                wanted=len(active),
+                seconds_per_row=seconds_per_row(self.tc, n),
+            )
+            batches = -(-len(active) // plan.rows)
+            token_layers = len(active) * n * self.n_layers
+            block_calls = batches * self.n_layers
+        return PlannedWork(token_layers, block_calls, len(active), batches)
+
+    def _call_token_layers(self) -> float:
+        """What one block call costs beyond its arithmetic, in token-blocks (see _CALL_COST_FLOPS)."""
+        d_model = self.view.d_model
+        d_mlp = self.view.d_mlp or 4 * d_model
+        flops_per_token_block = 2 * (4 * d_model * d_model + 3 * d_model * d_mlp)
+        return _CALL_COST_FLOPS["cpu" if self.tokens.device.type == "cpu" else "other"] / flops_per_token_block
+
     def _merge_groups(self, groups: dict[int, list[int]], patches: Sequence[Patch]) -> dict[int, list[int]]:
         """Merge each position group into the one before it when the arithmetic that adds (its rows computing
         the positions in between) costs less than the block calls it saves (see MERGE_OFFSETS)."""
         if MERGE_OFFSETS is False or len(groups) < 2:
             return groups
-        d_model = self.view.d_model
-        d_mlp = self.view.d_mlp or 4 * d_model
-        flops_per_token_block = 2 * (4 * d_model * d_model + 3 * d_model * d_mlp)
-        call_cost = _CALL_COST_FLOPS["cpu" if self.tokens.device.type == "cpu" else "other"]
-        threshold = call_cost / flops_per_token_block  # token-blocks one block call is worth
+        threshold = self._call_token_layers()  # token-blocks one block call is worth
         merged: dict[int, list[int]] = {}
         current: int | None = None
         for offset in sorted(groups):

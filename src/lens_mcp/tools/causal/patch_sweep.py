@@ -25,7 +25,7 @@ from lens_mcp.tools.causal._components import (
     PER_HEAD,
     check_component,
 )
-from lens_mcp.tools.causal._engine import Patch, PatchEngine, Readout, make_patch
+from lens_mcp.tools.causal._engine import Patch, PatchEngine, PlannedWork, Readout, make_patch
 from lens_mcp.tools.core.arguments import (
     Answer,
     CleanPrompt,
@@ -40,7 +40,8 @@ from lens_mcp.tools.core.arguments import (
 )
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars
+from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars, planned_cost
+from lens_mcp.tools.core.grids import layer_summary, sparse_grid, wants_sparse
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.metrics import AnswerMetric, metric_warnings, resolve_metric
 from lens_mcp.tools.core.pairs import (
@@ -160,59 +161,66 @@ def plan_sweep(
     return SweepPlan(encoded, metrics, layer_list, head_list, position_lists, n_cells)
 
 
+RESPONSE_MARGIN = 2_000
+"""Characters kept free under the response cap for the envelope around the result."""
 NARROW = "pass fewer layers=[...] or positions=[...], use a per-head component, or pass fewer pairs"
 
 
-def sweep_cost(tc: ToolContext, plan: SweepPlan) -> Cost:
-    """The sweep's cost before any forward pass: one patched row per cell and pair, each from its layer on,
-    plus the clean and corrupted runs; the result's characters (mean and spread grids with several pairs)."""
-    n_pairs, n_layers = len(plan.encoded), tc.view.n_layers
+def reference_cost(tc: ToolContext, plan: SweepPlan) -> Cost:
+    """The clean and corrupted runs of every pair: what the call spends before it knows what it will skip."""
     tokens = max(int(t.shape[-1]) for t in plan.encoded)
-    per_layer = plan.n_cells // max(1, len(plan.layers))
-    patched = plan.n_cells * n_pairs
-    layer_rows = sum((n_layers - layer) * per_layer * n_pairs for layer in plan.layers) + 2 * n_pairs * n_layers
-    rows = patched + 2 * n_pairs
-    work = Work(
-        rows=rows,
-        tokens_per_row=tokens,
-        layer_fraction=layer_rows / rows / n_layers,
-        cells=patched,
-        result_chars=grid_chars(plan.n_cells * (4 if n_pairs > 1 else 1), 1500 + 24 * tokens * n_pairs),
+    return estimate(tc, Work(rows=2 * len(plan.encoded), tokens_per_row=tokens))
+
+
+def prepared_cost(tc: ToolContext, plan: SweepPlan, works: Sequence[PlannedWork], spent_seconds: float) -> Cost:
+    """The sweep's cost once its reference runs are done: only the rows the engine will run (cells whose
+    activations are equal skipped, each row from its layer and its first differing position), in the batches it
+    will run them, with what each block call costs; and the result's size, sparse or summarized to fit."""
+    n_pairs = len(plan.encoded)
+    active = sum(work.rows for work in works)
+    values_per_cell = 4 if n_pairs > 1 else 1
+    tokens = max(int(t.shape[-1]) for t in plan.encoded)
+    chars = min(
+        tc.limits.max_response_chars,
+        grid_chars(min(plan.n_cells, -(-active // n_pairs) * 2) * values_per_cell, 1500 + 24 * tokens * n_pairs),
     )
-    return estimate(tc, work)
+    return planned_cost(
+        tc,
+        cells=plan.n_cells * n_pairs,
+        passes=len(works) + sum(work.batches for work in works),
+        token_layers=sum(work.token_layers for work in works),
+        block_calls=sum(work.block_calls for work in works),
+        result_chars=chars,
+        spent_seconds=spent_seconds,
+    )
 
 
-def run_sweeps(
-    tc: ToolContext,
-    pairs: Sequence[PromptPair],
-    component: str = "resid_pre",
-    layers: list[int] | None = None,
-    positions: list[int] | None = None,
-    metric: str = "logit_diff",
-    direction: str = "denoise",
-    *,
-    plan: SweepPlan | None = None,
-) -> list[Sweep]:
-    """Validate the arguments and run every cell of the sweep for each pair, rows of all pairs of one length
-    batched together in one engine. Positions are resolved per pair (negative ones count from each pair's end);
-    pairs of different lengths need negative positions, or a per-head component."""
+@dataclass
+class PreparedGroup:
+    """The pairs of one length, their clean and corrupted runs done and every cell's patch built."""
+
+    members: list[int]
+    n_tokens: int
+    engine: PatchEngine
+    patches: list[Patch]
+    per_pair: list[tuple[list[tuple[int, int | None, int | None]], list[bool]]]
+
+
+def prepare_sweeps(tc: ToolContext, spec: SweepPlan, component: str, direction: str) -> list[PreparedGroup]:
+    """The clean and corrupted runs of every pair (one batched pass per length) and the patches of every cell:
+    what a sweep will skip is known from here on (`sweep_work`)."""
     family = check_component(tc, component, tuple(COMPONENT_FAMILY))
     check_direction(direction)
-    spec = plan or plan_sweep(tc, pairs, component, layers, positions, metric)
     encoded, metrics, layer_list = spec.encoded, spec.metrics, spec.layers
-    position_lists, head_list, n_cells = spec.positions, spec.heads, spec.n_cells
-    n_layers = tc.view.n_layers
-    lengths = [int(t.shape[-1]) for t in encoded]
+    position_lists, head_list = spec.positions, spec.heads
+    last_layer = tc.view.n_layers - 1
     hooks = {layer: hook_name(family, layer) for layer in layer_list}
     head_axis = 1 if component == "pattern" else 2
     head_axis_values: list[int | None] = list(head_list) if head_list is not None else [None]
-    last_layer = n_layers - 1
-    total = n_cells * len(pairs)
-    counter = ProgressCounter(tc.progress, total=total, unit="cells patched")
     by_length: dict[int, list[int]] = {}
-    for i, n in enumerate(lengths):
-        by_length.setdefault(n, []).append(i)
-    sweeps: list[Sweep | None] = [None] * len(pairs)
+    for i, tokens in enumerate(encoded):
+        by_length.setdefault(int(tokens.shape[-1]), []).append(i)
+    groups: list[PreparedGroup] = []
     with torch.no_grad():
         for n_tokens, members in by_length.items():
             ordered = [
@@ -228,10 +236,8 @@ def run_sweeps(
                         f"component={component!r}: {hook} has {shape[head_axis]} heads on this model, expected "
                         f"{len(head_list)}; this architecture is not supported for this component."
                     )
-            if counter.done == 0:
-                tc.progress(0, total, "clean and corrupted runs done")
             patches: list[Patch] = []
-            per_pair: list[tuple[list, list[bool]]] = []
+            per_pair: list[tuple[list[tuple[int, int | None, int | None]], list[bool]]] = []
             for slot, i in enumerate(members):
                 cells: list[tuple[int, int | None, int | None]] = []
                 inert: list[bool] = []
@@ -255,10 +261,27 @@ def run_sweeps(
                                 patch = replace(patch, first_diff=None)
                             patches.append(patch)
                 per_pair.append((cells, inert))
-            values = engine.run(patches, counter)
-            skipped_all = [p.first_diff is None for p in patches]
-            for slot, i in enumerate(members):
-                cells, inert = per_pair[slot]
+            groups.append(PreparedGroup(members, n_tokens, engine, patches, per_pair))
+    return groups
+
+
+def sweep_work(groups: Sequence[PreparedGroup]) -> list[PlannedWork]:
+    return [group.engine.planned_work(group.patches) for group in groups]
+
+
+def run_prepared(tc: ToolContext, spec: SweepPlan, groups: Sequence[PreparedGroup], direction: str) -> list[Sweep]:
+    """Run every prepared cell, rows of all pairs of one length batched together in one engine."""
+    total = spec.n_cells * len(spec.encoded)
+    counter = ProgressCounter(tc.progress, total=total, unit="cells patched")
+    tc.progress(0, total, "clean and corrupted runs done")
+    sweeps: list[Sweep | None] = [None] * len(spec.encoded)
+    with torch.no_grad():
+        for group in groups:
+            engine = group.engine
+            values = engine.run(group.patches, counter)
+            skipped_all = [p.first_diff is None for p in group.patches]
+            for slot, i in enumerate(group.members):
+                cells, inert = group.per_pair[slot]
                 part = slice(slot * len(cells), (slot + 1) * len(cells))
                 source_value, base_value = engine.clean_values[slot], engine.metric_values[slot]
                 clean_value, corrupted_value = (
@@ -269,17 +292,36 @@ def run_sweeps(
                     cells,
                     clean_value,
                     corrupted_value,
-                    layer_list,
-                    head_list,
-                    position_lists[i],
-                    encoded[i],
-                    metrics[i],
+                    spec.layers,
+                    spec.heads,
+                    spec.positions[i],
+                    spec.encoded[i],
+                    spec.metrics[i],
                     engine,
                     direction,
                     [s and not d for s, d in zip(skipped_all[part], inert, strict=True)],
                     inert,
                 )
     return [s for s in sweeps if s is not None]
+
+
+def run_sweeps(
+    tc: ToolContext,
+    pairs: Sequence[PromptPair],
+    component: str = "resid_pre",
+    layers: list[int] | None = None,
+    positions: list[int] | None = None,
+    metric: str = "logit_diff",
+    direction: str = "denoise",
+    *,
+    plan: SweepPlan | None = None,
+) -> list[Sweep]:
+    """Validate the arguments and run every cell of the sweep for each pair, rows of all pairs of one length
+    batched together in one engine. Positions are resolved per pair (negative ones count from each pair's end);
+    pairs of different lengths need negative positions, or a per-head component."""
+    check_direction(direction)
+    spec = plan or plan_sweep(tc, pairs, component, layers, positions, metric)
+    return run_prepared(tc, spec, prepare_sweeps(tc, spec, component, direction), direction)
 
 
 def run_sweep(
@@ -405,7 +447,7 @@ def summarize_sweeps(
             for index, (s, (clean, corrupted)) in enumerate(zip(sweeps, token_lists, strict=True))
         ]
     engines = list({id(s.engine): s.engine for s in sweeps}.values())
-    return PatchSweepResult(
+    result = PatchSweepResult(
         component=component,
         direction=direction,  # type: ignore[arg-type]
         metric=metric_text if single else f"{first.metric.name} of each pair's answer(s) at the last position",
@@ -431,6 +473,39 @@ def summarize_sweeps(
         notes=notes,
         warnings=_warnings(tc, first),
     )
+    spread_flats = None
+    if len(sweeps) > 1:
+        spread_flats = {
+            name: [None if skip else float(v) for v, skip in zip(values.tolist(), skipped, strict=True)]
+            for name, values in (("std", stats.std), ("min", stats.min), ("max", stats.max))
+        }
+    return fit_sweep(tc, result, flat, spread_flats)
+
+
+def fit_sweep(
+    tc: ToolContext,
+    result: PatchSweepResult,
+    flat: list[float | None],
+    spread_flats: dict[str, list[float | None]] | None,
+) -> PatchSweepResult:
+    """A mostly empty grid as `sparse`; a grid over the response cap as its top cells and `layer_max`."""
+    axis_values = result.axis_values()
+    if wants_sparse(flat):
+        result.sparse = sparse_grid(
+            result.axes, axis_values, flat, "null (identical activations) or exactly 0", spread=spread_flats
+        )
+        result.grid, result.spread = None, None
+    room = tc.limits.max_response_chars - RESPONSE_MARGIN
+    if len(result.model_dump_json()) <= room:
+        return result
+    result.grid, result.spread, result.sparse = None, None, None
+    result.layer_max = layer_summary(flat, len(result.layers))
+    result.notes.append(
+        f"the grid ({len(flat):,} cells) is over the response cap (max_response_chars="
+        f"{tc.limits.max_response_chars:,}): only top_cells and each layer's largest |value| (layer_max) are "
+        f"returned. For the whole grid: {NARROW} (e.g. the layers where layer_max is large)"
+    )
+    return result
 
 
 def _warnings(tc: ToolContext, sweep: Sweep) -> list[str]:
@@ -494,7 +569,10 @@ def patch_sweep(
         wrong_answer=wrong_answer,
     )
     plan = plan_sweep(tc, items, component, layers, positions, metric)
-    cost = sweep_cost(tc, plan)
+    enforce(tc, reference_cost(tc, plan), NARROW)
+    reference_started = time.perf_counter()
+    groups = prepare_sweeps(tc, plan, component, direction)
+    cost = prepared_cost(tc, plan, sweep_work(groups), time.perf_counter() - reference_started)
     if dry_run:
         return PatchSweepResult(
             component=component,
@@ -508,7 +586,7 @@ def patch_sweep(
             seconds=time.perf_counter() - started,
         )
     enforce(tc, cost, NARROW)
-    sweeps = run_sweeps(tc, items, component, layers, positions, metric, direction, plan=plan)
+    sweeps = run_prepared(tc, plan, groups, direction)
     result = summarize_sweeps(tc, sweeps, component, normalize, positions, started)
     result.cost = cost
     return result

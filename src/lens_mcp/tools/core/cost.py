@@ -64,27 +64,57 @@ def grid_chars(cells: int, overhead: int = 600) -> int:
 
 
 def measured_throughput(tc: ToolContext) -> float:
-    """Token-layers per second of a batched forward pass on the loaded model, measured once per model (a
-    warm-up pass, then the faster of two timed passes) and kept on `tc.model.throughput`."""
+    """Token-layers per second of a batched forward pass on the loaded model, measured once per model and kept
+    on `tc.model.throughput`, with what each block call costs beyond its arithmetic (`block_call_seconds`): a
+    warm-up pass, then the faster of two timed passes of a large batch and of a two-token sequence."""
     if tc.model.throughput is not None:
         return tc.model.throughput
     view = tc.view
     n_tokens = max(2, min(_PROBE_TOKENS, view.n_ctx))
     device = next(iter(view.parameters())).device
-    tokens = torch.randint(0, view.d_vocab, (_PROBE_BATCH, n_tokens), device=device)
+    big = _fastest_pass(tc, torch.randint(0, view.d_vocab, (_PROBE_BATCH, n_tokens), device=device))
+    tiny = _fastest_pass(tc, torch.randint(0, view.d_vocab, (1, 2), device=device))
+    call_seconds = tiny / view.n_layers
+    arithmetic = max(big - tiny, big * 0.1)
+    throughput = _PROBE_BATCH * n_tokens * view.n_layers / max(arithmetic, 1e-6)
+    tc.model.throughput = throughput
+    tc.model.block_call_seconds = call_seconds
+    log.info("measured throughput: %.0f token-layers/s, %.2f ms per block call", throughput, 1000 * call_seconds)
+    return throughput
+
+
+def block_call_seconds(tc: ToolContext) -> float:
+    """Seconds one block call costs beyond its arithmetic on this model and device (measured with the throughput)."""
+    measured_throughput(tc)
+    return tc.model.block_call_seconds or 0.0
+
+
+OBSERVED_WEIGHT = 0.3
+"""How much one batch's measured speed moves the model's throughput (an exponential moving average), so the
+estimates follow the machine's load (another process starting, thermal throttling) instead of the speed at load."""
+
+
+def observe(tc: ToolContext, token_layers: float, block_calls: int, seconds: float) -> None:
+    """Fold one finished batch's measured speed into `tc.model.throughput` (arithmetic only: the block calls'
+    fixed cost is taken out first)."""
+    if tc.model.throughput is None or token_layers <= 0 or seconds <= 0:
+        return
+    arithmetic = max(seconds - block_calls * (tc.model.block_call_seconds or 0.0), 0.1 * seconds)
+    seen = token_layers / arithmetic
+    tc.model.throughput = (1 - OBSERVED_WEIGHT) * tc.model.throughput + OBSERVED_WEIGHT * seen
+
+
+def _fastest_pass(tc: ToolContext, tokens: torch.Tensor) -> float:
     best = math.inf
     with torch.no_grad():
         for attempt in range(3):
-            _synchronize(device)
+            _synchronize(tokens.device)
             start = time.perf_counter()
             tc.view(tokens)
-            _synchronize(device)
+            _synchronize(tokens.device)
             if attempt > 0:
                 best = min(best, time.perf_counter() - start)
-    throughput = _PROBE_BATCH * n_tokens * view.n_layers / max(best, 1e-6)
-    tc.model.throughput = throughput
-    log.info("measured throughput: %.0f token-layers/s", throughput)
-    return throughput
+    return best
 
 
 def _synchronize(device: torch.device) -> None:
@@ -111,6 +141,30 @@ def estimate(tc: ToolContext, work: Work) -> Cost:
         work_units=units,
         seconds=units / throughput,
         result_chars=work.result_chars,
+        throughput=throughput,
+    )
+
+
+def planned_cost(
+    tc: ToolContext,
+    *,
+    cells: int,
+    passes: int,
+    token_layers: float,
+    block_calls: int,
+    result_chars: int,
+    spent_seconds: float = 0.0,
+) -> Cost:
+    """The cost of work already planned in detail (the engine knows which rows and positions it will run, and
+    how many block calls, each of which costs `block_call_seconds` beyond its arithmetic). `spent_seconds`: what
+    the call already spent finding that out (its reference runs)."""
+    throughput = measured_throughput(tc)
+    return Cost(
+        cells=cells,
+        forward_passes=passes,
+        work_units=int(math.ceil(token_layers)),
+        seconds=spent_seconds + token_layers / throughput + block_calls * block_call_seconds(tc),
+        result_chars=result_chars,
         throughput=throughput,
     )
 
