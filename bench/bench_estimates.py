@@ -95,7 +95,9 @@ def main() -> None:
             actual = time.perf_counter() - started
             estimated = result.cost.seconds if result.cost is not None else float("nan")
             rows.append((label, estimated, actual))
-            print(f"{label:<52} est {estimated:8.2f}s  actual {actual:8.2f}s  ratio {actual / max(estimated, 1e-9):6.2f}")
+            print(
+                f"{label:<52} est {estimated:8.2f}s  actual {actual:8.2f}s  ratio {actual / max(estimated, 1e-9):6.2f}"
+            )
     ratios = [actual / max(est, 1e-9) for _, est, actual in rows]
     inside = sum(0.5 <= r <= 2 for r in ratios)
     print(f"within 0.5x-2x: {inside}/{len(ratios)}; worst under {min(ratios):.2f}, worst over {max(ratios):.2f}")
