@@ -15,21 +15,24 @@ import os
 import platform
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-WORDS = (
-    "the cat sat on a mat while my old dog ran to his house near our big tree and she said that they would "
-    "go there with him after school when it was warm but nobody knew why people like green apples more"
-).split()
+WORDS: list[str] = [
+    str(word)
+    for word in (
+        "the cat sat on a mat while my old dog ran to his house near our big tree and she said that they would "
+        "go there with him after school when it was warm but nobody knew why people like green apples more"
+    ).split()
+]
 
 
 TOY_WORDS = [f"w{i}" for i in range(1, 200)]
 
 
-def pair_prompts(n_words: int, where: str, seed: int, words: list[str] = WORDS) -> tuple[str, str]:
+def pair_prompts(n_words: int, where: str, seed: int, words: Sequence[str] = WORDS) -> tuple[str, str]:
     """A clean / corrupted pair of n_words words that differ at one word, early (the 2nd) or late (the last)."""
     rng = random.Random(seed)
     clean = [rng.choice(words) for _ in range(n_words)]
@@ -79,7 +82,7 @@ def main() -> None:
                         if component == "heads_by_pos" and n_words > 32:
                             continue
                         label = f"patch_sweep {component} {n_words}w {where} {n_pairs}p"
-                        calls.append((label, lambda d=data, c=component: patch_sweep(tc, pairs=d, component=c)))
+                        calls.append((label, lambda d=data, c=component: patch_sweep(tc, pairs=d, component=c)))  # type: ignore[arg-type]
                     if n_pairs == 1:
                         clean, corrupted = items[0]
                         calls.append((f"path_patch into L{late} q {n_words}w {where}", lambda c=clean, k=corrupted:

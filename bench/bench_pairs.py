@@ -97,10 +97,12 @@ def main() -> None:
                 together = patch_sweep(tc, pairs=dataset_pairs, component=component, layers=args.layers)
                 pairs_best = min(pairs_best, time.perf_counter() - started)
             assert together is not None
-            columns = list(zip(*(flat(s.grid) for s in singles), strict=True))
+            columns = list(zip(*(flat(s.grid or []) for s in singles), strict=True))
             means = [None if all(v is None for v in c) else sum(v or 0.0 for v in c) / len(c) for c in columns]
             diff = max(
-                abs(a - b) for a, b in zip(flat(together.grid), means, strict=True) if a is not None and b is not None
+                abs(a - b)
+                for a, b in zip(flat(together.grid or []), means, strict=True)
+                if a is not None and b is not None
             )
             print(
                 f"| {component} | {together.n_cells} | {single_best:.2f} s | {pairs_best:.2f} s | "

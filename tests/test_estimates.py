@@ -59,23 +59,23 @@ def counting_blocks(tc: ToolContext) -> Iterator[list[int]]:
 def test_the_estimate_counts_exactly_the_work_the_engine_runs(toy: ToolContext, case: str) -> None:
     arguments = CASES[case]
     with counting_blocks(toy) as dry:
-        estimate = patch_sweep(toy, **arguments, dry_run=True)  # type: ignore[arg-type]
+        estimate = patch_sweep(toy, **arguments, dry_run=True)
     assert estimate.cost is not None
     reference = sum(dry)  # a dry run runs the clean and corrupted passes only, to learn what the sweep skips
-    n_pairs = len(arguments.get("pairs", [None]))  # type: ignore[arg-type]
+    n_pairs = len(arguments.get("pairs", [None]))
     assert len(dry) == toy.view.n_layers * len(
         {len(p["clean_prompt"].split()) for p in arguments.get("pairs", [arguments])}
-    )  # type: ignore[union-attr,index]
+    )
     with counting_blocks(toy) as run:
-        result = patch_sweep(toy, **arguments)  # type: ignore[arg-type]
+        result = patch_sweep(toy, **arguments)
     assert sum(run) - reference == estimate.cost.work_units, f"{case}: ran {sum(run) - reference}"
     assert result.cost is not None and result.cost.work_units == estimate.cost.work_units
     assert result.cost.cells == result.n_cells * n_pairs
 
 
 def test_a_pair_that_differs_late_is_estimated_far_below_one_that_differs_early(toy: ToolContext) -> None:
-    late = patch_sweep(toy, **CASES["resid_pre, differs late"], dry_run=True)  # type: ignore[arg-type]
-    early = patch_sweep(toy, **CASES["resid_pre, differs early"], dry_run=True)  # type: ignore[arg-type]
+    late = patch_sweep(toy, **CASES["resid_pre, differs late"], dry_run=True)
+    early = patch_sweep(toy, **CASES["resid_pre, differs early"], dry_run=True)
     assert late.cost is not None and early.cost is not None
     # late: only the last position's row differs, one position each; early: 30 rows of up to 30 positions
     assert late.cost.work_units * 20 < early.cost.work_units
@@ -88,7 +88,7 @@ def test_estimated_seconds_stay_within_half_and_twice_the_time_taken(toy: ToolCo
     for arguments in CASES.values():
         for _ in range(3):
             started = time.perf_counter()
-            result = patch_sweep(toy, **arguments)  # type: ignore[arg-type]
+            result = patch_sweep(toy, **arguments)
             taken += time.perf_counter() - started
             assert result.cost is not None
             estimated += result.cost.seconds
@@ -108,7 +108,7 @@ def test_throughput_follows_what_batches_measure(toy: ToolContext) -> None:
 
 def test_a_mostly_empty_grid_comes_back_sparse_and_equal_to_the_dense_one(toy: ToolContext) -> None:
     arguments = {**CASES["resid_pre, differs late"], "component": "heads_by_pos", "positions": None}
-    result = patch_sweep(toy, **arguments)  # type: ignore[arg-type]
+    result = patch_sweep(toy, **arguments)
     assert result.grid is None and result.sparse is not None
     assert result.sparse.axes == ["layer", "head", "position"] == result.axes
     dense = result.sparse.dense(result.axis_values())
@@ -117,15 +117,15 @@ def test_a_mostly_empty_grid_comes_back_sparse_and_equal_to_the_dense_one(toy: T
     # every listed cell equals the same cell patched alone
     for i in range(0, len(result.sparse.values), max(1, len(result.sparse.values) // 4)):
         layer, head, position = (column[i] for column in result.sparse.coords)
-        alone = patch_sweep(toy, **{**arguments, "layers": [layer], "positions": [position]})  # type: ignore[arg-type]
+        alone = patch_sweep(toy, **{**arguments, "layers": [layer], "positions": [position]})
         assert alone.grid is not None
         assert alone.grid[0][head][0] == pytest.approx(result.sparse.values[i], rel=2e-3, abs=1e-6)  # type: ignore[index]
 
 
 def test_a_grid_over_the_response_cap_is_summarized_not_refused(toy: ToolContext) -> None:
-    full = patch_sweep(toy, **CASES["heads_by_pos"])  # type: ignore[arg-type]
+    full = patch_sweep(toy, **CASES["heads_by_pos"])
     small = dataclasses.replace(toy, limits=Limits(max_response_chars=3000))
-    summarized = patch_sweep(small, **CASES["heads_by_pos"])  # type: ignore[arg-type]
+    summarized = patch_sweep(small, **CASES["heads_by_pos"])
     assert summarized.grid is None and summarized.sparse is None and summarized.layer_max is not None
     assert len(summarized.model_dump_json()) <= 3000
     assert summarized.top_cells == full.top_cells

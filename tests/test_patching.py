@@ -86,6 +86,7 @@ def test_the_result_grid_is_normalized_and_rounded(toy: ToolContext) -> None:
     assert all(result.grid[0][p] is None for p in range(6, 10)) and result.grid[1][6] is not None
     assert result.skipped_cells == 14 and any(note.startswith("skipped: 14 cells are null") for note in result.notes)
     top = result.top_cells[0]
+    assert result.grid is not None
     assert abs(top.value) == max(abs(v) for row in result.grid for v in row if v is not None)
     assert result.clean_tokens[5] == "w64" and result.corrupted_tokens[5] == "w77"
     raw = patch_sweep(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "resid_pre", normalize=False)
@@ -99,6 +100,7 @@ def test_identical_prompts_are_reported_raw_with_a_note(toy: ToolContext) -> Non
     result = patch_sweep(toy, CLEAN, CLEAN, ANSWER, WRONG, "heads")
     assert not result.normalized and result.notes and "cannot be normalized" in result.notes[0]
     assert result.skipped_cells == result.n_cells and result.forward_passes == 1  # the clean and corrupted runs
+    assert result.grid is not None
     assert all(value is None for row in result.grid for value in row)
 
 

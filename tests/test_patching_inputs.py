@@ -49,6 +49,7 @@ def test_noising_is_normalized_so_1_fully_breaks_the_clean_behaviour(toy: ToolCo
     sweep = run_sweep(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "resid_pre", direction="noise")
     result = patch_sweep(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "resid_pre", direction="noise")
     span = sweep.clean_metric - sweep.corrupted_metric
+    assert result.grid is not None
     flat = [v for row in result.grid for v in row]
     for value, raw, skipped in zip(flat, sweep.values.tolist(), sweep.skipped, strict=True):
         assert value is None if skipped else value == round_sig((sweep.clean_metric - raw) / span)

@@ -55,6 +55,7 @@ def test_the_eiffel_tower_sweep_finds_the_subject_tokens(smol: ToolContext) -> N
     # Up to the middle layers the subject tokens carry the answer; late layers, the last position does.
     assert all(max(row[2:5]) > 0.5 for row in result.grid[:20])
     assert all(max(row[2:5]) < 0.1 and row[9] > 0.5 for row in result.grid[-5:])
+    assert result.grid is not None
     assert all(value is None for row in result.grid for value in row[:2])  # BOS and 'The' are the same in both
     top = result.top_cells[0]
     assert (top.position, top.clean_token, top.corrupted_token) == (3, "iffel", "osse")
@@ -138,6 +139,7 @@ def test_pairs_mean_equals_the_mean_of_single_sweeps(smol: ToolContext) -> None:
         mean_corrupted = sum(s.corrupted_metric for s in together) / len(together)
         mean_patched = torch.stack([s.values.double() for s in together]).mean(0)
         normalized = (mean_patched - mean_corrupted) / (mean_clean - mean_corrupted)
+        assert result.grid is not None
         flat = [v for row in result.grid for v in row]
         for value, expected, skipped in zip(
             flat, normalized.tolist(), zip(*(s.skipped for s in together), strict=True), strict=True
