@@ -36,7 +36,7 @@ SWEEP = {"clean_prompt": CLEAN, "corrupted_prompt": CORRUPTED, "answer": ANSWER,
 # A repeated random sequence: the toy model's induction heads predict the second half.
 TOY_PROMPT = "w12 w87 w33 w140 w5 w61 w12 w87 w33 w140"
 TOY_ANSWER, TOY_WRONG = "w5", "w61"
-TIMING_FIELDS = {"seconds", "load_seconds"}
+TIMING_FIELDS = {"seconds", "load_seconds", "throughput"}
 
 
 def untimed(data: Any) -> Any:
@@ -239,16 +239,17 @@ def check_logit_lens(tc: ToolContext, prompt: str, position: int, answer: str | 
     assert lens[-1] == pytest.approx(logits[0, pos].float(), abs=1e-3)
     real_probs = logits[0, pos].float().softmax(-1)
     real_top = real_probs.topk(top_k)
-    assert [t.id for t in result.top[-1]] == real_top.indices.tolist()
-    assert [t.prob for t in result.top[-1]] == pytest.approx(real_top.values.tolist(), rel=REL, abs=ABS)
+    assert result.top[-1].ids == real_top.indices.tolist()
+    assert result.top[-1].probs == pytest.approx(real_top.values.tolist(), rel=REL, abs=ABS)
     probs = lens.softmax(-1)
     for row, tops in enumerate(result.top):
         expected = probs[row].topk(top_k)
-        assert [t.prob for t in tops] == pytest.approx(expected.values.tolist(), rel=REL, abs=ABS)
-        assert [t.token for t in tops] == [tc.model.bridge.tokenizer.decode([i]) for i in (t.id for t in tops)]
+        assert len(tops.tokens) == len(tops.ids) == len(tops.probs) == top_k
+        assert tops.probs == pytest.approx(expected.values.tolist(), rel=REL, abs=ABS)
+        assert tops.tokens == [tc.model.bridge.tokenizer.decode([i]) for i in tops.ids]
         # ids may only differ among (near-)tied probabilities
-        for t, i, p in zip(tops, expected.indices.tolist(), expected.values.tolist(), strict=True):
-            assert t.id == i or float(probs[row, t.id]) == pytest.approx(p, rel=1e-4, abs=1e-9)
+        for got, i, p in zip(tops.ids, expected.indices.tolist(), expected.values.tolist(), strict=True):
+            assert got == i or float(probs[row, got]) == pytest.approx(p, rel=1e-4, abs=1e-9)
     if answer is not None:
         a = token_id(tc, answer)
         assert result.answer is not None and result.answer.id == a

@@ -17,6 +17,7 @@ from lens_mcp.server.app import build_server
 from lens_mcp.server.images import MAX_PNG_BYTES, RenderedImage, render_heatmap, tick_positions, title_text
 from tests.image_refs import EIFFEL_TOY, decode, invert_colours, read_cells
 from tests.mcp_client import call_tool, error_text, result_data
+from tests.shared import untimed
 
 DRAWING_TOOLS = {
     "patch_sweep",
@@ -143,9 +144,6 @@ async def test_legacy_client_gets_the_image_beside_unchanged_json(toy_host: Mode
     drawn = await call_tool(server, "patch_sweep", {**EIFFEL_TOY, "image": True}, mode="legacy")
     plain_data, drawn_data = result_data(plain), result_data(drawn)
     assert len(plain.content) == 1
-
-    def untimed(data: dict) -> dict:  # the estimate includes the measured seconds of the reference runs
-        return {k: untimed(v) if isinstance(v, dict) else v for k, v in data.items() if k != "seconds"}
 
     assert untimed(drawn_data) == untimed(plain_data)  # the JSON (and its text) is unchanged
     kinds = [block.type for block in drawn.content]

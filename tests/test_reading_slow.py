@@ -62,7 +62,7 @@ def test_head_attribution_eiffel_is_explained(smol: ToolContext) -> None:
 def test_logit_lens_final_row_is_the_model_output(smol: ToolContext, position: int, answer: str | None) -> None:
     result = check_logit_lens(smol, EIFFEL, position, answer)
     if answer is not None:
-        assert result.top[-1][0].token == " Paris"
+        assert result.top[-1].tokens[0] == " Paris"
         assert result.answer.ranks[-1] == 1
 
 
@@ -128,7 +128,7 @@ async def test_through_the_client(smol_host: ModelHost) -> None:
     )
     assert data["explained"] and data["top_heads"]
     data = result_data(await call_tool(server, "logit_lens", {"prompt": EIFFEL, "answer": " Paris"}))
-    assert data["top"][-1][0]["token"] == " Paris"
+    assert data["top"][-1]["tokens"][0] == " Paris"
     message = error_text(await call_tool(server, "head_attribution", {"prompt": EIFFEL, "answer": "Barcelona"}))
     assert "answer must be a single token" in message and "' Barcelona' is a single token" in message
     message = error_text(await call_tool(server, "attention_pattern", {"prompt": EIFFEL, "layer": 30, "head": 0}))

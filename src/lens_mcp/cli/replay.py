@@ -22,7 +22,7 @@ from typing import Any, TextIO, TypeGuard
 from lens_mcp.errors import LensError, UsageError
 from lens_mcp.server.record import RecordFile, fingerprint, read_record, read_records
 
-IGNORED_KEYS = frozenset({"seconds", "load_seconds", "from_cache", "device", "forward_passes"})
+IGNORED_KEYS = frozenset({"seconds", "load_seconds", "throughput", "from_cache", "device", "forward_passes"})
 SIGNIFICANT_DIGITS = 4
 MAX_SHOWN = 5
 

@@ -196,6 +196,14 @@ class AnswerTrajectory(BaseModel):
     ranks: list[int] = Field(description="Rank of the answer at each row (1 = top)")
 
 
+class TopTokens(BaseModel):
+    """A top-k list as columns: tokens[i], ids[i] and probs[i] are the i-th most likely token."""
+
+    tokens: list[str] = Field(description="The tokens' strings, most likely first")
+    ids: list[int] = Field(description="The token ids")
+    probs: list[Rounded] = Field(description="Softmax probabilities 0..1")
+
+
 class LogitLens(Result):
     position: int = Field(description="The position read (non-negative)")
     token: str = Field(description="The token at that position")
@@ -203,7 +211,10 @@ class LogitLens(Result):
         description="Row labels: 'L_pre' is the residual stream entering layer L; "
         "'final' is the last layer's output, i.e. the model's real prediction"
     )
-    top: list[list[TopToken]] = Field(description="Per row, the top-k tokens after the final norm and unembedding")
+    top: list[TopTokens] = Field(
+        description="Per row, the top-k tokens after the final norm and unembedding, as columns (the i-th token, "
+        "id and probability belong together)"
+    )
     answer: AnswerTrajectory | None = Field(None, description="The answer's probability and rank per row")
     warnings: list[str] = warnings_field()
 
@@ -224,8 +235,8 @@ class LogitLens(Result):
             annotations.append([f"#{rank}" for rank in self.answer.ranks])
             notes.append(f"row p({self.answer.token!r}): cell text = the answer's rank (#1 = top)")
         rows.append("top-1")
-        values.append([row[0].prob if row else None for row in self.top])
-        annotations.append([row[0].token if row else "" for row in self.top])
+        values.append([row.probs[0] if row.probs else None for row in self.top])
+        annotations.append([row.tokens[0] if row.tokens else "" for row in self.top])
         notes.append("row top-1: cell text = the top token")
         return [
             Heatmap(

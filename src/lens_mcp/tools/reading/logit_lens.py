@@ -12,8 +12,7 @@ from typing import Annotated
 import torch
 from pydantic import Field
 
-from lens_mcp.schemas.common import TopToken
-from lens_mcp.schemas.reading import AnswerTrajectory, LogitLens
+from lens_mcp.schemas.reading import AnswerTrajectory, LogitLens, TopTokens
 from lens_mcp.tools.core.arguments import Position, Prompt
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.forward import cached_forward, final_norm, unembed
@@ -59,10 +58,7 @@ def logit_lens(
     probs = logits.softmax(dim=-1)
     values, ids = probs.topk(top_k, dim=-1)
     top = [
-        [
-            TopToken(token=s, id=int(i), prob=float(p))
-            for s, i, p in zip(token_strings(tc, row_ids), row_ids, row_values, strict=True)
-        ]
+        TopTokens(tokens=token_strings(tc, row_ids), ids=row_ids.tolist(), probs=row_values.tolist())
         for row_ids, row_values in zip(ids, values, strict=True)
     ]
     trajectory = None
