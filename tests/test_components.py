@@ -224,6 +224,32 @@ def test_pairs_with_corrupted_prompts_are_differences(toy: ToolContext) -> None:
     assert result.pairs is not None and result.pairs[0].corrupted_metric == single.baseline.baseline_actual
 
 
+def test_pairs_run_as_rows_of_one_batch_and_equal_the_single_calls(
+    toy: ToolContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four pairs with corrupted prompts, all of one length: one batched forward pass, not eight."""
+    words = TOY_PROMPT.split()
+    pairs = [
+        {"clean_prompt": " ".join(words[i:] + words[:i]), "corrupted_prompt": TOY_BASELINE, "answer": "w5",
+         "wrong_answer": "w61"}
+        for i in range(4)
+    ]  # fmt: skip
+    assert len({len(p["clean_prompt"].split()) for p in pairs} | {len(TOY_BASELINE.split())}) == 1
+    runs: list[int] = []
+    original = type(toy.model.bridge).run_with_cache
+
+    def counted(self: object, tokens: torch.Tensor, *args: object, **kwargs: object) -> object:
+        runs.append(int(tokens.shape[0]))
+        return original(self, tokens, *args, **kwargs)
+
+    monkeypatch.setattr(type(toy.model.bridge), "run_with_cache", counted)
+    result = head_attribution(toy, pairs=pairs)
+    assert runs == [8]
+    monkeypatch.undo()
+    singles = [head_attribution(toy, p["clean_prompt"], "w5", "w61", baseline_prompt=TOY_BASELINE).heads for p in pairs]
+    assert torch.tensor(result.heads) == pytest.approx(torch.tensor(singles).mean(dim=0), rel=REL, abs=ABS)
+
+
 def test_plain_call_unchanged(toy: ToolContext) -> None:
     plain = head_attribution(toy, TOY_PROMPT, "w5", "w61")
     assert plain.by_source is None and plain.baseline is None and plain.spread is None and plain.pairs is None

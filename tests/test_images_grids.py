@@ -25,6 +25,7 @@ from lens_mcp.server.images import MAX_PNG_BYTES, render_heatmap
 from tests.image_refs import EIFFEL_TOY, decode, invert_colours, read_cells
 from tests.mcp_client import call_tool, result_data
 from tests.sae_refs import HOOK, toy_sae_folder
+from tests.shared import TIMING_FIELDS
 
 GREY, HATCH = 0xE6 / 255, 0x8C / 255  # server.images: a cell without a value is light grey hatched darker grey
 
@@ -49,7 +50,7 @@ async def drawn(server: MCPServer, tool: str, arguments: dict[str, Any]) -> tupl
 
 def _untimed(data: Any) -> Any:
     if isinstance(data, dict):
-        return {k: _untimed(v) for k, v in data.items() if k != "seconds"}
+        return {k: _untimed(v) for k, v in data.items() if k not in TIMING_FIELDS}
     if isinstance(data, list):
         return [_untimed(v) for v in data]
     return data

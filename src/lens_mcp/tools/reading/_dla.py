@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from lens_mcp.errors import LensError
 from lens_mcp.schemas.common import HeadScore
 from lens_mcp.schemas.reading import HeadAttribution, OtherComponents
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.cost import rows_for_time
 from lens_mcp.tools.core.direct import final_norm_centres, has_final_norm
 from lens_mcp.tools.core.forward import cached_forward, output_slope, readout
 from lens_mcp.tools.core.metrics import AnswerMetric, metric_warnings, resolve_metric
@@ -33,13 +36,28 @@ def attribute_prompt(
     top_k: int,
     unrounded: dict[str, Any] | None = None,
 ) -> HeadAttribution:
-    tokens = encode(tc, prompt)
-    n_tokens = int(tokens.shape[-1])
-    pos = resolve_position(position, n_tokens)
-    top_k = check_top_k(top_k, tc.limits.max_top_k)
+    encode(tc, prompt)  # the prompt's own errors first
     metric = resolve_metric(tc, answer, wrong_answer)
-    n_layers = tc.view.n_layers
+    result, raw = attribute_prompts(tc, [(prompt, metric)], position, top_k)[0]
+    if unrounded is not None:
+        unrounded.update(raw)
+    return result
 
+
+class RowCache:
+    """One row of a batched cache, read as `attribute` reads a single prompt's (`cache[name][0, ...]`)."""
+
+    def __init__(self, cache: Any, row: int) -> None:
+        self._cache, self._row = cache, row
+        self.cache_dict = cache.cache_dict
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._cache[name][self._row : self._row + 1]
+
+
+def attribution_hooks(tc: ToolContext) -> list[str]:
+    """What `attribute` reads from a run."""
+    n_layers = tc.view.n_layers
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
     if not tc.view.capabilities.attn_only:
         names += [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)]
@@ -50,15 +68,47 @@ def attribute_prompt(
     names += ["blocks.0.hook_resid_pre", f"blocks.{n_layers - 1}.hook_resid_post"]
     if has_final_norm(tc):
         names.append("ln_final.hook_scale")
-    logits, cache = cached_forward(tc, tokens, names, positions=[pos])
-    assert logits is not None
-    with torch.no_grad():
-        read = logits[0, pos]
-        result = attribute(
-            tc, metric, cache, float(metric(read)), pos, top_k, token_string(tc, int(tokens[0, pos])), unrounded
-        )
-    result.warnings = metric_warnings(tc, metric, read)
-    return result
+    return names
+
+
+def attribute_prompts(
+    tc: ToolContext,
+    requests: Sequence[tuple[str, AnswerMetric]],
+    position: int,
+    top_k: int,
+    labels: Sequence[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[tuple[HeadAttribution, dict[str, Any]]]:
+    """Every prompt's decomposition and its unrounded parts, prompts of one length run as rows of one batch
+    (sized by time); errors name the prompt's label."""
+    top_k = check_top_k(top_k, tc.limits.max_top_k)
+    encoded = [encode(tc, text) for text, _ in requests]
+    by_length: dict[int, list[int]] = {}
+    for index, tokens in enumerate(encoded):
+        by_length.setdefault(int(tokens.shape[-1]), []).append(index)
+    names = attribution_hooks(tc)
+    found: dict[int, tuple[HeadAttribution, dict[str, Any]]] = {}
+    for n_tokens, members in by_length.items():
+        try:
+            pos = resolve_position(position, n_tokens)
+        except LensError as exc:
+            label = labels[members[0]] if labels else ""
+            raise LensError(f"{label}{exc}") from None
+        rows = min(rows_for_time(tc, n_tokens), tc.limits.max_batch_sequences)
+        for start in range(0, len(members), rows):
+            chunk = members[start : start + rows]
+            logits, cache = cached_forward(tc, torch.cat([encoded[i] for i in chunk]), names, positions=[pos])
+            assert logits is not None
+            with torch.no_grad():
+                for row, index in enumerate(chunk):
+                    metric, read, raw = requests[index][1], logits[row, pos], {}
+                    token = token_string(tc, int(encoded[index][0, pos]))
+                    result = attribute(tc, metric, RowCache(cache, row), float(metric(read)), pos, top_k, token, raw)
+                    result.warnings = metric_warnings(tc, metric, read)
+                    found[index] = (result, raw)
+            if progress is not None:
+                progress(len(found))
+    return [found[index] for index in range(len(requests))]
 
 
 def post_norm(tc: ToolContext, layer: int) -> Any:

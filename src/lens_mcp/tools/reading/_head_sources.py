@@ -21,25 +21,14 @@ from lens_mcp.schemas.components import BaselineComparison, HeadPair, SourcePart
 from lens_mcp.schemas.reading import HeadAttribution, OtherComponents
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars
+from lens_mcp.tools.core.metrics import AnswerMetric, resolve_metric
 from lens_mcp.tools.core.pairs import PromptPair, resolve_pairs, spread
 from lens_mcp.tools.core.tokens import encode, token_strings
 from lens_mcp.tools.core.validation import check_top_k, resolve_head, resolve_layer
-from lens_mcp.tools.reading._dla import attribute_prompt
+from lens_mcp.tools.reading._dla import attribute_prompt, attribute_prompts
 from lens_mcp.tools.reading._heads import head_reads
 
 _SCALARS = ("embed", "attn_bias", "unembed_bias", "total", "actual")
-
-
-def _run(
-    tc: ToolContext, text: str, pair: PromptPair, position: int, top_k: int, prefix: str
-) -> tuple[HeadAttribution, dict[str, Any]]:
-    """One prompt's decomposition and its unrounded parts; errors name the pair or prompt (`prefix`)."""
-    raw: dict[str, Any] = {}
-    try:
-        result = attribute_prompt(tc, text, pair.answer or "", pair.wrong_answer, position, top_k, raw)
-    except LensError as exc:
-        raise LensError(f"{prefix}{exc}" if prefix else str(exc)) from None
-    return result, raw
 
 
 def _minus(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -196,21 +185,41 @@ def attribution_call(
                 tokens_per_row=max(lengths),
                 cells=n_layers * n_heads,
                 result_chars=grid_chars(4 * n_layers * n_heads + 60 * n_items, overhead=1500),
-                rows_per_pass=1,
             ),
         )
         enforce(tc, cost, narrow="fewer pairs, or shorter prompts")
 
-    results, per_item = [], []
+    requests: list[tuple[str, AnswerMetric]] = []
+    labels: list[str] = []
     for index, item in enumerate(items):
         prefix = f"pairs[{index}]." if dataset else ""
-        clean, raw_clean = _run(tc, item.clean_prompt, item, position, top_k, prefix)
+        try:
+            metric_of = resolve_metric(tc, item.answer or "", item.wrong_answer)
+        except LensError as exc:
+            raise LensError(f"{prefix}{exc}" if prefix else str(exc)) from None
+        requests.append((item.clean_prompt, metric_of))
+        labels.append(prefix)
+        if item.corrupted_prompt is not None:
+            requests.append((item.corrupted_prompt, metric_of))
+            labels.append(prefix or "baseline_prompt: ")
+    n_runs = len(requests)
+    done = attribute_prompts(
+        tc,
+        requests,
+        position,
+        top_k,
+        labels,
+        progress=lambda finished: tc.progress(finished, n_runs, f"{finished} of {n_runs} prompts attributed"),
+    )
+    results, per_item = [], []
+    runs = iter(done)
+    for item in items:
+        clean, raw_clean = next(runs)
         base = raw_base = None
         if item.corrupted_prompt is not None:
-            base, raw_base = _run(tc, item.corrupted_prompt, item, position, top_k, prefix or "baseline_prompt: ")
+            base, raw_base = next(runs)
         results.append((clean, raw_clean, base, raw_base))
         per_item.append(_minus(raw_clean, raw_base) if raw_base is not None else raw_clean)
-        tc.progress(index + 1, n_items, f"pair {index + 1} of {n_items}")
 
     first, raw_first, first_base, raw_first_base = results[0]
     explained = all(r[0].explained and (r[2] is None or r[2].explained) for r in results)
