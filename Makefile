@@ -16,7 +16,7 @@ INSPECTOR_VERSION ?= 2.12.0
 INSPECTOR_DIR := .inspector
 INSPECTOR_STAMP := $(INSPECTOR_DIR)/.installed-$(INSPECTOR_VERSION)
 
-.PHONY: install serve check test test-fast bench toy-model
+.PHONY: install serve check test test-fast bench toy-model gpu-check
 
 install: $(STAMP) $(INSPECTOR_STAMP)
 
@@ -58,3 +58,8 @@ bench: $(STAMP)
 
 toy-model: $(STAMP)
 	$(PY) scripts/train_toy_induction.py
+
+# lens-mcp on CUDA against the CPU (a random ~1B Llama built on the machine), and bf16/fp16 against fp32.
+# Without CUDA it runs its CPU half (the default model, bf16 against fp32 on the CPU).
+gpu-check: $(STAMP)
+	$(PY) scripts/gpu_check.py
