@@ -39,7 +39,9 @@ from lens_mcp.tools.circuits.edge_attribution import edge_attribution
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.metrics import resolve_metric
 from lens_mcp.tools.core.tokens import token_strings
+from lens_mcp.tools.features._corpus import read_corpus, token_store
 from lens_mcp.tools.features.feature_attribution import feature_attribution
+from lens_mcp.tools.features.feature_exemplars import feature_exemplars
 from lens_mcp.tools.features.generate import generate
 from lens_mcp.tools.features.load_sae import load_sae
 from lens_mcp.tools.features.sae_features import sae_features
@@ -56,7 +58,7 @@ from lens_mcp.tools.reading.mlp_neurons import mlp_neurons
 from lens_mcp.tools.reading.neuron_attribution import neuron_attribution
 from lens_mcp.tools.reading.run_with_cache import run_with_cache
 from lens_mcp.tools.weights.composition_scores import all_scores, one_thread
-from tests.architectures import FAMILIES, Family, build
+from tests.architectures import FAMILIES, WORDS, Family, build
 from tests.registry_helpers import registered_tool_names
 from tests.shared import write_sae_folder
 
@@ -794,6 +796,41 @@ def check_edge_attribution(case: Case) -> None:
     assert curve.curve[0].metric == pytest.approx(float(hf_metric(patched.logits, a, b)), rel=REL, abs=TOL)
 
 
+EXEMPLAR_BODY = 16
+
+
+def exemplar_rows(case: Case, corpus: Path, n_rows: int) -> torch.Tensor:
+    """BOS + EXEMPLAR_BODY tokens of each corpus row the tool scans (the whole training split here)."""
+    store = token_store(case.bridge.tokenizer, int(case.bridge.cfg.d_vocab), read_corpus(str(corpus)))
+    rows = store.rows(EXEMPLAR_BODY, n_rows)
+    ids = torch.stack([torch.from_numpy(store.context(int(r), EXEMPLAR_BODY)) for r in rows])
+    return torch.cat([torch.full((len(rows), 1), int(case.bridge.tokenizer.bos_token_id)), ids], dim=1)
+
+
+def check_feature_exemplars(case: Case) -> None:
+    """The top head and neuron activations over a small corpus equal TransformerLens's hook_pattern (the most a
+    query puts on one non-BOS token) and hook_post over every row, read by brute force."""
+    with tempfile.TemporaryDirectory() as folder:
+        corpus = Path(folder) / "words.txt"
+        rows = [" ".join(WORDS[(7 * i + j) % len(WORDS)] for j in range(12)) for i in range(40)]
+        corpus.write_text("\n\n".join(rows) + "\n", encoding="utf-8")
+        args = {"corpus": str(corpus), "context": EXEMPLAR_BODY, "tokens": 10_000, "top_k": 3}
+        with case.tc() as tc:
+            heads = feature_exemplars(tc, layer=1, head=1, **args)
+            neurons = None if tc.view.d_mlp is None else feature_exemplars(tc, layer=0, neuron=5, **args)
+        tokens = exemplar_rows(case, corpus, 10_000)
+    names = ["blocks.1.attn.hook_pattern", "blocks.0.mlp.hook_post"]
+    with torch.no_grad():
+        _, cache = case.bridge.run_with_cache(tokens, names_filter=lambda n: n in names)
+    attention = cache["blocks.1.attn.hook_pattern"][:, 1, 1:, 1:].amax(dim=-1).reshape(-1)
+    assert heads.tokens_read == attention.numel()
+    assert [e.activation for e in heads.top] == pytest.approx(attention.topk(3).values.tolist(), rel=REL, abs=TOL)
+    if neurons is not None:
+        post = cache["blocks.0.mlp.hook_post"][:, 1:, 5].reshape(-1)
+        assert [e.activation for e in neurons.top] == pytest.approx(post.topk(3).values.tolist(), rel=REL, abs=TOL)
+        assert neurons.density == pytest.approx(float((post > 0).float().mean()), abs=1e-4)
+
+
 CHECKS: dict[str, Callable[[Case], None]] = {
     "model_info": check_model_info,
     "tokenize": check_tokenize,
@@ -813,6 +850,7 @@ CHECKS: dict[str, Callable[[Case], None]] = {
     "load_sae": check_load_sae,
     "sae_features": check_sae_features,
     "feature_attribution": check_feature_attribution,
+    "feature_exemplars": check_feature_exemplars,
     "steering_vector": check_steering_vector,
     "generate": check_generate,
     "edge_attribution": check_edge_attribution,

@@ -186,3 +186,55 @@ class GenerateResult(Result):
     meaning: str = Field()  # required here (the base defaults it to "")
     cost: Cost | None = Field(None, description="The estimate made before computing")
     dry_run: bool = Field(default=False, description="True: only the estimate, nothing computed")
+
+
+# ---- feature_exemplars ---------------------------------------------------------------------------------------------
+
+
+class ExemplarToken(BaseModel):
+    token: str
+    activation: Rounded = Field(description="The unit's activation at this token (heads: attention from the query)")
+
+
+class TokenEffectLite(BaseModel):
+    token: str
+    logit: Rounded = Field(description="Logit change per unit of activation (direct path: final norm + unembed)")
+
+
+class Exemplar(BaseModel):
+    activation: Rounded = Field(description="The unit's activation at the marked token")
+    level: Rounded | None = Field(None, description="Quantile samples: the fraction of the max it was drawn at")
+    row: int = Field(description="Context number in the corpus's training split (rows of `context` tokens)")
+    position: int = Field(description="Position of the marked token in its context (0 = first corpus token)")
+    marked: int = Field(description="Index in `tokens` of the marked token (the max, or the attending query)")
+    attends_to: int | None = Field(
+        None, description="Heads: position (in its context, like `position`) of the token the query attends to most"
+    )
+    attends_to_token: str | None = Field(None, description="Heads: that token")
+    tokens: list[ExemplarToken] = Field(description="A window of tokens around the marked one")
+
+
+class Histogram(BaseModel):
+    edges: list[Rounded] = Field(description="Bin edges over (0, max] of the active tokens' activations")
+    counts: list[int] = Field(description="Tokens per bin in a uniform sample of the tokens where the unit is > 0")
+    sampled: int = Field(description="Size of that sample (all such tokens when they are no more)")
+
+
+class FeatureExemplarsResult(Result):
+    unit: str = Field(description="What was read, e.g. 'sae blocks.1.hook_resid_pre feature 7' or 'L1H2'")
+    corpus: str
+    source: Literal["scan", "index"] = Field(description="scan: a bounded corpus sample read now; index: a built index")
+    tokens_read: int = Field(description="Corpus tokens the statistics cover (BOS excluded)")
+    context: int = Field(description="Tokens per context row (BOS not counted)")
+    max_activation: Rounded | None
+    density: Rounded | None = Field(
+        None, description="Fraction of tokens where the unit is active (> 0; heads: max non-BOS attention > 0.5)"
+    )
+    top: list[Exemplar] = Field(description="The top-k activating contexts, largest first")
+    quantiles: list[Exemplar] = Field(description="Contexts at 10-90 % of the max (not only the top)")
+    histogram: Histogram | None
+    promoted: list[TokenEffectLite] = Field(default_factory=list, description="Tokens the unit's write raises most")
+    suppressed: list[TokenEffectLite] = Field(default_factory=list, description="Tokens it lowers most")
+    note: str = Field("", description="How the numbers were obtained and their limits")
+    cost: Cost | None = None
+    dry_run: bool = False

@@ -202,7 +202,7 @@ def _hf_dataset(text: str, policy: LoadPolicy | None) -> Documents:
             f"({', '.join(BUILTIN_CORPORA)}) or a local .txt/.jsonl file."
         )
     try:
-        import datasets  # type: ignore[import-not-found]
+        import datasets
     except ImportError:
         raise LensError(f"corpus={text!r}: reading Hugging Face datasets needs the datasets package.") from None
     try:
