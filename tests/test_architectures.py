@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -40,6 +41,7 @@ from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.metrics import resolve_metric
 from lens_mcp.tools.core.tokens import token_strings
 from lens_mcp.tools.features._corpus import read_corpus, token_store
+from lens_mcp.tools.features.build_exemplar_index import build_exemplar_index
 from lens_mcp.tools.features.feature_attribution import feature_attribution
 from lens_mcp.tools.features.feature_exemplars import feature_exemplars
 from lens_mcp.tools.features.generate import generate
@@ -831,6 +833,24 @@ def check_feature_exemplars(case: Case) -> None:
         assert neurons.density == pytest.approx(float((post > 0).float().mean()), abs=1e-4)
 
 
+def check_build_exemplar_index(case: Case) -> None:
+    """The index of MLP layer 0's neurons over a small corpus: each neuron's top activations equal TransformerLens's
+    hook_post over every row, read by brute force; attention-only families are refused."""
+    with tempfile.TemporaryDirectory() as folder:
+        corpus = Path(folder) / "words.txt"
+        rows = [" ".join(WORDS[(5 * i + j) % len(WORDS)] for j in range(12)) for i in range(30)]
+        corpus.write_text("\n\n".join(rows) + "\n", encoding="utf-8")
+        with case.tc() as tc:
+            result = build_exemplar_index(tc, layer=0, corpus=str(corpus), context=EXEMPLAR_BODY, rebuild=True)
+        tokens = exemplar_rows(case, corpus, 10_000)
+    assert result.complete
+    top = np.load(Path(result.folder) / "top_values.npy")
+    with torch.no_grad():
+        _, cache = case.bridge.run_with_cache(tokens, names_filter=["blocks.0.mlp.hook_post"])
+    post = cache["blocks.0.mlp.hook_post"][:, 1:].reshape(-1, top.shape[1])
+    assert top == pytest.approx(post.topk(top.shape[0], dim=0).values.numpy(), rel=1e-5, abs=1e-6)
+
+
 CHECKS: dict[str, Callable[[Case], None]] = {
     "model_info": check_model_info,
     "tokenize": check_tokenize,
@@ -851,6 +871,7 @@ CHECKS: dict[str, Callable[[Case], None]] = {
     "sae_features": check_sae_features,
     "feature_attribution": check_feature_attribution,
     "feature_exemplars": check_feature_exemplars,
+    "build_exemplar_index": check_build_exemplar_index,
     "steering_vector": check_steering_vector,
     "generate": check_generate,
     "edge_attribution": check_edge_attribution,

@@ -211,6 +211,12 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("feature_exemplars", {"layer": 1, "head": 1, "top_k": 0}, ("top_k=0", "use 1..50")),
     ("feature_exemplars", {"layer": 1, "head": 1, "corpus": "/nonexistent/c.txt"}, ("no such file", "pass")),
     ("feature_exemplars", {"layer": 1, "head": 1, "corpus": "owner/data"}, ("cannot be reached", "use a builtin")),
+    # ---- build_exemplar_index
+    ("build_exemplar_index", {"layer": 9}, ("layer=9", "use 0..1")),
+    ("build_exemplar_index", {"hook": "nope"}, ("hook='nope'", "omit hook")),
+    ("build_exemplar_index", {"context": 1}, ("context=1", "use 2..")),
+    ("build_exemplar_index", {"tokens": 0}, ("tokens=0", "use ")),
+    ("build_exemplar_index", {"corpus": "/nonexistent/c.txt"}, ("no such file", "pass")),
     # ---- steering_vector (failures store nothing)
     ("steering_vector", {"name": "x", "positive_prompts": ["w1"], "negative_prompts": ["w2"]}, ("layer", "pass")),
     ("steering_vector", {**SV, "name": ""}, ("name", "pass a short label")),

@@ -21,21 +21,15 @@ from lens_mcp.tools.features._corpus import read_corpus, token_store
 from lens_mcp.tools.features._exemplars import HEAD_ACTIVE, QUANTILE_LEVELS
 from lens_mcp.tools.features.feature_exemplars import feature_exemplars
 from lens_mcp.tools.features.load_sae import load_sae
-from tests.sae_refs import HOOK, toy_sae_folder
+from tests.sae_refs import HOOK, toy_corpus, toy_sae_folder
 
 BODY = 20
 
 
-def toy_corpus(folder: Path, paragraphs: int = 60, seed: int = 0) -> Path:
-    """Paragraphs of toy-vocabulary words, each a random half repeated (so the induction head has work)."""
-    rng = np.random.default_rng(seed)
-    texts = []
-    for _ in range(paragraphs):
-        half = [f"w{int(i)}" for i in rng.integers(2, 200, size=int(rng.integers(4, 12)))]
-        texts.append(" ".join(half + half))
-    path = folder / "toy_corpus.txt"
-    path.write_text("\n\n".join(texts) + "\n", encoding="utf-8")
-    return path
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own cache folder: an index another test built must not answer for a scan here."""
+    monkeypatch.setenv("LENS_MCP_CACHE_DIR", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")

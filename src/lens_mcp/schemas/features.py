@@ -238,3 +238,21 @@ class FeatureExemplarsResult(Result):
     note: str = Field("", description="How the numbers were obtained and their limits")
     cost: Cost | None = None
     dry_run: bool = False
+
+
+class ExemplarIndexResult(Result):
+    unit: str = Field(description="What the index covers")
+    corpus: str
+    folder: str = Field(description="Where the index is kept")
+    context: int = Field(description="Tokens per context (BOS not counted)")
+    contexts_total: int = Field(description="Contexts the index covers when complete")
+    contexts_done: int
+    tokens_indexed: int = Field(description="Corpus tokens read so far (BOS excluded)")
+    top_k: int = Field(description="Top activations kept per unit")
+    complete: bool
+    resumed_from: int = Field(description="Contexts already done when this call started")
+    seconds: Rounded
+    tokens_per_second: Rounded | None = Field(description="Corpus tokens indexed per second in this call")
+    note: str = ""
+    cost: Cost | None = None
+    dry_run: bool = False

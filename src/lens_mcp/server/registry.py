@@ -22,6 +22,7 @@ from lens_mcp.tools.causal.path_patch import path_patch
 from lens_mcp.tools.circuits.circuit_faithfulness import circuit_faithfulness
 from lens_mcp.tools.circuits.circuits import circuits
 from lens_mcp.tools.circuits.edge_attribution import edge_attribution
+from lens_mcp.tools.features.build_exemplar_index import build_exemplar_index
 from lens_mcp.tools.features.feature_attribution import feature_attribution
 from lens_mcp.tools.features.feature_exemplars import feature_exemplars
 from lens_mcp.tools.features.generate import generate
@@ -81,6 +82,7 @@ TOOLS: tuple[ToolEntry, ...] = (
     ToolEntry(sae_features, "SAE features of a prompt"),
     ToolEntry(feature_attribution, "Attribute an answer to SAE features"),
     ToolEntry(feature_exemplars, "Corpus contexts a feature, neuron or head fires on"),
+    ToolEntry(build_exemplar_index, "Build the exemplar index over a corpus", options=(("read_only", False),)),
     ToolEntry(steering_vector, "Make a steering vector", options=(("read_only", False),)),
     ToolEntry(generate, "Generate with interventions"),
 )

@@ -148,7 +148,7 @@ class RunningStats:
         self.n_active = torch.zeros(self.width, dtype=torch.long)
 
     def update(self, acts: torch.Tensor, index: torch.Tensor) -> None:
-        """acts [tokens, width] (float, CPU), index [tokens] their global token indices."""
+        """acts [tokens, width] (float, CPU), index [tokens] their global token indices, ascending."""
         acts = acts.float().cpu()
         index = index.cpu()
         n = int(acts.shape[0])
@@ -156,17 +156,20 @@ class RunningStats:
             return
         self.n_tokens += n
         self.n_active += (acts > self.threshold).sum(dim=0)
-        values, rows = acts.topk(min(self.k, n), dim=0)
-        self.top_values, self.top_index = _merge(self.top_values, self.top_index, values, index[rows], self.k)
+        block_index = index[:, None].expand(-1, self.width)
+        values, where, _ = top_k_lowest_index(acts, block_index, self.k)
+        self.top_values, self.top_index, _ = top_k_lowest_index(
+            torch.cat([self.top_values, values]), torch.cat([self.top_index, where]), self.k, sort_index=True
+        )
         keys = torch.where(acts > 0, -priorities(index)[:, None], torch.tensor(-np.inf, dtype=torch.float64))
-        key_values, key_rows = keys.topk(min(self.n_samples, n), dim=0)
-        merged_keys = torch.cat([self.sample_keys, key_values])
-        merged_values = torch.cat([self.sample_values, acts.gather(0, key_rows)])
-        merged_index = torch.cat([self.sample_index, index[key_rows]])
-        keep = merged_keys.topk(min(self.n_samples, int(merged_keys.shape[0])), dim=0).indices
-        self.sample_keys = merged_keys.gather(0, keep)
-        self.sample_values = merged_values.gather(0, keep)
-        self.sample_index = merged_index.gather(0, keep)
+        key_values, key_index, rows = top_k_lowest_index(keys, block_index, self.n_samples)
+        self.sample_keys, self.sample_index, picked = top_k_lowest_index(
+            torch.cat([self.sample_keys, key_values]),
+            torch.cat([self.sample_index, key_index]),
+            self.n_samples,
+            sort_index=True,
+        )
+        self.sample_values = torch.cat([self.sample_values, acts.gather(0, rows)]).gather(0, picked)
 
     def column(self, unit: int) -> ColumnStats:
         valid = torch.isfinite(self.sample_keys[:, unit])
@@ -180,13 +183,33 @@ class RunningStats:
         )
 
 
-def _merge(
-    values: torch.Tensor, index: torch.Tensor, new_values: torch.Tensor, new_index: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    all_values = torch.cat([values, new_values])
-    all_index = torch.cat([index, new_index])
-    kept_values, order = all_values.topk(min(k, int(all_values.shape[0])), dim=0)
-    return kept_values, all_index.gather(0, order)
+def top_k_lowest_index(
+    values: torch.Tensor, index: torch.Tensor, k: int, sort_index: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per column of values [n, width]: the k largest, equal values resolved to the smaller token index, ordered by
+    value (descending) then index, as (values, indices, their rows in the input). The same set and order whatever
+    the block split, so a build cut into pieces or resumed equals one in a single pass. `index` [n, width] must be
+    ascending down each column unless sort_index."""
+    n = int(values.shape[0])
+    k = min(k, n)
+    rows_in = torch.arange(n)[:, None].expand(-1, values.shape[1])
+    if sort_index:  # small candidate sets (merges): put each column in index order first
+        order = index.argsort(dim=0, stable=True)
+        values, index, rows_in = values.gather(0, order), index.gather(0, order), rows_in.gather(0, order)
+    if k == 0:
+        return values[:0], index[:0], rows_in[:0]
+    kth = values.topk(k, dim=0).values[-1]
+    greater = values > kth
+    equal = values == kth
+    chosen = greater | (equal & (equal.long().cumsum(dim=0) <= (k - greater.sum(dim=0))))
+    rows = chosen.to(torch.float32).topk(k, dim=0).indices  # exactly k chosen per column: all of them
+    picked_values, picked_index, picked_rows = values.gather(0, rows), index.gather(0, rows), rows_in.gather(0, rows)
+    by_index = picked_index.argsort(dim=0, stable=True)
+    picked_values, picked_index, picked_rows = (
+        t.gather(0, by_index) for t in (picked_values, picked_index, picked_rows)
+    )
+    by_value = picked_values.argsort(dim=0, descending=True, stable=True)
+    return tuple(t.gather(0, by_value) for t in (picked_values, picked_index, picked_rows))  # type: ignore[return-value]
 
 
 @dataclass

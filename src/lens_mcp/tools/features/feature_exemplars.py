@@ -27,6 +27,7 @@ from lens_mcp.tools.features._exemplars import (
     scan,
     unit_group,
 )
+from lens_mcp.tools.features._index import find_index
 from lens_mcp.tools.features._sae import get_sae
 
 DEFAULT_SCAN_TOKENS = 8192
@@ -131,7 +132,7 @@ def feature_exemplars(
     where it attends). Returns the top_k contexts (a window of tokens, each with its activation, the max token
     marked), density (fraction of tokens active), quantile samples at 10-90 % of the max, a histogram, and the
     tokens the unit's write promotes and suppresses (direct path through final norm + unembedding). Uses the
-    exemplar index when one was built for this unit, model and corpus (`lens-mcp index`); otherwise scans a
+    exemplar index when one was built for this unit, model and corpus (build_exemplar_index, or `lens-mcp index`); otherwise scans a
     bounded, evenly spread sample of the corpus within the cost caps and says so. Progress per batch;
     cancellable."""
     unit, column = resolve_unit(tc, feature, layer, neuron, head, hook)
@@ -145,10 +146,10 @@ def feature_exemplars(
             f"corpus {documents.name!r} has {store.n_train} training tokens, fewer than one context of {body}; "
             "pass a smaller context or a larger corpus."
         )
-    index = None  # an exemplar index comes with `lens-mcp index`
+    index, damaged = find_index(tc, unit, store, body)
     picks_rows = top_k + 5
     layer_fraction = (unit.layer + 1) / tc.view.n_layers
-    note_parts = []
+    note_parts = [damaged] if damaged else []
     if index is not None:
         rows_scanned = 0
     elif tokens is None:
@@ -167,7 +168,7 @@ def feature_exemplars(
         result_chars=1500 + (top_k + 5) * (2 * window + 1) * _CHARS_PER_TOKEN,
     )
     cost = estimate(tc, work)
-    enforce(tc, cost, "fewer tokens=..., a smaller top_k or window, or build an index (lens-mcp index)")
+    enforce(tc, cost, "fewer tokens=..., a smaller top_k or window, or build an index (build_exemplar_index)")
     label = unit.label(column)
     if dry_run:
         return FeatureExemplarsResult(
@@ -198,8 +199,8 @@ def feature_exemplars(
         note_parts.append(
             f"no exemplar index for this unit and corpus: scanned a sample of {stats.n_tokens:,} tokens "
             f"({len(rows)} contexts of {body}, evenly spread over {store.n_train:,} training tokens of "
-            f"{documents.name}); the top contexts are the top of this sample only. `lens-mcp index` builds an index "
-            "over the whole corpus."
+            f"{documents.name}); the top contexts are the top of this sample only. build_exemplar_index (or `lens-mcp index`) builds an index "
+            "over the whole corpus (SAE features and MLP neurons)."
         )
     top_picks = [(i, v, None) for v, i in zip(stats.top_values, stats.top_index, strict=True)][:top_k]
     quantile_list = quantile_picks(stats, {i for i, _, _ in top_picks})
