@@ -5,6 +5,10 @@ rebuilt."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -165,3 +169,26 @@ def test_mlp_layer_index_and_bad_input(tc: ToolContext, tmp_path: Path) -> None:
         build_exemplar_index(tc, layer=7, corpus=str(corpus))
     with pytest.raises(LensError, match="context=1"):
         build_exemplar_index(tc, corpus=str(corpus), context=1)
+
+
+@pytest.mark.subprocess
+def test_lens_mcp_index_command(tmp_path: Path) -> None:
+    """`lens-mcp index` builds the index to the end (stdout: the last result), finds it complete the second time,
+    and refuses an index built for another SAE naming both (exit 1, the message on stderr)."""
+    corpus = toy_corpus(tmp_path)
+    env = {**os.environ, "LENS_MCP_CACHE_DIR": str(tmp_path / "cache")}
+    base = [sys.executable, "-m", "lens_mcp", "index", "--model", "toy-induction", "--corpus", str(corpus)]
+    base += ["--context", str(BODY)]
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *extra], capture_output=True, text=True, env=env, timeout=180)
+
+    first = run("--sae", str(toy_sae_folder(tmp_path / "sae")))
+    assert first.returncode == 0, first.stderr
+    result = json.loads(first.stdout)
+    assert result["complete"] and result["contexts_done"] == result["contexts_total"] > 0
+    second = run("--sae", str(toy_sae_folder(tmp_path / "sae")))
+    assert second.returncode == 0 and json.loads(second.stdout)["meaning"] == "the index is already complete."
+    other = run("--sae", str(toy_sae_folder(tmp_path / "other", seed=3)))
+    assert other.returncode == 1 and other.stdout == ""
+    assert "not for" in other.stderr and "--rebuild" in other.stderr
