@@ -256,17 +256,17 @@ async def build_index(
 ) -> int:
     """`lens-mcp index`: load the SAE when one is named, then call build_exemplar_index until the index is complete
     (each call runs within the time cap and checkpoints; the next resumes). The last result goes to stdout."""
-    progress = ProgressLine(err)
+    line = ProgressLine(err)
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.show(f"index: {message or ''}".strip(), durable=False)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:  # the SDK's names
+        line.show(f"index: {message or ''}".strip(), durable=False)
 
     async with session(host) as (client, _):
         start_load()
         if sae is not None:
             loaded = await client.call_tool("load_sae", {"spec": sae, **({"sae_id": sae_id} if sae_id else {})})
             if loaded.is_error:
-                progress.close()
+                line.close()
                 err.write(f"lens-mcp: load_sae failed: {result_text(loaded)}\n")
                 err.flush()
                 return 1
@@ -275,7 +275,7 @@ async def build_index(
             result = await client.call_tool("build_exemplar_index", arguments, progress_callback=on_progress)
             calls += 1
             if result.is_error:
-                progress.close()
+                line.close()
                 err.write(f"lens-mcp: build_exemplar_index failed: {result_text(result)}\n")
                 err.flush()
                 return 1
@@ -283,8 +283,8 @@ async def build_index(
             if data.get("complete") or data.get("dry_run"):
                 break
             arguments = {key: value for key, value in arguments.items() if key != "rebuild"}  # resume, never restart
-            progress.show(f"index: {data.get('contexts_done')}/{data.get('contexts_total')} contexts", durable=True)
-    progress.close()
+            line.show(f"index: {data.get('contexts_done')}/{data.get('contexts_total')} contexts", durable=True)
+    line.close()
     out.write(compact({**data, "calls": calls}) + "\n")
     out.flush()
     return 0
