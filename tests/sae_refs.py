@@ -24,7 +24,15 @@ def toy_sae_folder(folder: Path, d_in: int = 144, d_sae: int = 48, hook: str = H
     return write_folder(
         folder,
         tensors,
-        {"architecture": "standard", "d_in": d_in, "d_sae": d_sae, "metadata": {"hook_name": hook}},
+        {
+            "architecture": "standard",
+            "d_in": d_in,
+            "d_sae": d_sae,
+            "metadata": {"hook_name": hook},
+            # the toy model uses LayerNorm: its residual stream is centred in compatibility mode, as is the one
+            # a random SAE "was trained on" here
+            "model_from_pretrained_kwargs": {"center_writing_weights": True},
+        },
     )
 
 

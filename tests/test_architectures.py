@@ -925,6 +925,57 @@ def test_full_patching_grid(case: Case) -> None:
     assert sweep.values == pytest.approx(reference, abs=TOL)
 
 
+def raw_hf_resid(case: Case, text: str) -> torch.Tensor:
+    """The HF model's own input to decoder layer 1 [pos, d_model], not centred."""
+    with torch.no_grad():
+        out = case.hf(case.bridge.to_tokens(text, prepend_bos=True), output_hidden_states=True)
+    return out.hidden_states[1][0]
+
+
+def sae_features_with(case: Case, folder: str) -> Any:
+    _load_sae(case, folder)
+    try:
+        with case.tc() as tc:
+            return sae_features(tc, PROMPT, top_k=4)
+    finally:
+        assert case.host.model is not None
+        case.host.model.saes.clear()
+
+
+def assert_features(result: Any, acts: torch.Tensor) -> None:
+    assert sum(len(row.features) for row in result.positions) > 0
+    for row in result.positions:
+        values, ids = acts[row.position].topk(4)
+        assert [f.feature for f in row.features] == [int(i) for i, v in zip(ids, values, strict=True) if v > 0]
+        assert [f.activation for f in row.features] == pytest.approx(values[values > 0].tolist(), rel=REL, abs=TOL)
+
+
+def test_an_sae_on_the_residual_reads_the_stream_it_was_trained_on(case: Case) -> None:
+    """LayerNorm families hold the residual stream centred (compatibility mode): an SAE on it whose cfg.json does not
+    say it was trained on the centred stream, or says it was not, is refused with the fix and nothing is attached;
+    one that normalizes its input per token (normalize_activations='layer_norm') is loaded, and its features equal a
+    hand encoding of the HF model's own, uncentred residual. RMSNorm families load both and encode the HF residual
+    as it is."""
+    assert case.host.model is not None
+    d_model = int(case.hf.config.hidden_size)
+    layer_norm = case.bridge.cfg.normalization_type in ("LN", "LNPre")
+    raw = raw_hf_resid(case, PROMPT)
+    for centred in (None, False):
+        with tempfile.TemporaryDirectory() as folder:
+            weights = write_sae_folder(Path(folder), d_model, SAE_HOOK, D_SAE, centred=centred)
+            if layer_norm:
+                _refused(lambda folder=folder: _load_sae(case, folder), "residual stream is centred")
+                assert case.host.model.saes == {}
+            else:
+                assert_features(sae_features_with(case, folder), hand_encode(weights, raw))
+    with tempfile.TemporaryDirectory() as folder:
+        weights = write_sae_folder(Path(folder), d_model, SAE_HOOK, D_SAE, centred=None, normalize="layer_norm")
+        result = sae_features_with(case, folder)
+    mu = raw.mean(dim=-1, keepdim=True)
+    normalized = (raw - mu) / ((raw - mu).std(dim=-1, keepdim=True) + 1e-5)
+    assert_features(result, hand_encode(weights, normalized))
+
+
 def test_every_registered_tool_is_in_the_matrix() -> None:
     missing = sorted(set(registered_tool_names()) - set(CHECKS) - set(NOT_IN_MATRIX))
     assert not missing, f"add a check for {missing} to CHECKS in tests/test_architectures.py"
