@@ -118,3 +118,11 @@ def test_load_policy_and_offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyP
         read_corpus("NeelNanda/pile-10k")
     with pytest.raises(LensError, match="not a builtin corpus"):
         read_corpus("no-such-corpus")
+
+
+def test_the_store_key_ignores_the_tokenizers_truncation_and_padding_state(toy: ToolContext, tmp_path: Path) -> None:
+    path, _ = write_txt(tmp_path, paragraphs=12)
+    first = token_store(toy.view.tokenizer, toy.view.d_vocab, read_corpus(str(path)))
+    toy.view.tokenizer(["w1 w2", "w3"], padding=True, truncation=True, max_length=8)  # changes the backend's state
+    again = token_store(toy.view.tokenizer, toy.view.d_vocab, read_corpus(str(path)))
+    assert again.key == first.key and again.rebuilt_because is None

@@ -221,6 +221,7 @@ class Histogram(BaseModel):
 
 
 class FeatureExemplarsResult(Result):
+    meaning: str = Field()  # required here (the base defaults it to "")
     unit: str = Field(description="What was read, e.g. 'sae blocks.1.hook_resid_pre feature 7' or 'L1H2'")
     corpus: str
     source: Literal["scan", "index"] = Field(description="scan: a bounded corpus sample read now; index: a built index")
@@ -241,6 +242,7 @@ class FeatureExemplarsResult(Result):
 
 
 class ExemplarIndexResult(Result):
+    meaning: str = Field()  # required here (the base defaults it to "")
     unit: str = Field(description="What the index covers")
     corpus: str
     folder: str = Field(description="Where the index is kept")

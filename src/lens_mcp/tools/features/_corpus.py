@@ -248,8 +248,16 @@ def read_corpus(corpus: str | None, policy: LoadPolicy | None = None) -> Documen
 
 
 def tokenizer_hash(tokenizer: Any) -> str:
+    """A hash of what maps text to ids: the fast tokenizer's definition without its truncation and padding
+    settings (which every call may change), else the vocabulary."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        definition = json.loads(backend.to_str())
+        definition.pop("truncation", None)
+        definition.pop("padding", None)
+        text = json.dumps(definition, sort_keys=True)
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
