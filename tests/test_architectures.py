@@ -47,6 +47,7 @@ from lens_mcp.tools.features.feature_exemplars import feature_exemplars
 from lens_mcp.tools.features.generate import generate
 from lens_mcp.tools.features.load_sae import load_sae
 from lens_mcp.tools.features.sae_features import sae_features
+from lens_mcp.tools.features.search_features import search_features
 from lens_mcp.tools.features.steering_vector import steering_vector
 from lens_mcp.tools.model.model_info import model_info
 from lens_mcp.tools.model.tokenize import tokenize
@@ -851,6 +852,25 @@ def check_build_exemplar_index(case: Case) -> None:
     assert top == pytest.approx(post.topk(top.shape[0], dim=0).values.numpy(), rel=1e-5, abs=1e-6)
 
 
+def check_search_features(case: Case) -> None:
+    """The neurons of MLP layer 0 that fire most at the last position, and anywhere in the prompt, equal
+    TransformerLens's hook_post read by hand."""
+    with tempfile.TemporaryDirectory() as folder, case.tc() as tc:
+        corpus = Path(folder) / "words.txt"
+        corpus.write_text(" ".join(WORDS) + "\n", encoding="utf-8")
+        last = search_features(tc, PROMPT, position=-1, layer=0, top_k=3, corpus=str(corpus))
+        anywhere = search_features(tc, PROMPT, layer=0, top_k=3, corpus=str(corpus))
+    tokens = case.bridge.to_tokens(PROMPT, prepend_bos=True)
+    with torch.no_grad():
+        _, cache = case.bridge.run_with_cache(tokens, names_filter=["blocks.0.mlp.hook_post"])
+    post = cache["blocks.0.mlp.hook_post"][0].float()
+    values, units = post[-1].topk(3)
+    assert [m.unit for m in last.matches] == units.tolist()
+    assert [m.activation for m in last.matches] == pytest.approx(values.tolist(), rel=REL, abs=TOL)
+    best = post[1:].max(dim=0).values
+    assert [m.activation for m in anywhere.matches] == pytest.approx(best.topk(3).values.tolist(), rel=REL, abs=TOL)
+
+
 CHECKS: dict[str, Callable[[Case], None]] = {
     "model_info": check_model_info,
     "tokenize": check_tokenize,
@@ -872,6 +892,7 @@ CHECKS: dict[str, Callable[[Case], None]] = {
     "feature_attribution": check_feature_attribution,
     "feature_exemplars": check_feature_exemplars,
     "build_exemplar_index": check_build_exemplar_index,
+    "search_features": check_search_features,
     "steering_vector": check_steering_vector,
     "generate": check_generate,
     "edge_attribution": check_edge_attribution,

@@ -217,6 +217,13 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("build_exemplar_index", {"context": 1}, ("context=1", "use 2..")),
     ("build_exemplar_index", {"tokens": 0}, ("tokens=0", "use ")),
     ("build_exemplar_index", {"corpus": "/nonexistent/c.txt"}, ("no such file", "pass")),
+    # ---- search_features
+    ("search_features", {}, ("text is required", "pass text")),
+    ("search_features", {"text": ""}, ("text is empty", "pass")),
+    ("search_features", {"text": P, "position": 99}, ("position=99", "use 0..8")),
+    ("search_features", {"text": P, "layer": 9}, ("layer=9", "use 0..1")),
+    ("search_features", {"text": P, "top_k": 0}, ("top_k=0", "use 1..100")),
+    ("search_features", {"text": P, "hook": "nope"}, ("hook='nope'", "omit hook")),
     # ---- steering_vector (failures store nothing)
     ("steering_vector", {"name": "x", "positive_prompts": ["w1"], "negative_prompts": ["w2"]}, ("layer", "pass")),
     ("steering_vector", {**SV, "name": ""}, ("name", "pass a short label")),

@@ -1,7 +1,7 @@
 """build_exemplar_index on the toy model: the index's top-k of every SAE feature equals a brute-force scan of the same
 tokens (a hand-written hook and a hand encoding), building twice or in interrupted pieces gives identical files,
 feature_exemplars reads it, an index for another SAE is refused naming both, and a damaged one is detected and
-rebuilt."""
+rebuilt; `lens-mcp index`; search_features against a hand encoding, with summaries from the index."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from lens_mcp.tools.features._corpus import read_corpus, token_store
 from lens_mcp.tools.features.build_exemplar_index import INDEX_TOP_K, build_exemplar_index
 from lens_mcp.tools.features.feature_exemplars import feature_exemplars
 from lens_mcp.tools.features.load_sae import load_sae
+from lens_mcp.tools.features.search_features import search_features
 from tests.sae_refs import HOOK, toy_corpus, toy_sae_folder
 
 BODY = 20
@@ -192,3 +193,56 @@ def test_lens_mcp_index_command(tmp_path: Path) -> None:
     other = run("--sae", str(toy_sae_folder(tmp_path / "other", seed=3)))
     assert other.returncode == 1 and other.stdout == ""
     assert "not for" in other.stderr and "--rebuild" in other.stderr
+
+
+def test_search_features_equals_a_hand_encoding_and_summarizes_from_the_index(tc: ToolContext, tmp_path: Path) -> None:
+    text = "w12 w87 w33 w140 w5 w61 w12 w87 w33"
+    tokens = tc.view.to_tokens(text)
+    captured: list[torch.Tensor] = []
+
+    def keep(activation: torch.Tensor, hook: Any = None) -> None:
+        captured.append(activation[0].detach().clone())
+
+    with torch.no_grad(), tc.view.hooks(fwd_hooks=[(HOOK, keep)]):
+        tc.view(tokens)
+    sae = tc.model.saes[HOOK]
+    acts = ((captured[0].float() - sae.b_dec) @ sae.W_enc + sae.b_enc).relu()  # [positions, d_sae]
+    corpus = toy_corpus(tmp_path)
+    # without an index: activations only, and a note saying how to get summaries
+    at_last = search_features(tc, text, position=-1, corpus=str(corpus), top_k=4)
+    values, units = acts[-1].topk(4)
+    assert [m.unit for m in at_last.matches] == units.tolist()
+    assert [m.activation for m in at_last.matches] == pytest.approx(values.tolist(), rel=1e-3, abs=1e-5)
+    assert all(m.summary is None for m in at_last.matches) and "build_exemplar_index" in at_last.note
+    # anywhere: each unit at its own max over the non-BOS positions
+    build_exemplar_index(tc, corpus=str(corpus), context=BODY)  # another context length: not the one searched
+    anywhere = search_features(tc, text, corpus=str(corpus), top_k=3)
+    best, where = acts[1:].max(dim=0)
+    values, units = best.topk(3)
+    assert [m.unit for m in anywhere.matches] == units.tolist()
+    assert [m.position for m in anywhere.matches] == [int(where[u]) + 1 for u in units]
+    assert anywhere.index is None
+    # with the index at the searched context length: a summary naming the max token of the index
+    built = build_exemplar_index(tc, corpus=str(corpus))
+    indexed = search_features(tc, text, corpus=str(corpus), top_k=3)
+    assert indexed.index == built.folder
+    saved = arrays(Path(built.folder))
+    store = token_store(tc.view.tokenizer, tc.view.d_vocab, read_corpus(str(corpus)))
+    for match in indexed.matches:
+        row, pos = divmod(int(saved["top_index"][0, match.unit]), built.context)
+        token = tc.view.tokenizer.convert_ids_to_tokens(int(store.context(row, built.context)[pos]))
+        assert match.summary is not None and f"[[{token}]]" in match.summary
+        assert f"max {float(saved['top_values'][0, match.unit]):.3g}" in match.summary
+
+
+def test_search_features_bad_input(tc: ToolContext) -> None:
+    for arguments, needle in [
+        ({"position": 40}, "position=40"),
+        ({"layer": 9}, "layer=9"),
+        ({"top_k": 0}, "top_k=0"),
+        ({"hook": "blocks.0.hook_resid_post"}, "no SAE is loaded on that hook"),
+    ]:
+        with pytest.raises(LensError, match=needle):
+            search_features(tc, "w1 w2 w3", **arguments)
+    with pytest.raises(LensError, match="text is empty"):
+        search_features(tc, "")

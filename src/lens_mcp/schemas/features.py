@@ -258,3 +258,26 @@ class ExemplarIndexResult(Result):
     note: str = ""
     cost: Cost | None = None
     dry_run: bool = False
+
+
+# ---- search_features -----------------------------------------------------------------------------------------------
+
+
+class FeatureMatch(BaseModel):
+    unit: int = Field(description="SAE feature id, or neuron index in the layer")
+    activation: Rounded = Field(description="Its activation on the text (at `position`)")
+    position: int
+    token: str
+    summary: str | None = Field(
+        None, description="Its exemplars in one line (max activation, the token and its context, density)"
+    )
+
+
+class SearchFeaturesResult(Result):
+    meaning: str = Field()  # required here (the base defaults it to "")
+    unit: str = Field(description="What was searched: an SAE's features or one MLP layer's neurons")
+    tokens: list[str]
+    position: int | None = Field(description="The position read; null = each unit at its own max over the text")
+    matches: list[FeatureMatch] = Field(description="Units that fire most on the text, largest first")
+    index: str | None = Field(description="The exemplar index the summaries come from, if any")
+    note: str = ""

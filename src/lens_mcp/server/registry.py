@@ -28,6 +28,7 @@ from lens_mcp.tools.features.feature_exemplars import feature_exemplars
 from lens_mcp.tools.features.generate import generate
 from lens_mcp.tools.features.load_sae import load_sae
 from lens_mcp.tools.features.sae_features import sae_features
+from lens_mcp.tools.features.search_features import search_features
 from lens_mcp.tools.features.steering_vector import steering_vector
 from lens_mcp.tools.model.load_model import load_model
 from lens_mcp.tools.model.model_info import model_info
@@ -83,6 +84,7 @@ TOOLS: tuple[ToolEntry, ...] = (
     ToolEntry(feature_attribution, "Attribute an answer to SAE features"),
     ToolEntry(feature_exemplars, "Corpus contexts a feature, neuron or head fires on"),
     ToolEntry(build_exemplar_index, "Build the exemplar index over a corpus", options=(("read_only", False),)),
+    ToolEntry(search_features, "Features or neurons that fire on a text"),
     ToolEntry(steering_vector, "Make a steering vector", options=(("read_only", False),)),
     ToolEntry(generate, "Generate with interventions"),
 )

@@ -71,10 +71,21 @@ def identity(tc: ToolContext, unit: Unit, store: TokenStore, body: int) -> dict[
     }
 
 
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:150]
+
+
 def index_folder(tc: ToolContext, unit: Unit, store: TokenStore, body: int) -> Path:
-    name = f"{tc.model.spec.name}-{unit_slug(unit)}-{store.name}-{store.key[:12]}-c{body}"
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:150]
-    return cache_root() / "index" / safe
+    return (
+        cache_root() / "index" / _safe(f"{tc.model.spec.name}-{unit_slug(unit)}-{store.name}-{store.key[:12]}-c{body}")
+    )
+
+
+def any_index(tc: ToolContext, unit: Unit) -> bool:
+    """Whether any index was built for these units of this model (before tokenizing a corpus to find one)."""
+    prefix = _safe(f"{tc.model.spec.name}-{unit_slug(unit)}-")
+    folder = cache_root() / "index"
+    return folder.is_dir() and any(entry.name.startswith(prefix) for entry in folder.iterdir())
 
 
 def describe_identity(meta: dict[str, Any]) -> str:
