@@ -235,11 +235,13 @@ def scan(
     stats: RunningStats | None = None,
     label: str = "scanned",
     on_batch: Any = None,
+    columns: list[int] | None = None,
 ) -> RunningStats:
     """Stream `rows` of the store through the model (batches sized by time and by memory), updating `stats`. After
     each batch: `on_batch(stats, rows_done)` (the index saves a checkpoint there), then progress (which raises
-    when the call was cancelled)."""
-    stats = stats or RunningStats(k, n_samples, unit.width, unit.threshold)
+    when the call was cancelled). `columns`: keep statistics for these units only (stats column i = columns[i])."""
+    width = unit.width if columns is None else len(columns)
+    stats = stats or RunningStats(k, n_samples, width, unit.threshold)
     per_pass = max(1, min(rows_for_time(tc, body + 1, unit.layer + 1), BLOCK_CELLS // max(1, body * unit.width)))
     total = len(rows)
     done = 0
@@ -248,8 +250,10 @@ def scan(
         tokens, start = batch_tokens(tc, store, chunk, body)
         with torch.no_grad():
             acts = unit.activations(hook_activation(tc, unit, tokens), start)  # [b, body, width]
+            if columns is not None:
+                acts = acts[..., columns]
             index = torch.from_numpy(chunk)[:, None] * body + torch.arange(body)[None, :]
-            stats.update(acts.reshape(-1, unit.width), index.reshape(-1))
+            stats.update(acts.reshape(-1, width), index.reshape(-1))
         done += len(chunk)
         if on_batch is not None:
             on_batch(stats, done)

@@ -194,8 +194,8 @@ def feature_exemplars(
         )
     else:
         rows = store.rows(body, rows_scanned)
-        running = scan(tc, unit, store, rows, body, top_k, N_SAMPLES, label=f"{label}:")
-        stats = running.column(column)
+        running = scan(tc, unit, store, rows, body, top_k, N_SAMPLES, label=f"{label}:", columns=[column])
+        stats = running.column(0)
         note_parts.append(
             f"no exemplar index for this unit and corpus: scanned a sample of {stats.n_tokens:,} tokens "
             f"({len(rows)} contexts of {body}, evenly spread over {store.n_train:,} training tokens of "
