@@ -17,8 +17,9 @@ import time
 
 import torch
 
+from lens_mcp.loading.fingerprint import compute_fingerprint
 from lens_mcp.model_host import ModelHost
-from lens_mcp.server.record import Recorder, compute_fingerprint
+from lens_mcp.server.record import Recorder
 
 
 def best(fn, repeat: int) -> float:

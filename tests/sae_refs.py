@@ -1,4 +1,4 @@
-"""A toy SAE folder in SAELens's disk format, for the feature tests."""
+"""A toy SAE folder in SAELens's disk format and a toy-vocabulary corpus, for the feature tests."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -23,7 +24,15 @@ def toy_sae_folder(folder: Path, d_in: int = 144, d_sae: int = 48, hook: str = H
     return write_folder(
         folder,
         tensors,
-        {"architecture": "standard", "d_in": d_in, "d_sae": d_sae, "metadata": {"hook_name": hook}},
+        {
+            "architecture": "standard",
+            "d_in": d_in,
+            "d_sae": d_sae,
+            "metadata": {"hook_name": hook},
+            # the toy model uses LayerNorm: its residual stream is centred in compatibility mode, as is the one
+            # a random SAE "was trained on" here
+            "model_from_pretrained_kwargs": {"center_writing_weights": True},
+        },
     )
 
 
@@ -34,3 +43,15 @@ def write_folder(folder: Path, tensors: dict[str, list[Any]], cfg: dict[str, Any
     )
     (folder / "cfg.json").write_text(json.dumps(cfg))
     return folder
+
+
+def toy_corpus(folder: Path, paragraphs: int = 60, seed: int = 0) -> Path:
+    """Paragraphs of toy-vocabulary words, each a random half repeated (so the induction head has work)."""
+    rng = np.random.default_rng(seed)
+    texts = []
+    for _ in range(paragraphs):
+        half = [f"w{int(i)}" for i in rng.integers(2, 200, size=int(rng.integers(4, 12)))]
+        texts.append(" ".join(half + half))
+    path = folder / "toy_corpus.txt"
+    path.write_text("\n\n".join(texts) + "\n", encoding="utf-8")
+    return path

@@ -540,9 +540,18 @@ def loss(tc: ToolContext, logits: torch.Tensor, prompt: str, positions: list[int
 # ---- SAEs ---------------------------------------------------------------------------------------------------
 
 
-def write_sae_folder(folder: Path, d_in: int, hook: str, d_sae: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
+def write_sae_folder(
+    folder: Path,
+    d_in: int,
+    hook: str,
+    d_sae: int = 32,
+    seed: int = 0,
+    centred: bool | None = True,
+    normalize: str | None = None,
+) -> dict[str, torch.Tensor]:
     """A random ReLU SAE in SAELens's disk format (cfg.json + sae_weights.safetensors) reading `hook`; returns its
-    weights (W_enc, b_enc, W_dec, b_dec)."""
+    weights (W_enc, b_enc, W_dec, b_dec). `centred`: what cfg.json says of the residual stream it was trained on
+    (model_from_pretrained_kwargs.center_writing_weights; None leaves it out); `normalize`: normalize_activations."""
     gen = torch.Generator().manual_seed(seed)
     tensors = {
         "W_enc": torch.randn(d_in, d_sae, generator=gen) / d_in**0.5,
@@ -552,7 +561,11 @@ def write_sae_folder(folder: Path, d_in: int, hook: str, d_sae: int = 32, seed: 
     }
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / "sae_weights.safetensors"))
-    cfg = {"architecture": "standard", "d_in": d_in, "d_sae": d_sae, "metadata": {"hook_name": hook}}
+    cfg: dict[str, Any] = {"architecture": "standard", "d_in": d_in, "d_sae": d_sae, "metadata": {"hook_name": hook}}
+    if centred is not None:
+        cfg["model_from_pretrained_kwargs"] = {"center_writing_weights": centred}
+    if normalize is not None:
+        cfg["normalize_activations"] = normalize
     (folder / "cfg.json").write_text(json.dumps(cfg))
     return tensors
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -39,10 +40,14 @@ from lens_mcp.tools.circuits.edge_attribution import edge_attribution
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.metrics import resolve_metric
 from lens_mcp.tools.core.tokens import token_strings
+from lens_mcp.tools.features._corpus import read_corpus, token_store
+from lens_mcp.tools.features.build_exemplar_index import build_exemplar_index
 from lens_mcp.tools.features.feature_attribution import feature_attribution
+from lens_mcp.tools.features.feature_exemplars import feature_exemplars
 from lens_mcp.tools.features.generate import generate
 from lens_mcp.tools.features.load_sae import load_sae
 from lens_mcp.tools.features.sae_features import sae_features
+from lens_mcp.tools.features.search_features import search_features
 from lens_mcp.tools.features.steering_vector import steering_vector
 from lens_mcp.tools.model.model_info import model_info
 from lens_mcp.tools.model.tokenize import tokenize
@@ -56,7 +61,7 @@ from lens_mcp.tools.reading.mlp_neurons import mlp_neurons
 from lens_mcp.tools.reading.neuron_attribution import neuron_attribution
 from lens_mcp.tools.reading.run_with_cache import run_with_cache
 from lens_mcp.tools.weights.composition_scores import all_scores, one_thread
-from tests.architectures import FAMILIES, Family, build
+from tests.architectures import FAMILIES, WORDS, Family, build
 from tests.registry_helpers import registered_tool_names
 from tests.shared import write_sae_folder
 
@@ -794,6 +799,78 @@ def check_edge_attribution(case: Case) -> None:
     assert curve.curve[0].metric == pytest.approx(float(hf_metric(patched.logits, a, b)), rel=REL, abs=TOL)
 
 
+EXEMPLAR_BODY = 16
+
+
+def exemplar_rows(case: Case, corpus: Path, n_rows: int) -> torch.Tensor:
+    """BOS + EXEMPLAR_BODY tokens of each corpus row the tool scans (the whole training split here)."""
+    store = token_store(case.bridge.tokenizer, int(case.bridge.cfg.d_vocab), read_corpus(str(corpus)))
+    rows = store.rows(EXEMPLAR_BODY, n_rows)
+    ids = torch.stack([torch.from_numpy(store.context(int(r), EXEMPLAR_BODY)) for r in rows])
+    return torch.cat([torch.full((len(rows), 1), int(case.bridge.tokenizer.bos_token_id)), ids], dim=1)
+
+
+def check_feature_exemplars(case: Case) -> None:
+    """The top head and neuron activations over a small corpus equal TransformerLens's hook_pattern (the most a
+    query puts on one non-BOS token) and hook_post over every row, read by brute force."""
+    with tempfile.TemporaryDirectory() as folder:
+        corpus = Path(folder) / "words.txt"
+        rows = [" ".join(WORDS[(7 * i + j) % len(WORDS)] for j in range(12)) for i in range(40)]
+        corpus.write_text("\n\n".join(rows) + "\n", encoding="utf-8")
+        args = {"corpus": str(corpus), "context": EXEMPLAR_BODY, "tokens": 10_000, "top_k": 3}
+        with case.tc() as tc:
+            heads = feature_exemplars(tc, layer=1, head=1, **args)
+            neurons = None if tc.view.d_mlp is None else feature_exemplars(tc, layer=0, neuron=5, **args)
+        tokens = exemplar_rows(case, corpus, 10_000)
+    names = ["blocks.1.attn.hook_pattern", "blocks.0.mlp.hook_post"]
+    with torch.no_grad():
+        _, cache = case.bridge.run_with_cache(tokens, names_filter=lambda n: n in names)
+    attention = cache["blocks.1.attn.hook_pattern"][:, 1, 1:, 1:].amax(dim=-1).reshape(-1)
+    assert heads.tokens_read == attention.numel()
+    assert [e.activation for e in heads.top] == pytest.approx(attention.topk(3).values.tolist(), rel=REL, abs=TOL)
+    if neurons is not None:
+        post = cache["blocks.0.mlp.hook_post"][:, 1:, 5].reshape(-1)
+        assert [e.activation for e in neurons.top] == pytest.approx(post.topk(3).values.tolist(), rel=REL, abs=TOL)
+        assert neurons.density == pytest.approx(float((post > 0).float().mean()), abs=1e-4)
+
+
+def check_build_exemplar_index(case: Case) -> None:
+    """The index of MLP layer 0's neurons over a small corpus: each neuron's top activations equal TransformerLens's
+    hook_post over every row, read by brute force; attention-only families are refused."""
+    with tempfile.TemporaryDirectory() as folder:
+        corpus = Path(folder) / "words.txt"
+        rows = [" ".join(WORDS[(5 * i + j) % len(WORDS)] for j in range(12)) for i in range(30)]
+        corpus.write_text("\n\n".join(rows) + "\n", encoding="utf-8")
+        with case.tc() as tc:
+            result = build_exemplar_index(tc, layer=0, corpus=str(corpus), context=EXEMPLAR_BODY, rebuild=True)
+        tokens = exemplar_rows(case, corpus, 10_000)
+    assert result.complete
+    top = np.load(Path(result.folder) / "top_values.npy")
+    with torch.no_grad():
+        _, cache = case.bridge.run_with_cache(tokens, names_filter=["blocks.0.mlp.hook_post"])
+    post = cache["blocks.0.mlp.hook_post"][:, 1:].reshape(-1, top.shape[1])
+    assert top == pytest.approx(post.topk(top.shape[0], dim=0).values.numpy(), rel=1e-5, abs=1e-6)
+
+
+def check_search_features(case: Case) -> None:
+    """The neurons of MLP layer 0 that fire most at the last position, and anywhere in the prompt, equal
+    TransformerLens's hook_post read by hand."""
+    with tempfile.TemporaryDirectory() as folder, case.tc() as tc:
+        corpus = Path(folder) / "words.txt"
+        corpus.write_text(" ".join(WORDS) + "\n", encoding="utf-8")
+        last = search_features(tc, PROMPT, position=-1, layer=0, top_k=3, corpus=str(corpus))
+        anywhere = search_features(tc, PROMPT, layer=0, top_k=3, corpus=str(corpus))
+    tokens = case.bridge.to_tokens(PROMPT, prepend_bos=True)
+    with torch.no_grad():
+        _, cache = case.bridge.run_with_cache(tokens, names_filter=["blocks.0.mlp.hook_post"])
+    post = cache["blocks.0.mlp.hook_post"][0].float()
+    values, units = post[-1].topk(3)
+    assert [m.unit for m in last.matches] == units.tolist()
+    assert [m.activation for m in last.matches] == pytest.approx(values.tolist(), rel=REL, abs=TOL)
+    best = post[1:].max(dim=0).values
+    assert [m.activation for m in anywhere.matches] == pytest.approx(best.topk(3).values.tolist(), rel=REL, abs=TOL)
+
+
 CHECKS: dict[str, Callable[[Case], None]] = {
     "model_info": check_model_info,
     "tokenize": check_tokenize,
@@ -813,6 +890,9 @@ CHECKS: dict[str, Callable[[Case], None]] = {
     "load_sae": check_load_sae,
     "sae_features": check_sae_features,
     "feature_attribution": check_feature_attribution,
+    "feature_exemplars": check_feature_exemplars,
+    "build_exemplar_index": check_build_exemplar_index,
+    "search_features": check_search_features,
     "steering_vector": check_steering_vector,
     "generate": check_generate,
     "edge_attribution": check_edge_attribution,
@@ -864,6 +944,57 @@ def test_full_patching_grid(case: Case) -> None:
     """Every layer x position cell of the resid_pre sweep against TransformerLens."""
     sweep, reference = patching_grids(case, None)
     assert sweep.values == pytest.approx(reference, abs=TOL)
+
+
+def raw_hf_resid(case: Case, text: str) -> torch.Tensor:
+    """The HF model's own input to decoder layer 1 [pos, d_model], not centred."""
+    with torch.no_grad():
+        out = case.hf(case.bridge.to_tokens(text, prepend_bos=True), output_hidden_states=True)
+    return out.hidden_states[1][0]
+
+
+def sae_features_with(case: Case, folder: str) -> Any:
+    _load_sae(case, folder)
+    try:
+        with case.tc() as tc:
+            return sae_features(tc, PROMPT, top_k=4)
+    finally:
+        assert case.host.model is not None
+        case.host.model.saes.clear()
+
+
+def assert_features(result: Any, acts: torch.Tensor) -> None:
+    assert sum(len(row.features) for row in result.positions) > 0
+    for row in result.positions:
+        values, ids = acts[row.position].topk(4)
+        assert [f.feature for f in row.features] == [int(i) for i, v in zip(ids, values, strict=True) if v > 0]
+        assert [f.activation for f in row.features] == pytest.approx(values[values > 0].tolist(), rel=REL, abs=TOL)
+
+
+def test_an_sae_on_the_residual_reads_the_stream_it_was_trained_on(case: Case) -> None:
+    """LayerNorm families hold the residual stream centred (compatibility mode): an SAE on it whose cfg.json does not
+    say it was trained on the centred stream, or says it was not, is refused with the fix and nothing is attached;
+    one that normalizes its input per token (normalize_activations='layer_norm') is loaded, and its features equal a
+    hand encoding of the HF model's own, uncentred residual. RMSNorm families load both and encode the HF residual
+    as it is."""
+    assert case.host.model is not None
+    d_model = int(case.hf.config.hidden_size)
+    layer_norm = case.bridge.cfg.normalization_type in ("LN", "LNPre")
+    raw = raw_hf_resid(case, PROMPT)
+    for centred in (None, False):
+        with tempfile.TemporaryDirectory() as folder:
+            weights = write_sae_folder(Path(folder), d_model, SAE_HOOK, D_SAE, centred=centred)
+            if layer_norm:
+                _refused(lambda folder=folder: _load_sae(case, folder), "residual stream is centred")
+                assert case.host.model.saes == {}
+            else:
+                assert_features(sae_features_with(case, folder), hand_encode(weights, raw))
+    with tempfile.TemporaryDirectory() as folder:
+        weights = write_sae_folder(Path(folder), d_model, SAE_HOOK, D_SAE, centred=None, normalize="layer_norm")
+        result = sae_features_with(case, folder)
+    mu = raw.mean(dim=-1, keepdim=True)
+    normalized = (raw - mu) / ((raw - mu).std(dim=-1, keepdim=True) + 1e-5)
+    assert_features(result, hand_encode(weights, normalized))
 
 
 def test_every_registered_tool_is_in_the_matrix() -> None:

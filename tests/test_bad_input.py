@@ -203,6 +203,27 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("feature_attribution", {"prompt": P, "answer": " w4", "position": 99}, ("position=99", "use 0..8")),
     ("feature_attribution", {"prompt": P, "answer": " w4", "top_k": 10**9}, ("top_k=1000000000", "use 1..100")),
     ("feature_attribution", {"prompt": P, "answer": " w4", "hook": "nope"}, ("hook='nope'", "omit hook")),
+    # ---- feature_exemplars
+    ("feature_exemplars", {}, ("say which unit", "pass")),
+    ("feature_exemplars", {"feature": 4800}, ("feature=4800", "features 0..")),
+    ("feature_exemplars", {"feature": 1, "layer": 1, "head": 1}, ("pass either", "not both")),
+    ("feature_exemplars", {"layer": 9, "head": 0}, ("layer=9", "use 0..1")),
+    ("feature_exemplars", {"layer": 1, "head": 1, "top_k": 0}, ("top_k=0", "use 1..50")),
+    ("feature_exemplars", {"layer": 1, "head": 1, "corpus": "/nonexistent/c.txt"}, ("no such file", "pass")),
+    ("feature_exemplars", {"layer": 1, "head": 1, "corpus": "owner/data"}, ("cannot be reached", "use a builtin")),
+    # ---- build_exemplar_index
+    ("build_exemplar_index", {"layer": 9}, ("layer=9", "use 0..1")),
+    ("build_exemplar_index", {"hook": "nope"}, ("hook='nope'", "omit hook")),
+    ("build_exemplar_index", {"context": 1}, ("context=1", "use 2..")),
+    ("build_exemplar_index", {"tokens": 0}, ("tokens=0", "use ")),
+    ("build_exemplar_index", {"corpus": "/nonexistent/c.txt"}, ("no such file", "pass")),
+    # ---- search_features
+    ("search_features", {}, ("text is required", "pass text")),
+    ("search_features", {"text": ""}, ("text is empty", "pass")),
+    ("search_features", {"text": P, "position": 99}, ("position=99", "use 0..8")),
+    ("search_features", {"text": P, "layer": 9}, ("layer=9", "use 0..1")),
+    ("search_features", {"text": P, "top_k": 0}, ("top_k=0", "use 1..100")),
+    ("search_features", {"text": P, "hook": "nope"}, ("hook='nope'", "omit hook")),
     # ---- steering_vector (failures store nothing)
     ("steering_vector", {"name": "x", "positive_prompts": ["w1"], "negative_prompts": ["w2"]}, ("layer", "pass")),
     ("steering_vector", {**SV, "name": ""}, ("name", "pass a short label")),

@@ -1,11 +1,13 @@
 """Features and steering on SmolLM2-135M with the builtin SAE smollm2-135m-resid: out of the box (no load_sae),
-encoding against a hand computation, the SAE's quality, attribution against finite differences, and generate
-against a no-cache greedy loop under grouped-query attention."""
+encoding against a hand computation, the SAE's quality, attribution against finite differences, generate
+against a no-cache greedy loop under grouped-query attention, and feature_exemplars / search_features against a
+brute-force encoding of a small corpus."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,10 +16,13 @@ import torch
 from lens_mcp.loading.specs import BUILTIN_DIR
 from lens_mcp.model_host import count_hooks
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.features._corpus import read_corpus, token_store
 from lens_mcp.tools.features._sae import BUILTIN_SAES
 from lens_mcp.tools.features.feature_attribution import feature_attribution
+from lens_mcp.tools.features.feature_exemplars import feature_exemplars
 from lens_mcp.tools.features.generate import generate
 from lens_mcp.tools.features.sae_features import sae_features
+from lens_mcp.tools.features.search_features import search_features
 from lens_mcp.tools.features.steering_vector import steering_vector
 from lens_mcp.tools.model.model_info import model_info
 
@@ -117,3 +122,35 @@ def test_generate_on_smollm2_equals_no_cache_loop_and_steers(smol_clean: ToolCon
     assert pushed.intervened is not None
     # the steered run prefers its token more than the baseline model does
     assert pushed.intervened.tokens[0].logprob >= pushed.intervened.tokens[0].logprob_other
+
+
+def test_feature_exemplars_and_search_on_the_builtin_sae(smol_clean: ToolContext, tmp_path: Path) -> None:
+    """On a small prose file: the top contexts feature_exemplars reports for the builtin SAE's most active feature
+    equal a brute-force encoding of every scanned row (run_with_cache + a hand TopK encoding), and search_features
+    finds that feature on its own top context."""
+    tc = smol_clean
+    corpus = tmp_path / "prose.txt"
+    corpus.write_text("\n\n".join([EIFFEL + " Paris.", DOCSTRING] * 6) + "\n", encoding="utf-8")
+    body = 24
+    store = token_store(tc.view.tokenizer, tc.view.d_vocab, read_corpus(str(corpus)))
+    rows = store.rows(body, 10_000)
+    ids = torch.stack([torch.from_numpy(store.context(int(r), body)) for r in rows])
+    tokens = torch.cat([torch.full((len(rows), 1), tc.view.tokenizer.bos_token_id), ids], dim=1)
+    sae_features(tc, EIFFEL, top_k=1)  # loads the builtin SAE
+    sae = tc.model.saes[HOOK]
+    with torch.no_grad():
+        _, cache = tc.model.bridge.run_with_cache(tokens, names_filter=[HOOK], stop_at_layer=16)
+    pre = (cache[HOOK][:, 1:] - sae.b_dec) @ sae.W_enc + sae.b_enc
+    values, where = pre.topk(sae.k, dim=-1)
+    acts = torch.zeros_like(pre).scatter(-1, where, values.relu()).reshape(-1, sae.d_sae)
+    feature = int(acts.sum(dim=0).argmax())
+    result = feature_exemplars(tc, feature=feature, corpus=str(corpus), context=body, tokens=10_000, top_k=3)
+    assert result.tokens_read == acts.shape[0]
+    expected = acts[:, feature].topk(3).values.tolist()
+    assert [e.activation for e in result.top] == pytest.approx(expected, rel=2e-3)
+    assert result.density == pytest.approx(float((acts[:, feature] > 0).float().mean()), abs=1e-4)
+    assert result.promoted and result.suppressed
+    top = result.top[0]
+    text = tc.view.tokenizer.decode(store.context(top.row, body)[: top.position + 1].tolist())
+    found = search_features(tc, text, position=-1, top_k=24, corpus=str(corpus))
+    assert feature in [m.unit for m in found.matches]

@@ -19,10 +19,11 @@ import xxhash
 
 from lens_mcp.cli.main import main
 from lens_mcp.cli.replay import differences, numbers_match
+from lens_mcp.loading.fingerprint import compute_fingerprint
 from lens_mcp.model_host import ModelHost
 from lens_mcp.server import record as recording
 from lens_mcp.server.app import build_server
-from lens_mcp.server.record import Recorder, compute_fingerprint, read_record
+from lens_mcp.server.record import Recorder, read_record
 from tests.mcp_client import call_tool
 
 PROMPT = "w1 w2 w3 w1 w2"

@@ -214,6 +214,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_record_argument(batch)
     add_image_argument(batch)
     add_connect_arguments(batch)
+    index = commands.add_parser(
+        "index",
+        help="build the exemplar index of an SAE's features or an MLP layer's neurons over a corpus",
+        description="Build (or resume) the exemplar index feature_exemplars reads, running build_exemplar_index "
+        "until it is complete; prints its last result as compact JSON. Examples:\n"
+        "  lens-mcp index --corpus kjv-bible                 (the default model's builtin SAE)\n"
+        "  lens-mcp index --layer 10 --corpus python-stdlib  (the neurons of MLP layer 10)\n"
+        "  lens-mcp index --model gpt2 --sae ./my_sae --corpus notes.txt --tokens 200000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    index.add_argument("--sae", default=None, help="SAE to load first (builtin name, SAELens folder or Hub repo id)")
+    index.add_argument("--sae-id", default=None, help="subfolder of a Hub repo holding the SAE")
+    index.add_argument("--hook", default=None, help="hook of the SAE, when several are loaded")
+    index.add_argument("--layer", type=int, default=None, help="index this MLP layer's neurons instead of an SAE")
+    index.add_argument("--corpus", default=None, help="builtin (python-stdlib, kjv-bible), .txt/.jsonl, HF dataset id")
+    index.add_argument("--tokens", type=int, default=None, help="corpus tokens to index (default 1,000,000)")
+    index.add_argument("--context", type=int, default=None, help="tokens per context (default 64)")
+    index.add_argument("--rebuild", action="store_true", help="start over (replaces an index for another model/SAE)")
+    index.add_argument("--dry-run", action="store_true", help="print the cost of the first call only")
+    add_model_arguments(index)
+    index.add_argument("--log-level", default="WARNING", choices=LOG_LEVELS)
     add_catalog_commands(commands)
     from lens_mcp.cli.replay import add_record_commands
 
@@ -303,6 +324,23 @@ def scripted(args: argparse.Namespace, out: TextIO, exit_hard: bool = False) -> 
         start_recording(host, args.record, args.command, _say)
     if args.command == "tools":
         status = anyio.run(commands.list_tools, host, args.as_json, out)
+    elif args.command == "index":
+        arguments = {
+            key: value
+            for key, value in {
+                "layer": args.layer,
+                "hook": args.hook,
+                "corpus": args.corpus,
+                "tokens": args.tokens,
+                "context": args.context,
+                "rebuild": args.rebuild or None,
+                "dry_run": args.dry_run or None,
+            }.items()
+            if value is not None
+        }
+        status = anyio.run(
+            commands.build_index, host, _loader(host, args), args.sae, args.sae_id, arguments, out, sys.stderr
+        )
     elif args.command == "call":
         status = anyio.run(
             commands.call_one,
@@ -433,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from lens_mcp.cli.replay import run_record_command
 
             return run_record_command(args, out)
-        if args.command in ("tools", "call", "batch", *CATALOG_COMMANDS):
+        if args.command in ("tools", "call", "batch", "index", *CATALOG_COMMANDS):
             try:
                 return scripted(args, out, exit_hard=argv is None)
             except KeyboardInterrupt:

@@ -316,6 +316,51 @@ def note_meta(note: object) -> Any:
     return {NOTE_META_KEY: note}
 
 
+async def build_index(
+    host: ModelHost,
+    start_load: Callable[[], None],
+    sae: str | None,
+    sae_id: str | None,
+    arguments: dict[str, Any],
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """`lens-mcp index`: load the SAE when one is named, then call build_exemplar_index until the index is complete
+    (each call runs within the time cap and checkpoints; the next resumes). The last result goes to stdout."""
+    line = ProgressLine(err)
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:  # the SDK's names
+        line.show(f"index: {message or ''}".strip(), durable=False)
+
+    async with session(host) as (client, _):
+        start_load()
+        if sae is not None:
+            loaded = await client.call_tool("load_sae", {"spec": sae, **({"sae_id": sae_id} if sae_id else {})})
+            if loaded.is_error:
+                line.close()
+                err.write(f"lens-mcp: load_sae failed: {result_text(loaded)}\n")
+                err.flush()
+                return 1
+        calls = 0
+        while True:
+            result = await client.call_tool("build_exemplar_index", arguments, progress_callback=on_progress)
+            calls += 1
+            if result.is_error:
+                line.close()
+                err.write(f"lens-mcp: build_exemplar_index failed: {result_text(result)}\n")
+                err.flush()
+                return 1
+            data = result_data(result)
+            if data.get("complete") or data.get("dry_run"):
+                break
+            arguments = {key: value for key, value in arguments.items() if key != "rebuild"}  # resume, never restart
+            line.show(f"index: {data.get('contexts_done')}/{data.get('contexts_total')} contexts", durable=True)
+    line.close()
+    out.write(compact({**data, "calls": calls}) + "\n")
+    out.flush()
+    return 0
+
+
 def _report_images(result: CallToolResult, image_dir: str | None, stem: str, err: TextIO) -> list[str]:
     """Save a result's PNG blocks under image_dir and say where (stderr); returns the paths."""
     saved = save_images(result, image_dir, stem)

@@ -186,3 +186,98 @@ class GenerateResult(Result):
     meaning: str = Field()  # required here (the base defaults it to "")
     cost: Cost | None = Field(None, description="The estimate made before computing")
     dry_run: bool = Field(default=False, description="True: only the estimate, nothing computed")
+
+
+# ---- feature_exemplars ---------------------------------------------------------------------------------------------
+
+
+class ExemplarToken(BaseModel):
+    token: str
+    activation: Rounded = Field(description="The unit's activation at this token (heads: attention from the query)")
+
+
+class TokenEffectLite(BaseModel):
+    token: str
+    logit: Rounded = Field(description="Logit change per unit of activation (direct path: final norm + unembed)")
+
+
+class Exemplar(BaseModel):
+    activation: Rounded = Field(description="The unit's activation at the marked token")
+    level: Rounded | None = Field(None, description="Quantile samples: the fraction of the max it was drawn at")
+    row: int = Field(description="Context number in the corpus's training split (rows of `context` tokens)")
+    position: int = Field(description="Position of the marked token in its context (0 = first corpus token)")
+    marked: int = Field(description="Index in `tokens` of the marked token (the max, or the attending query)")
+    attends_to: int | None = Field(
+        None, description="Heads: position (in its context, like `position`) of the token the query attends to most"
+    )
+    attends_to_token: str | None = Field(None, description="Heads: that token")
+    tokens: list[ExemplarToken] = Field(description="A window of tokens around the marked one")
+
+
+class Histogram(BaseModel):
+    edges: list[Rounded] = Field(description="Bin edges over (0, max] of the active tokens' activations")
+    counts: list[int] = Field(description="Tokens per bin in a uniform sample of the tokens where the unit is > 0")
+    sampled: int = Field(description="Size of that sample (all such tokens when they are no more)")
+
+
+class FeatureExemplarsResult(Result):
+    meaning: str = Field()  # required here (the base defaults it to "")
+    unit: str = Field(description="What was read, e.g. 'sae blocks.1.hook_resid_pre feature 7' or 'L1H2'")
+    corpus: str
+    source: Literal["scan", "index"] = Field(description="scan: a bounded corpus sample read now; index: a built index")
+    tokens_read: int = Field(description="Corpus tokens the statistics cover (BOS excluded)")
+    context: int = Field(description="Tokens per context row (BOS not counted)")
+    max_activation: Rounded | None
+    density: Rounded | None = Field(
+        None, description="Fraction of tokens where the unit is active (> 0; heads: max non-BOS attention > 0.5)"
+    )
+    top: list[Exemplar] = Field(description="The top-k activating contexts, largest first")
+    quantiles: list[Exemplar] = Field(description="Contexts at 10-90 % of the max (not only the top)")
+    histogram: Histogram | None
+    promoted: list[TokenEffectLite] = Field(default_factory=list, description="Tokens the unit's write raises most")
+    suppressed: list[TokenEffectLite] = Field(default_factory=list, description="Tokens it lowers most")
+    note: str = Field("", description="How the numbers were obtained and their limits")
+    cost: Cost | None = None
+    dry_run: bool = False
+
+
+class ExemplarIndexResult(Result):
+    meaning: str = Field()  # required here (the base defaults it to "")
+    unit: str = Field(description="What the index covers")
+    corpus: str
+    folder: str = Field(description="Where the index is kept")
+    context: int = Field(description="Tokens per context (BOS not counted)")
+    contexts_total: int = Field(description="Contexts the index covers when complete")
+    contexts_done: int
+    tokens_indexed: int = Field(description="Corpus tokens read so far (BOS excluded)")
+    top_k: int = Field(description="Top activations kept per unit")
+    complete: bool
+    resumed_from: int = Field(description="Contexts already done when this call started")
+    seconds: Rounded
+    tokens_per_second: Rounded | None = Field(description="Corpus tokens indexed per second in this call")
+    note: str = ""
+    cost: Cost | None = None
+    dry_run: bool = False
+
+
+# ---- search_features -----------------------------------------------------------------------------------------------
+
+
+class FeatureMatch(BaseModel):
+    unit: int = Field(description="SAE feature id, or neuron index in the layer")
+    activation: Rounded = Field(description="Its activation on the text (at `position`)")
+    position: int
+    token: str
+    summary: str | None = Field(
+        None, description="Its exemplars in one line (max activation, the token and its context, density)"
+    )
+
+
+class SearchFeaturesResult(Result):
+    meaning: str = Field()  # required here (the base defaults it to "")
+    unit: str = Field(description="What was searched: an SAE's features or one MLP layer's neurons")
+    tokens: list[str]
+    position: int | None = Field(description="The position read; null = each unit at its own max over the text")
+    matches: list[FeatureMatch] = Field(description="Units that fire most on the text, largest first")
+    index: str | None = Field(description="The exemplar index the summaries come from, if any")
+    note: str = ""

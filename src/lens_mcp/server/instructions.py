@@ -15,7 +15,7 @@ families; each tool's description says what it returns.
   sender-receiver path), ablate_heads. Datasets are normalized pooled: (mean patched - mean corrupted) /
   (mean clean - mean corrupted).
 - circuits: edge_attribution (edges scored), circuit_faithfulness (what the top k edges keep), circuits.
-- features: sparse autoencoders, steering vectors, generation with interventions.
+- features: SAEs, corpus exemplars of features/neurons/heads, steering, generation with interventions.
 - weights (no forward pass): composition between heads.
 Units: raw logits, probabilities 0..1, losses in nats; 4 significant digits; `meaning` says what a
 result's main number means. Results are capped: ask for few layers/positions, small top_k. Grid tools

@@ -22,10 +22,13 @@ from lens_mcp.tools.causal.path_patch import path_patch
 from lens_mcp.tools.circuits.circuit_faithfulness import circuit_faithfulness
 from lens_mcp.tools.circuits.circuits import circuits
 from lens_mcp.tools.circuits.edge_attribution import edge_attribution
+from lens_mcp.tools.features.build_exemplar_index import build_exemplar_index
 from lens_mcp.tools.features.feature_attribution import feature_attribution
+from lens_mcp.tools.features.feature_exemplars import feature_exemplars
 from lens_mcp.tools.features.generate import generate
 from lens_mcp.tools.features.load_sae import load_sae
 from lens_mcp.tools.features.sae_features import sae_features
+from lens_mcp.tools.features.search_features import search_features
 from lens_mcp.tools.features.steering_vector import steering_vector
 from lens_mcp.tools.model.load_model import load_model
 from lens_mcp.tools.model.model_info import model_info
@@ -79,6 +82,9 @@ TOOLS: tuple[ToolEntry, ...] = (
     ToolEntry(load_sae, "Load a sparse autoencoder", options=(("read_only", False), ("open_world", True))),
     ToolEntry(sae_features, "SAE features of a prompt"),
     ToolEntry(feature_attribution, "Attribute an answer to SAE features"),
+    ToolEntry(feature_exemplars, "Corpus contexts a feature, neuron or head fires on"),
+    ToolEntry(build_exemplar_index, "Build the exemplar index over a corpus", options=(("read_only", False),)),
+    ToolEntry(search_features, "Features or neurons that fire on a text"),
     ToolEntry(steering_vector, "Make a steering vector", options=(("read_only", False),)),
     ToolEntry(generate, "Generate with interventions"),
 )

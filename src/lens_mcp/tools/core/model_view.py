@@ -43,6 +43,10 @@ class Capabilities:
     output_transform: bool
     """The architecture transforms the unembedding's output (soft cap, logit scale)."""
     encoder_decoder: bool
+    residual_centred: bool = False
+    """The residual stream is held centred (each vector's mean over d_model removed): compatibility mode centres
+    the writing weights of LayerNorm models, which changes no output (every LayerNorm removes that mean) but
+    shifts the stream an SAE trained on the Hugging Face model's residual reads."""
 
 
 class ModelView:
@@ -145,6 +149,7 @@ class ModelView:
             final_norm_centres=norm in ("LN", "LNPre") and not getattr(cfg, "final_rms", False),
             output_transform=callable(transform),
             encoder_decoder=any(hasattr(bridge, name) for name in ("encoder_blocks", "decoder_blocks")),
+            residual_centred=norm in ("LN", "LNPre"),
         )
 
     def direct_path_obstruction(self, sender_layers: Sequence[int]) -> str | None:

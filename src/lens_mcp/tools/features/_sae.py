@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,7 @@ def check_against_model(tc: ToolContext, sae: SAE, spec: str) -> None:
         )
     if not tc.view.fireable(sae.hook_name):
         raise LensError(f"spec={spec!r}: hook {sae.hook_name!r} is switched off on this model and never fires.")
+    check_centring(tc, sae, spec)
     width = activation_width(tc, sae.hook_name)
     if width != sae.d_in:
         raise LensError(
@@ -173,6 +175,36 @@ def check_against_model(tc: ToolContext, sae: SAE, spec: str) -> None:
             f"on {tc.model.spec.name}: it was trained on another model"
             f"{' (' + sae.model_name + ')' if sae.model_name else ''}. The model is unchanged."
         )
+
+
+RESIDUAL_HOOK = re.compile(
+    r"^(hook_embed|hook_pos_embed|blocks\.\d+\.hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out))$"
+)
+"""Activations that live in the residual stream (and are centred with it on LayerNorm models)."""
+
+
+def check_centring(tc: ToolContext, sae: SAE, spec: str) -> None:
+    """Refuse an SAE on the residual stream of a LayerNorm model unless it was trained on the centred stream (its
+    cfg.json says so) or normalizes its input per token (normalize_activations='layer_norm' removes the mean)."""
+    if not tc.view.capabilities.residual_centred or not RESIDUAL_HOOK.match(sae.hook_name):
+        return
+    if sae.centred_stream is True or sae.normalize_activations == "layer_norm":
+        return
+    said = (
+        "its cfg.json says it was trained on the uncentred stream (center_writing_weights=false)"
+        if sae.centred_stream is False
+        else "its cfg.json does not say which stream it was trained on (model_from_pretrained_kwargs)"
+    )
+    raise LensError(
+        f"spec={spec!r}: the SAE reads {sae.hook_name}, in the residual stream, and {tc.model.spec.name} uses "
+        "LayerNorm: lens-mcp runs it in TransformerLens's compatibility mode, whose residual stream is centred (each "
+        "vector's mean over d_model removed; the model's outputs are unchanged, every LayerNorm removes that mean), "
+        f"so an SAE trained on the uncentred stream would read shifted input; {said}. If it was trained on the "
+        "centred stream (SAELens on HookedTransformer with center_writing_weights=True), add "
+        '"model_from_pretrained_kwargs": {"center_writing_weights": true} to its cfg.json; otherwise use an SAE on '
+        "a hook inside a block (attn.hook_z, mlp.hook_post), one with normalize_activations='layer_norm', or an "
+        "RMSNorm model. Nothing was loaded."
+    )
 
 
 def sae_info(sae: SAE) -> SaeInfo:

@@ -69,6 +69,9 @@ class SAE:
     model_name: str | None = None
     size_bytes: int = 0
     notes: tuple[str, ...] = ()
+    centred_stream: bool | None = None
+    """What cfg.json says of the residual stream it was trained on: True = centred (HookedTransformer's
+    center_writing_weights=True), False = uncentred, None = not said."""
 
     @property
     def d_in(self) -> int:
@@ -172,6 +175,16 @@ def hook_name_of(cfg: dict[str, Any]) -> str | None:
     for key in ("hook_name", "hook_point"):
         if isinstance(cfg.get(key), str):
             return cfg[key]
+    return None
+
+
+def centred_stream_of(cfg: dict[str, Any]) -> bool | None:
+    """model_from_pretrained_kwargs.center_writing_weights (SAELens's record of how the model was loaded), at the
+    top of cfg.json or under metadata; None when absent."""
+    for holder in (cfg, cfg.get("metadata")):
+        kwargs = holder.get("model_from_pretrained_kwargs") if isinstance(holder, dict) else None
+        if isinstance(kwargs, dict) and isinstance(kwargs.get("center_writing_weights"), bool):
+            return bool(kwargs["center_writing_weights"])
     return None
 
 
@@ -326,6 +339,7 @@ def read_sae(folder: Path, source: str = "local") -> SAE:
         model_name=model_name if isinstance(model_name, str) else None,
         size_bytes=size,
         notes=tuple(notes),
+        centred_stream=centred_stream_of(cfg),
     )
 
 
