@@ -103,7 +103,7 @@ def writer_states(tc: ToolContext, graph: Graph, tokens: torch.Tensor) -> Writer
     store = _new_store(graph, tokens, tc.view.d_model)
     final: list[torch.Tensor] = []
     hooks = [*_capture_writers(graph, store), _final_hook(graph, final)]
-    with torch.no_grad(), tc.view.per_head_hooks(), tc.view.hooks(fwd_hooks=hooks):
+    with torch.no_grad(), tc.view.per_head_hooks(inputs=False), tc.view.hooks(fwd_hooks=hooks):
         logits = tc.view(tokens)[:, -1].float()
     return WriterStates(store, logits, final[0])
 
