@@ -343,3 +343,71 @@ def test_refused_where_not_exact(family: str, tmp_path_factory: pytest.TempPathF
         with pytest.raises(LensError, match="not (exact|supported) on this model"):
             edge_attribution(tc, clean, corrupted, answer, wrong)
         assert not tc.model.bridge.cfg.use_split_qkv_input
+
+
+TOY_PAIRS = [
+    ("w20 w31 w42 w53 w64 w20 w31 w42 w53", "w20 w31 w42 w53 w77 w20 w31 w42 w53", " w64", " w77"),
+    ("w11 w12 w13 w14 w15 w11 w12 w13 w14", "w11 w12 w13 w14 w16 w11 w12 w13 w14", " w15", " w16"),
+    ("w30 w29 w28 w27 w26 w30 w29 w28 w27", "w30 w29 w28 w27 w25 w30 w29 w28 w27", " w26", " w25"),
+]
+
+
+@pytest.mark.parametrize("ctx", ["toy"], indirect=True)
+@pytest.mark.parametrize("by_position", [False, True])
+def test_pairs_batched_equal_the_mean_of_single_pairs(ctx: Any, by_position: bool, monkeypatch: Any) -> None:
+    """Pairs run as rows of one batch (and, with a small memory budget, as several chunks of pairs x steps) give
+    the mean of the single-pair scores, for EAP and EAP-IG."""
+    import lens_mcp.tools.circuits._attribute as attribute_module
+
+    tc, _ = ctx
+    graph = build_graph(tc)
+    datasets = [load_dataset(tc, None, *pair, "logit_diff", True) for pair in TOY_PAIRS]
+    tokens = [d.tokens[0] for d in datasets]
+    metrics = [d.metrics[0] for d in datasets]
+    for steps in (1, 3):
+        single = [
+            attribute(tc, graph, [t], [m], steps, by_position, ProgressCounter())
+            for t, m in zip(tokens, metrics, strict=True)
+        ]
+        batched = attribute(tc, graph, tokens, metrics, steps, by_position, ProgressCounter())
+        expected = torch.stack([s.values for s in single]).mean(dim=0)
+        torch.testing.assert_close(batched.values, expected, atol=1e-5, rtol=1e-4)
+        assert batched.clean_metric.tolist() == pytest.approx([float(s.clean_metric[0]) for s in single], abs=1e-5)
+        assert batched.corrupted_metric.tolist() == pytest.approx(
+            [float(s.corrupted_metric[0]) for s in single], abs=1e-5
+        )
+        # two rows per backward pass: the pairs and steps split over several chunks
+        monkeypatch.setattr(
+            attribute_module,
+            "ROW_BYTES_BUDGET",
+            2 * attribute_module.row_bytes(graph, int(tokens[0].shape[-1]), tc.view.d_model),
+        )
+        chunked = attribute(tc, graph, tokens, metrics, steps, by_position, ProgressCounter())
+        monkeypatch.undo()
+        torch.testing.assert_close(chunked.values, expected, atol=1e-5, rtol=1e-4)
+        assert chunked.passes > batched.passes
+
+
+@pytest.mark.parametrize("ctx", ["toy", "llama"], indirect=True)
+@pytest.mark.parametrize("by_position", [False, True])
+def test_edge_run_sparse_and_dense_corrections_agree(ctx: Any, by_position: bool, monkeypatch: Any) -> None:
+    """The edge-ablated run gives the same metrics whether each reader's corrections are gathered edge by edge
+    or multiplied as one dense product."""
+    import lens_mcp.tools.circuits._engine as engine
+
+    tc, prompts = ctx
+    graph, tokens, metric, _ = _setup(tc, prompts)
+    scores = _scores(tc, graph, tokens, metric, 1, by_position)
+    order = torch.argsort(scores.abs().flatten(), descending=True)
+    shape = tuple(scores.shape)
+    ranked = [tuple(int(v) for v in torch.unravel_index(i, shape)) for i in order[: min(200, graph.n_edges)]]
+    edges = [(e[1], e[2], e[0]) if by_position else (e[0], e[1], None) for e in ranked]
+    kept = kept_masks(
+        graph, [edges[:k] for k in (1, 5, 30, len(edges))], int(tokens.shape[-1]) if by_position else None
+    )
+    results = []
+    for ratio in (0, 10**9):  # never dense, always dense (where the component path allows)
+        monkeypatch.setattr(engine, "DENSE_RATIO", ratio)
+        curve = evaluate(tc, graph, [tokens], [metric], kept, "corrupted", None, 0, ProgressCounter())
+        results.append(torch.cat([curve.full, curve.ablated, curve.circuit.flatten(), curve.complement.flatten()]))
+    torch.testing.assert_close(results[0], results[1], atol=1e-4, rtol=1e-4)

@@ -394,6 +394,49 @@ def test_ablate_heads_equals_hand_written_hooks(toy: ToolContext, mode: str) -> 
     assert single.metric_after == round_sig(float(alone[a])) and single.individual is None
 
 
+def _keep_only(tc: ToolContext, prompt: str, kept: list[tuple[int, int]]) -> torch.Tensor:
+    """Last-position logits with every head's z zeroed except the kept ones: one mask hook per layer."""
+    bridge = tc.model.bridge
+    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
+    hooks = []
+    for layer in range(n_layers):
+        mask = torch.tensor([1.0 if (layer, head) in kept else 0.0 for head in range(n_heads)])
+
+        def hook(z: torch.Tensor, hook: Any, mask: torch.Tensor = mask) -> torch.Tensor:
+            return z * mask[None, None, :, None]
+
+        hooks.append((f"blocks.{layer}.attn.hook_z", hook))
+    with torch.no_grad():
+        return bridge.run_with_hooks(bridge.to_tokens(prompt), fwd_hooks=hooks)[0, -1]
+
+
+def test_ablate_heads_keep_ablates_every_other_head(toy: ToolContext) -> None:
+    a, b = toy.model.bridge.to_single_token(ANSWER), toy.model.bridge.to_single_token(WRONG)
+    kept = [(1, 2), (0, 1)]
+    result = ablate_heads(toy, CLEAN, None, ANSWER, WRONG, keep=[list(h) for h in kept])
+    expected = _keep_only(toy, CLEAN, kept)
+    assert result.metric_after == round_sig(float(expected[a] - expected[b]))
+    assert result.kept == kept
+    n_layers, n_heads = toy.view.n_layers, toy.view.n_heads
+    assert len(result.heads) == n_layers * n_heads - 2 and not set(kept) & set(result.heads)
+    other = ablate_heads(toy, CLEAN, None, ANSWER, WRONG, keep=[[0, 1]])
+    expected = _keep_only(toy, CLEAN, [(0, 1)])
+    assert other.metric_after == round_sig(float(expected[a] - expected[b])) != result.metric_after
+    everything = ablate_heads(
+        toy, CLEAN, None, ANSWER, WRONG, keep=[[layer, head] for layer in range(n_layers) for head in range(n_heads)]
+    )
+    assert everything.heads == [] and everything.effect == 0.0
+    assert everything.metric_after == everything.metric_before == result.metric_before
+    with pytest.raises(LensError, match="heads and keep are exclusive"):
+        ablate_heads(toy, CLEAN, [[1, 2]], ANSWER, keep=[[0, 1]])
+    with pytest.raises(LensError, match=r"heads is required.*keep="):
+        ablate_heads(toy, CLEAN, None, ANSWER)
+    with pytest.raises(LensError, match=r"keep\[0\]\[1\] \(head\)=9"):
+        ablate_heads(toy, CLEAN, None, ANSWER, keep=[[0, 9]])
+    with pytest.raises(LensError, match="individually=true with keep"):
+        ablate_heads(toy, CLEAN, None, ANSWER, keep=[[0, 1]], individually=True)
+
+
 def test_ablate_heads_rejects_bad_heads(toy: ToolContext) -> None:
     with pytest.raises(LensError, match="non-empty list"):
         ablate_heads(toy, CLEAN, [], ANSWER)

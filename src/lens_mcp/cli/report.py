@@ -170,7 +170,7 @@ def figures(tool: str, result: Any) -> str:
     parts = []
     for heatmap in maps[: images.MAX_IMAGES]:
         try:
-            rendered = images.render_heatmap(heatmap)
+            rendered = images.render_figure(heatmap)
         except Exception as exc:  # one picture that cannot be drawn never stops the page
             log.warning("cannot draw %r of %s: %s", heatmap.title, tool, exc)
             parts.append(f'<p class="meta">heatmap {_e(heatmap.title)!s} not drawn ({_e(type(exc).__name__)})</p>')

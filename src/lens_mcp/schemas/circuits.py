@@ -5,6 +5,10 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from lens_mcp.schemas.common import Cost, Result, Rounded
+from lens_mcp.schemas.figures import GraphEdge, LayeredGraph, LineChart, edge_parts
+
+MAX_DRAWN_EDGES = 60
+"""A circuit picture stays readable up to about this many edges; beyond it the top ones by |score| are drawn."""
 
 
 class EdgeScore(BaseModel):
@@ -56,6 +60,25 @@ class EdgeAttributionResult(Result):
             "corrupted run (positive: the edge moves the metric toward clean); mean over pairs"
         )
 
+    def figures(self) -> list[LayeredGraph]:
+        """The top edges as a layered graph (at most MAX_DRAWN_EDGES of them)."""
+        drawn = [GraphEdge(*edge_parts(item.edge), item.score) for item in self.top_edges[:MAX_DRAWN_EDGES]]
+        notes = []
+        if self.edges == "position":
+            notes.append("position edges: an edge drawn once per position it appears at")
+        if self.kv_heads:
+            notes.append("L<l>.kv<g>: a key/value head, read by a group of query heads")
+        return [
+            LayeredGraph(
+                name="circuit",
+                title=f"edge_attribution ({self.method}), top edges of {self.n_edges:,}",
+                edges=drawn,
+                total=len(self.top_edges),
+                units=f"score ({self.metric})",
+                notes=notes,
+            )
+        ]
+
 
 class CurvePoint(BaseModel):
     k: int = Field(description="Edges in the circuit")
@@ -85,6 +108,34 @@ class CircuitFaithfulnessResult(Result):
             "recovered: share of the metric's gap (full model - everything ablated) that the circuit alone keeps; 1 = "
             "all of it, 0 = none; complement: the same with the circuit itself ablated"
         )
+
+    def figures(self) -> list[LineChart]:
+        """The faithfulness curve: recovered (and complement) against k, the target line, the smallest k marked."""
+        if not self.curve:
+            return []
+        ks = [float(point.k) for point in self.curve]
+        mark = None
+        if self.smallest_k is not None:
+            reached = next(p for p in self.curve if p.k == self.smallest_k)
+            mark = (float(reached.k), float(reached.recovered), f"smallest k = {reached.k}")
+        target = None if self.target is None else (float(self.target), f"target {self.target:g}")
+        return [
+            LineChart(
+                name="faithfulness",
+                title=f"circuit_faithfulness of {self.circuit!r} ({self.ablation} ablation, {self.n_pairs} pairs)",
+                x=ks,
+                series=[
+                    ("recovered (circuit kept)", [float(p.recovered) for p in self.curve]),
+                    ("complement (circuit ablated)", [float(p.complement) for p in self.curve]),
+                ],
+                x_axis=f"k: edges in the circuit (of {self.n_edges:,})",
+                y_axis="recovered: (circuit - ablated) / (full - ablated)",
+                log_x=len(ks) > 2 and ks[-1] >= 10 * ks[0],
+                target=target,
+                mark=mark,
+                notes=[] if mark is not None or target is None else [f"no k reaches the target {self.target:g}"],
+            )
+        ]
 
 
 class StoredCircuit(BaseModel):

@@ -69,3 +69,84 @@ def position_labels(positions: Sequence[int], tokens: Sequence[str | None] | Non
 
 def layer_labels(layers: Sequence[int | None]) -> list[str]:
     return ["embed" if layer is None else str(layer) for layer in layers]
+
+
+@dataclass(frozen=True)
+class LineChart:
+    """Lines of y over shared x values, e.g. a faithfulness curve (recovered against circuit size)."""
+
+    name: str
+    title: str
+    x: list[float]
+    series: list[tuple[str, list[float | None]]]
+    """(legend label, one y per x; None: no value) per line; the first is the main one."""
+    x_axis: str
+    y_axis: str
+    log_x: bool = False
+    target: tuple[float, str] | None = None
+    """A horizontal reference line: (y, its label)."""
+    mark: tuple[float, float, str] | None = None
+    """One point of the first series singled out: (x, y, its label)."""
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for label, values in self.series:
+            if len(values) != len(self.x):
+                raise ValueError(f"line chart {self.name!r}: {label!r} has {len(values)} values for {len(self.x)} x")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.series), len(self.x)
+
+
+@dataclass(frozen=True)
+class GraphEdge:
+    writer: str
+    """'embed', 'L<l>H<h>' or 'MLP<l>'."""
+    reader: str
+    """'logits', 'MLP<l>', 'L<l>H<h>.q|k|v' or 'L<l>.kv<g>.k|v'."""
+    score: float
+
+
+@dataclass(frozen=True)
+class LayeredGraph:
+    """A circuit as a graph of nodes placed by layer: edges writer -> reader, width by |score|, colour by sign."""
+
+    name: str
+    title: str
+    edges: list[GraphEdge]
+    """The edges drawn (already capped), highest |score| first."""
+    total: int
+    """How many edges the result lists (more than len(edges) when the picture is capped)."""
+    units: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.edges), 1
+
+
+def graph_node(name: str) -> tuple[float, str, str]:
+    """(layer, node, input) of a writer or reader name: the layer ('embed' -1, 'logits' +inf), the node it belongs
+    to ('L3H2', 'L3.kv0', 'MLP3', 'embed', 'logits') and the input read ('q', 'k', 'v' or '')."""
+    text = name.strip()
+    if text == "embed":
+        return -1.0, "embed", ""
+    if text == "logits":
+        return math.inf, "logits", ""
+    node, _, which = text.partition(".")
+    if node.startswith("MLP"):
+        return float(node[3:]), node, ""
+    if which.startswith("kv"):
+        group, _, which = which.partition(".")
+        return float(node[1:]), f"{node}.{group}", which
+    return float(node[1:].partition("H")[0]), node, which
+
+
+def edge_parts(edge: str) -> tuple[str, str]:
+    """'writer->reader' (an '@p' position suffix dropped) -> (writer, reader)."""
+    writer, _, reader = edge.partition("->")
+    return writer, reader.rpartition("@")[0] if "@" in reader else reader
+
+
+Figure = Heatmap | LineChart | LayeredGraph

@@ -241,6 +241,9 @@ class AblateHeadsResult(Result):
     metric: str = Field(description="What the metric measures")
     meaning: str = Field(default="", description="What the effect means: sign")
     heads: list[tuple[int, int]] = Field(description="Ablated heads as [layer, head]")
+    kept: list[tuple[int, int]] | None = Field(
+        default=None, description="keep=[...]: the heads kept; every other head (listed in heads) was ablated"
+    )
     metric_before: Rounded | None = Field(default=None, description="Metric without ablation (with pairs: mean)")
     metric_after: Rounded | None = Field(
         default=None, description="Metric with all listed heads ablated together (with pairs: mean)"

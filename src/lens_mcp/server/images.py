@@ -1,7 +1,8 @@
-"""Heatmaps as PNG images: rendering (matplotlib, Agg, no pyplot state) and the MCP image blocks.
+"""Heatmaps (and line charts, layered graphs) as PNG images: rendering (matplotlib, Agg, no pyplot state) and the
+MCP image blocks.
 
-A result model that defines `heatmaps() -> list[Heatmap]` (lens_mcp.schemas.figures) gets an `image` argument
-on its tool (see adapter.add_model_tool). With image=true the response keeps its structured JSON and its JSON
+A result model that defines `heatmaps() -> list[Heatmap]` or `figures() -> list[Figure]` (lens_mcp.schemas.figures)
+gets an `image` argument on its tool (see adapter.add_model_tool). With image=true the response keeps its structured JSON and its JSON
 text block unchanged and adds, per heatmap, an ImageContent block (PNG) and a one-line text block naming the
 picture and its size. Diverging colour map centred at 0 for signed values, a colour bar labelled with the units,
 axes labelled with layers/heads/tokens, at most about MAX_PNG_BYTES per picture.
@@ -21,7 +22,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
-from lens_mcp.schemas.figures import Heatmap
+from lens_mcp.schemas.figures import Figure, Heatmap, LayeredGraph, LineChart, graph_node
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +53,45 @@ IMAGE_PARAMETER = inspect.Parameter(
 
 
 def supports_images(result_model: Any) -> bool:
-    return isinstance(result_model, type) and callable(getattr(result_model, "heatmaps", None))
+    return isinstance(result_model, type) and any(
+        callable(getattr(result_model, name, None)) for name in ("heatmaps", "figures")
+    )
 
 
-def heatmaps_of(result: BaseModel) -> list[Heatmap]:
-    """The result's heatmaps that have cells (a dry run's empty grids draw nothing)."""
-    method: Callable[[], Iterable[Heatmap]] | None = getattr(result, "heatmaps", None)
-    maps = list(method()) if callable(method) else []
-    return [heatmap for heatmap in maps if heatmap.shape[0] and heatmap.shape[1]]
+def heatmaps_of(result: BaseModel) -> list[Figure]:
+    """The result's pictures that have something in them (a dry run's empty grids draw nothing): its heatmaps,
+    then its other figures."""
+    maps: list[Figure] = []
+    for name in ("heatmaps", "figures"):
+        method: Callable[[], Iterable[Figure]] | None = getattr(result, name, None)
+        maps += list(method()) if callable(method) else []
+    return [figure for figure in maps if figure.shape[0] and figure.shape[1]]
+
+
+def render_figure(figure: Figure, max_bytes: int = MAX_PNG_BYTES) -> RenderedImage:
+    """Any figure as a PNG (labels drawn literally, as in render_heatmap)."""
+    if isinstance(figure, Heatmap):
+        return render_heatmap(figure, max_bytes)
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        if isinstance(figure, LineChart):
+            return _fit(lambda dpi: _draw_chart(figure, dpi), max_bytes)
+        return _fit(lambda dpi: _draw_graph(figure, dpi), max_bytes)
+
+
+def caption(figure: Figure) -> str:
+    """What a picture shows, in a few words, for the text block beside it."""
+    if isinstance(figure, Heatmap):
+        rows, columns = figure.shape
+        return (
+            f"{figure.title} ({rows} x {columns} {figure.row_axis or 'rows'} x {figure.column_axis}; colour: "
+            f"{figure.units})"
+        )
+    if isinstance(figure, LineChart):
+        return f"{figure.title} ({figure.y_axis} against {figure.x_axis}, {len(figure.x)} points)"
+    capped = f", the top {len(figure.edges)} of {figure.total}" if figure.total > len(figure.edges) else ""
+    return f"{figure.title} ({len(figure.edges)} edges drawn{capped}; width: |{figure.units}|, red +, blue -)"
 
 
 @dataclass(frozen=True)
@@ -69,6 +101,8 @@ class RenderedImage:
     height: int
     axes_box: tuple[float, float, float, float]
     """The grid's pixel box (left, top, right, bottom), origin at the image's top-left corner."""
+    drawn: int = 0
+    """Line charts: points drawn; layered graphs: edges drawn."""
 
     @property
     def kilobytes(self) -> float:
@@ -218,16 +252,14 @@ def image_blocks(result: BaseModel, tool: str) -> list[Any]:
     blocks: list[Any] = []
     try:
         maps = heatmaps_of(result)
-        for index, heatmap in enumerate(maps[:MAX_IMAGES], start=1):
-            rendered = render_heatmap(heatmap)
+        for index, figure in enumerate(maps[:MAX_IMAGES], start=1):
+            rendered = render_figure(figure)
             data = base64.b64encode(rendered.png).decode("ascii")
             blocks.append(ImageContent(type="image", data=data, mime_type="image/png"))
-            rows, columns = heatmap.shape
             blocks.append(
                 TextContent(
                     type="text",
-                    text=f"image {index}/{min(len(maps), MAX_IMAGES)}: {heatmap.title} ({rows} x {columns} "
-                    f"{heatmap.row_axis or 'rows'} x {heatmap.column_axis}; colour: {heatmap.units}); PNG "
+                    text=f"image {index}/{min(len(maps), MAX_IMAGES)}: {caption(figure)}; PNG "
                     f"{rendered.width}x{rendered.height} px, {rendered.kilobytes:.1f} KB",
                 )
             )
@@ -239,6 +271,156 @@ def image_blocks(result: BaseModel, tool: str) -> list[Any]:
         log.exception("rendering images for %s failed", tool)
         blocks.append(TextContent(type="text", text=f"images could not be drawn ({type(exc).__name__}: {exc})"))
     return blocks
+
+
+def _fit(draw: Callable[[int], tuple[Any, Any, int]], max_bytes: int) -> RenderedImage:
+    """draw(dpi) -> (figure, axes, items drawn), at falling resolutions until the PNG fits max_bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    last: RenderedImage | None = None
+    for dpi in _DPIS:
+        figure, axes, drawn = draw(dpi)
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=dpi)
+        png = buffer.getvalue()
+        width, height = canvas.get_width_height()
+        box = axes.get_window_extent()
+        last = RenderedImage(png, width, height, (box.x0, height - box.y1, box.x1, height - box.y0), drawn)
+        if len(png) <= max_bytes:
+            break
+    assert last is not None
+    return last
+
+
+CURVE_COLOURS = ("#1f4e9c", "#9c6b1f", "#4c9c1f")
+TARGET_COLOUR = "#c0392b"
+POSITIVE_COLOUR = "#c0392b"
+NEGATIVE_COLOUR = "#2563b0"
+POSITIVE_SHADES = ("#f1b6ae", "#e07b6d", "#cf4a3a", "#a8241a")
+NEGATIVE_SHADES = ("#b3cbe9", "#7aa3d6", "#3f78c0", "#1d4f93")
+INPUT_STYLES = {"q": "solid", "k": "dashed", "v": "dotted", "": "solid"}
+
+
+def _draw_chart(chart: LineChart, dpi: int) -> tuple[Any, Any, int]:
+    from matplotlib.figure import Figure as MplFigure
+
+    figure = MplFigure(figsize=(6.4, 4.2 + 0.18 * len(chart.notes)), dpi=dpi)
+    axes = figure.add_subplot(1, 1, 1)
+    drawn = 0
+    for index, (label, values) in enumerate(chart.series):
+        points = [(x, y) for x, y in zip(chart.x, values, strict=True) if y is not None and math.isfinite(y)]
+        drawn += len(points)
+        axes.plot(
+            [p[0] for p in points], [p[1] for p in points], marker="o", markersize=4, label=label,
+            color=CURVE_COLOURS[index % len(CURVE_COLOURS)], linewidth=2.0 if index == 0 else 1.2,
+            linestyle="solid" if index == 0 else "dashed",
+        )  # fmt: skip
+    if chart.target is not None:
+        axes.axhline(chart.target[0], color=TARGET_COLOUR, linestyle="dashed", linewidth=1, label=chart.target[1])
+    if chart.mark is not None:
+        x, y, label = chart.mark
+        axes.plot([x], [y], marker="*", markersize=16, color=TARGET_COLOUR, linestyle="none", label=label)
+        axes.annotate(label, (x, y), textcoords="offset points", xytext=(8, -14), fontsize=8, color=TARGET_COLOUR)
+    if chart.log_x and all(x > 0 for x in chart.x):
+        axes.set_xscale("log")
+        axes.minorticks_off()
+    step = max(1, math.ceil(len(chart.x) / 12))
+    axes.set_xticks(chart.x[::step], [f"{x:g}" for x in chart.x[::step]], fontsize=7)
+    axes.set_xlabel(chart.x_axis)
+    axes.set_ylabel(chart.y_axis)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7, loc="best")
+    axes.set_title(textwrap.fill(_short(chart.title, 160), 70), fontsize=9)
+    if chart.notes:
+        figure.text(0.01, 0.01, "\n".join(chart.notes), fontsize=7, va="bottom", ha="left")
+    figure.tight_layout(rect=(0, 0.05 * len(chart.notes), 1, 1))
+    return figure, axes, drawn
+
+
+def _draw_graph(graph: LayeredGraph, dpi: int) -> tuple[Any, Any, int]:
+    """Columns: the layers that appear (embed first, logits last); in a column, the heads (query heads, then
+    key/value groups), then the MLP. Edges are arrows from the writer to the node whose input it feeds; the
+    input (q, k, v) is the line style and a letter at the arrow's head."""
+    from matplotlib.figure import Figure as MplFigure
+    from matplotlib.lines import Line2D
+
+    nodes: dict[str, float] = {}
+    ends = []
+    for edge in graph.edges:
+        w_layer, w_node, _ = graph_node(edge.writer)
+        r_layer, r_node, which = graph_node(edge.reader)
+        nodes[w_node], nodes[r_node] = w_layer, r_layer
+        ends.append((w_node, r_node, which, edge.score))
+    layers = sorted(set(nodes.values()))
+    column = {layer: index for index, layer in enumerate(layers)}
+
+    def rank(node: str) -> tuple[int, int, str]:
+        kind = 2 if node.startswith("MLP") else 1 if ".kv" in node else 0
+        digits = "".join(c for c in node.rpartition("H" if kind == 0 else "v")[2] if c.isdigit())
+        return kind, int(digits) if digits and kind != 2 else 0, node
+
+    place: dict[str, tuple[float, float]] = {}
+    tallest = 1
+    for layer in layers:
+        members = sorted((n for n, at in nodes.items() if at == layer), key=rank)
+        tallest = max(tallest, len(members))
+        for index, node in enumerate(members):
+            place[node] = (float(column[layer]), -(index - (len(members) - 1) / 2))
+    width = min(16.0, max(6.0, 1.1 * len(layers) + 1.5))
+    height = min(11.0, max(3.5, 0.55 * tallest + 1.8)) + 0.18 * len(graph.notes)
+    figure = MplFigure(figsize=(width, height), dpi=dpi)
+    axes = figure.add_subplot(1, 1, 1)
+    biggest = max((abs(e[3]) for e in ends), default=1.0) or 1.0
+    for w_node, r_node, which, score in reversed(ends):  # the strongest drawn last, on top
+        (x0, y0), (x1, y1) = place[w_node], place[r_node]
+        strength = abs(score) / biggest
+        shades = POSITIVE_SHADES if score >= 0 else NEGATIVE_SHADES
+        colour = shades[min(len(shades) - 1, int(strength * len(shades)))]
+        bend = 0.25 if x1 - x0 > 1 else 0.0
+        axes.annotate(
+            "", xy=(x1 - 0.12, y1), xytext=(x0 + 0.12, y0),
+            arrowprops=dict(
+                arrowstyle="-|>", color=colour, linewidth=0.5 + 5.5 * strength, antialiased=False,
+                linestyle=INPUT_STYLES.get(which, "solid"), connectionstyle=f"arc3,rad={bend}", mutation_scale=9,
+                shrinkA=0, shrinkB=0,
+            ),
+        )  # fmt: skip
+        if which:
+            axes.text(x1 - 0.2, y1 + 0.12, which, fontsize=7, color=colour, ha="right", va="bottom")
+    for node, (x, y) in place.items():
+        axes.text(
+            x, y, node, ha="center", va="center", fontsize=7,
+            bbox=dict(boxstyle="round,pad=0.25", facecolor="#f4f4f4", edgecolor="#555555", linewidth=0.6),
+        )  # fmt: skip
+    axes.set_xticks(
+        range(len(layers)),
+        ["embed" if at < 0 else "logits" if math.isinf(at) else f"L{int(at)}" for at in layers],
+        fontsize=7,
+    )
+    axes.set_yticks([])
+    axes.set_xlim(-0.6, len(layers) - 0.4)
+    axes.set_ylim(-(tallest - 1) / 2 - 0.8, (tallest - 1) / 2 + 0.8)
+    for side in ("top", "right", "left"):
+        axes.spines[side].set_visible(False)
+    axes.set_xlabel("layer")
+    legend = [
+        Line2D([0], [0], color=POSITIVE_COLOUR, linewidth=2, label="positive score"),
+        Line2D([0], [0], color=NEGATIVE_COLOUR, linewidth=2, label="negative score"),
+        Line2D([0], [0], color="#555555", linestyle="solid", label="into q (or MLP, logits)"),
+        Line2D([0], [0], color="#555555", linestyle="dashed", label="into k"),
+        Line2D([0], [0], color="#555555", linestyle="dotted", label="into v"),
+    ]
+    axes.legend(handles=legend, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    shown = f"{len(graph.edges)} edges drawn" + (
+        f" (the top {len(graph.edges)} of {graph.total} by |score|)" if graph.total > len(graph.edges) else ""
+    )
+    axes.set_title(textwrap.fill(f"{_short(graph.title, 120)}: {shown}", int(width * 11)), fontsize=9)
+    notes = [f"width: |{graph.units}|", *graph.notes]
+    figure.text(0.01, 0.01, "\n".join(notes), fontsize=7, va="bottom", ha="left")
+    figure.tight_layout(rect=(0, 0.04 * len(notes) / max(height / 4, 1), 1, 1))
+    return figure, axes, len(ends)
 
 
 def with_images(result: Any, model: BaseModel | None, tool: str) -> Any:

@@ -148,12 +148,15 @@ Answer: {_quoted(answer)}; competing answer (wrong_answer): {_quoted(wrong_answe
    positive = the edge carries the clean behaviour. Check `verified`: estimates with wrong_sign or
    magnitude_off are not to be trusted. Readers: L<l>H<h>.q, key/value inputs (L<l>.kv<g>.k/.v under
    grouped-query attention, one per key/value head, feeding the query heads kv_heads lists), MLP<l>, logits.
-3. circuit_faithfulness(..., circuit="c", k=[10, 20, 50, 100, 200, 500, 1000], target=0.8): recovered per
-   size (1 = the circuit alone keeps the behaviour) and the smallest k reaching 0.8. complement near 0 means
-   the rest of the model does not carry it too. Try ablation="mean" (per position over the corrupted prompts).
+3. circuit_faithfulness(..., circuit="c", k=[10, 20, 50, 100, 200, 500, 1000], target=0.8, image=true):
+   recovered per size (1 = the circuit alone keeps the behaviour) and the smallest k reaching 0.8, with the
+   curve drawn. complement near 0 means the rest of the model does not carry it too. Try ablation="mean" (per
+   position over the corrupted prompts).
 4. Prune: circuit_faithfulness(circuit="c", k=[K], name="c_k"), then remove=[...] edges you doubt and compare
    recovered; circuits lists what is stored with its last recovered.
-5. Optionally confirm single head-to-head edges with path_patch.
+5. Pictures: image=true on step 2's call draws its top edges (up to 60) as a layered graph. Optionally
+   confirm single head-to-head edges with path_patch, and a head circuit with ablate_heads(keep=[[layer,
+   head], ...]) (every other head ablated).
 
 Report: the circuit (its main heads and edges, by role), the faithfulness curve and the k reaching the target,
 and the verified edges with estimate vs exact.

@@ -61,7 +61,8 @@ def ablate_heads(
         str | None, Field(description="The prompt, e.g. 'The Eiffel Tower is in the city of' (or pass pairs)")
     ] = None,
     heads: Annotated[
-        list[list[int]] | None, Field(description="Heads to ablate as [[layer, head], ...], e.g. [[1, 2]] (required)")
+        list[list[int]] | None,
+        Field(description="Heads to ablate as [[layer, head], ...], e.g. [[1, 2]] (this or keep is required)"),
     ] = None,
     answer: Annotated[
         str | None, Field(description="The expected next token, one token (e.g. ' Paris'); not used by metric='loss'")
@@ -101,6 +102,13 @@ def ablate_heads(
         ),
     ] = None,
     pairs: PairsArgument = None,
+    keep: Annotated[
+        list[list[int]] | None,
+        Field(
+            description="Instead of heads: the heads kept, as [[layer, head], ...]; every other head is ablated "
+            "(a node circuit's faithfulness, e.g. keep=[[1, 2], [0, 1]])"
+        ),
+    ] = None,
     dry_run: DryRun = False,
 ) -> AblateHeadsResult:
     """Ablate attention heads (their output z, at every position) and measure the metric before and after.
@@ -113,13 +121,14 @@ def ablate_heads(
     behaviour depends on most come first). pairs=[{clean_prompt, corrupted_prompt, answer, wrong_answer}]: a
     dataset (the pair's clean_prompt is the prompt); metrics are means over pairs with their spread and
     per-pair values. The cost is estimated first (refused over a cap; dry_run=true returns only the
-    estimate). Find candidate heads with patch_sweep(component='heads')."""
+    estimate). keep=[[layer, head], ...] instead of heads: ablate every head except these (everything outside a
+    head circuit). Find candidate heads with patch_sweep(component='heads')."""
     plan = plan_ablation(
-        tc, prompt, heads, answer, wrong_answer, mode, individually, corrupted_prompt, metric, positions, pairs
+        tc, prompt, heads, answer, wrong_answer, mode, individually, corrupted_prompt, metric, positions, pairs, keep
     )
     cost = ablation_cost(tc, plan)
     if dry_run:
-        return AblateHeadsResult(mode=mode, metric=metric, heads=plan.heads, cost=cost, dry_run=True)
+        return AblateHeadsResult(mode=mode, metric=metric, heads=plan.heads, kept=plan.kept, cost=cost, dry_run=True)
     enforce(tc, cost, "fewer heads with individually=true, fewer pairs, or shorter prompts")
     return summarize_ablation(tc, plan, run_ablation(tc, plan), cost)
 
@@ -131,6 +140,8 @@ class AblationPlan:
     mode: AblationMode
     metric: AblationMetric
     heads: list[tuple[int, int]]
+    kept: list[tuple[int, int]] | None
+    """keep=[...]: the heads kept (heads is then every other head)."""
     sets: list[list[tuple[int, int]]]
     """Head sets ablated together, one row each: all heads, then (individually) each head alone."""
     prompts: list[_Prompt]
@@ -174,14 +185,38 @@ def plan_ablation(
     metric: AblationMetric,
     positions: object,
     pairs: object,
+    keep: object = None,
 ) -> AblationPlan:
     if mode not in ALL_MODES:
         raise LensError(f"mode={mode!r} is not one of {', '.join(ALL_MODES)}.")
     if metric not in ABLATION_METRICS:
         raise LensError(f"metric={metric!r} is not one of {', '.join(ABLATION_METRICS)}.")
-    if heads is None:
-        raise LensError("heads is required: pass heads=[[layer, head], ...], e.g. heads=[[1, 2]].")
-    head_list = resolve_heads(tc, heads)
+    kept: list[tuple[int, int]] | None = None
+    if heads is None and keep is None:
+        raise LensError(
+            "heads is required: pass heads=[[layer, head], ...], e.g. heads=[[1, 2]] (or keep=[[layer, head], ...] "
+            "to ablate every head except those)."
+        )
+    if heads is not None and keep is not None:
+        raise LensError(
+            "heads and keep are exclusive: heads=[...] ablates the listed heads, keep=[...] ablates every head "
+            "except the listed ones; pass one of them."
+        )
+    if keep is not None:
+        if individually:
+            raise LensError(
+                "individually=true with keep would ablate each of the other heads on its own; use heads=[...] "
+                "with individually=true for per-head effects."
+            )
+        kept = resolve_heads(tc, keep, "keep")
+        head_list = [
+            (layer, head)
+            for layer in range(tc.view.n_layers)
+            for head in range(tc.view.n_heads)
+            if (layer, head) not in set(kept)
+        ]
+    else:
+        head_list = resolve_heads(tc, heads)
     checked_positions = check_positions(positions)
     need_corrupted = mode in ("resample", "corrupted_mean")
     if not need_corrupted and corrupted_prompt is not None and pairs is None:
@@ -245,7 +280,7 @@ def plan_ablation(
     sets: list[list[tuple[int, int]]] = [list(head_list)]
     if individually:
         sets += [[pair] for pair in head_list]
-    return AblationPlan(mode, metric, head_list, sets, prompts, corrupted, checked_positions, pairs is not None)
+    return AblationPlan(mode, metric, head_list, kept, sets, prompts, corrupted, checked_positions, pairs is not None)
 
 
 def ablation_cost(tc: ToolContext, plan: AblationPlan) -> Cost:
@@ -274,7 +309,10 @@ def run_ablation(tc: ToolContext, plan: AblationPlan) -> AblationRuns:
         warnings: list[str] = []
         for group in _by_length(references):
             reference_tokens = torch.cat([references[i].tokens for i in group], dim=0)
-            logits, cache = tc.view.run_with_cache(reference_tokens, names_filter=lambda name: name in wanted)
+            if wanted:
+                logits, cache = tc.view.run_with_cache(reference_tokens, names_filter=lambda name: name in wanted)
+            else:  # keep= every head: nothing is ablated, nothing to cache
+                logits, cache = tc.view(reference_tokens), {}
             for row, i in enumerate(group):
                 first_metric = references[i].metric
                 if i == 0 and first_metric is not None:  # answer warnings for the (first) prompt
@@ -388,6 +426,7 @@ def summarize_ablation(tc: ToolContext, plan: AblationPlan, runs: AblationRuns, 
         metric=metric_text,
         meaning=meaning,
         heads=head_list,
+        kept=plan.kept,
         metric_before=sum(before) / n_pairs,
         metric_after=sum(joint) / n_pairs,
         effect=float(effects.mean()),

@@ -59,6 +59,52 @@ def row_bytes(graph: Graph, n_tokens: int, d_model: int) -> int:
     return 4 * n_tokens * d_model * (len(graph.writers) + 2 * len(graph.readers))
 
 
+def _row_metric(metrics: Sequence[Metric], owners: Sequence[int]) -> Metric:
+    """One metric over stacked rows, row i measured by its own pair's metric metrics[owners[i]]."""
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return torch.cat([metrics[owner](logits[row : row + 1]) for row, owner in enumerate(owners)])
+
+    return metric
+
+
+def _by_length(pairs: Sequence[torch.Tensor]) -> list[list[int]]:
+    groups: dict[int, list[int]] = {}
+    for index, tokens in enumerate(pairs):
+        groups.setdefault(int(tokens.shape[-1]), []).append(index)
+    return list(groups.values())
+
+
+CONTRACT_BLOCKS = 8
+"""Reader blocks of the score contraction: each block multiplies only the writers its last reader reads."""
+
+
+def _contract(graph: Graph, delta: torch.Tensor, grad: torch.Tensor, by_position: bool) -> torch.Tensor:
+    """Sum over rows (and positions, for component edges) of delta[b, p, w] . grad[r, b, p]: one matrix product
+    per block of readers (in graph order), against the writers before the block's last reader, so about half of
+    the full [writers x readers] product is computed. delta: [rows, positions, writers, d_model]; grad: [readers,
+    rows, positions, d_model]."""
+    n_w, n_r = len(graph.writers), len(graph.readers)
+    n_pos = int(delta.shape[1])
+    if by_position:
+        left = delta.permute(1, 2, 0, 3).reshape(n_pos, n_w, -1)  # [p, w, b d]
+        right = grad.permute(2, 0, 1, 3).reshape(n_pos, n_r, -1)  # [p, r, b d]
+        out = torch.zeros(n_pos, n_w, n_r, device=delta.device)
+    else:
+        left = delta.permute(2, 0, 1, 3).reshape(n_w, -1)  # [w, b p d]
+        right = grad.reshape(n_r, -1)  # [r, b p d] (no copy)
+        out = torch.zeros(n_w, n_r, device=delta.device)
+    size = -(-n_r // CONTRACT_BLOCKS)
+    for start in range(0, n_r, size):
+        stop = min(n_r, start + size)
+        limit = max(graph.prefix[start:stop])
+        if by_position:
+            out[:, :limit, start:stop] = torch.bmm(left[:, :limit], right[:, start:stop].transpose(1, 2))
+        else:
+            out[:limit, start:stop] = left[:limit] @ right[start:stop].T
+    return out * graph.valid().to(out.device)
+
+
 def attribute(
     tc: ToolContext,
     graph: Graph,
@@ -68,45 +114,57 @@ def attribute(
     by_position: bool,
     counter: ProgressCounter,
 ) -> Scores:
-    """`pairs`: (2, n) token tensors (clean, corrupted); `metrics`: each pair's metric of [rows, vocab] logits."""
-    valid = graph.valid().float()
+    """`pairs`: (2, n) token tensors (clean, corrupted); `metrics`: each pair's metric of [rows, vocab] logits.
+    Pairs of one length run as rows of one batch: one clean forward, then forward + backward passes over the
+    corrupted rows (pair x interpolation step), as many rows at a time as ROW_BYTES_BUDGET allows."""
     n_pos = int(pairs[0].shape[-1])
-    shape = (n_pos, *valid.shape) if by_position else tuple(valid.shape)
+    shape = (n_pos, len(graph.writers), len(graph.readers)) if by_position else (len(graph.writers), len(graph.readers))
     total = torch.zeros(shape, device=pairs[0].device)
     clean_metrics = torch.zeros(len(pairs))
     corrupted_metrics = torch.zeros(len(pairs))
     passes = 0
     d_model = tc.view.d_model
-    for index, (tokens, metric) in enumerate(zip(pairs, metrics, strict=True)):
-        clean = writer_states(tc, graph, tokens[:1])
-        clean_metrics[index] = metric(clean.logits)[0]
-        corrupted = tokens[1:2]
-        per_batch = max(1, ROW_BYTES_BUDGET // row_bytes(graph, int(tokens.shape[-1]), d_model))
-        grad_sum: torch.Tensor | None = None
-        corrupted_writers: torch.Tensor | None = None
-        if ig_steps > 1:
-            clean_embed, corrupted_embed = embeddings(tc, tokens[:1]), embeddings(tc, corrupted)
-        for start in range(0, ig_steps, per_batch):
-            steps = list(range(start, min(ig_steps, start + per_batch)))
-            rows = corrupted.expand(len(steps), -1)
-            embed = None
-            if ig_steps > 1:
-                alphas = torch.tensor([k / ig_steps for k in steps], device=rows.device)[:, None, None]
-                embed = corrupted_embed.float() + alphas * (clean_embed.float() - corrupted_embed.float())
-            run = gradient_pass(tc, graph, rows, metric, embed)
+    for group in _by_length(pairs):
+        per_batch = max(1, ROW_BYTES_BUDGET // row_bytes(graph, int(pairs[group[0]].shape[-1]), d_model))
+        pairs_per_chunk = max(1, per_batch // ig_steps)
+        for first in range(0, len(group), pairs_per_chunk):
+            chunk = group[first : first + pairs_per_chunk]
+            clean_tokens = torch.cat([pairs[i][:1] for i in chunk])
+            corrupted_tokens = torch.cat([pairs[i][1:2] for i in chunk])
+            clean = writer_states(tc, graph, clean_tokens)
             passes += 1
-            if start == 0:
-                corrupted_writers = run.writers[:1]
-                corrupted_metrics[index] = run.metric[0]
-                check_additive(clean, run)
-            part = run.grads.sum(dim=0)
-            grad_sum = part if grad_sum is None else grad_sum + part
-            counter.advance(len(steps))
-        assert grad_sum is not None and corrupted_writers is not None
-        delta = (clean.writers - corrupted_writers)[0]
-        grad = grad_sum / ig_steps
-        if by_position:
-            total += torch.einsum("pwd,prd->pwr", delta, grad)
-        else:
-            total += torch.einsum("pwd,prd->wr", delta, grad)
-    return Scores(total * valid / len(pairs), clean_metrics, corrupted_metrics, passes)
+            clean_metrics[chunk] = _row_metric(metrics, chunk)(clean.logits).cpu()
+            if ig_steps > 1:
+                clean_embed = embeddings(tc, clean_tokens).float()
+                corrupted_embed = embeddings(tc, corrupted_tokens).float()
+            rows = [(slot, step) for step in range(ig_steps) for slot in range(len(chunk))]  # step 0 first
+            grad_sum: torch.Tensor | None = None
+            corrupted_writers: torch.Tensor | None = None
+            for start in range(0, len(rows), per_batch):
+                batch = rows[start : start + per_batch]
+                slots = torch.tensor([slot for slot, _ in batch], device=clean_tokens.device)
+                embed = None
+                if ig_steps > 1:
+                    alphas = torch.tensor([step / ig_steps for _, step in batch], device=slots.device)[:, None, None]
+                    embed = corrupted_embed[slots] + alphas * (clean_embed[slots] - corrupted_embed[slots])
+                metric = _row_metric(metrics, [chunk[slot] for slot, _ in batch])
+                run = gradient_pass(tc, graph, corrupted_tokens[slots], metric, embed)
+                passes += 1
+                if start == 0:  # the first len(chunk) rows are step 0: the corrupted runs themselves
+                    corrupted_writers = run.writers[: len(chunk)]
+                    corrupted_metrics[chunk] = run.metric[: len(chunk)].cpu()
+                    check_additive(clean, run)
+                if ig_steps == 1:
+                    grad_sum = run.grads  # rows are the chunk's pairs, in order
+                else:
+                    if grad_sum is None:
+                        grad_sum = torch.zeros(
+                            run.grads.shape[0], len(chunk), *run.grads.shape[2:], device=run.grads.device
+                        )
+                    grad_sum.index_add_(1, slots, run.grads)
+                del run
+                counter.advance(len(batch))
+            assert grad_sum is not None and corrupted_writers is not None
+            delta = clean.writers - corrupted_writers
+            total += _contract(graph, delta, grad_sum, by_position) / ig_steps
+    return Scores(total / len(pairs), clean_metrics, corrupted_metrics, passes)

@@ -103,7 +103,7 @@ def writer_states(tc: ToolContext, graph: Graph, tokens: torch.Tensor) -> Writer
     store = _new_store(graph, tokens, tc.view.d_model)
     final: list[torch.Tensor] = []
     hooks = [*_capture_writers(graph, store), _final_hook(graph, final)]
-    with torch.no_grad(), tc.view.per_head_hooks(), tc.view.hooks(fwd_hooks=hooks):
+    with torch.no_grad(), tc.view.per_head_hooks(inputs=False), tc.view.hooks(fwd_hooks=hooks):
         logits = tc.view(tokens)[:, -1].float()
     return WriterStates(store, logits, final[0])
 
@@ -113,7 +113,8 @@ class GradientPass:
     writers: torch.Tensor
     """[rows, positions, writers, d_model]: the writers of the run (at its embeddings as given)."""
     grads: torch.Tensor
-    """[rows, positions, readers, d_model]: d(metric)/d(each reader's input)."""
+    """[readers, rows, positions, d_model]: d(metric)/d(each reader's input) (reader-major, so a contraction over
+    rows, positions and d_model reads it as one [readers, rows * positions * d_model] matrix)."""
     metric: torch.Tensor
     """[rows]"""
     final: torch.Tensor
@@ -128,7 +129,7 @@ def gradient_pass(
     d_model = tc.view.d_model
     rows, n_pos = int(tokens.shape[0]), int(tokens.shape[1])
     store = _new_store(graph, tokens, d_model)
-    grads = torch.zeros(rows, n_pos, len(graph.readers), d_model, device=tokens.device)
+    grads = torch.empty(len(graph.readers), rows, n_pos, d_model, device=tokens.device)
     leaves: list[tuple[int, torch.Tensor]] = []
     fired: list[str] = []
     final: list[torch.Tensor] = []
@@ -167,20 +168,23 @@ def gradient_pass(
         )
     with torch.no_grad():
         for (first, leaf), grad in zip(leaves, found, strict=True):
+            count = int(leaf.shape[2]) if leaf.dim() == 4 else 1
             if grad is None:
-                continue
-            grads[:, :, first : first + (grad.shape[2] if grad.dim() == 4 else 1)] = (
-                grad.float() if grad.dim() == 4 else grad.float()[:, :, None]
-            )
+                grads[first : first + count] = 0.0
+            elif grad.dim() == 4:
+                grads[first : first + count] = grad.permute(2, 0, 1, 3)
+            else:
+                grads[first] = grad
             del leaf
     return GradientPass(store, grads, values.detach().float(), final[0])
 
 
 def check_additive(clean: WriterStates, corrupted: GradientPass | WriterStates) -> None:
     """Refuse a model whose final residual stream does not move by the sum of its writers' moves (a scale or
-    norm this graph does not know of)."""
-    moved = clean.final - corrupted.final[:1]
-    summed = (clean.writers - corrupted.writers[:1]).sum(dim=2)
+    norm this graph does not know of). Row i of `clean` is paired with row i of `corrupted`."""
+    rows = int(clean.final.shape[0])
+    moved = clean.final - corrupted.final[:rows]
+    summed = (clean.writers - corrupted.writers[:rows]).sum(dim=2)
     scale = float(moved.norm()) + 1e-6
     if float((moved - summed).norm()) > _ADDITIVE_RTOL * max(scale, float(summed.norm())):
         raise LensError(
@@ -192,23 +196,63 @@ def check_additive(clean: WriterStates, corrupted: GradientPass | WriterStates) 
 def _edit_hooks(
     graph: Graph, delta: torch.Tensor, replacement: torch.Tensor, sums: dict[int, torch.Tensor]
 ) -> list[tuple[str, Callable[..., Any]]]:
-    """Writer hooks for edge_run: delta[rows, positions, writers, d_model] = live output - replacement, and
-    sums[n] = the sum of the first n writers' deltas, for every n a reader's prefix can end at."""
+    """Writer hooks for edge_run: delta[rows, writers, positions, d_model] (writer-major: one writer's delta in one
+    row is one contiguous block) = live output - replacement, and sums[n] = the sum of the first n writers'
+    deltas [rows, positions, d_model], for every n a reader's prefix can end at."""
 
     def make(first: int, per_head: bool) -> Callable[..., Any]:
         def hook(act: torch.Tensor, hook: Any = None) -> None:
             count = act.shape[2] if per_head else 1
             live = act.detach().to(delta.dtype)
             block = live if per_head else live[:, :, None]
-            delta[:, :, first : first + count] = block - replacement[:, :, first : first + count]
+            delta[:, first : first + count] = (block - replacement[:, :, first : first + count]).transpose(1, 2)
             end = first + count
             previous = sums.get(first)
-            part = delta[:, :, first:end].sum(dim=2)
+            part = delta[:, first:end].sum(dim=1)
             sums[end] = part if previous is None else previous + part
 
         return hook
 
     return [(name, make(first, per_head)) for name, first, per_head in _writer_hooks(graph)]
+
+
+GATHER_CHUNK = 2048
+"""Sparse edge corrections gathered at a time in edge_run (each one a positions x d_model block)."""
+DENSE_RATIO = 64
+"""edge_run multiplies a reader block's corrections as a dense matrix once more than 1 in DENSE_RATIO of its
+(row, writer, reader) entries is non-zero (measured on a 2-core CPU: one gathered and added row of positions x
+d_model costs about as much as 90 rows of the dense product)."""
+
+
+def _gathered(
+    correction: torch.Tensor,
+    found: tuple[torch.Tensor, ...],
+    sources: torch.Tensor,
+    rows: int,
+    count: int,
+    n_pos: int,
+    n_writers: int,
+    by_position: bool,
+) -> torch.Tensor:
+    """Sum of the signed writer deltas named by the non-zero corrections, as [rows, positions, count, d_model].
+    sources: the deltas as rows of [rows * writers (* positions), ...]."""
+    d_model = int(sources.shape[1]) if by_position else int(sources.shape[1]) // n_pos
+    # by_position: change[b, p, r] at row (b * n_pos + p) * count + r; else change[b, r] (p, d) at b * count + r
+    flat = torch.zeros(rows * count * (n_pos if by_position else 1), int(sources.shape[1]), device=sources.device)
+    for start in range(0, int(found[0].numel()), GATHER_CHUNK):
+        index = tuple(axis[start : start + GATHER_CHUNK] for axis in found)
+        signs = correction[index].to(sources.dtype)
+        if by_position:
+            b, p, w, r = index
+            source = sources.index_select(0, (b * n_writers + w) * n_pos + p)
+            flat.index_add_(0, (b * n_pos + p) * count + r, source * signs[:, None])
+        else:
+            b, w, r = index
+            source = sources.index_select(0, b * n_writers + w)
+            flat.index_add_(0, b * count + r, source * signs[:, None])
+    if by_position:
+        return flat.view(rows, n_pos, count, d_model)
+    return flat.view(rows, count, n_pos, d_model).permute(0, 2, 1, 3)
 
 
 def edge_run(
@@ -223,33 +267,40 @@ def edge_run(
     replaced[b, p, w, r] for position edges, at position p) carries replacement[b, p, w] in place of writer w's
     live output. replacement broadcasts over rows (e.g. [1, positions, writers, d_model]).
 
-    A reader's input changes by the sum of the replaced writers' deltas (live - replacement). Where most of its
-    writers are replaced (everything outside a small circuit), that is the sum of all its writers' deltas (a
-    running sum) minus the kept ones; either way only the writers some row treats differently are contracted."""
-    delta = _new_store(graph, tokens, tc.view.d_model)
-    sums: dict[int, torch.Tensor] = {0: torch.zeros_like(delta[:, :, 0])}
+    A reader's input changes by the sum of the replaced writers' deltas (live - replacement). Per row and reader
+    block that is either the sparse sum over the replaced writers, or, where most writers are replaced (everything
+    outside a small circuit), the running sum of all its writers' deltas minus the sparse sum over the kept ones:
+    only min(replaced, kept) writer deltas enter per row, gathered one by one where they are few and multiplied
+    as one batched matrix product where they are many."""
+    rows, n_pos, n_writers, d_model = int(tokens.shape[0]), int(tokens.shape[1]), len(graph.writers), tc.view.d_model
+    delta = torch.zeros(rows, n_writers, n_pos, d_model, device=tokens.device)
+    sums: dict[int, torch.Tensor] = {0: torch.zeros_like(delta[:, 0])}
     by_position = replaced.dim() == 4
+    sources = delta.view(rows * n_writers * n_pos, d_model) if by_position else delta.view(rows * n_writers, -1)
     hooks = _edit_hooks(graph, delta, replacement, sums)
     prefixes = graph.prefix
-    equation = "bpwr,bpwd->bprd" if by_position else "bwr,bpwd->bprd"
 
     def make(first: int, count: int) -> Callable[..., torch.Tensor]:
         limit = prefixes[first]
         cols = slice(first, first + count)
 
         def hook(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
-            part = replaced[..., :limit, cols]
-            n_replaced = int(part.sum())
-            if n_replaced == 0:
+            part = replaced[..., :limit, cols]  # [rows, (positions,) writers, count]
+            n_replaced = part.flatten(1).sum(dim=1)
+            if int(n_replaced.sum()) == 0:
                 return act
-            dense = 2 * n_replaced > part.numel()
-            chosen = ~part if dense else part
-            reduce_dims = (0, 1, 3) if by_position else (0, 2)
-            active = chosen.any(dim=reduce_dims).nonzero().flatten()
-            weights = chosen[..., active, :].to(delta.dtype)
-            change = torch.einsum(equation, weights, delta[:, :, active])
-            if dense:
-                change = sums[limit][:, :, None] - change
+            dense = 2 * n_replaced > part[0].numel()  # per row: start from the running sum of every writer
+            correction = part.to(torch.int8) - dense.view(-1, *([1] * (part.dim() - 1))).to(torch.int8)
+            found = correction.nonzero(as_tuple=True)
+            if not by_position and int(found[0].numel()) * DENSE_RATIO > correction.numel():
+                # many corrections: one batched product [rows, count, writers] x [rows, writers, positions * d_model]
+                coefficients = correction.to(delta.dtype).transpose(1, 2)
+                product = torch.bmm(coefficients, delta[:, :limit].reshape(rows, limit, -1))
+                change = product.view(rows, count, n_pos, d_model).permute(0, 2, 1, 3)
+            else:
+                change = _gathered(correction, found, sources, rows, count, n_pos, n_writers, by_position)
+            if bool(dense.any()):
+                change = change + dense.to(delta.dtype)[:, None, None, None] * sums[limit][:, :, None, :]
             if act.dim() == 3:
                 change = change[:, :, 0]
             return act - change.to(act.dtype)

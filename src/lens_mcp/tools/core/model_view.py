@@ -178,10 +178,11 @@ class ModelView:
         return detail
 
     @contextlib.contextmanager
-    def per_head_hooks(self) -> Iterator[None]:
+    def per_head_hooks(self, inputs: bool = True) -> Iterator[None]:
         """Switch on the per-head hook points (attn.hook_result per head, attn.hook_{q,k,v}_input per query or
         key/value head, hook_mlp_in) for the block, restoring the model's own settings afterwards. Memory: every
-        per-head tensor is [batch, pos, heads, d_model] while they are on."""
+        per-head tensor is [batch, pos, heads, d_model] while they are on. inputs=False: only the outputs
+        (attn.hook_result), for passes that read what heads write and not what they read (a cheaper forward)."""
         bridge, cfg = self._bridge, self._cfg
         saved = (
             cfg.use_attn_result,
@@ -193,8 +194,8 @@ class ModelView:
             if saved[3]:
                 bridge.set_use_attn_in(False)
             bridge.set_use_attn_result(True)
-            bridge.set_use_split_qkv_input(True)
-            bridge.set_use_hook_mlp_in(True)
+            bridge.set_use_split_qkv_input(inputs)
+            bridge.set_use_hook_mlp_in(inputs)
             yield
         finally:
             bridge.set_use_attn_result(saved[0])
