@@ -273,14 +273,14 @@ def test_an_oversized_grid_is_refused_before_any_forward_pass(
 
 
 def test_dry_run_returns_the_cost_and_computes_nothing(toy: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
-    saved = toy.model.throughput
-    toy.model.throughput = 1000.0  # token-layers per second, so the seconds follow by hand
+    saved = toy.model.throughput, toy.model.block_call_seconds
+    toy.model.throughput, toy.model.block_call_seconds = 1000.0, 0.0  # so the seconds follow by hand
     calls: list[int] = []
     monkeypatch.setattr(toy.model.bridge, "forward", lambda *a, **k: calls.append(1))
     try:
         result = attribution_patch(toy, CLEAN, CORRUPTED, ANSWER, WRONG, "heads_by_pos", verify_top=4, dry_run=True)
     finally:
-        toy.model.throughput = saved
+        toy.model.throughput, toy.model.block_call_seconds = saved
     assert calls == [] and result.dry_run and result.grid == [] and result.verified == []
     n_layers, n_heads, n_tokens = toy.model.cfg.n_layers, toy.model.cfg.n_heads, 10
     assert result.cost.cells == result.n_cells == n_layers * n_heads * n_tokens

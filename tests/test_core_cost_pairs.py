@@ -20,22 +20,27 @@ from lens_mcp.tools.core.pairs import PromptPair, encode_pairs, positions_from_e
 
 @pytest.fixture()
 def fixed_speed(toy: ToolContext) -> Iterator[ToolContext]:
-    """The toy model with a known throughput (1,000 token-layers per second), restored afterwards."""
-    saved = toy.model.throughput
-    toy.model.throughput = 1000.0
+    """The toy model with a known throughput (1,000 token-layers per second) and a known fixed cost per block call
+    (10 ms), restored afterwards."""
+    saved = toy.model.throughput, toy.model.block_call_seconds
+    toy.model.throughput, toy.model.block_call_seconds = 1000.0, 0.01
     yield toy
-    toy.model.throughput = saved
+    toy.model.throughput, toy.model.block_call_seconds = saved
 
 
 def test_work_units_and_seconds_follow_the_hand_count(fixed_speed: ToolContext) -> None:
     tc = fixed_speed
     n_layers = int(tc.model.cfg.n_layers)
-    work = Work(rows=10, tokens_per_row=8, layer_fraction=0.5, backward_rows=2, cells=10, result_chars=1234)
+    work = Work(
+        rows=10, tokens_per_row=8, layer_fraction=0.5, backward_rows=2, cells=10, result_chars=1234, rows_per_pass=5
+    )
     units = math.ceil((10 + 2 * 2) * 8 * n_layers * 0.5)
     assert work_units(tc, work) == units
     cost = estimate(tc, work)
-    assert cost.work_units == units
-    assert cost.seconds == pytest.approx(units / 1000.0, rel=1e-3)
+    assert cost.work_units == units and cost.forward_passes == 2 + 1
+    # two forward passes and one backward (two block calls per block) through half the blocks, 10 ms a call
+    block_calls = (2 + 2 * 1) * max(1.0, n_layers * 0.5)
+    assert cost.seconds == pytest.approx(units / 1000.0 + block_calls * 0.01, rel=1e-3)
     assert (cost.cells, cost.result_chars) == (10, 1234)
 
 

@@ -134,12 +134,14 @@ def estimate(tc: ToolContext, work: Work) -> Cost:
     units = work_units(tc, work)
     layers_per_row = max(1.0, tc.view.n_layers * work.layer_fraction)
     rows_per_pass = work.rows_per_pass or rows_for_time(tc, work.tokens_per_row, layers_per_row)
-    passes = math.ceil(work.rows / max(1, rows_per_pass)) + math.ceil(work.backward_rows / max(1, rows_per_pass))
+    forward = math.ceil(work.rows / max(1, rows_per_pass))
+    backward = math.ceil(work.backward_rows / max(1, rows_per_pass))
+    block_calls = (forward + 2 * backward) * layers_per_row  # each pass calls every block it runs (backward: twice)
     return Cost(
         cells=work.cells,
-        forward_passes=passes,
+        forward_passes=forward + backward,
         work_units=units,
-        seconds=units / throughput,
+        seconds=units / throughput + block_calls * block_call_seconds(tc),
         result_chars=work.result_chars,
         throughput=throughput,
     )
@@ -214,11 +216,12 @@ def single_pass_cost(tc: ToolContext, work: Work) -> Cost:
     problem; the result size and the work units are what the caps bound here)."""
     units = work_units(tc, work)
     throughput = tc.model.throughput
+    calls = tc.view.n_layers * (tc.model.block_call_seconds or 0.0)
     return Cost(
         cells=work.cells,
         forward_passes=1,
         work_units=units,
-        seconds=units / throughput if throughput else 0.0,
+        seconds=units / throughput + calls if throughput else 0.0,
         result_chars=work.result_chars,
         throughput=throughput or 0.0,
     )
