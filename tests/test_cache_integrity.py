@@ -150,7 +150,7 @@ async def test_a_nan_weight_gives_an_error_naming_the_layer(mode: str) -> None:
         params["transformer.h.1._original_component.attn.o._original_component.bias"].fill_(math.nan)
     async with Client(build_server(host), mode=mode) as client:
         message = error_text(await client.call_tool("logit_lens", {"prompt": "w1 w2 w3", "top_k": 2}))
-        assert "NaN at top[2][0].prob" in message and "rows[2]='final'" in message
+        assert "NaN at top[2].probs[0]" in message and "rows[2]='final'" in message
         assert "not JSON compliant" not in message
         fine = result_data(await client.call_tool("tokenize", {"text": "w1"}))  # other results still serialize
         assert fine["n_tokens"] == 2

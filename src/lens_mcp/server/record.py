@@ -81,16 +81,28 @@ def model_facts(model: LoadedModel | None) -> dict[str, Any] | None:
 
 
 # ---- writing -------------------------------------------------------------------------------------
+def _new_file(folder: Path, stem: str) -> tuple[Path, Any]:
+    """A record file of its own: two recorders of one process in the same second get stem.jsonl, stem-2.jsonl."""
+    for number in range(1, 1000):
+        path = folder / (f"{stem}.jsonl" if number == 1 else f"{stem}-{number}.jsonl")
+        try:
+            return path, open(path, "x", encoding="utf-8")
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+    raise OSError(f"no free record file name for {stem} in {folder}")
+
+
 class Recorder:
     """One append-only JSONL file; `write` is thread-safe and durable (flush + fsync) per line."""
 
     def __init__(self, directory: str | os.PathLike[str], command: str = "serve") -> None:
         folder = Path(directory).expanduser()
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-        self.path = folder / f"lens-mcp-{stamp}-{command}-{os.getpid()}.jsonl"
+        stem = f"lens-mcp-{stamp}-{command}-{os.getpid()}"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")
+            self.path, self._file = _new_file(folder, stem)
         except FileExistsError:
             raise UsageError(f"--record {directory}: that is a file; --record takes a folder to write into") from None
         except OSError as exc:
