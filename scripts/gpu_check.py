@@ -58,13 +58,13 @@ def checks(layers: int) -> dict[str, Callable[[Any], Any]]:
 
 
 def numbers(value: Any, skip: frozenset[str] = frozenset({"seconds", "throughput", "cost", "device"})) -> list[float]:
-    """Every number of a result, in order (timing and cost fields left out)."""
+    """Every measured value of a result (its floats), in order; timing and cost fields left out."""
     if isinstance(value, dict):
         return [n for k, v in value.items() if k not in skip for n in numbers(v, skip)]
     if isinstance(value, list):
         return [n for v in value for n in numbers(v, skip)]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return [float(value)]
+    if isinstance(value, float):  # ints are ids, positions and counts: compared by the device check only as floats
+        return [value]
     return []
 
 
@@ -88,6 +88,9 @@ def run_all(spec: str, device: str, dtype: str, layers: int) -> dict[str, tuple[
     host.load(spec, device=device, dtype=dtype)
     found: dict[str, tuple[list[float] | str, float]] = {}
     with host.use() as model:
+        computed = {str(parameter.dtype).removeprefix("torch.") for parameter in model.bridge.parameters()}
+        if computed != {dtype}:
+            raise SystemExit(f"asked for {dtype} on {device}, the model computes in {', '.join(sorted(computed))}")
         tc = ToolContext(model, host.limits)
         for name, call in checks(layers).items():
             started = time.perf_counter()
@@ -157,6 +160,8 @@ def main() -> int:
     print(f"{'check':<52} {'largest error':>13} {'seconds':>8}")
     for row in rows:
         error = row["error"]
+        if isinstance(error, float) and math.isinf(error):
+            error = "different cells (e.g. a sparse grid listing other cells)"
         shown = f"{error:>13.2e}" if isinstance(error, float) else f"  {error}"
         print(f"{row['check']:<52} {shown} {row['seconds']:>8.2f}")
     print("reduced precision: weights and activations in that dtype; metrics, normalization and scores in fp32")

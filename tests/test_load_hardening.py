@@ -223,6 +223,17 @@ def test_the_default_gguf_loads_through_a_symlink_with_another_name(tmp_path: Pa
     assert loaded.cfg.n_layers == 30 and loaded.from_cache is not None
 
 
+@pytest.mark.slow
+def test_the_default_model_computes_in_the_dtype_it_reports() -> None:
+    """A GGUF model loaded as bfloat16 runs in bfloat16 (the cache holds fp32; it used to stay fp32 while
+    model_info said bfloat16)."""
+    import torch
+
+    loaded = ModelHost().load("smollm2-135m", device="cpu", dtype="bfloat16")
+    assert loaded.dtype == torch.bfloat16
+    assert {parameter.dtype for parameter in loaded.bridge.parameters()} == {torch.bfloat16}
+
+
 def test_a_relative_owner_name_says_the_same_whether_or_not_it_exists(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -105,6 +105,7 @@ def _boot(
         hf_model, tokenizer, cache_dir, from_cache = load_gguf(
             spec.location, spec.gguf_file, notify=lambda message: progress(1, 3, message)
         )
+        hf_model = hf_model.to(dtype)  # the cache holds fp32; boot_transformers leaves a given model's dtype alone
         bridge = TransformerBridge.boot_transformers(
             str(cache_dir), hf_model=hf_model, tokenizer=tokenizer, dtype=dtype, **placement
         )
