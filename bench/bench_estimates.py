@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--png", default="bench/estimates.png")
     args = parser.parse_args()
 
+    from lens_mcp.errors import LensError
     from lens_mcp.limits import Limits
     from lens_mcp.model_host import ModelHost
     from lens_mcp.tools.causal.attribution_patch import attribution_patch
@@ -94,7 +95,11 @@ def main() -> None:
         calls[0][1]()  # warm-up
         for label, call in calls:
             started = time.perf_counter()
-            result = call()
+            try:
+                result = call()
+            except LensError as exc:  # refused before computing: nothing to compare
+                print(f"{label:<52} refused: {str(exc)[:100]}")
+                continue
             actual = time.perf_counter() - started
             estimated = result.cost.seconds if result.cost is not None else float("nan")
             rows.append((label, estimated, actual))
