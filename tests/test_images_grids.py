@@ -25,7 +25,7 @@ from lens_mcp.server.images import MAX_PNG_BYTES, render_heatmap
 from tests.image_refs import EIFFEL_TOY, decode, invert_colours, read_cells
 from tests.mcp_client import call_tool, result_data
 from tests.sae_refs import HOOK, toy_sae_folder
-from tests.shared import TIMING_FIELDS
+from tests.shared import untimed
 
 GREY, HATCH = 0xE6 / 255, 0x8C / 255  # server.images: a cell without a value is light grey hatched darker grey
 
@@ -41,19 +41,11 @@ async def drawn(server: MCPServer, tool: str, arguments: dict[str, Any]) -> tupl
     plain = result_data(await call_tool(server, tool, arguments, mode="legacy"))
     result = await call_tool(server, tool, {**arguments, "image": True}, mode="legacy")
     data = result_data(result)
-    assert _untimed(data) == _untimed(plain)
+    assert untimed(data) == untimed(plain)
     assert result.content[0].type == "text"
     pngs = [base64.b64decode(block.data) for block in result.content if block.type == "image"]
     assert all(len(png) <= MAX_PNG_BYTES for png in pngs)
     return data, pngs
-
-
-def _untimed(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _untimed(v) for k, v in data.items() if k not in TIMING_FIELDS}
-    if isinstance(data, list):
-        return [_untimed(v) for v in data]
-    return data
 
 
 def colours_of(png: bytes, heatmap: Heatmap) -> np.ndarray:

@@ -342,18 +342,7 @@ def scripted(args: argparse.Namespace, out: TextIO, exit_hard: bool = False) -> 
             commands.build_index, host, _loader(host, args), args.sae, args.sae_id, arguments, out, sys.stderr
         )
     elif args.command == "call":
-        status = anyio.run(
-            commands.call_one,
-            host,
-            _loader(host, args),
-            args.tool,
-            args.pairs,
-            args.json_arguments,
-            out,
-            sys.stderr,
-            args.image_dir,
-            args.note,
-        )
+        status = _run_call(args, out, host, _loader(host, args))
     elif args.command in CATALOG_COMMANDS:
         from lens_mcp.cli import catalog
 
@@ -374,6 +363,25 @@ def scripted(args: argparse.Namespace, out: TextIO, exit_hard: bool = False) -> 
         sys.stderr.flush()
         os._exit(status)
     return status
+
+
+def _run_call(args: argparse.Namespace, out: TextIO, server: Server, start_load: Callable[[], None]) -> int:
+    import anyio
+
+    from lens_mcp.cli import scripted as commands
+
+    return anyio.run(
+        commands.call_one,
+        server,
+        start_load,
+        args.tool,
+        args.pairs,
+        args.json_arguments,
+        out,
+        sys.stderr,
+        args.image_dir,
+        args.note,
+    )
 
 
 def _run_batch(args: argparse.Namespace, out: TextIO, server: Server, start_load: Callable[[], None]) -> int:
@@ -397,7 +405,6 @@ def _run_batch(args: argparse.Namespace, out: TextIO, server: Server, start_load
 
 def _scripted_remote(args: argparse.Namespace, out: TextIO) -> int:
     """`call` / `batch` against a running HTTP server: nothing loads here."""
-    import anyio
 
     from lens_mcp.cli import scripted as commands
     from lens_mcp.server.http import TokenError, read_token
@@ -411,18 +418,7 @@ def _scripted_remote(args: argparse.Namespace, out: TextIO) -> int:
     except TokenError as exc:
         raise UsageError(str(exc)) from exc
     if args.command == "call":
-        return anyio.run(
-            commands.call_one,
-            remote,
-            _no_load,
-            args.tool,
-            args.pairs,
-            args.json_arguments,
-            out,
-            sys.stderr,
-            args.image_dir,
-            args.note,
-        )
+        return _run_call(args, out, remote, _no_load)
     return _run_batch(args, out, remote, _no_load)
 
 

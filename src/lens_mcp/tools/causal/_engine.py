@@ -520,25 +520,11 @@ class PatchEngine:
         counter: ProgressCounter,
         finished: set[int],
     ) -> None:
-        groups: dict[int, list[int]] = defaultdict(list)
-        for i in active:
-            groups[int(patches[i].first_diff or 0) if self.suffix_ok else 0].append(i)
-        groups = self._merge_groups(groups, patches)
+        groups = self._position_groups(patches, active)
         for offset in sorted(groups):
             members = sorted(groups[offset], key=lambda i: patches[i].layer)
-            length = self.n_tokens - offset
-            plan = plan_rows(
-                self.tc.limits,
-                self.tokens.device,
-                length,
-                sequence_bytes(self.tc.view, length, self.n_tokens),
-                wanted=len(members) + 1,
-                seconds_per_row=seconds_per_row(
-                    self.tc, length, int(self.tc.view.n_layers) - patches[members[0]].layer
-                ),
-            )
-            room = plan.ceiling if plan.ceiling is not None else plan.rows
-            control = room >= 2  # a control row needs room for one more sequence in the batch
+            plan = self._driven_plan(offset, len(members), patches[members[0]].layer)
+            control = self._has_control(plan)
             rows: int | BatchPlan = 1
             if control:  # one row of each batch is the control: the patches get the rest, here and when it grows
                 ceiling = None if plan.ceiling is None else plan.ceiling - 1
@@ -569,6 +555,42 @@ class PatchEngine:
                 values[list(batch)] = result
                 finished.update(batch)
 
+    def _position_groups(self, patches: Sequence[Patch], active: list[int]) -> dict[int, list[int]]:
+        """The active patches by the position their rows start from (merged where that is cheaper)."""
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i in active:
+            groups[int(patches[i].first_diff or 0) if self.suffix_ok else 0].append(i)
+        return self._merge_groups(groups, patches)
+
+    def _driven_plan(self, offset: int, n_members: int, first_layer: int) -> BatchPlan:
+        """Rows per driven batch of a position group whose rows start at `offset`, the first at `first_layer`."""
+        length = self.n_tokens - offset
+        return plan_rows(
+            self.tc.limits,
+            self.tokens.device,
+            length,
+            sequence_bytes(self.tc.view, length, self.n_tokens),
+            wanted=n_members + 1,
+            seconds_per_row=seconds_per_row(self.tc, length, self.n_layers - first_layer),
+        )
+
+    @staticmethod
+    def _has_control(plan: BatchPlan) -> bool:
+        """A control row needs room for one more sequence in the batch."""
+        return (plan.ceiling if plan.ceiling is not None else plan.rows) >= 2
+
+    def _hooked_plan(self, n_active: int) -> BatchPlan:
+        """Rows per full hooked forward pass (logits kept for every position)."""
+        n = self.n_tokens
+        return plan_rows(
+            self.tc.limits,
+            self.tokens.device,
+            n,
+            sequence_bytes(self.tc.view, n, n, logits_tokens=n),
+            wanted=n_active,
+            seconds_per_row=seconds_per_row(self.tc, n),
+        )
+
     def planned_work(self, patches: Sequence[Patch]) -> PlannedWork:
         """The work `run(patches)` will do, batch by batch as it will batch them (call after prepare())."""
         active = [i for i, patch in enumerate(patches) if patch.first_diff is not None]
@@ -576,21 +598,11 @@ class PatchEngine:
             return PlannedWork(0, 0, 0, 0)
         token_layers = block_calls = batches = 0
         if self.driven_ok:
-            groups: dict[int, list[int]] = defaultdict(list)
-            for i in active:
-                groups[int(patches[i].first_diff or 0) if self.suffix_ok else 0].append(i)
-            for offset, members in self._merge_groups(groups, patches).items():
+            for offset, members in self._position_groups(patches, active).items():
                 layers = sorted(patches[i].layer for i in members)
                 length = self.n_tokens - offset
-                plan = plan_rows(
-                    self.tc.limits,
-                    self.tokens.device,
-                    length,
-                    sequence_bytes(self.tc.view, length, self.n_tokens),
-                    wanted=len(members) + 1,
-                    seconds_per_row=seconds_per_row(self.tc, length, self.n_layers - layers[0]),
-                )
-                control = int((plan.ceiling if plan.ceiling is not None else plan.rows) >= 2)
+                plan = self._driven_plan(offset, len(members), layers[0])
+                control = int(self._has_control(plan))
                 per_batch = max(1, plan.rows - control)
                 for start in range(0, len(layers), per_batch):
                     batch = layers[start : start + per_batch]
@@ -602,17 +614,9 @@ class PatchEngine:
                     token_layers += length * self.n_layers
                     block_calls += self.n_layers
         else:
-            n = self.n_tokens
-            plan = plan_rows(
-                self.tc.limits,
-                self.tokens.device,
-                n,
-                sequence_bytes(self.tc.view, n, n, logits_tokens=n),
-                wanted=len(active),
-                seconds_per_row=seconds_per_row(self.tc, n),
-            )
+            plan = self._hooked_plan(len(active))
             batches = -(-len(active) // plan.rows)
-            token_layers = len(active) * n * self.n_layers
+            token_layers = len(active) * self.n_tokens * self.n_layers
             block_calls = batches * self.n_layers
         return PlannedWork(token_layers, block_calls, len(active), batches)
 
@@ -696,15 +700,7 @@ class PatchEngine:
         self, patches: Sequence[Patch], active: list[int], values: torch.Tensor, counter: ProgressCounter
     ) -> None:
         """Fallback: full forward passes of the corrupted prompt, one row per cell, patched by hooks."""
-        n = self.n_tokens
-        plan = plan_rows(
-            self.tc.limits,
-            self.tokens.device,
-            n,
-            sequence_bytes(self.tc.view, n, n, logits_tokens=n),
-            wanted=len(active),
-            seconds_per_row=seconds_per_row(self.tc, n),
-        )
+        plan = self._hooked_plan(len(active))
         self.stats.batch_rows = plan.rows
         self.stats.batch_bound = plan.reason
 
