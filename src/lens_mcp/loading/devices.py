@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from lens_mcp.errors import LensError
+
+log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES: dict[str, torch.dtype] = {
@@ -38,3 +42,21 @@ def resolve_dtype(dtype: str | None) -> torch.dtype:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def available_memory_bytes(device: torch.device | str) -> int | None:
+    """Free memory on `device`: `torch.cuda.mem_get_info` on a GPU, MemAvailable from /proc/meminfo on CPU;
+    None where it cannot be told (then only the caps in Limits bound a batch)."""
+    device = torch.device(device)
+    try:
+        if device.type == "cuda" and torch.cuda.is_available():
+            free, _total = torch.cuda.mem_get_info(device)
+            return int(free)
+        if device.type == "cpu":
+            with open("/proc/meminfo", encoding="ascii") as meminfo:
+                for line in meminfo:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+    except (OSError, ValueError, RuntimeError):
+        log.debug("could not read free memory for %s", device, exc_info=True)
+    return None

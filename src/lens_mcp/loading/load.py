@@ -14,6 +14,7 @@ import torch
 
 from lens_mcp.errors import LensError
 from lens_mcp.loading.devices import dtype_name, resolve_device, resolve_dtype
+from lens_mcp.loading.footprint import check_fits
 from lens_mcp.loading.gguf_cache import load_gguf
 from lens_mcp.loading.hub import hub_host_and_port, hub_reachable, hub_snapshot, in_local_cache
 from lens_mcp.loading.specs import ModelSpec
@@ -78,6 +79,7 @@ def load_model(
     else:
         device_name = resolve_device(device)
         placement = {"device": device_name}
+        check_fits(spec, torch_dtype, device_name, trust_remote_code)
     started = time.perf_counter()
     progress(0, 3, f"loading {spec.name}")
     # Libraries print progress bars and notices; stdout belongs to the protocol.

@@ -129,3 +129,8 @@ class Cost(BaseModel):
     seconds: Rounded = Field(description="Estimated seconds on this model and device, from a measured throughput")
     result_chars: int = Field(description="Estimated characters of the JSON result")
     throughput: Rounded = Field(description="Measured token-layers per second of this model on this device")
+    memory_mb: Rounded = Field(
+        0.0,
+        description="Least memory the call needs beyond the model's weights, in MB: what it keeps across batches "
+        "plus one row's activations (a call that cannot fit in the free memory is refused before it runs)",
+    )

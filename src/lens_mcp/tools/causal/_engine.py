@@ -338,6 +338,11 @@ class PatchEngine:
         """The metric on each pair's corrupted prompt."""
         self.clean_values: list[float] = []
 
+    def stored_bytes(self) -> int:
+        """Bytes the prepared engine holds across batches: both runs' caches and the recorded keys and values."""
+        tensors = [*self.cache.values(), *self.clean_cache.values(), *self.kv.keys.values(), *self.kv.values.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     # ---- preparation -------------------------------------------------------------------------
     def prepare(self) -> None:
         """The clean and corrupted runs, as one batch of two: their caches, the arguments each block received,

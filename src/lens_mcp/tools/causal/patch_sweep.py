@@ -40,7 +40,7 @@ from lens_mcp.tools.core.arguments import (
 )
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars, planned_cost
+from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars, planned_cost, row_memory
 from lens_mcp.tools.core.grids import layer_summary, sparse_grid, wants_sparse
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.metrics import AnswerMetric, metric_warnings, resolve_metric
@@ -169,10 +169,20 @@ NARROW = "pass fewer layers=[...] or positions=[...], use a per-head component, 
 def reference_cost(tc: ToolContext, plan: SweepPlan) -> Cost:
     """The clean and corrupted runs of every pair: what the call spends before it knows what it will skip."""
     tokens = max(int(t.shape[-1]) for t in plan.encoded)
-    return estimate(tc, Work(rows=2 * len(plan.encoded), tokens_per_row=tokens))
+    view = tc.view
+    kept_per_row = tokens * (view.d_model * (view.n_layers + 1) + 2 * view.n_layers * view.n_kv_heads * view.d_head)
+    return estimate(
+        tc, Work(rows=2 * len(plan.encoded), tokens_per_row=tokens, stored_bytes=8 * len(plan.encoded) * kept_per_row)
+    )
 
 
-def prepared_cost(tc: ToolContext, plan: SweepPlan, works: Sequence[PlannedWork], spent_seconds: float) -> Cost:
+def prepared_cost(
+    tc: ToolContext,
+    plan: SweepPlan,
+    groups: Sequence[PreparedGroup],
+    works: Sequence[PlannedWork],
+    spent_seconds: float,
+) -> Cost:
     """The sweep's cost once its reference runs are done: only the rows the engine will run (cells whose
     activations are equal skipped, each row from its layer and its first differing position), in the batches it
     will run them, with what each block call costs; and the result's size, sparse or summarized to fit."""
@@ -191,6 +201,7 @@ def prepared_cost(tc: ToolContext, plan: SweepPlan, works: Sequence[PlannedWork]
         token_layers=sum(work.token_layers for work in works),
         block_calls=sum(work.block_calls for work in works),
         result_chars=chars,
+        memory_bytes=sum(group.engine.stored_bytes() for group in groups) + row_memory(tc, tokens),
         spent_seconds=spent_seconds,
     )
 
@@ -572,7 +583,7 @@ def patch_sweep(
     enforce(tc, reference_cost(tc, plan), NARROW)
     reference_started = time.perf_counter()
     groups = prepare_sweeps(tc, plan, component, direction)
-    cost = prepared_cost(tc, plan, sweep_work(groups), time.perf_counter() - reference_started)
+    cost = prepared_cost(tc, plan, groups, sweep_work(groups), time.perf_counter() - reference_started)
     if dry_run:
         return PatchSweepResult(
             component=component,

@@ -11,14 +11,14 @@ from pydantic import Field
 
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.circuits import EdgeAttributionResult, EdgeScore, NodeScore, VerifiedEdge
-from lens_mcp.tools.circuits._attribute import attribute
+from lens_mcp.tools.circuits._attribute import attribute, row_bytes
 from lens_mcp.tools.circuits._engine import build_graph, edge_run, writer_states
 from lens_mcp.tools.circuits._graph import Graph
 from lens_mcp.tools.circuits._inputs import Dataset, load_dataset
 from lens_mcp.tools.circuits._store import LAST, Stored, store
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.cost import Work, enforce, estimate
+from lens_mcp.tools.core.cost import Work, enforce, estimate, row_memory
 from lens_mcp.tools.core.metrics import MetricName
 from lens_mcp.tools.core.pairs import PairsArgument
 from lens_mcp.tools.core.validation import check_range, check_top_k
@@ -111,6 +111,9 @@ def edge_attribution(
             backward_rows=n_pairs * steps,
             cells=n_edges,
             result_chars=1500 + 70 * top_k * 2 + 200 * verify_top,
+            row_bytes=row_memory(tc, data.mean_tokens, backward=True)
+            + row_bytes(graph, data.mean_tokens, tc.view.d_model),
+            stored_bytes=row_bytes(graph, data.mean_tokens, tc.view.d_model),
         ),
     )
     enforce(tc, cost, "fewer pairs, fewer ig_steps, shorter prompts, or edges='component'")

@@ -17,6 +17,7 @@ from typing import Any, TypeVar, cast
 
 import torch
 
+from lens_mcp.loading.devices import available_memory_bytes
 from lens_mcp.progress import ProgressReporter, no_progress
 from lens_mcp.tools.core.model_view import ModelView
 
@@ -28,24 +29,6 @@ R = TypeVar("R")
 MEMORY_FRACTION = 0.5
 """Share of the currently free memory one batch may plan to use (the rest is headroom for the allocator,
 the model's own buffers and whatever else runs on the machine)."""
-
-
-def available_memory_bytes(device: torch.device | str) -> int | None:
-    """Free memory on `device`: `torch.cuda.mem_get_info` on a GPU, MemAvailable from /proc/meminfo on CPU;
-    None where it cannot be told (then only the caps in Limits bound a batch)."""
-    device = torch.device(device)
-    try:
-        if device.type == "cuda" and torch.cuda.is_available():
-            free, _total = torch.cuda.mem_get_info(device)
-            return int(free)
-        if device.type == "cpu":
-            with open("/proc/meminfo", encoding="ascii") as meminfo:
-                for line in meminfo:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-    except (OSError, ValueError, RuntimeError):
-        log.debug("could not read free memory for %s", device, exc_info=True)
-    return None
 
 
 def sequence_bytes(

@@ -28,6 +28,8 @@ import torch
 
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.common import Cost
+from lens_mcp.tools.core import batching
+from lens_mcp.tools.core.batching import sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,10 @@ class Work:
     """Estimated characters of the JSON result."""
     rows_per_pass: int | None = None
     """Rows per batched forward pass, when the tool already knows it (else derived from the time bound)."""
+    stored_bytes: int = 0
+    """Bytes the call keeps across its batches (reference caches, gradient sums), beyond one batch's activations."""
+    row_bytes: int | None = None
+    """Activation bytes of one row while it runs, when the tool knows better than `row_memory`."""
 
 
 def grid_chars(cells: int, overhead: int = 600) -> int:
@@ -128,6 +134,31 @@ def work_units(tc: ToolContext, work: Work) -> int:
     return int(math.ceil((work.rows + 2 * work.backward_rows) * per_row))
 
 
+def _dtype_bytes(tc: ToolContext) -> int:
+    parameter = next(iter(tc.view.parameters()), None)
+    return 4 if parameter is None else max(2, parameter.element_size())
+
+
+def row_memory(tc: ToolContext, tokens_per_row: int, backward: bool = False) -> int:
+    """Activation bytes one row of `tokens_per_row` tokens needs while it runs: one block's working set and its
+    logits for a forward pass; for a backward pass every block's saved activations and the logits' gradients
+    (measured on SmolLM2-135M: 636 MB at 256 tokens and 4.1 GB at 1,024 against 680 MB and 6.0 GB here)."""
+    view = tc.view
+    dtype_bytes = _dtype_bytes(tc)
+    if backward:
+        return view.n_layers * sequence_bytes(view, tokens_per_row, dtype_bytes=dtype_bytes) + 3 * 4 * (
+            tokens_per_row * view.d_vocab
+        )
+    return sequence_bytes(view, tokens_per_row, logits_tokens=tokens_per_row, dtype_bytes=dtype_bytes)
+
+
+def memory_mb(tc: ToolContext, work: Work) -> float:
+    """The least memory the call needs beyond the model's weights, in MB: what it keeps across batches plus one
+    row's activations (batches grow from there up to a share of the free memory, `batching.MEMORY_FRACTION`)."""
+    row = work.row_bytes if work.row_bytes is not None else row_memory(tc, work.tokens_per_row, work.backward_rows > 0)
+    return (max(0, work.stored_bytes) + max(0, row)) / 2**20
+
+
 def estimate(tc: ToolContext, work: Work) -> Cost:
     """The call's cost: cells, batched passes, work units, seconds on this model and device, result size."""
     throughput = measured_throughput(tc)
@@ -144,6 +175,7 @@ def estimate(tc: ToolContext, work: Work) -> Cost:
         seconds=units / throughput + block_calls * block_call_seconds(tc),
         result_chars=work.result_chars,
         throughput=throughput,
+        memory_mb=memory_mb(tc, work),
     )
 
 
@@ -155,11 +187,13 @@ def planned_cost(
     token_layers: float,
     block_calls: int,
     result_chars: int,
+    memory_bytes: int,
     spent_seconds: float = 0.0,
 ) -> Cost:
     """The cost of work already planned in detail (the engine knows which rows and positions it will run, and
-    how many block calls, each of which costs `block_call_seconds` beyond its arithmetic). `spent_seconds`: what
-    the call already spent finding that out (its reference runs)."""
+    how many block calls, each of which costs `block_call_seconds` beyond its arithmetic). `memory_bytes`: what it
+    holds (its reference runs' caches) plus one row. `spent_seconds`: what the call already spent finding that out
+    (its reference runs)."""
     throughput = measured_throughput(tc)
     return Cost(
         cells=cells,
@@ -168,6 +202,7 @@ def planned_cost(
         seconds=spent_seconds + token_layers / throughput + block_calls * block_call_seconds(tc),
         result_chars=result_chars,
         throughput=throughput,
+        memory_mb=memory_bytes / 2**20,
     )
 
 
@@ -191,12 +226,30 @@ def enforce(tc: ToolContext, cost: Cost, narrow: str) -> None:
             f"about {cost.result_chars:,} characters of JSON, over max_response_chars={limits.max_response_chars} "
             "(LENS_MCP_MAX_RESPONSE_CHARS)"
         )
+    memory = _memory_problem(tc, cost)
+    if memory:
+        problems.append(memory)
     if problems:
         raise LensError(
             f"refused before computing: this call is {cost.cells:,} cells in {cost.forward_passes:,} batched passes, "
             + "; ".join(problems)
             + f". Narrow it: {narrow}. (dry_run=true returns this estimate without computing.)"
         )
+
+
+def _memory_problem(tc: ToolContext, cost: Cost) -> str | None:
+    """Why the call cannot fit in the memory free on the model's device now, or None (also when that cannot be
+    told)."""
+    parameter = next(iter(tc.view.parameters()), None)
+    free = batching.available_memory_bytes(parameter.device if parameter is not None else "cpu")
+    needed = cost.memory_mb * 2**20
+    if free is None or needed <= free:
+        return None
+    return (
+        f"about {cost.memory_mb:,.0f} MB of activations beyond the weights at the least (one row and what the call "
+        f"keeps across rows), over the {free / 2**20:,.0f} MB free on {parameter.device if parameter is not None else 'cpu'}"
+        " now (shorter prompts, fewer pairs or a smaller model fit)"
+    )
 
 
 def rows_for_time(tc: ToolContext, tokens_per_row: int, layers_per_row: float | None = None) -> int:
@@ -224,4 +277,5 @@ def single_pass_cost(tc: ToolContext, work: Work) -> Cost:
         seconds=units / throughput + calls if throughput else 0.0,
         result_chars=work.result_chars,
         throughput=throughput or 0.0,
+        memory_mb=memory_mb(tc, work),
     )
