@@ -112,7 +112,7 @@ def test_every_dry_run_answers_with_an_estimate_or_a_readable_refusal(
             with anyio.fail_after(120):
                 result = await client.call_tool(name, arguments)
         if result.is_error:
-            text = result.content[0].text  # type: ignore[union-attr]
+            text = result.content[0].text
             assert "failed unexpectedly" not in text, (name, arguments, text)
         else:
             cost = (result.structured_content or {}).get("cost")
