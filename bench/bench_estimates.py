@@ -46,19 +46,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[8, 32, 128])
-    parser.add_argument("--pairs", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[8, 32, 128, 256])
+    parser.add_argument("--pairs", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--png", default="bench/estimates.png")
     args = parser.parse_args()
 
     from lens_mcp.errors import LensError
     from lens_mcp.limits import Limits
     from lens_mcp.model_host import ModelHost
+    from lens_mcp.tools.causal.ablate_heads import ablate_heads
     from lens_mcp.tools.causal.attribution_patch import attribution_patch
     from lens_mcp.tools.causal.patch_sweep import patch_sweep
     from lens_mcp.tools.causal.path_patch import path_patch
+    from lens_mcp.tools.circuits.circuit_faithfulness import circuit_faithfulness
     from lens_mcp.tools.circuits.edge_attribution import edge_attribution
     from lens_mcp.tools.core.context import ToolContext
+    from lens_mcp.tools.features.feature_exemplars import feature_exemplars
+    from lens_mcp.tools.features.generate import generate
 
     host = ModelHost(Limits(max_call_seconds=3600, max_work_units=10**12, max_sweep_cells=10**6))
     host.load(args.model, device=args.device)
@@ -80,7 +84,7 @@ def main() -> None:
                     data = [{"clean_prompt": c, "corrupted_prompt": k, "answer": answer, "wrong_answer": wrong}
                             for c, k in items]  # fmt: skip
                     for component in ("resid_pre", "attn_out", "heads", "heads_by_pos"):
-                        if component == "heads_by_pos" and n_words > 32:
+                        if (component == "heads_by_pos" and n_words > 32) or (n_pairs > 4 and n_words > 32):
                             continue
                         label = f"patch_sweep {component} {n_words}w {where} {n_pairs}p"
                         calls.append((label, lambda d=data, c=component: patch_sweep(tc, pairs=d, component=c)))  # type: ignore[arg-type]
@@ -92,6 +96,19 @@ def main() -> None:
                                       attribution_patch(tc, c, k, answer, wrong, component="heads_by_pos")))  # fmt: skip
                         calls.append((f"edge_attribution eap {n_words}w {where}", lambda c=clean, k=corrupted:
                                       edge_attribution(tc, c, k, answer, wrong)))  # fmt: skip
+                        calls.append((f"circuit_faithfulness last {n_words}w {where}", lambda c=clean, k=corrupted:
+                                      circuit_faithfulness(tc, c, k, answer, wrong, circuit="last")))  # fmt: skip
+                    elif n_pairs > 1 and n_words <= 32:
+                        calls.append((f"edge_attribution eap {n_words}w {where} {n_pairs}p", lambda d=data:
+                                      edge_attribution(tc, pairs=d)))  # type: ignore[arg-type]  # fmt: skip
+            clean = pair_prompts(n_words, "late", 0, words)[0]
+            calls.append((f"ablate_heads 4 heads {n_words}w", lambda c=clean:
+                          ablate_heads(tc, c, heads=[[late, h] for h in range(4)], individually=True)))  # fmt: skip
+        calls.append(("generate 16 tokens", lambda: generate(tc, " ".join(words[:8]), max_new_tokens=16)))
+        if not toy:
+            for tokens in (4096, 16384):
+                calls.append((f"feature_exemplars scan {tokens} tokens", lambda n=tokens:
+                              feature_exemplars(tc, feature=3, tokens=n)))  # fmt: skip
         calls[0][1]()  # warm-up
         for label, call in calls:
             started = time.perf_counter()

@@ -46,6 +46,9 @@ class LoadedModel:
     """Measured token-layers per second of a batched forward pass on this model's device (cost estimates)."""
     block_call_seconds: float | None = None
     """Measured seconds one block call costs beyond its arithmetic (Python, hooks, kernel launches)."""
+    per_head_slowdown: float | None = None
+    """Measured: how many times slower a pass runs with every head's inputs and outputs as hook points (what edge
+    attribution and circuit faithfulness read) than a plain pass."""
 
     @property
     def cfg(self) -> Any:

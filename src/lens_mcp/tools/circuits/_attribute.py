@@ -10,6 +10,7 @@ Scores are in the metric's units, averaged over pairs; component scores sum the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from lens_mcp.tools.circuits._engine import Metric, check_additive, gradient_pas
 from lens_mcp.tools.circuits._graph import Graph
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.cost import observe_pass, per_head_slowdown
 
 ROW_BYTES_BUDGET = 768 * 2**20
 """Bytes of writer and gradient tensors one batched backward pass may hold."""
@@ -148,7 +150,9 @@ def attribute(
                     alphas = torch.tensor([step / ig_steps for _, step in batch], device=slots.device)[:, None, None]
                     embed = corrupted_embed[slots] + alphas * (clean_embed[slots] - corrupted_embed[slots])
                 metric = _row_metric(metrics, [chunk[slot] for slot, _ in batch])
+                started = time.perf_counter()
                 run = gradient_pass(tc, graph, corrupted_tokens[slots], metric, embed)
+                observe_pass(tc, len(batch), n_pos, time.perf_counter() - started, True, per_head_slowdown(tc))
                 passes += 1
                 if start == 0:  # the first len(chunk) rows are step 0: the corrupted runs themselves
                     corrupted_writers = run.writers[: len(chunk)]

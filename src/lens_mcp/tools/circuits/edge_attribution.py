@@ -18,7 +18,7 @@ from lens_mcp.tools.circuits._inputs import Dataset, load_dataset
 from lens_mcp.tools.circuits._store import LAST, Stored, store
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.cost import Work, enforce, estimate, row_memory
+from lens_mcp.tools.core.cost import Work, enforce, estimate, per_head_slowdown, row_memory
 from lens_mcp.tools.core.metrics import MetricName
 from lens_mcp.tools.core.pairs import PairsArgument
 from lens_mcp.tools.core.validation import check_range, check_top_k
@@ -111,6 +111,7 @@ def edge_attribution(
             backward_rows=n_pairs * steps,
             cells=n_edges,
             result_chars=1500 + 70 * top_k * 2 + 200 * verify_top,
+            slowdown=per_head_slowdown(tc),
             row_bytes=row_memory(tc, data.mean_tokens, backward=True)
             + row_bytes(graph, data.mean_tokens, tc.view.d_model),
             stored_bytes=row_bytes(graph, data.mean_tokens, tc.view.d_model),

@@ -62,6 +62,9 @@ class Work:
     """Bytes the call keeps across its batches (reference caches, gradient sums), beyond one batch's activations."""
     row_bytes: int | None = None
     """Activation bytes of one row while it runs, when the tool knows better than `row_memory`."""
+    slowdown: float = 1.0
+    """How many times slower than a plain pass each pass runs (`per_head_slowdown` for passes with per-head hook
+    points on)."""
 
 
 def grid_chars(cells: int, overhead: int = 600) -> int:
@@ -110,6 +113,36 @@ def observe(tc: ToolContext, token_layers: float, block_calls: int, seconds: flo
     tc.model.throughput = (1 - OBSERVED_WEIGHT) * tc.model.throughput + OBSERVED_WEIGHT * seen
 
 
+MAX_SLOWDOWN = 20.0
+"""A bound on the measured slowdown (a probe disturbed by another process must not make every estimate absurd)."""
+
+
+def observe_pass(tc: ToolContext, rows: int, tokens: int, seconds: float, backward: bool, slowdown: float) -> None:
+    """Fold one finished pass of every block (`backward`: and its backward pass, twice a forward) into the
+    throughput (`observe`), its work counted in plain-pass units."""
+    n_layers = tc.view.n_layers
+    passes = 3 if backward else 1
+    observe(tc, rows * tokens * n_layers * passes * max(1.0, slowdown), passes * n_layers, seconds)
+
+
+def per_head_slowdown(tc: ToolContext) -> float:
+    """How many times slower a forward pass runs with every head's inputs and outputs as separate hook points
+    (`ModelView.per_head_hooks`: [batch, pos, heads, d_model] tensors instead of one fused projection) than a
+    plain pass; measured once per model on the throughput probe's batch and kept on `tc.model`."""
+    if tc.model.per_head_slowdown is not None:
+        return tc.model.per_head_slowdown
+    view = tc.view
+    n_tokens = max(2, min(_PROBE_TOKENS, view.n_ctx))
+    device = next(iter(view.parameters())).device
+    tokens = torch.randint(0, view.d_vocab, (_PROBE_BATCH, n_tokens), device=device)
+    with view.per_head_hooks():
+        split = _fastest_pass(tc, tokens)
+    plain = _fastest_pass(tc, tokens)
+    tc.model.per_head_slowdown = min(MAX_SLOWDOWN, max(1.0, split / max(plain, 1e-9)))
+    log.info("passes with per-head hook points run %.2fx slower", tc.model.per_head_slowdown)
+    return tc.model.per_head_slowdown
+
+
 def _fastest_pass(tc: ToolContext, tokens: torch.Tensor) -> float:
     best = math.inf
     with torch.no_grad():
@@ -129,8 +162,9 @@ def _synchronize(device: torch.device) -> None:
 
 
 def work_units(tc: ToolContext, work: Work) -> int:
-    """Token-layers the call will run: rows x tokens x blocks, backward passes counted twice."""
-    per_row = work.tokens_per_row * tc.view.n_layers * max(0.0, work.layer_fraction)
+    """Token-layers the call will run: rows x tokens x blocks, backward passes counted twice, times the passes'
+    slowdown."""
+    per_row = work.tokens_per_row * tc.view.n_layers * max(0.0, work.layer_fraction) * max(1.0, work.slowdown)
     return int(math.ceil((work.rows + 2 * work.backward_rows) * per_row))
 
 
