@@ -133,3 +133,26 @@ def test_a_grid_over_the_response_cap_is_summarized_not_refused(toy: ToolContext
         values = [abs(v) for row in full.grid[layer] for v in row if v is not None]  # type: ignore[index,union-attr]
         assert largest == pytest.approx(max(values), rel=1e-6)
     assert any("over the response cap" in note and "layers=" in note for note in summarized.notes)
+
+
+def test_edge_attribution_and_faithfulness_estimates_stay_within_half_and_twice(toy: ToolContext) -> None:
+    """Their passes run with per-head hook points on: estimated at the slowdown measured for them (summed over a
+    few calls, as above)."""
+    from lens_mcp.tools.circuits.circuit_faithfulness import circuit_faithfulness
+    from lens_mcp.tools.circuits.edge_attribution import edge_attribution
+
+    toy.model.throughput = None  # measured afresh, as at load
+    toy.model.slowdowns.clear()
+    estimated = taken = 0.0
+    calls = [
+        lambda: edge_attribution(toy, pairs=DATASET, verify_top=0),
+        lambda: edge_attribution(toy, pairs=DATASET, method="eap-ig", ig_steps=3, verify_top=0),
+        lambda: circuit_faithfulness(toy, pairs=DATASET, circuit="last", k=[5, 20, 60]),
+    ]
+    for call in calls * 2:
+        started = time.perf_counter()
+        result = call()
+        taken += time.perf_counter() - started
+        estimated += result.cost.seconds
+    assert len(toy.model.slowdowns) == 2 and min(toy.model.slowdowns.values()) >= 1.0
+    assert 0.5 <= taken / estimated <= 2.0, f"took {taken:.2f}s against {estimated:.2f}s estimated"

@@ -46,9 +46,9 @@ class LoadedModel:
     """Measured token-layers per second of a batched forward pass on this model's device (cost estimates)."""
     block_call_seconds: float | None = None
     """Measured seconds one block call costs beyond its arithmetic (Python, hooks, kernel launches)."""
-    per_head_slowdown: float | None = None
-    """Measured: how many times slower a pass runs with every head's inputs and outputs as hook points (what edge
-    attribution and circuit faithfulness read) than a plain pass."""
+    slowdowns: dict[str, float] = field(default_factory=dict)
+    """Measured, per kind of pass (e.g. edge attribution's gradient pass): how many times slower it runs than the
+    plain forward passes it is counted as (cost estimates)."""
 
     @property
     def cfg(self) -> Any:

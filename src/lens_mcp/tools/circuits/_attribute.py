@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
-from lens_mcp.tools.circuits._engine import Metric, check_additive, gradient_pass, writer_states
+from lens_mcp.tools.circuits._engine import Metric, check_additive, gradient_pass, gradient_slowdown, writer_states
 from lens_mcp.tools.circuits._graph import Graph
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.cost import observe_pass, per_head_slowdown
+from lens_mcp.tools.core.cost import observe_pass
 
 ROW_BYTES_BUDGET = 768 * 2**20
 """Bytes of writer and gradient tensors one batched backward pass may hold."""
@@ -152,7 +152,7 @@ def attribute(
                 metric = _row_metric(metrics, [chunk[slot] for slot, _ in batch])
                 started = time.perf_counter()
                 run = gradient_pass(tc, graph, corrupted_tokens[slots], metric, embed)
-                observe_pass(tc, len(batch), n_pos, time.perf_counter() - started, True, per_head_slowdown(tc))
+                observe_pass(tc, len(batch), n_pos, time.perf_counter() - started, True, gradient_slowdown(tc, graph))
                 passes += 1
                 if start == 0:  # the first len(chunk) rows are step 0: the corrupted runs themselves
                     corrupted_writers = run.writers[: len(chunk)]

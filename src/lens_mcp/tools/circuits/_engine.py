@@ -20,6 +20,7 @@ import torch
 from lens_mcp.errors import LensError
 from lens_mcp.tools.circuits._graph import Graph
 from lens_mcp.tools.core.context import ToolContext
+from lens_mcp.tools.core.cost import measured_slowdown
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
 """Per-row metric of the last position's logits [rows, vocab] -> [rows]."""
@@ -311,3 +312,37 @@ def edge_run(
     with torch.no_grad(), tc.view.per_head_hooks(), tc.view.hooks(fwd_hooks=hooks):
         logits = tc.view(tokens)[:, -1]
     return metric(logits).float()
+
+
+GRADIENT_PASS = "edge attribution's gradient pass"
+EDITED_PASS = "a pass with edges replaced"
+
+
+def gradient_slowdown(tc: ToolContext, graph: Graph) -> float:
+    """How many times slower a `gradient_pass` runs than the three plain forward passes it is counted as."""
+
+    def run(tokens: torch.Tensor) -> None:
+        gradient_pass(tc, graph, tokens, lambda logits: logits[:, 0].float())
+
+    return measured_slowdown(tc, GRADIENT_PASS, run, passes=3)
+
+
+def edited_slowdown(tc: ToolContext, graph: Graph) -> float:
+    """How many times slower an `edge_run` with half the edges replaced (or a `writer_states` pass, which holds
+    the same per-head tensors) runs than a plain forward pass."""
+
+    def run(tokens: torch.Tensor) -> None:
+        generator = torch.Generator().manual_seed(0)
+        half = torch.rand(int(tokens.shape[0]), len(graph.writers), len(graph.readers), generator=generator) < 0.5
+        replaced = (half & graph.valid().cpu()).to(tokens.device)
+        replacement = torch.zeros(1, int(tokens.shape[1]), len(graph.writers), tc.view.d_model, device=tokens.device)
+        with torch.no_grad():
+            edge_run(tc, graph, tokens, replaced, replacement, lambda logits: logits[:, 0].float())
+
+    return measured_slowdown(tc, EDITED_PASS, run, passes=1)
+
+
+def blended_slowdown(parts: list[tuple[float, float]]) -> float:
+    """One slowdown for passes of several kinds: (plain-pass equivalents, slowdown) per kind, weighted."""
+    total = sum(count for count, _ in parts)
+    return sum(count * factor for count, factor in parts) / total if total > 0 else 1.0

@@ -10,14 +10,14 @@ from pydantic import Field
 
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.circuits import CircuitFaithfulnessResult, CurvePoint
-from lens_mcp.tools.circuits._engine import build_graph
+from lens_mcp.tools.circuits._engine import build_graph, edited_slowdown
 from lens_mcp.tools.circuits._faithful import evaluate, kept_masks
 from lens_mcp.tools.circuits._graph import Graph
 from lens_mcp.tools.circuits._inputs import load_dataset
 from lens_mcp.tools.circuits._store import Edge, Stored, lookup, store
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.cost import Work, enforce, estimate, per_head_slowdown
+from lens_mcp.tools.core.cost import Work, enforce, estimate
 from lens_mcp.tools.core.metrics import MetricName
 from lens_mcp.tools.core.pairs import PairsArgument
 from lens_mcp.tools.core.tokens import encode
@@ -171,7 +171,7 @@ def circuit_faithfulness(
             tokens_per_row=n_tokens,
             cells=len(sizes),
             result_chars=900 + 120 * len(sizes),
-            slowdown=per_head_slowdown(tc),
+            slowdown=edited_slowdown(tc, graph),
         ),
     )
     enforce(tc, cost, "fewer sizes k=[...], fewer pairs, or shorter prompts")

@@ -12,13 +12,20 @@ from pydantic import Field
 from lens_mcp.errors import LensError
 from lens_mcp.schemas.circuits import EdgeAttributionResult, EdgeScore, NodeScore, VerifiedEdge
 from lens_mcp.tools.circuits._attribute import attribute, row_bytes
-from lens_mcp.tools.circuits._engine import build_graph, edge_run, writer_states
+from lens_mcp.tools.circuits._engine import (
+    blended_slowdown,
+    build_graph,
+    edge_run,
+    edited_slowdown,
+    gradient_slowdown,
+    writer_states,
+)
 from lens_mcp.tools.circuits._graph import Graph
 from lens_mcp.tools.circuits._inputs import Dataset, load_dataset
 from lens_mcp.tools.circuits._store import LAST, Stored, store
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.cost import Work, enforce, estimate, per_head_slowdown, row_memory
+from lens_mcp.tools.core.cost import Work, enforce, estimate, row_memory
 from lens_mcp.tools.core.metrics import MetricName
 from lens_mcp.tools.core.pairs import PairsArgument
 from lens_mcp.tools.core.validation import check_range, check_top_k
@@ -103,15 +110,20 @@ def edge_attribution(
     data = load_dataset(tc, pairs, clean_prompt, corrupted_prompt, answer, wrong_answer, metric, by_position)
     n_pairs = len(data.tokens)
     n_edges = graph.n_edges * (data.n_tokens if by_position else 1)
+    verify_rows = verify_top + 2 if verify_top else 0
+    edited = edited_slowdown(tc, graph)
+    slowdown = blended_slowdown(
+        [(n_pairs * (1 + verify_rows), edited), (3 * n_pairs * steps, gradient_slowdown(tc, graph))]
+    )
     cost = estimate(
         tc,
         Work(
-            rows=n_pairs * (1 + steps + (verify_top + 2 if verify_top else 0)),
+            rows=n_pairs * (1 + steps + verify_rows),
             tokens_per_row=data.mean_tokens,
             backward_rows=n_pairs * steps,
             cells=n_edges,
             result_chars=1500 + 70 * top_k * 2 + 200 * verify_top,
-            slowdown=per_head_slowdown(tc),
+            slowdown=slowdown,
             row_bytes=row_memory(tc, data.mean_tokens, backward=True)
             + row_bytes(graph, data.mean_tokens, tc.view.d_model),
             stored_bytes=row_bytes(graph, data.mean_tokens, tc.view.d_model),

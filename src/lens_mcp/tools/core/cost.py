@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -63,8 +64,8 @@ class Work:
     row_bytes: int | None = None
     """Activation bytes of one row while it runs, when the tool knows better than `row_memory`."""
     slowdown: float = 1.0
-    """How many times slower than a plain pass each pass runs (`per_head_slowdown` for passes with per-head hook
-    points on)."""
+    """How many times slower than a plain pass each pass runs (`measured_slowdown`, for passes with hooks that cost
+    more than the blocks' arithmetic)."""
 
 
 def grid_chars(cells: int, overhead: int = 600) -> int:
@@ -113,6 +114,8 @@ def observe(tc: ToolContext, token_layers: float, block_calls: int, seconds: flo
     tc.model.throughput = (1 - OBSERVED_WEIGHT) * tc.model.throughput + OBSERVED_WEIGHT * seen
 
 
+_SLOWDOWN_BATCH = 2
+_SLOWDOWN_TOKENS = 32
 MAX_SLOWDOWN = 20.0
 """A bound on the measured slowdown (a probe disturbed by another process must not make every estimate absurd)."""
 
@@ -125,31 +128,34 @@ def observe_pass(tc: ToolContext, rows: int, tokens: int, seconds: float, backwa
     observe(tc, rows * tokens * n_layers * passes * max(1.0, slowdown), passes * n_layers, seconds)
 
 
-def per_head_slowdown(tc: ToolContext) -> float:
-    """How many times slower a forward pass runs with every head's inputs and outputs as separate hook points
-    (`ModelView.per_head_hooks`: [batch, pos, heads, d_model] tensors instead of one fused projection) than a
-    plain pass; measured once per model on the throughput probe's batch and kept on `tc.model`."""
-    if tc.model.per_head_slowdown is not None:
-        return tc.model.per_head_slowdown
+def measured_slowdown(tc: ToolContext, kind: str, run: Callable[[torch.Tensor], object], passes: float) -> float:
+    """How many times slower `run(tokens)` (a pass with its hooks, e.g. a gradient pass with per-head hook points)
+    is than `passes` plain forward passes of the same tokens: measured once per model and `kind` on a small probe
+    batch and kept on `tc.model.slowdowns`, so estimates count such passes at their real speed on this model."""
+    if kind in tc.model.slowdowns:
+        return tc.model.slowdowns[kind]
     view = tc.view
-    n_tokens = max(2, min(_PROBE_TOKENS, view.n_ctx))
     device = next(iter(view.parameters())).device
-    tokens = torch.randint(0, view.d_vocab, (_PROBE_BATCH, n_tokens), device=device)
-    with view.per_head_hooks():
-        split = _fastest_pass(tc, tokens)
+    tokens = torch.randint(0, view.d_vocab, (_SLOWDOWN_BATCH, max(2, min(_SLOWDOWN_TOKENS, view.n_ctx))), device=device)
+    hooked = _fastest_pass(tc, tokens, run)
     plain = _fastest_pass(tc, tokens)
-    tc.model.per_head_slowdown = min(MAX_SLOWDOWN, max(1.0, split / max(plain, 1e-9)))
-    log.info("passes with per-head hook points run %.2fx slower", tc.model.per_head_slowdown)
-    return tc.model.per_head_slowdown
+    factor = min(MAX_SLOWDOWN, max(1.0, hooked / max(passes * plain, 1e-9)))
+    tc.model.slowdowns[kind] = factor
+    log.info("%s runs %.2fx slower than %g plain passes", kind, factor, passes)
+    return factor
 
 
-def _fastest_pass(tc: ToolContext, tokens: torch.Tensor) -> float:
+def _fastest_pass(tc: ToolContext, tokens: torch.Tensor, run: Callable[[torch.Tensor], object] | None = None) -> float:
     best = math.inf
     with torch.no_grad():
         for attempt in range(3):
             _synchronize(tokens.device)
             start = time.perf_counter()
-            tc.view(tokens)
+            if run is None:
+                tc.view(tokens)
+            else:
+                with torch.enable_grad():
+                    run(tokens)
             _synchronize(tokens.device)
             if attempt > 0:
                 best = min(best, time.perf_counter() - start)
