@@ -6,9 +6,10 @@ memory-mapped store whose every tenth document is held out): rows of BOS + 127 c
 corpora's training splits, ``kjv-bible`` (English prose; the rest of the mix) and ``python-stdlib`` (code and
 docstrings; ``--code-fraction``), plus, with ``--generated-fraction F``, SmolLM2's own generations for modern
 English: the model continues the OPENERS below (every fourth one is kept for evaluation, never trained on) by
-sampling (temperature 0.9, top-p 0.95, seeded) with Hugging Face's KV-cached generate. Rows are drawn in a seeded
-random order. The BOS position is left out of training and evaluation (its residual is an outlier that SAEs are
-not meant to reconstruct).
+sampling (temperature 0.9, top-p 0.95, seeded) with Hugging Face's KV-cached generate (slow on a busy CPU, about
+10 tokens/s here, hence off by default; the held-out openers' generations are always made, for evaluation). Rows
+are drawn in a seeded random order. The BOS position is left out of training and evaluation (its residual is an
+outlier that SAEs are not meant to reconstruct).
 
 Activations are read with the dequantized Hugging Face copy of the weights, stopped at block 15's input (about
 1.5x faster than the bridge on CPU); the script first checks that they equal the bridge's ``blocks.15.hook_resid_pre``
@@ -22,7 +23,7 @@ AuxK loss (Gao et al. 2024) on latents dead for the last 4 steps' batches. Weigh
 Evaluation after reading the saved folder back with lens-mcp's own reader, on held-out text of each source: the
 corpora's held-out splits (prose and code apart), generations of the held-out openers, and the sentence "The
 Eiffel Tower is in the city of". Per source: L0 and variance explained over ``--eval-tokens`` held-out tokens
-(encoder only), and next-token loss on the bridge with the SAE spliced in at every non-BOS position, against the
+(generations: ``--eval-generated-seqs`` rows; encoder only), and next-token loss on the bridge with the SAE spliced in at every non-BOS position, against the
 clean loss and against zero-ablating the residual there, over ``--loss-seqs`` rows; dead latents = latents that
 fire on none of the held-out tokens of all sources together. The numbers go to ``stats.json`` and ``README.md``
 next to the weights.
@@ -141,7 +142,7 @@ def model_generations(
         tokenizer.pad_token = tokenizer.eos_token
     torch.manual_seed(seed)
     texts: list[str] = []
-    batch = 32
+    batch = 128  # a decoding step reads all the weights: large batches cost little more per step
     for start in range(0, n_texts, batch):
         prompts = [openers[(start + i) % len(openers)] for i in range(min(batch, n_texts - start))]
         encoded = tokenizer(prompts, return_tensors="pt", padding=True)
@@ -332,9 +333,14 @@ def losses(bridge: Any, sae: SAE, tokens: torch.Tensor, batch: int, label: str) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--tokens", type=int, default=300_000, help="training activations (non-BOS tokens)")
+    parser.add_argument("--tokens", type=int, default=250_000, help="training activations (non-BOS tokens)")
     parser.add_argument("--code-fraction", type=float, default=0.2, help="share of python-stdlib rows")
-    parser.add_argument("--generated-fraction", type=float, default=0.1, help="share of model-generated rows")
+    parser.add_argument(
+        "--generated-fraction", type=float, default=0.0, help="share of model-generated rows (slow: ~10 tokens/s)"
+    )
+    parser.add_argument(
+        "--eval-generated-seqs", type=int, default=16, help="held-out rows of generations of the held-out openers"
+    )
     parser.add_argument("--eval-tokens", type=int, default=8_128, help="held-out tokens per source for L0/VE/dead")
     parser.add_argument("--loss-seqs", type=int, default=16, help="held-out rows per source for the losses")
     parser.add_argument("--seq-len", type=int, default=128)
@@ -402,7 +408,7 @@ def main() -> None:
     train_openers = [o for i, o in enumerate(OPENERS) if not held_out_opener(i)]
     eval_openers = [o for i, o in enumerate(OPENERS) if held_out_opener(i)]
     n_eval_rows = -(-args.eval_tokens // body)
-    data_args = ("tokens", "code_fraction", "generated_fraction", "eval_tokens", "seq_len", "seed")
+    data_args = ("tokens", "code_fraction", "generated_fraction", "eval_generated_seqs", "seq_len", "seed")
     key = hashlib.sha256(json.dumps([getattr(args, name) for name in data_args]).encode()).hexdigest()[:16]
     cached = args.cache / f"activations-{key}.pt" if args.cache is not None else None
     if cached is not None and cached.is_file():
@@ -415,7 +421,9 @@ def main() -> None:
         if n_generated:
             texts = model_generations(hf_model, tokenizer, train_openers, n_generated + 4, body, args.seed)
             parts["generated"] = text_rows(bridge.tokenizer, texts, n_generated, body)
-        held_texts = model_generations(hf_model, tokenizer, eval_openers, n_eval_rows + 4, body, args.seed + 1)
+        held_texts = model_generations(
+            hf_model, tokenizer, eval_openers, args.eval_generated_seqs + 4, body, args.seed + 1
+        )
         seconds["generate_text"] = time.perf_counter() - t0
         train_tokens = with_bos(torch.cat(list(parts.values())), bos)
         train_rows = {name: len(rows) for name, rows in parts.items()}
@@ -475,7 +483,7 @@ def main() -> None:
     held = {
         PROSE: with_bos(store_rows(stores[PROSE].held_out, n_eval_rows, body, eval_gen), bos),
         CODE: with_bos(store_rows(stores[CODE].held_out, n_eval_rows, body, eval_gen), bos),
-        "generated": with_bos(text_rows(bridge.tokenizer, held_texts, n_eval_rows, body), bos),
+        "generated": with_bos(text_rows(bridge.tokenizer, held_texts, args.eval_generated_seqs, body), bos),
         "eiffel": bridge.to_tokens(EIFFEL).cpu(),
     }
     results: dict[str, dict[str, float]] = {}
