@@ -64,14 +64,21 @@ def test_builtin_sae_out_of_the_box(smol_clean: ToolContext) -> None:
         assert [f.feature for f in row.features] == [i for i, _ in top]
         assert [f.activation for f in row.features] == pytest.approx([v for _, v in top], rel=2e-3)
     quality = result.reconstruction
-    # out of the training domain (docstrings) the SAE is weaker but far better than nothing
     assert quality.loss_spliced is not None and quality.loss_zero_ablated is not None
     assert quality.loss_spliced < quality.loss_zero_ablated
-    # in domain, the quality the README reports for held-out text
-    in_domain = sae_features(tc, DOCSTRING, positions=[-1], top_k=1).reconstruction
-    assert in_domain.variance_explained is not None and in_domain.variance_explained > 0.5
-    assert in_domain.loss_increase is not None and in_domain.loss_increase < 1.0
+    # the numbers the training script wrote for this sentence (its own encoding of the HF copy's activations, its
+    # own spliced forward pass) are what the tool measures here
     stats = json.loads((BUILTIN_DIR / BUILTIN_SAES["smollm2-135m-resid"][0] / "stats.json").read_text())
+    eiffel = stats["held_out"]["eiffel"]
+    assert quality.variance_explained == pytest.approx(eiffel["variance_explained"], abs=2e-3)
+    assert quality.loss_clean == pytest.approx(eiffel["loss_clean"], abs=2e-3)
+    assert quality.loss_spliced == pytest.approx(eiffel["loss_spliced"], abs=5e-3)
+    assert quality.loss_zero_ablated == pytest.approx(eiffel["loss_zero_ablated"], abs=5e-3)
+    # the held-out quality the README states on the corpora's held-out splits (modern English is weaker: see README)
+    for source in ("kjv-bible", "python-stdlib"):
+        assert stats["held_out"][source]["variance_explained"] >= 0.8
+        assert stats["held_out"][source]["loss_recovered"] >= 0.9
+    assert stats["dead_fraction"] <= 0.1
     assert stats["d_sae"] == sae.d_sae and stats["hook_name"] == HOOK
 
 

@@ -253,11 +253,12 @@ ANSWER_2 = " w14"
 
 @pytest.fixture()
 def fixed_speed(toy: ToolContext) -> Any:
-    """The toy model with a known throughput (1,000 token-layers per second), restored afterwards."""
-    saved = toy.model.throughput
-    toy.model.throughput = 1000.0
+    """The toy model with a known throughput (1,000 token-layers per second) and no fixed cost per block call (else
+    the one measured on this machine), restored afterwards."""
+    saved = toy.model.throughput, toy.model.block_call_seconds
+    toy.model.throughput, toy.model.block_call_seconds = 1000.0, 0.0
     yield toy
-    toy.model.throughput = saved
+    toy.model.throughput, toy.model.block_call_seconds = saved
 
 
 def test_pairs_give_the_mean_and_spread_of_single_pair_runs(toy: ToolContext) -> None:

@@ -48,6 +48,8 @@ async def test_locate_fact_renders_the_plan_with_the_arguments(toy_host: ModelHo
     assert "'The Colosseum is in the city of'" in text and "' Rome'" in text
     order = [text.index(tool) for tool in ("tokenize", "logit_lens", "patch_sweep", "head_attribution")]
     assert order == sorted(order) and "resid_pre" in text
+    # what the features at the subject mean, read from their exemplars, after the sweep
+    assert text.index("patch_sweep") < text.index("search_features") < text.index("feature_exemplars(feature=")
     assert "none given" in minimal.messages[0].content.text  # tells the agent to build the corrupted prompt
 
 
@@ -59,6 +61,7 @@ async def test_other_prompts_render(toy_host: ModelHost) -> None:
     assert "induction_scores(seq_len=20)" in induction and "seq_len=" not in default
     assert "ablate_heads" in induction and "attention_pattern" in induction
     assert "'w1 w2 w1'" in explain and "head_attribution" in explain
+    assert all(tool in explain for tool in ("feature_attribution(", "search_features(", "feature_exemplars("))
     assert {fn.__name__ for fn, _ in PROMPTS} == {
         "locate_fact",
         "find_induction_circuit",

@@ -8,9 +8,10 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from lens_mcp.schemas.common import Cost, Result, Rounded
-from lens_mcp.schemas.figures import Heatmap
+from lens_mcp.schemas.figures import Heatmap, TextStrip
 
 MAX_FEATURE_COLUMNS = 40
+MAX_STRIP_CONTEXTS = 12
 
 
 class SaeInfo(BaseModel):
@@ -239,6 +240,30 @@ class FeatureExemplarsResult(Result):
     note: str = Field("", description="How the numbers were obtained and their limits")
     cost: Cost | None = None
     dry_run: bool = False
+
+    def figures(self) -> list[TextStrip]:
+        """The top contexts as a text strip (SAE-dashboard style): tokens coloured by activation, the max outlined."""
+        shown = [exemplar for exemplar in self.top[:MAX_STRIP_CONTEXTS] if exemplar.tokens]
+        if not shown:
+            return []
+        peak = max([self.max_activation or 0.0, *(t.activation for e in shown for t in e.tokens)])
+        notes = [f"corpus {self.corpus} ({self.source}, {self.tokens_read:,} tokens read); label: rank, activation"]
+        if len(self.top) > len(shown):
+            notes.append(f"drawn: the top {len(shown)} of {len(self.top)} contexts")
+        if self.top and self.top[0].attends_to is not None:
+            notes.append("heads: each token's colour is the attention the marked query pays to it")
+        return [
+            TextStrip(
+                name="exemplars",
+                title=f"Top activating contexts of {self.unit}",
+                lines=[[(t.token, t.activation) for t in exemplar.tokens] for exemplar in shown],
+                marked=[exemplar.marked for exemplar in shown],
+                labels=[f"#{rank} {exemplar.activation:.3g}" for rank, exemplar in enumerate(shown, start=1)],
+                units="activation" if self.top[0].attends_to is None else "attention weight",
+                value_range=(0.0, peak if peak > 0 else 1.0),
+                notes=notes,
+            )
+        ]
 
 
 class ExemplarIndexResult(Result):

@@ -1,6 +1,8 @@
-"""Heatmap: the picture a result offers, as plain data (no plotting library here).
+"""Heatmap (and line charts, layered graphs, text strips): the picture a result offers, as plain data (no
+plotting library here).
 
-A result model opts in to images by defining `heatmaps(self) -> list[Heatmap]`. The server adapter then gives
+A result model opts in to images by defining `heatmaps(self) -> list[Heatmap]` (or `figures(self)` for the
+other kinds). The server adapter then gives
 its tool an `image` argument and, when it is true, renders each Heatmap as a PNG (lens_mcp.server.images) beside
 the unchanged structured JSON; `lens-mcp report` renders the same heatmaps from a record. Building a Heatmap
 must not need the model: only the result's own fields.
@@ -149,4 +151,37 @@ def edge_parts(edge: str) -> tuple[str, str]:
     return writer, reader.rpartition("@")[0] if "@" in reader else reader
 
 
-Figure = Heatmap | LineChart | LayeredGraph
+@dataclass(frozen=True)
+class TextStrip:
+    """Contexts of tokens, each token's background coloured by a value (SAE-dashboard style): one line per context,
+    its marked token (the max) outlined."""
+
+    name: str
+    title: str
+    lines: list[list[tuple[str, float]]]
+    """Per context: (token text, value) in order."""
+    marked: list[int]
+    """Per context: the index in its line of the marked token."""
+    labels: list[str]
+    """Per context: a short label drawn at the left (e.g. '#1 4.2')."""
+    units: str
+    """What the colour is, e.g. 'activation'."""
+    value_range: tuple[float, float]
+    """Colour limits: low is white, high the darkest shade."""
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not len(self.lines) == len(self.marked) == len(self.labels):
+            raise ValueError(
+                f"text strip {self.name!r}: {len(self.lines)} lines, {len(self.marked)} marks, {len(self.labels)} labels"
+            )
+        for line, mark in zip(self.lines, self.marked, strict=True):
+            if not 0 <= mark < len(line):
+                raise ValueError(f"text strip {self.name!r}: mark {mark} outside a line of {len(line)} tokens")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.lines), max((len(line) for line in self.lines), default=0)
+
+
+Figure = Heatmap | LineChart | LayeredGraph | TextStrip

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
-from lens_mcp.schemas.figures import Figure, Heatmap, LayeredGraph, LineChart, graph_node
+from lens_mcp.schemas.figures import Figure, Heatmap, LayeredGraph, LineChart, TextStrip, graph_node
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,8 @@ def render_figure(figure: Figure, max_bytes: int = MAX_PNG_BYTES) -> RenderedIma
     with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
         if isinstance(figure, LineChart):
             return _fit(lambda dpi: _draw_chart(figure, dpi), max_bytes)
+        if isinstance(figure, TextStrip):
+            return _fit(lambda dpi: _draw_strip(figure, dpi), max_bytes)
         return _fit(lambda dpi: _draw_graph(figure, dpi), max_bytes)
 
 
@@ -90,6 +92,11 @@ def caption(figure: Figure) -> str:
         )
     if isinstance(figure, LineChart):
         return f"{figure.title} ({figure.y_axis} against {figure.x_axis}, {len(figure.x)} points)"
+    if isinstance(figure, TextStrip):
+        return (
+            f"{figure.title} ({len(figure.lines)} contexts, one per line; background: {figure.units}, white = "
+            f"{figure.value_range[0]:.3g}, darkest = {figure.value_range[1]:.3g}; the max token outlined)"
+        )
     capped = f", the top {len(figure.edges)} of {figure.total}" if figure.total > len(figure.edges) else ""
     return f"{figure.title} ({len(figure.edges)} edges drawn{capped}; width: |{figure.units}|, red +, blue -)"
 
@@ -421,6 +428,99 @@ def _draw_graph(graph: LayeredGraph, dpi: int) -> tuple[Any, Any, int]:
     figure.text(0.01, 0.01, "\n".join(notes), fontsize=7, va="bottom", ha="left")
     figure.tight_layout(rect=(0, 0.04 * len(notes) / max(height / 4, 1), 1, 1))
     return figure, axes, len(ends)
+
+
+STRIP_CHARS = 96
+"""A text strip's line holds at most about this many characters, a window around its marked token."""
+STRIP_FONT = 8.0
+_MONO_ADVANCE = 0.602
+"""DejaVu Sans Mono's advance width, in em."""
+STRIP_LABEL_INCHES = 0.75
+STRIP_LINE_INCHES = 0.24
+
+
+def strip_text(token: str) -> str:
+    """A token as drawn in a strip: newlines and tabs visible, other control characters as '?'."""
+    text = token.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def strip_window(line: list[tuple[str, float]], marked: int, limit: int = STRIP_CHARS) -> tuple[int, int]:
+    """[lo, hi) of the tokens drawn: the marked one, then neighbours added alternately (right first) while the
+    characters fit in `limit`."""
+    lo, hi = marked, marked + 1
+    used = len(strip_text(line[marked][0]))
+    grew = True
+    while grew:
+        grew = False
+        if hi < len(line) and used + len(strip_text(line[hi][0])) <= limit:
+            used += len(strip_text(line[hi][0]))
+            hi += 1
+            grew = True
+        if lo > 0 and used + len(strip_text(line[lo - 1][0])) <= limit:
+            used += len(strip_text(line[lo - 1][0]))
+            lo -= 1
+            grew = True
+    return lo, hi
+
+
+def _draw_strip(strip: TextStrip, dpi: int) -> tuple[Any, Any, int]:
+    """One line per context, in a monospaced font so that every token's box is as wide as its characters; the
+    background colour is the value (white at the low end of value_range, dark orange at the high end); the marked
+    token has a black outline. Returns the tokens drawn as the item count."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure as MplFigure
+    from matplotlib.patches import Rectangle
+
+    char = STRIP_FONT * _MONO_ADVANCE / 72  # inches per character
+    low, high = strip.value_range
+    norm = Normalize(vmin=low, vmax=high if high > low else low + 1e-12)
+    cmap = colormaps["Oranges"]
+    width = STRIP_LABEL_INCHES + STRIP_CHARS * char + 0.3
+    title = textwrap.fill(_short(strip.title, 200), int(width * 11))
+    top = 0.25 + 0.16 * (title.count("\n") + 1)
+    body = STRIP_LINE_INCHES * max(1, len(strip.lines))
+    height = top + body + 0.75 + 0.14 * len(strip.notes)
+    figure = MplFigure(figsize=(width, height), dpi=dpi)
+    axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
+    axes.set_xlim(0, width)
+    axes.set_ylim(height, 0)
+    axes.axis("off")
+    axes.text(0.1, 0.12, title, fontsize=9, va="top", ha="left")
+    drawn = 0
+    for number, (line, mark, label) in enumerate(zip(strip.lines, strip.marked, strip.labels, strict=True)):
+        y = top + number * STRIP_LINE_INCHES
+        axes.text(0.1, y + STRIP_LINE_INCHES / 2, _short(label, 12), fontsize=7, va="center", ha="left")
+        lo, hi = strip_window(line, mark)
+        x = STRIP_LABEL_INCHES
+        for index in range(lo, hi):
+            token, value = line[index]
+            text = strip_text(token)
+            box_width = max(1, len(text)) * char
+            marked = index == mark
+            axes.add_patch(
+                Rectangle(
+                    (x, y + 0.02), box_width, STRIP_LINE_INCHES - 0.04, facecolor=cmap(norm(value)),
+                    edgecolor="black" if marked else "none", linewidth=1.2 if marked else 0,
+                )
+            )  # fmt: skip
+            shade = cmap(norm(value))
+            luminance = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2]
+            axes.text(
+                x, y + STRIP_LINE_INCHES / 2, text, fontsize=STRIP_FONT, family="DejaVu Sans Mono", va="center",
+                ha="left", fontweight="bold" if marked else "normal", color="black" if luminance > 0.5 else "white",
+            )  # fmt: skip
+            x += box_width
+            drawn += 1
+    bar = figure.add_axes((STRIP_LABEL_INCHES / width, (0.4 + 0.14 * len(strip.notes)) / height, 0.4, 0.1 / height))
+    colorbar = figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=bar, orientation="horizontal")
+    colorbar.set_label(strip.units, fontsize=7)
+    colorbar.ax.tick_params(labelsize=6)
+    if strip.notes:
+        figure.text(0.01, 0.01, "\n".join(strip.notes), fontsize=7, va="bottom", ha="left")
+    return figure, axes, drawn
 
 
 def with_images(result: Any, model: BaseModel | None, tool: str) -> Any:

@@ -34,7 +34,8 @@ def locate_fact(
     ] = "",
     wrong_answer: Annotated[str, Field(description="Optional: what the corrupted prompt predicts, e.g. ' Rome'")] = "",
 ) -> str:
-    """Where is this fact stored? tokenize -> logit_lens -> patch_sweep on resid_pre -> head_attribution."""
+    """Where is this fact stored? tokenize -> logit_lens -> patch_sweep on resid_pre -> head_attribution -> the
+    features at the subject, read from their exemplars."""
     corrupted = (
         f"Corrupted prompt: {_quoted(corrupted_prompt)}"
         if corrupted_prompt
@@ -66,9 +67,15 @@ Answer: {_quoted(answer)}
    answer into the logits directly (units: logit difference); negative ones push against it.
 6. To confirm: attention_pattern(prompt=clean, layer=L, head=H, query_positions=[-1]) for the top heads (do
    they read the subject?), then ablate_heads on them and compare the metric before and after.
+7. What is represented there (when an SAE is loaded or builtin, as on smollm2-135m): search_features(text=clean,
+   position=<the subject's last token>) lists the features firing most there, each with a one-line summary of
+   its exemplars; feature_exemplars(feature=F) for the two or three strongest shows the corpus contexts each
+   fires on (top contexts, the max token marked, density). Say what each feature responds to only from those
+   contexts (e.g. "fires on names of French landmarks"), and which of them carry the subject.
 
 Report: the layers and position where the fact is stored (the subject band of the sweep), the layers and heads
-that move it to the last position, and the numbers behind each claim.
+that move it to the last position, the features found at the subject and what their exemplars show, and the
+numbers behind each claim.
 {SMALL_RESULTS}"""
 
 
@@ -103,7 +110,8 @@ def explain_prediction(
     prompt: Annotated[str, Field(description="The prompt whose next-token prediction to explain")],
     answer: Annotated[str, Field(description="Optional: the token to explain (default: the model's top-1)")] = "",
 ) -> str:
-    """Why does the model predict this token? logit_lens -> head_attribution -> attention_pattern -> ablate_heads."""
+    """Why does the model predict this token? logit_lens -> head_attribution -> attention_pattern -> ablate_heads
+    -> the features behind it, read from their exemplars."""
     target = f"Token to explain: {_quoted(answer)}" if answer else "Token to explain: the model's top-1 prediction."
     return f"""Explain the model's next-token prediction with the lens-mcp tools.
 Prompt: {_quoted(prompt)}
@@ -117,8 +125,15 @@ Prompt: {_quoted(prompt)}
 4. attention_pattern(prompt=..., layer=L, head=H, query_positions=[-1]) for the two or three largest heads:
    which earlier tokens they read.
 5. ablate_heads on those heads: how much the logit difference drops without them.
+6. Features (when an SAE is loaded or builtin, as on smollm2-135m): feature_attribution(prompt=..., answer=...,
+   wrong_answer=..., top_k=5) ranks the SAE features at the last position by their effect on the logit
+   difference (each with its exact ablation effect); search_features(text=prompt, position=-1) lists those that
+   fire most there. For the two or three that matter most, feature_exemplars(feature=F) shows the corpus contexts
+   it fires on (top contexts with the max token marked, density, quantile samples) and the tokens it promotes:
+   read what the feature means from those contexts, not from its id.
 
-Report: which heads (layer.head) and which earlier tokens produce the prediction, with the numbers.
+Report: which heads (layer.head) and which earlier tokens produce the prediction, the features that carry it
+and what their exemplars show, with the numbers.
 {SMALL_RESULTS}"""
 
 
