@@ -627,7 +627,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 135M only, 16 and 64 tokens")
     parser.add_argument("--models", nargs="+", default=["135m", "1b"], choices=["135m", "1b"])
-    parser.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 256, 1024])
+    parser.add_argument("--lengths", type=int, nargs="*", default=[16, 64, 256, 1024])
     parser.add_argument("--lengths-1b", type=int, nargs="+", default=None, help="default: --lengths")
     parser.add_argument("--ceiling-lengths", type=int, nargs="+", default=None, help="default: the measured lengths")
     parser.add_argument("--ceiling-lengths-1b", type=int, nargs="+", default=None)
