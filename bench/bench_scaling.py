@@ -228,99 +228,138 @@ def worker(args: argparse.Namespace) -> None:
                 loop_s, loop_mb, _ = measure(lambda: cell_loop(state, k))
                 return setup_s + loop_s * cells / k, max(setup_mb, loop_mb), k
 
-            # patch_sweep resid_pre: layers {0, mid} x the two changed positions
-            layers, positions = [0, n_layers // 2], [2, n // 2]
-            ours_s, ours_mb, _ = measure(
-                lambda: patch_sweep(tc, **common, component="resid_pre", layers=layers, positions=positions)
-            )
-            cells = [(layer, pos) for layer in layers for pos in positions]
-
             def resid_setup(tokens: torch.Tensor = tokens) -> Any:
                 with torch.no_grad():
                     return bridge.run_with_cache(tokens[:1])[1]
 
-            def resid_loop(cache: Any, k: int, tokens: torch.Tensor = tokens, cells: list[Any] = cells) -> Any:
-                frame = pd.DataFrame(cells[:k], columns=["layer", "pos"])
-                with torch.no_grad():
-                    return patching.get_act_patch_resid_pre(
-                        bridge, tokens[1:], cache, metric, index_axis_names=None, index_df=frame
-                    )
-
-            tl_s, tl_mb, k = tl_cells(resid_setup, resid_loop, len(cells))
-            emit(row(base, TOOLS[0], len(cells), ours_s, ours_mb, tl_s, tl_mb, k, "TL get_act_patch_resid_pre"))
-
-            # patch_sweep heads: every head of the last layer, all positions
-            ours_s, ours_mb, _ = measure(lambda: patch_sweep(tc, **common, component="heads", layers=[n_layers - 1]))
-            head_cells = [(n_layers - 1, head) for head in range(n_heads)]
-
-            def heads_loop(cache: Any, k: int, tokens: torch.Tensor = tokens, cells: list[Any] = head_cells) -> Any:
-                frame = pd.DataFrame(cells[:k], columns=["layer", "head"])
-                with torch.no_grad():
-                    return patching.get_act_patch_attn_head_out_all_pos(
-                        bridge, tokens[1:], cache, metric, index_axis_names=None, index_df=frame
-                    )
-
-            tl_s, tl_mb, k = tl_cells(resid_setup, heads_loop, n_heads)
-            emit(
-                row(base, TOOLS[1], n_heads, ours_s, ours_mb, tl_s, tl_mb, k, "TL get_act_patch_attn_head_out_all_pos")
-            )
-
-            # attribution_patch: heads_by_pos, two forwards and one backward either way
-            ours_s, ours_mb, result = measure(
-                lambda: attribution_patch(tc, **common, component="heads_by_pos", verify_top=0)
-            )
-            tl_s, tl_mb, _ = measure(
-                lambda tokens=tokens: tl_attribution_patch(
-                    bridge, tokens[:1], tokens[1:], metric, EdgeAttributionConfig(granularity="node")
+            if TOOLS[0] in args.tools:
+                # patch_sweep resid_pre: layers {0, mid} x the two changed positions
+                layers, positions = [0, n_layers // 2], [2, n // 2]
+                ours_s, ours_mb, _ = measure(
+                    lambda: patch_sweep(tc, **common, component="resid_pre", layers=layers, positions=positions)
                 )
-            )
-            emit(row(base, TOOLS[2], result.n_cells, ours_s, ours_mb, tl_s, tl_mb, None, "TL attribution_patch (node)"))
+                cells = [(layer, pos) for layer in layers for pos in positions]
 
-            # path_patch: sender (n_layers - 2, 0) into every head of the last layer, query input
-            sender = [n_layers - 2, 0]
-            ours_s, ours_mb, _ = measure(
-                lambda: path_patch(tc, **common, senders=[sender], receivers="all_heads", receiver_input="q")
-            )
-            z_name = f"blocks.{sender[0]}.attn.hook_z"
-
-            def path_setup(tokens: torch.Tensor = tokens) -> Any:
-                with torch.no_grad():
-                    keep = lambda name: name == z_name  # noqa: E731
-                    return (
-                        bridge.run_with_cache(tokens[:1], names_filter=keep)[1],
-                        bridge.run_with_cache(tokens[1:], names_filter=keep)[1],
-                    )
-
-            def path_loop(caches: Any, k: int, tokens: torch.Tensor = tokens) -> Any:
-                with torch.no_grad():
-                    if k == n_heads:
-                        return patching.get_act_patch_direct_path(
-                            bridge, tokens[1:], caches[0], caches[1], metric, *sender, "q", verbose=False
+                def resid_loop(cache: Any, k: int, tokens: torch.Tensor = tokens, cells: list[Any] = cells) -> Any:
+                    frame = pd.DataFrame(cells[:k], columns=["layer", "pos"])
+                    with torch.no_grad():
+                        return patching.get_act_patch_resid_pre(
+                            bridge, tokens[1:], cache, metric, index_axis_names=None, index_df=frame
                         )
-                    return direct_path_sample(bridge, tokens[1:], caches, metric, sender, k)
 
-            tl_s, tl_mb, k = tl_cells(path_setup, path_loop, n_heads)
-            emit(row(base, TOOLS[3], n_heads, ours_s, ours_mb, tl_s, tl_mb, k, "TL get_act_patch_direct_path"))
+                tl_s, tl_mb, k = tl_cells(resid_setup, resid_loop, len(cells))
+                emit(row(base, TOOLS[0], len(cells), ours_s, ours_mb, tl_s, tl_mb, k, "TL get_act_patch_resid_pre"))
 
-            # edge_attribution: eap, component edges
-            ours_s, ours_mb, result = measure(
-                lambda: edge_attribution(tc, **common, method="eap", edges="component", verify_top=0)
-            )
-            refusal = None
-            try:
-                tl_attribution_patch(bridge, tokens[:1], tokens[1:], metric, EdgeAttributionConfig(granularity="edge"))
-            except (ValueError, NotImplementedError) as exc:
-                refusal = str(exc).split("\n")[0][:160]
-            floor_s, floor_mb, _ = measure(lambda tokens=tokens: floor(bridge, tokens, metric))
-            baseline = f"floor: clean fwd + corrupted fwd+bwd (TL edge attribution refused: {refusal})"
-            if refusal is None:
-                floor_s, floor_mb, _ = measure(
+            if TOOLS[1] in args.tools:
+                # patch_sweep heads: every head of the last layer, all positions
+                ours_s, ours_mb, _ = measure(
+                    lambda: patch_sweep(tc, **common, component="heads", layers=[n_layers - 1])
+                )
+                head_cells = [(n_layers - 1, head) for head in range(n_heads)]
+
+                def heads_loop(cache: Any, k: int, tokens: torch.Tensor = tokens, cells: list[Any] = head_cells) -> Any:
+                    frame = pd.DataFrame(cells[:k], columns=["layer", "head"])
+                    with torch.no_grad():
+                        return patching.get_act_patch_attn_head_out_all_pos(
+                            bridge, tokens[1:], cache, metric, index_axis_names=None, index_df=frame
+                        )
+
+                tl_s, tl_mb, k = tl_cells(resid_setup, heads_loop, n_heads)
+                emit(
+                    row(
+                        base,
+                        TOOLS[1],
+                        n_heads,
+                        ours_s,
+                        ours_mb,
+                        tl_s,
+                        tl_mb,
+                        k,
+                        "TL get_act_patch_attn_head_out_all_pos",
+                    )
+                )
+
+            if TOOLS[2] in args.tools:
+                # attribution_patch: heads_by_pos, two forwards and one backward either way
+                ours_s, ours_mb, result = measure(
+                    lambda: attribution_patch(tc, **common, component="heads_by_pos", verify_top=0)
+                )
+                tl_s, tl_mb, _ = measure(
                     lambda tokens=tokens: tl_attribution_patch(
+                        bridge, tokens[:1], tokens[1:], metric, EdgeAttributionConfig(granularity="node")
+                    )
+                )
+                emit(
+                    row(
+                        base,
+                        TOOLS[2],
+                        result.n_cells,
+                        ours_s,
+                        ours_mb,
+                        tl_s,
+                        tl_mb,
+                        None,
+                        "TL attribution_patch (node)",
+                    )
+                )
+
+            if TOOLS[3] in args.tools:
+                # path_patch: sender (n_layers - 2, 0) into every head of the last layer, query input
+                sender = [n_layers - 2, 0]
+                ours_s, ours_mb, _ = measure(
+                    lambda: path_patch(tc, **common, senders=[sender], receivers="all_heads", receiver_input="q")
+                )
+                z_name = f"blocks.{sender[0]}.attn.hook_z"
+
+                def path_setup(tokens: torch.Tensor = tokens) -> Any:
+                    with torch.no_grad():
+                        keep = lambda name: name == z_name  # noqa: E731
+                        return (
+                            bridge.run_with_cache(tokens[:1], names_filter=keep)[1],
+                            bridge.run_with_cache(tokens[1:], names_filter=keep)[1],
+                        )
+
+                def path_loop(caches: Any, k: int, tokens: torch.Tensor = tokens) -> Any:
+                    with torch.no_grad():
+                        if k == n_heads:
+                            return patching.get_act_patch_direct_path(
+                                bridge,
+                                tokens[1:],
+                                caches[0],
+                                caches[1],
+                                metric,
+                                sender[0],
+                                sender[1],
+                                "q",
+                                verbose=False,
+                            )
+                        return direct_path_sample(bridge, tokens[1:], caches, metric, sender, k)
+
+                tl_s, tl_mb, k = tl_cells(path_setup, path_loop, n_heads)
+                emit(row(base, TOOLS[3], n_heads, ours_s, ours_mb, tl_s, tl_mb, k, "TL get_act_patch_direct_path"))
+
+            if TOOLS[4] in args.tools:
+                # edge_attribution: eap, component edges
+                ours_s, ours_mb, result = measure(
+                    lambda: edge_attribution(tc, **common, method="eap", edges="component", verify_top=0)
+                )
+                refusal = None
+                try:
+                    tl_attribution_patch(
                         bridge, tokens[:1], tokens[1:], metric, EdgeAttributionConfig(granularity="edge")
                     )
-                )
-                baseline = "TL attribution_patch (edge)"
-            emit(row(base, TOOLS[4], result.n_edges, ours_s, ours_mb, floor_s, floor_mb, None, baseline))
+                except (ValueError, NotImplementedError) as exc:
+                    refusal = str(exc).split("\n")[0][:160]
+                floor_s, floor_mb, _ = measure(lambda tokens=tokens: floor(bridge, tokens, metric))
+                baseline = f"floor: clean fwd + corrupted fwd+bwd (TL edge attribution refused: {refusal})"
+                if refusal is None:
+                    floor_s, floor_mb, _ = measure(
+                        lambda tokens=tokens: tl_attribution_patch(
+                            bridge, tokens[:1], tokens[1:], metric, EdgeAttributionConfig(granularity="edge")
+                        )
+                    )
+                    baseline = "TL attribution_patch (edge)"
+                emit(row(base, TOOLS[4], result.n_edges, ours_s, ours_mb, floor_s, floor_mb, None, baseline))
             del changed
 
         for n in args.lengths:
@@ -385,7 +424,7 @@ def direct_path_sample(
     bridge: Any, corrupted: torch.Tensor, caches: Any, metric: Any, sender: list[int], k: int
 ) -> Any:
     """The first k cells of TransformerLens's get_act_patch_direct_path loop (its own hook and fork switch)."""
-    from transformer_lens.patching import _make_direct_path_hook, _split_qkv_input  # type: ignore[attr-defined]
+    from transformer_lens.patching import _make_direct_path_hook, _split_qkv_input
 
     layer, head = sender
     w_o = bridge.blocks[layer].attn.W_O[head]
@@ -429,7 +468,7 @@ def run_worker(
     """Run one model's worker, appending its records as they come (and saving them, so a cut-off run keeps them)."""
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", label, "--model-dir", str(args.model_dir)]
     command += ["--lengths", *map(str, lengths), "--ceiling-lengths", *map(str, ceiling)]
-    command += ["--tl-budget", str(args.tl_budget)]
+    command += ["--tl-budget", str(args.tl_budget), "--tools", *args.tools]
     started = time.perf_counter()
     # A fixed mmap threshold: every large tensor is its own mapping, returned to the system when freed, so the
     # resident set falls back after each call and the next call's peak is not hidden in freed heap.
@@ -461,8 +500,12 @@ def fmt_sampled(record: dict[str, Any]) -> str:
 
 
 def print_table(records: list[dict[str, Any]]) -> None:
-    print("\n| tool | model | tokens | cells | lens-mcp s | TL s | ratio TL/lens | lens-mcp peak MB | TL peak MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    forward = {(r["model"], r["tokens"]): r["seconds"] for r in records if r["kind"] == "forward"}
+    print(
+        "\n| tool | model | tokens | cells | lens-mcp s | TL s | ratio TL/lens | lens-mcp peak MB | TL peak MB | "
+        "one forward s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
         if r["kind"] != "row":
             continue
@@ -471,7 +514,8 @@ def print_table(records: list[dict[str, Any]]) -> None:
             tl += " (floor)"
         print(
             f"| {r['tool']} | {r['model']} | {r['tokens']} | {r['cells']} | {r['ours_s']:.2f} | {tl} | "
-            f"{r['tl_s'] / r['ours_s']:.2f} | {r['ours_mb']:.0f} | {r['tl_mb']:.0f} |"
+            f"{r['tl_s'] / r['ours_s']:.2f} | {r['ours_mb']:.0f} | {r['tl_mb']:.0f} | "
+            f"{forward.get((r['model'], r['tokens']), float('nan')):.2f} |"
         )
     print("\n*k/N: TransformerLens's loop timed on k of its N cells (its caches in full), extrapolated to N.")
     print("(floor): TransformerLens's edge attribution refuses grouped-query attention; the floor is given instead.")
@@ -629,8 +673,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["135m", "1b"], choices=["135m", "1b"])
     parser.add_argument("--lengths", type=int, nargs="*", default=[16, 64, 256, 1024])
     parser.add_argument("--lengths-1b", type=int, nargs="+", default=None, help="default: --lengths")
-    parser.add_argument("--ceiling-lengths", type=int, nargs="+", default=None, help="default: the measured lengths")
+    parser.add_argument("--ceiling-lengths", type=int, nargs="*", default=None, help="default: the measured lengths")
     parser.add_argument("--ceiling-lengths-1b", type=int, nargs="+", default=None)
+    parser.add_argument("--tools", nargs="+", default=TOOLS, choices=TOOLS, help="default: all five")
+    parser.add_argument("--skip-ceiling", action="store_true", help="no dry runs for the ceiling")
     parser.add_argument("--tl-budget", type=float, default=20.0, help="seconds of TL cells before it is sampled")
     parser.add_argument("--model-dir", type=Path, default=Path("/tmp/lens-mcp-bench-llama-1b-random"))
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "scaling.json")
@@ -665,6 +711,7 @@ def main() -> None:
         for label in args.models:
             lengths = args.lengths if label == "135m" or args.lengths_1b is None else args.lengths_1b
             ceiling = (args.ceiling_lengths_1b if label == "1b" else None) or args.ceiling_lengths or lengths
+            ceiling = [] if args.skip_ceiling else ceiling
             if label == "1b":
                 build_1b(args.model_dir)
             run_worker(label, lengths, ceiling, args, records, save)
