@@ -656,8 +656,9 @@ def plot(records: list[dict[str, Any]], folder: Path) -> list[Path]:
             ax.tick_params(labelsize=7)
             ax.grid(True, which="both", alpha=0.3)
         axes[0].set_ylabel(ylabel, fontsize=8)
-        axes[-1].legend(fontsize=6)
-        note = " (hollow squares: TL extrapolated from sampled cells)" if key == "s" else ""
+        axes[0].legend(fontsize=6)
+        note = "; solid: lens-mcp, dashed: TransformerLens (edge_attribution: the floor)"
+        note += "; hollow squares: TL extrapolated from sampled cells" if key == "s" else ""
         fig.suptitle(f"{ylabel} against prompt length, log-log{note}", fontsize=9)
         fig.tight_layout()
         path = folder / name
