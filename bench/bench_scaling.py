@@ -1,10 +1,10 @@
 """Benchmark: how the cost grows with prompt length. lens-mcp's patch_sweep (resid_pre, heads), attribution_patch,
 path_patch and edge_attribution against TransformerLens's own functions on the same cells, at 16, 64, 256 and
-1,024 tokens, on SmolLM2-135M and on a ~1B random-weight model (Llama-3.2-1B's shape, fp32), with wall time and
-peak memory; then "the ceiling": how long a prompt the default caps let a full patch_sweep grid through.
+1,024 tokens, on SmolLM2-135M and on a ~1B random-weight model (Llama-3.2-1B's shape with a 49,152 vocabulary,
+fp32), with wall time and peak memory; then "the ceiling": how long a prompt the default caps let a full patch_sweep grid through.
 
-    nice .venv/bin/python bench/bench_scaling.py [--quick] [--models 135m 1b] [--lengths 16 64 256 1024]
-        [--lengths-1b 16 64 256] [--tl-budget 40] [--json bench/scaling.json] [--plot-only]
+    .venv/bin/python bench/bench_scaling.py [--quick] [--models 135m 1b] [--lengths 16 64 256 1024]
+        [--lengths-1b 16 64] [--tools ...] [--tl-budget 20] [--json bench/scaling.json] [--plot-only]
 
 The pair: random single-token words; the corrupted prompt differs at two tokens, one early (position 2, BOS is 0)
 and one in the middle (position n // 2). Metric: raw logit(' Paris') - logit(' Rome') at the last position.
@@ -27,7 +27,8 @@ process's peak resident set (/proc/self/clear_refs, 5) and reads getrusage(RUSAG
 minus the resident set just before it: the peak memory the call added.
 
 Writes the records to --json, a table to stdout, and two plots: bench/scaling_time.png (seconds against tokens,
-log-log, per tool, both models) and bench/scaling_memory.png (peak MB against tokens). Results are recorded in
+log-log, per tool, both models) and bench/scaling_memory.png (peak MB against tokens); --quick writes its plots
+to a temporary folder and no JSON. Results are recorded in
 bench/RESULTS.md.
 """
 
