@@ -39,6 +39,7 @@ from lens_mcp.tools.core.arguments import (
 from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars, seconds_per_row
+from lens_mcp.tools.core.grids import fit_grid
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.metrics import AnswerMetric, MetricName, resolve_metric
 from lens_mcp.tools.core.pairs import (
@@ -351,6 +352,12 @@ def _shape_grid(grid: CellGrid, flat: list[float]) -> tuple[list[str], list[Any]
     return axes, shape_grid(flat, len(grid.layers), n_heads, n_pos)
 
 
+NARROW = (
+    "fewer layers=[...] and/or positions=[...], fewer pairs or a smaller verify_top; or component='heads' first "
+    "to find the layers that matter"
+)
+
+
 def _estimate_cost(tc: ToolContext, grid: CellGrid, lengths: Sequence[int], verify_top: int) -> Cost:
     """The call's cost before any forward pass; refuses (LensError) over the cell cap or any cap of core.cost.
     Gradient pass: every prompt forward and backward. Verification, per pair: the engine's clean and corrupted
@@ -374,15 +381,11 @@ def _estimate_cost(tc: ToolContext, grid: CellGrid, lengths: Sequence[int], veri
         tokens_per_row=max(lengths),
         backward_rows=2 * n_pairs,
         cells=n_cells,
-        result_chars=grid_chars(grids * n_cells, overhead),
+        # a grid over the response cap comes back sparse or summarized (fit_grid), so it is never refused for size
+        result_chars=min(tc.limits.max_response_chars, grid_chars(grids * n_cells, overhead)),
     )
     cost = estimate(tc, work)
-    enforce(
-        tc,
-        cost,
-        "fewer layers=[...] and/or positions=[...], fewer pairs or a smaller verify_top; or component='heads' "
-        "first to find the layers that matter",
-    )
+    enforce(tc, cost, NARROW)
     return cost
 
 
@@ -658,7 +661,7 @@ def summarize_attribution(
             min=_shape_grid(grid, stats.min.tolist())[1],
             max=_shape_grid(grid, stats.max.tolist())[1],
         )
-    return AttributionPatchResult(
+    result = AttributionPatchResult(
         **common,
         meaning=patching_meaning(
             direction,
@@ -684,4 +687,16 @@ def summarize_attribution(
         forward_passes=run.passes,
         seconds=time.perf_counter() - started,
         notes=notes,
+    )
+    spread_flats = None
+    if n_pairs > 1:
+        spread_flats = {"std": stats.std.tolist(), "min": stats.min.tolist(), "max": stats.max.tolist()}
+    return fit_grid(
+        result,
+        flat,
+        spread_flats,
+        tc.limits.max_response_chars,
+        omitted="exactly 0 (the clean and corrupted activations are equal there, or the metric does not depend on "
+        "them)",
+        narrow=NARROW,
     )
