@@ -26,6 +26,7 @@ from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.schemas.common import round_sig
 from lens_mcp.server.app import build_server
+from lens_mcp.tools.causal import attribution_patch as attribution_patch_module
 from lens_mcp.tools.causal.attribution_patch import (
     PairRun,
     agreement,
@@ -74,9 +75,14 @@ def tl_node_scores(tc: ToolContext, source: torch.Tensor, receiver: torch.Tensor
     return {(node.kind, node.layer, node.head, node.position): score for node, score in result.node_scores.items()}
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one pass", "source rows apart"])
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
 @pytest.mark.parametrize("component", ["heads_by_pos", "heads", "mlp_out"])
-def test_estimates_equal_transformer_lens_attribution_patch(toy: ToolContext, component: str, direction: str) -> None:
+def test_estimates_equal_transformer_lens_attribution_patch(
+    toy: ToolContext, component: str, direction: str, split: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The source rows run with the receiving rows in one pass, or in a forward pass of their own without gradients.
+    monkeypatch.setattr(attribution_patch_module, "SPLIT_MIN_TOKENS", 0 if split else 10**9)
     values, cells, tokens = raw_estimates(toy, component, direction)
     # Denoising: gradient at the corrupted run, clean - corrupted. Noising swaps the roles of the two prompts.
     source, receiver = (tokens[:1], tokens[1:]) if direction == "denoise" else (tokens[1:], tokens[:1])
