@@ -215,11 +215,16 @@ def _gradient_pass(
                 "it cannot be attributed; use patch_sweep or another component."
             )
 
+    readouts = [Readout(tc, metric) if isinstance(metric, AnswerMetric) else None for metric in metrics]
+
     def read(resid: torch.Tensor, owners: Sequence[int]) -> torch.Tensor:
-        """Each row's metric of its last position's logits, through the one readout path (the unembedding of
-        the last position only, not of every position)."""
-        logits = readout(tc, resid[:, -1])
-        return torch.cat([metrics[owner](logits[row : row + 1]) for row, owner in enumerate(owners)])
+        """Each row's metric of its last position, through the one readout path: the unembedding of the last
+        position only (of the answer's two columns for a logit difference), not of every position."""
+        values = []
+        for row, owner in enumerate(owners):
+            last, reader = resid[row : row + 1, -1], readouts[owner]
+            values.append(reader.from_resid(last) if reader is not None else metrics[owner](readout(tc, last)))
+        return torch.cat(values)
 
     metric_rows = torch.zeros(n_pairs, 2, dtype=torch.float32)
     pair_rows = list(range(n_pairs))
@@ -276,7 +281,9 @@ def estimate_effects(
             n_tokens,
             per_row,
             wanted=2 * len(members),
-            seconds_per_row=3 * seconds_per_row(tc, n_tokens),  # forward and backward
+            # forward and backward of every row (about 3 forwards), or with the source rows apart, a forward of
+            # the source row and a forward and backward of the receiving row: about 2 forwards per row
+            seconds_per_row=(2 if len(members) * n_tokens >= SPLIT_MIN_TOKENS else 3) * seconds_per_row(tc, n_tokens),
         )
         pairs_per_batch = max(1, plan.rows // 2)
 
