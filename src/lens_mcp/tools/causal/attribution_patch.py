@@ -484,8 +484,9 @@ def attribution_patch(
     largest |estimate| are patched exactly (patch_sweep's engine): `verified` lists estimate beside exact value
     and flags a wrong sign or a magnitude off by more than half; `agreement` gives the Spearman rank correlation
     and top-k overlap. pairs=[...] runs a dataset in batched passes: each pair normalized, then the mean per cell,
-    its spread, and per-pair metrics. The cost is estimated first (over a cap: refused at once; dry_run=true
-    returns it). Caveats: a first-order estimate; it misses or understates effects through saturated attention
+    its spread, and per-pair metrics. A mostly zero grid comes back `sparse`; one over the response cap as
+    top_cells and layer_max (as patch_sweep). The cost is estimated first (over the work or time cap: refused at
+    once; dry_run=true returns it). Caveats: a first-order estimate; it misses or understates effects through saturated attention
     softmax and other strong nonlinearities (Kramar et al., AtP*), so a small estimate is no proof of no effect,
     and early-layer residual estimates are the least reliable. Confirm what matters with patch_sweep on the
     layers/positions it points to (or ablate_heads on the top heads)."""
