@@ -5,6 +5,7 @@ on top, rank agreement against pandas, bad input through a real MCP client, and 
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, cast
 
 import anyio
@@ -25,6 +26,7 @@ from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.schemas.common import round_sig
 from lens_mcp.server.app import build_server
+from lens_mcp.tools.causal import attribution_patch as attribution_patch_module
 from lens_mcp.tools.causal.attribution_patch import (
     PairRun,
     agreement,
@@ -35,6 +37,7 @@ from lens_mcp.tools.causal.attribution_patch import (
     spearman,
 )
 from lens_mcp.tools.causal.patch_sweep import run_sweep
+from lens_mcp.tools.core import grids
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import measured_throughput
@@ -72,9 +75,14 @@ def tl_node_scores(tc: ToolContext, source: torch.Tensor, receiver: torch.Tensor
     return {(node.kind, node.layer, node.head, node.position): score for node, score in result.node_scores.items()}
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one pass", "source rows apart"])
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
 @pytest.mark.parametrize("component", ["heads_by_pos", "heads", "mlp_out"])
-def test_estimates_equal_transformer_lens_attribution_patch(toy: ToolContext, component: str, direction: str) -> None:
+def test_estimates_equal_transformer_lens_attribution_patch(
+    toy: ToolContext, component: str, direction: str, split: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The source rows run with the receiving rows in one pass, or in a forward pass of their own without gradients.
+    monkeypatch.setattr(attribution_patch_module, "SPLIT_MIN_TOKENS", 0 if split else 10**9)
     values, cells, tokens = raw_estimates(toy, component, direction)
     # Denoising: gradient at the corrupted run, clean - corrupted. Noising swaps the roles of the two prompts.
     source, receiver = (tokens[:1], tokens[1:]) if direction == "denoise" else (tokens[1:], tokens[:1])
@@ -149,6 +157,7 @@ def test_the_grid_uses_patch_sweeps_normalization_and_rounding(toy: ToolContext)
     assert not raw.normalized and "estimated metric" in raw.meaning
     # Raw values are the receiving (corrupted) run's metric plus the estimated change.
     per_head = raw_estimates(toy, "heads")[0] + raw.corrupted_metric
+    assert raw.grid is not None
     assert [v for row in raw.grid for v in row] == pytest.approx(per_head.tolist(), rel=1e-3)
 
 
@@ -257,19 +266,97 @@ def test_a_model_in_training_mode_is_refused(toy: ToolContext) -> None:
         toy.model.bridge.eval()
 
 
-def test_an_oversized_grid_is_refused_before_any_forward_pass(
+def test_an_impossible_call_is_refused_before_any_forward_pass(
     toy: ToolContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     measured_throughput(toy)  # the cost estimate's own probe (measured once per model) is not the call's work
     calls: list[int] = []
     monkeypatch.setattr(toy.model.bridge, "forward", lambda *a, **k: calls.append(1))
-    small = ToolContext(toy.model, Limits(max_response_chars=2_000))
-    with pytest.raises(LensError, match=r"refused before computing.*max_response_chars=2000.*layers=\[\.\.\.\]"):
-        attribution_patch(small, CLEAN, CORRUPTED, ANSWER, WRONG, "heads_by_pos")
+    little_work = ToolContext(toy.model, Limits(max_work_units=10))
+    with pytest.raises(LensError, match=r"refused before computing.*max_work_units=10.*layers=\[\.\.\.\]"):
+        attribution_patch(little_work, CLEAN, CORRUPTED, ANSWER, WRONG, "heads_by_pos")
     few_cells = ToolContext(toy.model, Limits(max_sweep_cells=10))
     with pytest.raises(LensError, match="max_sweep_cells"):
         attribution_patch(few_cells, CLEAN, CORRUPTED, ANSWER, WRONG, "resid_pre")
     assert calls == []
+
+
+LONG_CLEAN = " ".join(f"w{i}" for i in range(10, 50))
+LONG_LATE = LONG_CLEAN.rsplit(" ", 1)[0] + " w99"  # differs at the last word only
+LONG_EARLY = "w10 w98 " + LONG_CLEAN.split(" ", 2)[2]  # differs at the second word
+LONG_PAIRS = [
+    {"clean_prompt": LONG_CLEAN, "corrupted_prompt": LONG_LATE, "answer": ANSWER, "wrong_answer": WRONG},
+    {"clean_prompt": LONG_CLEAN, "corrupted_prompt": LONG_EARLY, "answer": ANSWER, "wrong_answer": WRONG},
+]
+
+
+def dense_flat(grid: Any) -> list[float]:
+    """A nested grid's values, row-major."""
+    return [v for layer in grid for row in layer for v in row]
+
+
+def test_a_mostly_zero_grid_comes_back_sparse_equal_to_the_dense_one_and_to_transformer_lens(
+    toy: ToolContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = attribution_patch(toy, LONG_CLEAN, LONG_LATE, ANSWER, WRONG, "heads_by_pos", verify_top=0)
+    assert result.grid is None and result.sparse is not None and result.layer_max is None
+    assert result.sparse.axes == ["layer", "head", "position"] == result.axes
+    assert len(result.model_dump_json()) <= toy.limits.max_response_chars
+    sparse = result.sparse.dense(result.axis_values(), fill=0.0)
+    assert 0 < len(result.sparse.values) < result.n_cells // 2
+    # Independent: TransformerLens's attribution patching, normalized by the clean - corrupted gap.
+    tokens = toy.model.bridge.to_tokens([LONG_CLEAN, LONG_LATE])
+    scores = tl_node_scores(toy, tokens[:1], tokens[1:])
+    span = result.clean_metric - result.corrupted_metric
+    assert result.clean_metric is not None and result.corrupted_metric is not None
+    expected = [scores[("attn_head_out", *cell)] / span for cell in itertools.product(*result.axis_values())]
+    assert sparse == pytest.approx(expected, rel=2e-3, abs=TOL)
+    # The same call with sparse grids turned off gives the dense grid: equal cell for cell.
+    monkeypatch.setattr(grids, "SPARSE_MIN_CELLS", 10**9)
+    dense = attribution_patch(toy, LONG_CLEAN, LONG_LATE, ANSWER, WRONG, "heads_by_pos", verify_top=0)
+    assert dense.sparse is None and dense.grid is not None
+    assert dense_flat(dense.grid) == sparse
+    assert dense.top_cells == result.top_cells
+    [picture] = result.heatmaps()  # drawn from the sparse cells, the others hatched
+    assert any("hatched" in note for note in picture.notes)
+    assert [v for row in picture.values for v in row] == [None if v == 0 else v for v in sparse]
+
+
+def test_a_sparse_dataset_grid_keeps_each_cells_spread(toy: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = attribution_patch(toy, component="heads_by_pos", pairs=LONG_PAIRS, verify_top=0)
+    assert result.grid is None and result.spread is None and result.sparse is not None
+    monkeypatch.setattr(grids, "SPARSE_MIN_CELLS", 10**9)
+    dense = attribution_patch(toy, component="heads_by_pos", pairs=LONG_PAIRS, verify_top=0)
+    assert dense.grid is not None and dense.spread is not None
+    axis_values = result.axis_values()
+    assert result.sparse.dense(axis_values, fill=0.0) == dense_flat(dense.grid)
+    listed = set(zip(*result.sparse.coords, strict=True))
+    for name in ("std", "min", "max"):
+        column = getattr(result.sparse, name)
+        assert column is not None and len(column) == len(result.sparse.values)
+        full = dense_flat(getattr(dense.spread, name))
+        shown = [full[i] for i, cell in enumerate(itertools.product(*axis_values)) if cell in listed]
+        assert column == shown
+
+
+def test_a_grid_over_the_response_cap_returns_its_top_cells_and_a_summary(toy: ToolContext) -> None:
+    """The call the cost estimate used to refuse for its size comes back within the cap."""
+    cap = 6_000
+    roomy = ToolContext(toy.model, Limits(max_response_chars=1_000_000))
+    full = attribution_patch(roomy, LONG_CLEAN, LONG_EARLY, ANSWER, WRONG, "heads_by_pos", verify_top=3)
+    assert full.sparse is not None and len(full.model_dump_json()) > cap - 2_000
+    small = ToolContext(toy.model, Limits(max_response_chars=cap))
+    summarized = attribution_patch(small, LONG_CLEAN, LONG_EARLY, ANSWER, WRONG, "heads_by_pos", verify_top=3)
+    assert summarized.grid is None and summarized.sparse is None and summarized.layer_max is not None
+    assert len(summarized.model_dump_json()) <= cap
+    assert summarized.cost.result_chars <= cap
+    assert summarized.top_cells == full.top_cells and summarized.verified == full.verified
+    values = full.sparse.dense(full.axis_values(), fill=0.0)
+    width = len(values) // len(full.layers)
+    for layer, largest in enumerate(summarized.layer_max):
+        assert largest == pytest.approx(max(abs(v or 0.0) for v in values[layer * width : (layer + 1) * width]))
+    assert any("over the response cap" in note and "layers=" in note for note in summarized.notes)
+    assert summarized.heatmaps() == []  # nothing to draw but the summary
 
 
 def test_dry_run_returns_the_cost_and_computes_nothing(toy: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -111,13 +111,25 @@ class SparseGrid(BaseModel):
     max: list[Rounded] | None = Field(default=None, description="With pairs: each listed cell's maximum")
     omitted: str = Field(description="What the cells not listed are")
 
-    def dense(self, axis_values: list[list[int]]) -> list[float | None]:
-        """The row-major flat grid over `axis_values` again, cells not listed as None (for pictures)."""
+    def dense(self, axis_values: list[list[int]], fill: float | None = None) -> list[float | None]:
+        """The row-major flat grid over `axis_values` again, cells not listed as `fill` (None: for pictures)."""
         positions = {coords: i for i, coords in enumerate(itertools.product(*axis_values))}
-        flat: list[float | None] = [None] * len(positions)
+        flat: list[float | None] = [fill] * len(positions)
         for i, value in enumerate(self.values):
             flat[positions[tuple(column[i] for column in self.coords)]] = value
         return flat
+
+
+def grid_axis_values(
+    axes: list[str], layers: list[int], heads: list[int] | None, positions: list[int] | None
+) -> list[list[int]]:
+    """The values along each of a grid's `axes` (layers, then heads, then positions)."""
+    values = [layers]
+    if heads is not None and len(axes) > 1 and axes[1] in ("head", "kv_head"):
+        values.append(heads)
+    if axes and axes[-1] == "position":
+        values.append(positions or [])
+    return values
 
 
 class Cost(BaseModel):

@@ -15,6 +15,7 @@ from lens_mcp.schemas.common import (
     Result,
     Rounded,
     SparseGrid,
+    grid_axis_values,
     round_nested,
     warnings_field,
 )
@@ -132,22 +133,12 @@ class PatchSweepResult(Result):
         signed = self.normalized or self.metric.startswith("logit(")
         title = f"patch_sweep {self.component}: {self.metric}{' (normalized)' if self.normalized else ''}"
         value_range = (0.0, 1.0) if not signed and self.metric.startswith("probability") else None
-        shown = self
-        if self.sparse is not None and self.grid is None:
-            flat = self.sparse.dense(self.axis_values())
-            nested = shape_nested(flat, [len(values) for values in self.axis_values()])
-            shown = self.model_copy(update={"grid": nested})
         notes = ["hatched: null (identical activations) or exactly 0"] if self.sparse is not None else None
-        return sweep_heatmap(shown, title=title, units=units, signed=signed, value_range=value_range, notes=notes)
+        return sweep_heatmap(self, title=title, units=units, signed=signed, value_range=value_range, notes=notes)
 
     def axis_values(self) -> list[list[int]]:
         """The values along each of `axes` (layers, then heads, then positions)."""
-        values = [self.layers]
-        if self.heads is not None and len(self.axes) > 1 and self.axes[1] in ("head", "kv_head"):
-            values.append(self.heads)
-        if self.axes and self.axes[-1] == "position":
-            values.append(self.positions or [])
-        return values
+        return grid_axis_values(self.axes, self.layers, self.heads, self.positions)
 
 
 def shape_nested(flat: list[float | None], sizes: list[int]) -> list[Any]:
@@ -168,8 +159,12 @@ def sweep_heatmap(
     notes: list[str] | None = None,
 ) -> list[Heatmap]:
     """A sweep's grid as one heatmap: layer x position, layer x head, or (layer, head) x position for a 3-D grid
-    (one row per head, layer-major, as the grid nests); key/value heads are labelled KV. Nothing for an empty
-    grid (a dry run)."""
+    (one row per head, layer-major, as the grid nests); key/value heads are labelled KV. A sparse grid is drawn
+    with the cells it does not list empty (hatched). Nothing for an empty grid (a dry run) or one only summarized."""
+    if result.grid is None and result.sparse is not None:
+        axis_values = result.axis_values()
+        nested = shape_nested(result.sparse.dense(axis_values), [len(values) for values in axis_values])
+        result = result.model_copy(update={"grid": nested})
     if not result.grid or not result.layers:
         return []
     head_axis = result.axes[1] if len(result.axes) > 1 and result.axes[1] in ("head", "kv_head") else None
@@ -328,8 +323,20 @@ class AttributionPatchResult(Result):
         None, description="Position of each position-axis entry (negative: counted from the end of each pair)"
     )
     heads: list[int] | None = Field(None, description="Head of each head-axis entry")
-    grid: Grid | Grid3 = Field(
-        default_factory=list, description="Estimated effect per cell, indexed as `axes` says (pairs: mean over pairs)"
+    grid: Grid | Grid3 | None = Field(
+        default_factory=list,
+        description="Estimated effect per cell, indexed as `axes` says (pairs: mean over pairs). Null as a whole "
+        "when the grid is given as `sparse` (mostly zero) or only summarized (`layer_max`, too large for the "
+        "response cap)",
+    )
+    sparse: SparseGrid | None = Field(
+        default=None,
+        description="A mostly zero grid: only the cells that hold a value (with their spread over pairs); the "
+        "cells not listed are exactly 0",
+    )
+    layer_max: list[Rounded | None] | None = Field(
+        default=None,
+        description="When the grid was too large to return: the largest |value| in each layer (see top_cells)",
     )
     spread: GridSpread | None = Field(None, description="Spread of each cell's estimate over pairs (pairs only)")
     top_cells: list[PatchCell] = Field(
@@ -345,8 +352,12 @@ class AttributionPatchResult(Result):
     seconds: Rounded
     notes: list[str] = Field(default_factory=list)
 
+    def axis_values(self) -> list[list[int]]:
+        """The values along each of `axes` (layers, then heads, then positions)."""
+        return grid_axis_values(self.axes, self.layers, self.heads, self.positions)
+
     def heatmaps(self) -> list[Heatmap]:
-        if self.dry_run or not self.grid:
+        if self.dry_run or not (self.grid or self.sparse):
             return []
         metric = self.metric.removesuffix(" at the last position")
         if self.normalized:
@@ -354,6 +365,8 @@ class AttributionPatchResult(Result):
         else:
             units = f"{metric} (estimate)"
         notes = ["gradient (linear) estimate; `verified` has exact values of top cells"]
+        if self.sparse is not None:
+            notes.append("hatched: exactly 0 (the clean and corrupted activations are equal there)")
         if self.agreement is not None and self.agreement.sign_wrong:
             notes.append(
                 f"{self.agreement.sign_wrong} of {self.agreement.n_verified} verified cells: estimate has the wrong sign"

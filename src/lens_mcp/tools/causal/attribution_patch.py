@@ -39,6 +39,8 @@ from lens_mcp.tools.core.arguments import (
 from lens_mcp.tools.core.batching import ProgressCounter, iter_batched, plan_rows, sequence_bytes
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars, seconds_per_row
+from lens_mcp.tools.core.forward import final_residual, readout
+from lens_mcp.tools.core.grids import fit_grid
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.metrics import AnswerMetric, MetricName, resolve_metric
 from lens_mcp.tools.core.pairs import (
@@ -168,6 +170,91 @@ def _reduce(grid: CellGrid, contribution: torch.Tensor) -> torch.Tensor:
     return contribution.sum(dim=-1)[:, positions]
 
 
+SPLIT_MIN_TOKENS = 64
+"""From this many receiving tokens in a batch on, the source rows run in a forward pass of their own without
+gradients, so the backward pass covers only the receiving rows (half the rows); below it, one pass over both
+(one call through the blocks costs more than the rows it saves)."""
+
+
+def _gradient_pass(
+    tc: ToolContext,
+    grid: CellGrid,
+    hooks: list[str],
+    tokens: torch.Tensor,
+    metrics: Sequence[AnswerMetric],
+    grad_row: int,
+) -> tuple[tuple[torch.Tensor | None, ...], dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """d(metric of the receiving rows)/d(activation) at every hook of `hooks` (None where the metric does not
+    depend on it), each hook's (source, receiving) activations and the [pairs, 2] (clean, corrupted) metrics.
+    `tokens`: [2 * pairs, n] rows clean, corrupted, ...; the receiving row of each pair is `grad_row`."""
+    n_pairs = len(metrics)
+    split = n_pairs * int(tokens.shape[-1]) >= SPLIT_MIN_TOKENS
+    leaves: dict[str, torch.Tensor] = {}
+    seen: dict[str, torch.Tensor] = {}
+    source_seen: dict[str, torch.Tensor] = {}
+
+    def capture(name: str) -> Callable[..., None]:
+        def hook(act: torch.Tensor, hook: Any = None) -> None:
+            source_seen[name] = act.detach()
+
+        return hook
+
+    def make_leaf(name: str) -> Callable[..., torch.Tensor]:
+        def hook(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
+            leaf = torch.zeros_like(act, requires_grad=True)
+            leaves[name], seen[name] = leaf, act.detach()
+            return act + leaf
+
+        return hook
+
+    def check(found: dict[str, torch.Tensor]) -> None:
+        missing = [name for name in hooks if name not in found]
+        if missing:
+            raise LensError(
+                f"component={grid.component!r}: the hook point {missing[0]} did not fire on this model, so "
+                "it cannot be attributed; use patch_sweep or another component."
+            )
+
+    readouts = [Readout(tc, metric) if isinstance(metric, AnswerMetric) else None for metric in metrics]
+
+    def read(resid: torch.Tensor, owners: Sequence[int]) -> torch.Tensor:
+        """Each row's metric of its last position, through the one readout path: the unembedding of the last
+        position only (of the answer's two columns for a logit difference), not of every position."""
+        values = []
+        for row, owner in enumerate(owners):
+            last, reader = resid[row : row + 1, -1], readouts[owner]
+            values.append(reader.from_resid(last) if reader is not None else metrics[owner](readout(tc, last)))
+        return torch.cat(values)
+
+    metric_rows = torch.zeros(n_pairs, 2, dtype=torch.float32)
+    pair_rows = list(range(n_pairs))
+    if split:
+        with torch.no_grad():
+            source = final_residual(tc, tokens[1 - grad_row :: 2], [(name, capture(name)) for name in hooks])
+        check(source_seen)
+        metric_rows[:, 1 - grad_row] = read(source, pair_rows).float().cpu()
+        run = tokens[grad_row::2]
+    else:
+        run = tokens
+    with torch.enable_grad():
+        resid = final_residual(tc, run, [(name, make_leaf(name)) for name in hooks])
+        check(leaves)
+        if split:
+            receiving = read(resid, pair_rows)
+            grads = torch.autograd.grad(receiving.sum(), [leaves[name] for name in hooks], allow_unused=True)
+            metric_rows[:, grad_row] = receiving.detach().float().cpu()
+        else:
+            both = read(resid, [k for k in pair_rows for _ in range(2)]).view(n_pairs, 2)  # [pairs, (clean, corr.)]
+            grads = torch.autograd.grad(both[:, grad_row].sum(), [leaves[name] for name in hooks], allow_unused=True)
+            metric_rows = both.detach().float().cpu()
+            grads = tuple(None if grad is None else grad[grad_row::2] for grad in grads)
+    if split:
+        acts = {name: (source_seen[name], seen[name]) for name in hooks}
+    else:
+        acts = {name: (seen[name][1 - grad_row :: 2], seen[name][grad_row::2]) for name in hooks}
+    return grads, acts, metric_rows
+
+
 def estimate_effects(
     tc: ToolContext, pairs: Sequence[PairRun], grid: CellGrid, direction: str, counter: ProgressCounter | None = None
 ) -> Estimates:
@@ -194,46 +281,22 @@ def estimate_effects(
             n_tokens,
             per_row,
             wanted=2 * len(members),
-            seconds_per_row=3 * seconds_per_row(tc, n_tokens),  # forward and backward
+            # forward and backward of every row (about 3 forwards), or with the source rows apart, a forward of
+            # the source row and a forward and backward of the receiving row: about 2 forwards per row
+            seconds_per_row=(2 if len(members) * n_tokens >= SPLIT_MIN_TOKENS else 3) * seconds_per_row(tc, n_tokens),
         )
         pairs_per_batch = max(1, plan.rows // 2)
 
         def run_batch(batch: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
             tokens = torch.cat([pairs[i].tokens for i in batch], dim=0)  # rows: clean, corrupted, clean, ...
-            leaves: dict[str, torch.Tensor] = {}
-            acts: dict[str, torch.Tensor] = {}
-
-            def make_hook(name: str) -> Callable[..., torch.Tensor]:
-                def hook(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
-                    leaf = torch.zeros_like(act, requires_grad=True)
-                    leaves[name], acts[name] = leaf, act.detach()
-                    return act + leaf
-
-                return hook
-
-            with torch.enable_grad(), tc.view.hooks(fwd_hooks=[(name, make_hook(name)) for name in hooks]):
-                logits = tc.view(tokens)
-                metrics = torch.stack(
-                    [pairs[i].metric(logits[2 * k : 2 * k + 2, -1]) for k, i in enumerate(batch)]
-                )  # [batch, 2]
-                missing = [name for name in hooks if name not in leaves]
-                if missing:
-                    raise LensError(
-                        f"component={grid.component!r}: the hook point {missing[0]} did not fire on this model, so "
-                        "it cannot be attributed; use patch_sweep or another component."
-                    )
-                grads = torch.autograd.grad(
-                    metrics[:, grad_row].sum(), [leaves[name] for name in hooks], allow_unused=True
-                )
+            grads, acts, metrics = _gradient_pass(tc, grid, hooks, tokens, [pairs[i].metric for i in batch], grad_row)
             out = torch.zeros(len(batch), len(grid.layers) * n_cells_per_layer, dtype=torch.float32)
             with torch.no_grad():
                 for index, (name, grad) in enumerate(zip(hooks, grads, strict=True)):
                     if grad is None:  # the metric does not depend on this activation at all
                         continue
-                    act = acts[name]
-                    target = act[grad_row::2].float()
-                    delta = act[1 - grad_row :: 2].float() - target
-                    contribution = grad[grad_row::2].float() * delta
+                    source, target = acts[name]
+                    contribution = grad.float() * (source.float() - target.float())
                     out[:, index * n_cells_per_layer : (index + 1) * n_cells_per_layer] = _reduce(
                         grid, contribution
                     ).cpu()
@@ -351,6 +414,12 @@ def _shape_grid(grid: CellGrid, flat: list[float]) -> tuple[list[str], list[Any]
     return axes, shape_grid(flat, len(grid.layers), n_heads, n_pos)
 
 
+NARROW = (
+    "fewer layers=[...] and/or positions=[...], fewer pairs or a smaller verify_top; or component='heads' first "
+    "to find the layers that matter"
+)
+
+
 def _estimate_cost(tc: ToolContext, grid: CellGrid, lengths: Sequence[int], verify_top: int) -> Cost:
     """The call's cost before any forward pass; refuses (LensError) over the cell cap or any cap of core.cost.
     Gradient pass: every prompt forward and backward. Verification, per pair: the engine's clean and corrupted
@@ -374,15 +443,11 @@ def _estimate_cost(tc: ToolContext, grid: CellGrid, lengths: Sequence[int], veri
         tokens_per_row=max(lengths),
         backward_rows=2 * n_pairs,
         cells=n_cells,
-        result_chars=grid_chars(grids * n_cells, overhead),
+        # a grid over the response cap comes back sparse or summarized (fit_grid), so it is never refused for size
+        result_chars=min(tc.limits.max_response_chars, grid_chars(grids * n_cells, overhead)),
     )
     cost = estimate(tc, work)
-    enforce(
-        tc,
-        cost,
-        "fewer layers=[...] and/or positions=[...], fewer pairs or a smaller verify_top; or component='heads' "
-        "first to find the layers that matter",
-    )
+    enforce(tc, cost, NARROW)
     return cost
 
 
@@ -419,8 +484,9 @@ def attribution_patch(
     largest |estimate| are patched exactly (patch_sweep's engine): `verified` lists estimate beside exact value
     and flags a wrong sign or a magnitude off by more than half; `agreement` gives the Spearman rank correlation
     and top-k overlap. pairs=[...] runs a dataset in batched passes: each pair normalized, then the mean per cell,
-    its spread, and per-pair metrics. The cost is estimated first (over a cap: refused at once; dry_run=true
-    returns it). Caveats: a first-order estimate; it misses or understates effects through saturated attention
+    its spread, and per-pair metrics. A mostly zero grid comes back `sparse`; one over the response cap as
+    top_cells and layer_max (as patch_sweep). The cost is estimated first (over the work or time cap: refused at
+    once; dry_run=true returns it). Caveats: a first-order estimate; it misses or understates effects through saturated attention
     softmax and other strong nonlinearities (Kramar et al., AtP*), so a small estimate is no proof of no effect,
     and early-layer residual estimates are the least reliable. Confirm what matters with patch_sweep on the
     layers/positions it points to (or ablate_heads on the top heads)."""
@@ -658,7 +724,7 @@ def summarize_attribution(
             min=_shape_grid(grid, stats.min.tolist())[1],
             max=_shape_grid(grid, stats.max.tolist())[1],
         )
-    return AttributionPatchResult(
+    result = AttributionPatchResult(
         **common,
         meaning=patching_meaning(
             direction,
@@ -684,4 +750,16 @@ def summarize_attribution(
         forward_passes=run.passes,
         seconds=time.perf_counter() - started,
         notes=notes,
+    )
+    spread_flats = None
+    if n_pairs > 1:
+        spread_flats = {"std": stats.std.tolist(), "min": stats.min.tolist(), "max": stats.max.tolist()}
+    return fit_grid(
+        result,
+        flat,
+        spread_flats,
+        tc.limits.max_response_chars,
+        omitted="exactly 0 (the clean and corrupted activations are equal there, or the metric does not depend on "
+        "them)",
+        narrow=NARROW,
     )

@@ -41,7 +41,7 @@ from lens_mcp.tools.core.arguments import (
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars, planned_cost, row_memory
-from lens_mcp.tools.core.grids import layer_summary, sparse_grid, wants_sparse
+from lens_mcp.tools.core.grids import fit_grid
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.metrics import AnswerMetric, metric_warnings, resolve_metric
 from lens_mcp.tools.core.pairs import (
@@ -161,8 +161,6 @@ def plan_sweep(
     return SweepPlan(encoded, metrics, layer_list, head_list, position_lists, n_cells)
 
 
-RESPONSE_MARGIN = 2_000
-"""Characters kept free under the response cap for the envelope around the result."""
 NARROW = "pass fewer layers=[...] or positions=[...], use a per-head component, or pass fewer pairs"
 
 
@@ -500,23 +498,14 @@ def fit_sweep(
     spread_flats: dict[str, list[float | None]] | None,
 ) -> PatchSweepResult:
     """A mostly empty grid as `sparse`; a grid over the response cap as its top cells and `layer_max`."""
-    axis_values = result.axis_values()
-    if wants_sparse(flat):
-        result.sparse = sparse_grid(
-            result.axes, axis_values, flat, "null (identical activations) or exactly 0", spread=spread_flats
-        )
-        result.grid, result.spread = None, None
-    room = tc.limits.max_response_chars - RESPONSE_MARGIN
-    if len(result.model_dump_json()) <= room:
-        return result
-    result.grid, result.spread, result.sparse = None, None, None
-    result.layer_max = layer_summary(flat, len(result.layers))
-    result.notes.append(
-        f"the grid ({len(flat):,} cells) is over the response cap (max_response_chars="
-        f"{tc.limits.max_response_chars:,}): only top_cells and each layer's largest |value| (layer_max) are "
-        f"returned. For the whole grid: {NARROW} (e.g. the layers where layer_max is large)"
+    return fit_grid(
+        result,
+        flat,
+        spread_flats,
+        tc.limits.max_response_chars,
+        omitted="null (identical activations) or exactly 0",
+        narrow=NARROW,
     )
-    return result
 
 
 def _warnings(tc: ToolContext, sweep: Sweep) -> list[str]:

@@ -21,6 +21,7 @@ from lens_mcp.errors import LensError
 from lens_mcp.tools.circuits._graph import Graph
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import measured_slowdown
+from lens_mcp.tools.core.forward import final_residual, readout
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
 """Per-row metric of the last position's logits [rows, vocab] -> [rows]."""
@@ -92,21 +93,13 @@ class WriterStates:
     """[rows, positions, d_model]: the final residual stream (the logits reader's input)"""
 
 
-def _final_hook(graph: Graph, sink: list[torch.Tensor]) -> tuple[str, Callable[..., Any]]:
-    def hook(act: torch.Tensor, hook: Any = None) -> None:
-        sink.append(act.detach().float())
-
-    return f"blocks.{graph.n_layers - 1}.hook_resid_post", hook
-
-
 def writer_states(tc: ToolContext, graph: Graph, tokens: torch.Tensor) -> WriterStates:
     """Every writer's output, the logits and the final residual stream of one forward pass."""
     store = _new_store(graph, tokens, tc.view.d_model)
-    final: list[torch.Tensor] = []
-    hooks = [*_capture_writers(graph, store), _final_hook(graph, final)]
-    with torch.no_grad(), tc.view.per_head_hooks(inputs=False), tc.view.hooks(fwd_hooks=hooks):
-        logits = tc.view(tokens)[:, -1].float()
-    return WriterStates(store, logits, final[0])
+    with torch.no_grad(), tc.view.per_head_hooks(inputs=False):
+        final = final_residual(tc, tokens, _capture_writers(graph, store))
+        logits = readout(tc, final[:, -1]).float()  # the last position only: no unembedding of every position
+    return WriterStates(store, logits, final.detach().float())
 
 
 @dataclass
@@ -156,9 +149,9 @@ def gradient_pass(
         return hook
 
     hooks += [(name, make_leaf(name, first)) for name, first, _ in _reader_hooks(graph)]
-    with torch.enable_grad(), tc.view.per_head_hooks(), tc.view.hooks(fwd_hooks=hooks):
-        logits = tc.view(tokens)[:, -1]
-        values = metric(logits)
+    with torch.enable_grad(), tc.view.per_head_hooks():
+        resid = final_residual(tc, tokens, hooks)
+        values = metric(readout(tc, resid[:, -1]))  # the last position only: no unembedding of every position
         found = torch.autograd.grad(values.sum(), [leaf for _, leaf in leaves], allow_unused=True)
     missing = [name for name, _, _ in _reader_hooks(graph) if name not in fired]
     if missing:

@@ -158,8 +158,8 @@ def edge_attribution(
             return rest // n_r, rest % n_r, p
         return index // n_r, index % n_r, None
 
-    ranked = [unravel(int(i)) for i in order]
-    ranked_scores = [float(flat[int(i)]) for i in order]
+    ranked = [unravel(i) for i in order.tolist()]  # plain ints: one conversion, not one per edge
+    ranked_scores = flat[order].tolist()
     item = Stored("ranking", ranked, ranked_scores, data.n_tokens if by_position else None)
     stored = [LAST]
     store(tc, LAST, item)

@@ -68,6 +68,34 @@ def summarizing_forward(
     return logits
 
 
+class _StopAtFinalResidual(Exception):
+    """Raised by the last block's hook_resid_post hook: the residual is kept, the final norm and the full
+    unembedding (every position's logits) are never computed."""
+
+
+def final_residual(
+    tc: ToolContext, tokens: torch.Tensor, fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = ()
+) -> torch.Tensor:
+    """The residual stream after the last block [rows, positions, d_model] (what `readout` turns into logits),
+    with `fwd_hooks` attached; the pass stops there. Gradients flow through it where they are enabled, so a
+    metric read at one position with `readout` differentiates without the unembedding of every position."""
+    kept: list[torch.Tensor] = []
+
+    def keep(resid: torch.Tensor, hook: Any = None) -> None:
+        kept.append(resid)
+        raise _StopAtFinalResidual
+
+    name = f"blocks.{tc.view.n_layers - 1}.hook_resid_post"
+    try:
+        with tc.view.hooks(fwd_hooks=[*fwd_hooks, (name, keep)]):  # after the caller's hooks at the same point
+            tc.view(tokens)
+    except _StopAtFinalResidual:
+        pass
+    if not kept:
+        raise RuntimeError(f"the forward pass never reached {name}")
+    return kept[0]
+
+
 def output_transform(tc: ToolContext, logits: torch.Tensor) -> torch.Tensor:
     """The architecture's transform of the unembedding's output (Gemma's soft cap, Cohere's logit scale,
     Granite's logits scaling, ...): the adapter's `apply_output_logits_transform`, exactly what

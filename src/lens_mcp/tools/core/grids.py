@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from lens_mcp.schemas.common import SparseGrid, round_sig
 
@@ -13,6 +13,8 @@ SPARSE_MIN_CELLS = 200
 """Grids smaller than this stay dense whatever they hold: they are cheap, and easier to read whole."""
 SPARSE_EMPTY_SHARE = 0.5
 """A grid at least this share of null or zero cells is returned sparse."""
+RESPONSE_MARGIN = 2_000
+"""Characters kept free under the response cap for the envelope around the result."""
 
 
 def empty_share(flat: Sequence[float | None]) -> float:
@@ -52,3 +54,51 @@ def layer_summary(flat: Sequence[float | None], n_layers: int) -> list[float | N
         values = [abs(v) for v in flat[layer * width : (layer + 1) * width] if v is not None]
         summary.append(round_sig(max(values)) if values else None)
     return summary
+
+
+class FittedResult(Protocol):
+    """A result holding a layer-major grid that may come back dense (`grid`, with its `spread` over pairs),
+    sparse (`sparse`), or only summarized (`layer_max`, beside the result's top cells)."""
+
+    axes: list[str]
+    layers: list[int]
+    grid: Any
+    spread: Any
+    sparse: SparseGrid | None
+    layer_max: list[float | None] | None
+    notes: list[str]
+
+    def axis_values(self) -> list[list[int]]: ...
+
+    def model_dump_json(self) -> str: ...
+
+
+Fitted = TypeVar("Fitted", bound=FittedResult)
+
+
+def fit_grid(
+    result: Fitted,
+    flat: Sequence[float | None],
+    spread: Mapping[str, Sequence[float | None]] | None,
+    max_chars: int,
+    *,
+    omitted: str,
+    narrow: str,
+) -> Fitted:
+    """The grid of `result` made to fit: sparse when mostly empty (`omitted` says what the cells not listed are);
+    over `max_chars` (less RESPONSE_MARGIN) as its top cells and each layer's largest |value| (`layer_max`), with a
+    note saying how to narrow the call (`narrow`). `flat` is the grid row-major over result.axis_values(), `spread`
+    its per-pair std/min/max in the same order."""
+    if wants_sparse(flat):
+        result.sparse = sparse_grid(result.axes, result.axis_values(), flat, omitted, spread=spread)
+        result.grid, result.spread = None, None
+    if len(result.model_dump_json()) <= max_chars - RESPONSE_MARGIN:
+        return result
+    result.grid, result.spread, result.sparse = None, None, None
+    result.layer_max = layer_summary(flat, len(result.layers))
+    result.notes.append(
+        f"the grid ({len(flat):,} cells) is over the response cap (max_response_chars={max_chars:,}): only "
+        f"top_cells and each layer's largest |value| (layer_max) are returned. For the whole grid: {narrow} (e.g. "
+        "the layers where layer_max is large)"
+    )
+    return result
