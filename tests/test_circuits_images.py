@@ -19,6 +19,7 @@ from lens_mcp.server import images
 from lens_mcp.server.app import build_server
 from tests.image_refs import decode
 from tests.mcp_client import call_tool, result_data
+from tests.shared import untimed
 
 TOY = {
     "clean_prompt": "w20 w31 w42 w53 w64 w20 w31 w42 w53",
@@ -28,20 +29,12 @@ TOY = {
 }
 
 
-def _untimed(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _untimed(v) for k, v in data.items() if k != "seconds"}
-    if isinstance(data, list):
-        return [_untimed(v) for v in data]
-    return data
-
-
 async def drawn(server: MCPServer, tool: str, arguments: dict[str, Any]) -> tuple[dict[str, Any], list[bytes], str]:
     """The result with image=true (checked equal to the result without), its PNGs and its captions."""
     plain = result_data(await call_tool(server, tool, arguments, mode="legacy"))
     result = await call_tool(server, tool, {**arguments, "image": True}, mode="legacy")
     data = result_data(result)
-    assert _untimed(data) == _untimed(plain)
+    assert untimed(data) == untimed(plain)
     pngs = [base64.b64decode(block.data) for block in result.content if block.type == "image"]
     captions = " ".join(block.text for block in result.content[1:] if block.type == "text")
     assert all(len(png) <= images.MAX_PNG_BYTES for png in pngs)
