@@ -103,7 +103,7 @@ def main() -> None:
                                       edge_attribution(tc, pairs=d)))  # type: ignore[arg-type]  # fmt: skip
             clean = pair_prompts(n_words, "late", 0, words)[0]
             calls.append((f"ablate_heads 4 heads {n_words}w", lambda c=clean:
-                          ablate_heads(tc, c, heads=[[late, h] for h in range(4)], individually=True)))  # fmt: skip
+                          ablate_heads(tc, c, heads=[[late, h] for h in range(4)], answer=answer, wrong_answer=wrong, individually=True)))  # fmt: skip
         calls.append(("generate 16 tokens", lambda: generate(tc, " ".join(words[:8]), max_new_tokens=16)))
         if not toy:
             for tokens in (4096, 16384):
