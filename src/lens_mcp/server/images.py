@@ -174,10 +174,9 @@ def _render(heatmap: Heatmap, max_bytes: int) -> RenderedImage:
     title = title_text(heatmap.title, width)
     height += 0.16 * max(0, title.count("\n") - 1)
 
-    last: RenderedImage | None = None
-    for dpi in _DPIS:
+    def draw(dpi: int) -> tuple[Any, Any, int]:
         figure = Figure(figsize=(width, height), dpi=dpi)
-        canvas = FigureCanvasAgg(figure)
+        FigureCanvasAgg(figure)  # tight_layout measures text with this canvas's renderer
         axes = figure.add_subplot(1, 1, 1)
         if values.mask.any():  # cells with no value show the hatched background, never a colour of the scale
             axes.add_patch(_missing_background(n_rows, n_cols))
@@ -197,19 +196,9 @@ def _render(heatmap: Heatmap, max_bytes: int) -> RenderedImage:
         if notes:
             figure.text(0.01, 0.01, "\n".join(notes), fontsize=7, va="bottom", ha="left")
         figure.tight_layout(rect=(0, 0.04 * len(notes) / max(height / 4, 1), 1, 1))
-        canvas.draw()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=dpi)
-        png = buffer.getvalue()
-        pixel_width, pixel_height = canvas.get_width_height()
-        box = axes.get_window_extent()
-        last = RenderedImage(
-            png, pixel_width, pixel_height, (box.x0, pixel_height - box.y1, box.x1, pixel_height - box.y0)
-        )
-        if len(png) <= max_bytes:
-            break
-    assert last is not None
-    return last
+        return figure, axes, 0
+
+    return _fit(draw, max_bytes)
 
 
 def title_text(title: str, width_inches: float) -> str:
