@@ -55,11 +55,11 @@ def check_fits(spec: ModelSpec, dtype: torch.dtype, device: str, trust_remote_co
     count = parameter_count(spec, trust_remote_code)
     if count is None:
         return
-    needed = count * _bytes(dtype) * LOAD_PEAK_FACTOR
+    needed = count * dtype.itemsize * LOAD_PEAK_FACTOR
     if needed <= free:
         return
-    smaller = [name for name, other in DTYPES.items() if count * _bytes(other) * LOAD_PEAK_FACTOR <= free]
-    largest = free / (LOAD_PEAK_FACTOR * _bytes(dtype))
+    smaller = [name for name, other in DTYPES.items() if count * other.itemsize * LOAD_PEAK_FACTOR <= free]
+    largest = free / (LOAD_PEAK_FACTOR * dtype.itemsize)
     would_fit = (
         f"It fits with dtype={smaller[0]!r}. " if smaller else "No dtype makes it fit. "
     ) + f"Models of up to about {largest / 1e6:,.0f} M parameters fit in {dtype_name(dtype)} here."
@@ -69,7 +69,3 @@ def check_fits(spec: ModelSpec, dtype: torch.dtype, device: str, trust_remote_co
         f"built), and {free / 2**30:,.1f} GiB is free on {device}. {would_fit} Free memory, or load it on a "
         "device with more."
     )
-
-
-def _bytes(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()

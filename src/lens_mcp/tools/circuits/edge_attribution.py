@@ -111,6 +111,7 @@ def edge_attribution(
     n_pairs = len(data.tokens)
     n_edges = graph.n_edges * (data.n_tokens if by_position else 1)
     verify_rows = verify_top + 2 if verify_top else 0
+    edge_bytes = row_bytes(graph, data.mean_tokens, tc.view.d_model)  # one pair's writer states and reader gradients
     edited = edited_slowdown(tc, graph)
     slowdown = blended_slowdown(
         [(n_pairs * (1 + verify_rows), edited), (3 * n_pairs * steps, gradient_slowdown(tc, graph))]
@@ -124,9 +125,8 @@ def edge_attribution(
             cells=n_edges,
             result_chars=1500 + 70 * top_k * 2 + 200 * verify_top,
             slowdown=slowdown,
-            row_bytes=row_memory(tc, data.mean_tokens, backward=True)
-            + row_bytes(graph, data.mean_tokens, tc.view.d_model),
-            stored_bytes=row_bytes(graph, data.mean_tokens, tc.view.d_model),
+            row_bytes=row_memory(tc, data.mean_tokens, backward=True) + edge_bytes,
+            stored_bytes=edge_bytes,
         ),
     )
     enforce(tc, cost, "fewer pairs, fewer ig_steps, shorter prompts, or edges='component'")

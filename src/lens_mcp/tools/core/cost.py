@@ -281,14 +281,14 @@ def _memory_problem(tc: ToolContext, cost: Cost) -> str | None:
     """Why the call cannot fit in the memory free on the model's device now, or None (also when that cannot be
     told)."""
     parameter = next(iter(tc.view.parameters()), None)
-    free = batching.available_memory_bytes(parameter.device if parameter is not None else "cpu")
-    needed = cost.memory_mb * 2**20
-    if free is None or needed <= free:
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    free = batching.available_memory_bytes(device)
+    if free is None or cost.memory_mb * 2**20 <= free:
         return None
     return (
         f"about {cost.memory_mb:,.0f} MB of activations beyond the weights at the least (one row and what the call "
-        f"keeps across rows), over the {free / 2**20:,.0f} MB free on {parameter.device if parameter is not None else 'cpu'}"
-        " now (shorter prompts, fewer pairs or a smaller model fit)"
+        f"keeps across rows), over the {free / 2**20:,.0f} MB free on {device} now (shorter prompts, fewer pairs or "
+        "a smaller model fit)"
     )
 
 
