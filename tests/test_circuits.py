@@ -23,8 +23,9 @@ from lens_mcp.limits import Limits
 from lens_mcp.model_host import ModelHost, count_hooks
 from lens_mcp.tools.causal.path_patch import run_path_patch
 from lens_mcp.tools.circuits._attribute import attribute, embeddings
-from lens_mcp.tools.circuits._engine import build_graph
+from lens_mcp.tools.circuits._engine import _checked_fused_layers, _gradient_pass, build_graph
 from lens_mcp.tools.circuits._faithful import evaluate, kept_masks
+from lens_mcp.tools.circuits._fused import fused_layers
 from lens_mcp.tools.circuits._graph import Graph
 from lens_mcp.tools.circuits._inputs import load_dataset
 from lens_mcp.tools.circuits.circuit_faithfulness import circuit_faithfulness
@@ -411,3 +412,36 @@ def test_edge_run_sparse_and_dense_corrections_agree(ctx: Any, by_position: bool
         curve = evaluate(tc, graph, [tokens], [metric], kept, "corrupted", None, 0, ProgressCounter())
         results.append(torch.cat([curve.full, curve.ablated, curve.circuit.flatten(), curve.complement.flatten()]))
     torch.testing.assert_close(results[0], results[1], atol=1e-4, rtol=1e-4)
+
+
+FUSED_FAMILIES = {"gpt_neox", "llama", "mistral", "qwen2"}
+"""Families whose attention is plain q/k/v/o linear projections behind one norm: the fused gradient pass runs."""
+
+
+@pytest.mark.parametrize("family", ["toy", "gpt2", *sorted(FUSED_FAMILIES)])
+def test_fused_gradient_pass_equals_the_split_pass(family: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The fused gradient pass (the model's own forward pass, per-head reader gradients through each head's weight
+    slice and the norm's vector-Jacobian product) gives TransformerLens's per-head split pass's reader gradients,
+    writers and metric, at interpolated embeddings too; it is taken on the families it applies to, and the split
+    pass elsewhere."""
+    host = _host(family, tmp_path_factory)
+    with host.use() as model:
+        tc = ToolContext(model, host.limits)
+        graph, tokens, metric, _ = _setup(tc, TOY if family == "toy" else TINY)
+        layers = fused_layers(tc, graph)
+        assert (layers is not None) == (family in FUSED_FAMILIES)
+        if layers is None:
+            assert _checked_fused_layers(tc, graph) is None
+            return
+        assert _checked_fused_layers(tc, graph) is not None
+        embed = 0.5 * (embeddings(tc, tokens[:1]) + embeddings(tc, tokens[1:]))
+        for given in (None, embed):
+            fused = _gradient_pass(tc, graph, tokens[1:], metric, given, layers)
+            split = _gradient_pass(tc, graph, tokens[1:], metric, given, None)
+            for ours, theirs in (
+                (fused.grads, split.grads),
+                (fused.writers, split.writers),
+                (fused.final, split.final),
+            ):
+                torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+            assert float(fused.metric) == pytest.approx(float(split.metric), abs=1e-5)

@@ -49,6 +49,9 @@ class LoadedModel:
     slowdowns: dict[str, float] = field(default_factory=dict)
     """Measured, per kind of pass (e.g. edge attribution's gradient pass): how many times slower it runs than the
     plain forward passes it is counted as (cost estimates)."""
+    engine_checks: dict[str, bool] = field(default_factory=dict)
+    """Answers of one-off checks of a faster computation against the reference one on this model (e.g. edge
+    attribution's fused gradient pass against TransformerLens's per-head split), so each runs once per model."""
 
     @property
     def cfg(self) -> Any:

@@ -11,6 +11,7 @@ the metric; `edge_run` rebuilds each reader's input per row from a mask of repla
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +19,13 @@ from typing import Any
 import torch
 
 from lens_mcp.errors import LensError
+from lens_mcp.tools.circuits._fused import FusedLayer, fused_hooks, fused_layers, reader_gradients
 from lens_mcp.tools.circuits._graph import Graph
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import measured_slowdown
 from lens_mcp.tools.core.forward import final_residual, readout
+
+log = logging.getLogger(__name__)
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
 """Per-row metric of the last position's logits [rows, vocab] -> [rows]."""
@@ -119,15 +123,85 @@ def gradient_pass(
     tc: ToolContext, graph: Graph, tokens: torch.Tensor, metric: Metric, embed: torch.Tensor | None = None
 ) -> GradientPass:
     """One forward and backward: every reader's input gradient. `embed` replaces the token embeddings
-    (integrated gradients' interpolated inputs)."""
+    (integrated gradients' interpolated inputs). Runs the fused pass where it was checked equal to the per-head
+    split pass on this model, else the split pass."""
+    layers = _checked_fused_layers(tc, graph)
+    if layers is not None:
+        return _gradient_pass(tc, graph, tokens, metric, embed, layers)
+    return _gradient_pass(tc, graph, tokens, metric, embed, None)
+
+
+FUSED_CHECK = "edge attribution's fused gradient pass equals the per-head split pass"
+_FUSED_RTOL = {torch.float32: 1e-4, torch.float64: 1e-8}
+
+
+def _checked_fused_layers(tc: ToolContext, graph: Graph) -> list[FusedLayer] | None:
+    """The fused pass's weights where it applies to this model and gave the split pass's gradients, writers and
+    metric on a probe batch (checked once per model), else None."""
+    layers = fused_layers(tc, graph)
+    if layers is None:
+        return None
+    verdict = tc.model.engine_checks.get(FUSED_CHECK)
+    if verdict is None:
+        generator = torch.Generator().manual_seed(0)
+        n_tokens = max(2, min(8, tc.view.n_ctx))
+        tokens = torch.randint(0, tc.view.d_vocab, (2, n_tokens), generator=generator).to(tc.view.device)
+
+        def metric(logits: torch.Tensor) -> torch.Tensor:
+            return logits[:, 0].float() - logits[:, 1].float()
+
+        try:
+            fused = _gradient_pass(tc, graph, tokens, metric, None, layers)
+        except Exception as exc:  # any failure of the faster path leaves the reference path in place
+            log.warning("the fused gradient pass failed on this model (%s): using the per-head split pass", exc)
+            verdict = False
+        else:
+            split = _gradient_pass(tc, graph, tokens, metric, None, None)
+            rtol = _FUSED_RTOL.get(tc.view.dtype, 2e-2)
+            verdict = all(
+                float((a - b).norm()) <= rtol * max(float(b.norm()), 1e-6)
+                for a, b in ((fused.grads, split.grads), (fused.writers, split.writers), (fused.metric, split.metric))
+            )
+            if not verdict:
+                log.warning("the fused gradient pass differs from the per-head split pass here: using the split pass")
+        tc.model.engine_checks[FUSED_CHECK] = verdict
+    return layers if verdict else None
+
+
+def _gradient_pass(
+    tc: ToolContext,
+    graph: Graph,
+    tokens: torch.Tensor,
+    metric: Metric,
+    embed: torch.Tensor | None,
+    layers: list[FusedLayer] | None,
+) -> GradientPass:
     d_model = tc.view.d_model
     rows, n_pos = int(tokens.shape[0]), int(tokens.shape[1])
     store = _new_store(graph, tokens, d_model)
     grads = torch.empty(len(graph.readers), rows, n_pos, d_model, device=tokens.device)
-    leaves: list[tuple[int, torch.Tensor]] = []
-    fired: list[str] = []
     final: list[torch.Tensor] = []
-    hooks = _capture_writers(graph, store)
+    if layers is None:
+        hooks = _capture_writers(graph, store)
+        reader_names = [name for name, _, _ in _reader_hooks(graph)]
+        leaves: list[tuple[int, torch.Tensor]] = []
+        fired: list[str] = []
+
+        def make_leaf(name: str, first: int) -> Callable[..., torch.Tensor]:
+            def hook(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
+                fired.append(name)
+                leaf = torch.zeros_like(act, requires_grad=True)
+                leaves.append((first, leaf))
+                return act + leaf
+
+            return hook
+
+        hooks += [(name, make_leaf(name, first)) for name, first, _ in _reader_hooks(graph)]
+    else:
+        fused = fused_hooks(graph, layers, store)
+        hooks = [(name, hook) for name, hook in _capture_writers(graph, store) if not name.endswith("attn.hook_result")]
+        hooks += fused.hooks
+        reader_names = [f"blocks.{graph.n_layers - 1}.hook_resid_post"]
     if embed is not None:
         replacement = embed
 
@@ -137,40 +211,47 @@ def gradient_pass(
 
         hooks[0] = ("hook_embed", set_embed)
 
-    def make_leaf(name: str, first: int) -> Callable[..., torch.Tensor]:
-        def hook(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
-            fired.append(name)
-            leaf = torch.zeros_like(act, requires_grad=True)
-            leaves.append((first, leaf))
-            if first == len(graph.readers) - 1:
-                final.append(act.detach().float())
-            return act + leaf
+    def keep_final(act: torch.Tensor, hook: Any = None) -> None:
+        final.append(act.detach().float())
 
-        return hook
-
-    hooks += [(name, make_leaf(name, first)) for name, first, _ in _reader_hooks(graph)]
-    with torch.enable_grad(), tc.view.per_head_hooks():
+    hooks.append((f"blocks.{graph.n_layers - 1}.hook_resid_post", keep_final))
+    with torch.enable_grad(), tc.view.per_head_hooks(split=layers is None):
         resid = final_residual(tc, tokens, hooks)
         values = metric(readout(tc, resid[:, -1]))  # the last position only: no unembedding of every position
-        found = torch.autograd.grad(values.sum(), [leaf for _, leaf in leaves], allow_unused=True)
-    missing = [name for name, _, _ in _reader_hooks(graph) if name not in fired]
-    if missing:
-        raise LensError(
-            f"edge attribution is not supported on this model: the reader hook point {missing[0]} does not fire "
-            "here (TransformerLens does not expose that input separately on this architecture), so the graph "
-            "cannot be read. Use attribution_patch or path_patch here."
-        )
-    with torch.no_grad():
-        for (first, leaf), grad in zip(leaves, found, strict=True):
-            count = int(leaf.shape[2]) if leaf.dim() == 4 else 1
-            if grad is None:
-                grads[first : first + count] = 0.0
-            elif grad.dim() == 4:
-                grads[first : first + count] = grad.permute(2, 0, 1, 3)
-            else:
-                grads[first] = grad
-            del leaf
-    return GradientPass(store, grads, values.detach().float(), final[0])
+        if layers is None:
+            found = torch.autograd.grad(values.sum(), [leaf for _, leaf in leaves], allow_unused=True)
+        else:
+            names = list(fused.leaves)
+            grads_at = torch.autograd.grad(values.sum(), [fused.leaves[n] for n in names], allow_unused=True)
+    if layers is None:
+        missing = [name for name in reader_names if name not in fired]
+        if missing:
+            raise LensError(
+                f"edge attribution is not supported on this model: the reader hook point {missing[0]} does not "
+                "fire here (TransformerLens does not expose that input separately on this architecture), so the "
+                "graph cannot be read. Use attribution_patch or path_patch here."
+            )
+        with torch.no_grad():
+            for (first, leaf), grad in zip(leaves, found, strict=True):
+                count = int(leaf.shape[2]) if leaf.dim() == 4 else 1
+                if grad is None:
+                    grads[first : first + count] = 0.0
+                elif grad.dim() == 4:
+                    grads[first : first + count] = grad.permute(2, 0, 1, 3)
+                else:
+                    grads[first] = grad
+                del leaf
+    else:
+        missing = [
+            f"blocks.{layer}.hook_mlp_in" for layer in range(graph.n_layers) if f"{layer}.mlp" not in fused.leaves
+        ]
+        if missing:
+            raise LensError(
+                f"edge attribution is not supported on this model: the reader hook point {missing[0]} does not "
+                "fire here, so the graph cannot be read. Use attribution_patch or path_patch here."
+            )
+        reader_gradients(graph, layers, fused, dict(zip(names, grads_at, strict=True)), grads)
+    return GradientPass(store, grads, values.detach().float(), final[-1])
 
 
 def check_additive(clean: WriterStates, corrupted: GradientPass | WriterStates) -> None:

@@ -3,6 +3,7 @@ curve over circuit sizes in one batched call."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Literal
 
 import torch
@@ -164,6 +165,8 @@ def circuit_faithfulness(
     elif reference_prompts is not None:
         raise LensError("reference_prompts is only used with ablation='mean' or 'resample'.")
     n_rows = len(data.tokens) * (2 + 2 * len(sizes))
+    probing = time.perf_counter()
+    slowdown = edited_slowdown(tc, graph)
     cost = estimate(
         tc,
         Work(
@@ -171,7 +174,8 @@ def circuit_faithfulness(
             tokens_per_row=n_tokens,
             cells=len(sizes),
             result_chars=900 + 120 * len(sizes),
-            slowdown=edited_slowdown(tc, graph),
+            slowdown=slowdown,
+            spent_seconds=time.perf_counter() - probing,
         ),
     )
     enforce(tc, cost, "fewer sizes k=[...], fewer pairs, or shorter prompts")

@@ -3,6 +3,7 @@ by exact single-edge patching, and the full ranking stored for circuit_faithfuln
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Annotated, Literal
 
@@ -112,10 +113,9 @@ def edge_attribution(
     n_edges = graph.n_edges * (data.n_tokens if by_position else 1)
     verify_rows = verify_top + 2 if verify_top else 0
     edge_bytes = row_bytes(graph, data.mean_tokens, tc.view.d_model)  # one pair's writer states and reader gradients
-    edited = edited_slowdown(tc, graph)
-    slowdown = blended_slowdown(
-        [(n_pairs * (1 + verify_rows), edited), (3 * n_pairs * steps, gradient_slowdown(tc, graph))]
-    )
+    probing = time.perf_counter()
+    edited, gradient = edited_slowdown(tc, graph), gradient_slowdown(tc, graph)
+    slowdown = blended_slowdown([(n_pairs * (1 + verify_rows), edited), (3 * n_pairs * steps, gradient)])
     cost = estimate(
         tc,
         Work(
@@ -127,6 +127,7 @@ def edge_attribution(
             slowdown=slowdown,
             row_bytes=row_memory(tc, data.mean_tokens, backward=True) + edge_bytes,
             stored_bytes=edge_bytes,
+            spent_seconds=time.perf_counter() - probing,
         ),
     )
     enforce(tc, cost, "fewer pairs, fewer ig_steps, shorter prompts, or edges='component'")

@@ -66,6 +66,9 @@ class Work:
     slowdown: float = 1.0
     """How many times slower than a plain pass each pass runs (`measured_slowdown`, for passes with hooks that cost
     more than the blocks' arithmetic)."""
+    spent_seconds: float = 0.0
+    """What the call already spent before its estimate (measuring its passes' slowdown the first time), counted
+    in the estimate since it is part of the call's time."""
 
 
 def grid_chars(cells: int, overhead: int = 600) -> int:
@@ -212,7 +215,7 @@ def estimate(tc: ToolContext, work: Work) -> Cost:
         cells=work.cells,
         forward_passes=forward + backward,
         work_units=units,
-        seconds=units / throughput + block_calls * block_call_seconds(tc),
+        seconds=max(0.0, work.spent_seconds) + units / throughput + block_calls * block_call_seconds(tc),
         result_chars=work.result_chars,
         throughput=throughput,
         memory_mb=memory_mb(tc, work),

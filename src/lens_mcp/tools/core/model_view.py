@@ -178,11 +178,13 @@ class ModelView:
         return detail
 
     @contextlib.contextmanager
-    def per_head_hooks(self, inputs: bool = True) -> Iterator[None]:
+    def per_head_hooks(self, inputs: bool = True, split: bool = True) -> Iterator[None]:
         """Switch on the per-head hook points (attn.hook_result per head, attn.hook_{q,k,v}_input per query or
         key/value head, hook_mlp_in) for the block, restoring the model's own settings afterwards. Memory: every
         per-head tensor is [batch, pos, heads, d_model] while they are on. inputs=False: only the outputs
-        (attn.hook_result), for passes that read what heads write and not what they read (a cheaper forward)."""
+        (attn.hook_result), for passes that read what heads write and not what they read (a cheaper forward).
+        split=False: only hook_mlp_in (with `inputs`), no per-head tensors, for passes that read the heads through
+        their own q/k/v/o projections' hook points."""
         bridge, cfg = self._bridge, self._cfg
         saved = (
             cfg.use_attn_result,
@@ -193,8 +195,8 @@ class ModelView:
         try:
             if saved[3]:
                 bridge.set_use_attn_in(False)
-            bridge.set_use_attn_result(True)
-            bridge.set_use_split_qkv_input(inputs)
+            bridge.set_use_attn_result(split)
+            bridge.set_use_split_qkv_input(inputs and split)
             bridge.set_use_hook_mlp_in(inputs)
             yield
         finally:
