@@ -420,10 +420,12 @@ NARROW = (
 )
 
 
-def _estimate_cost(tc: ToolContext, grid: CellGrid, lengths: Sequence[int], verify_top: int) -> Cost:
+def _estimate_cost(tc: ToolContext, grid: CellGrid, runs: Sequence[PairRun], verify_top: int) -> Cost:
     """The call's cost before any forward pass; refuses (LensError) over the cell cap or any cap of core.cost.
     Gradient pass: every prompt forward and backward. Verification, per pair: the engine's clean and corrupted
-    run plus one patched row per verified cell (about half the blocks each)."""
+    run plus one patched row per verified cell, about half the blocks each, and only the positions from the
+    pair's first differing token on (the engine reuses the clean run before it)."""
+    lengths = [int(run.tokens.shape[-1]) for run in runs]
     n_cells, n_pairs = len(grid.cells), len(lengths)
     shape = " x ".join(
         f"{len(axis)} {name}"
@@ -438,8 +440,11 @@ def _estimate_cost(tc: ToolContext, grid: CellGrid, lengths: Sequence[int], veri
     n_verify = min(verify_top, n_cells)
     grids = 4 if n_pairs > 1 else 1  # the mean, and the spread's std, min and max
     overhead = 600 + 30 * max(lengths) + 250 * (TOP_CELLS + n_verify) + 80 * n_pairs * (n_pairs > 1)
+    late = sum(
+        1.0 - _first_token_difference(run.tokens) / max(1, length) for run, length in zip(runs, lengths, strict=True)
+    )
     work = Work(
-        rows=2 * n_pairs + (n_pairs * (2 + math.ceil(n_verify / 2)) if n_verify else 0),
+        rows=2 * n_pairs + (2 * n_pairs + math.ceil(late * n_verify / 2) if n_verify else 0),
         tokens_per_row=max(lengths),
         backward_rows=2 * n_pairs,
         cells=n_cells,
@@ -449,6 +454,14 @@ def _estimate_cost(tc: ToolContext, grid: CellGrid, lengths: Sequence[int], veri
     cost = estimate(tc, work)
     enforce(tc, cost, NARROW)
     return cost
+
+
+def _first_token_difference(tokens: torch.Tensor) -> int:
+    """The first position where a pair's clean and corrupted tokens differ (0 when their lengths differ)."""
+    if tokens.shape[0] < 2:
+        return 0
+    differs = torch.nonzero(tokens[0] != tokens[1])
+    return int(differs[0, 0]) if len(differs) else int(tokens.shape[-1])
 
 
 def attribution_patch(
@@ -505,7 +518,7 @@ def attribution_patch(
         direction,
         verify_top,
     )
-    cost = _estimate_cost(tc, plan.grid, plan.lengths, plan.verify_top)
+    cost = _estimate_cost(tc, plan.grid, plan.runs, plan.verify_top)
     if dry_run:
         return AttributionPatchResult(
             **_common_fields(tc, plan, cost),

@@ -141,7 +141,7 @@ def attribute(
                 corrupted_embed = embeddings(tc, corrupted_tokens).float()
             rows = [(slot, step) for step in range(ig_steps) for slot in range(len(chunk))]  # step 0 first
             grad_sum: torch.Tensor | None = None
-            corrupted_writers: torch.Tensor | None = None
+            delta: torch.Tensor | None = None
             for start in range(0, len(rows), per_batch):
                 batch = rows[start : start + per_batch]
                 slots = torch.tensor([slot for slot, _ in batch], device=clean_tokens.device)
@@ -155,9 +155,9 @@ def attribute(
                 observe_pass(tc, len(batch), n_pos, time.perf_counter() - started, True, gradient_slowdown(tc, graph))
                 passes += 1
                 if start == 0:  # the first len(chunk) rows are step 0: the corrupted runs themselves
-                    corrupted_writers = run.writers[: len(chunk)]
+                    delta = clean.writers.sub_(run.writers[: len(chunk)])  # the clean writers are not read again
                     corrupted_metrics[chunk] = run.metric[: len(chunk)].cpu()
-                    check_additive(clean, run)
+                    check_additive(clean, run.final, delta)
                 if ig_steps == 1:
                     grad_sum = run.grads  # rows are the chunk's pairs, in order
                 else:
@@ -168,7 +168,6 @@ def attribute(
                     grad_sum.index_add_(1, slots, run.grads)
                 del run
                 counter.advance(len(batch))
-            assert grad_sum is not None and corrupted_writers is not None
-            delta = clean.writers - corrupted_writers
+            assert grad_sum is not None and delta is not None
             total += _contract(graph, delta, grad_sum, by_position) / ig_steps
     return Scores(total / len(pairs), clean_metrics, corrupted_metrics, passes)

@@ -254,12 +254,13 @@ def _gradient_pass(
     return GradientPass(store, grads, values.detach().float(), final[-1])
 
 
-def check_additive(clean: WriterStates, corrupted: GradientPass | WriterStates) -> None:
+def check_additive(clean: WriterStates, corrupted_final: torch.Tensor, delta: torch.Tensor) -> None:
     """Refuse a model whose final residual stream does not move by the sum of its writers' moves (a scale or
-    norm this graph does not know of). Row i of `clean` is paired with row i of `corrupted`."""
+    norm this graph does not know of). delta[rows, positions, writers, d_model] = clean writers - corrupted
+    writers, row i of `clean` paired with row i of `corrupted_final` [rows, positions, d_model]."""
     rows = int(clean.final.shape[0])
-    moved = clean.final - corrupted.final[:rows]
-    summed = (clean.writers - corrupted.writers[:rows]).sum(dim=2)
+    moved = clean.final - corrupted_final[:rows]
+    summed = delta.sum(dim=2)
     scale = float(moved.norm()) + 1e-6
     if float((moved - summed).norm()) > _ADDITIVE_RTOL * max(scale, float(summed.norm())):
         raise LensError(

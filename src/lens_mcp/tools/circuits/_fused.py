@@ -148,18 +148,13 @@ def reader_gradients(
         base = graph.reader_base(layer)
         heads, d_head = int(weights.w_q.shape[0]), int(weights.w_q.shape[1])
         kv = int(weights.w_k.shape[0])
-        parts = [
-            torch.einsum(
-                "bshe,hed->hbsd", at(f"{layer}.q", (rows, n_pos, heads, d_head)).to(weights.w_q.dtype), weights.w_q
-            ),
-            torch.einsum(
-                "bshe,hed->hbsd", at(f"{layer}.k", (rows, n_pos, kv, d_head)).to(weights.w_k.dtype), weights.w_k
-            ),
-            torch.einsum(
-                "bshe,hed->hbsd", at(f"{layer}.v", (rows, n_pos, kv, d_head)).to(weights.w_v.dtype), weights.w_v
-            ),
-        ]
-        cotangents = torch.cat(parts)  # [heads + 2 kv, rows, positions, d_model]
+        # [heads + 2 kv, rows * positions, d_model]: each head's projection gradient times its weight slice
+        cotangents = torch.empty(heads + 2 * kv, rows * n_pos, d_model, device=out.device, dtype=weights.w_q.dtype)
+        for name, weight, first in (("q", weights.w_q, 0), ("k", weights.w_k, heads), ("v", weights.w_v, heads + kv)):
+            count = int(weight.shape[0])
+            grad = at(f"{layer}.{name}", (rows * n_pos, count, d_head)).to(weight.dtype).transpose(0, 1)
+            torch.bmm(grad, weight, out=cotangents[first : first + count])
+        cotangents = cotangents.view(heads + 2 * kv, rows, n_pos, d_model)
         x = state.norm_inputs[layer].detach().requires_grad_(True)
         with torch.enable_grad():
             y = weights.norm(x)
