@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from lens_mcp.errors import LensError
 from lens_mcp.tools.circuits._graph import Graph
 from lens_mcp.tools.core.context import ToolContext
 
@@ -141,7 +142,9 @@ def reader_gradients(
     rows, n_pos, d_model = int(out.shape[1]), int(out.shape[2]), int(out.shape[3])
 
     def at(name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        grad = found.get(name)
+        if name not in state.leaves:
+            raise LensError(f"edge attribution's fused gradient pass: the hook point of {name} did not fire")
+        grad = found.get(name)  # None: the metric does not depend on that reader
         return torch.zeros(shape, device=out.device) if grad is None else grad.reshape(shape)
 
     for layer, weights in enumerate(layers):
