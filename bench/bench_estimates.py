@@ -86,8 +86,10 @@ def main() -> None:
                     for component in ("resid_pre", "attn_out", "heads", "heads_by_pos"):
                         if (component == "heads_by_pos" and n_words > 32) or (n_pairs > 4 and n_words > 32):
                             continue
-                        label = f"patch_sweep {component} {n_words}w {where} {n_pairs}p"
-                        calls.append((label, lambda d=data, c=component: patch_sweep(tc, pairs=d, component=c)))  # type: ignore[arg-type]
+                        # past 64 words a full layer x position grid takes tens of minutes: two layers of it
+                        some = [0, late] if component in ("resid_pre", "attn_out") and n_words > 64 else None
+                        label = f"patch_sweep {component} {n_words}w {where} {n_pairs}p" + (" 2 layers" if some else "")
+                        calls.append((label, lambda d=data, c=component, s=some: patch_sweep(tc, pairs=d, component=c, layers=s)))  # type: ignore[arg-type]  # fmt: skip
                     if n_pairs == 1:
                         clean, corrupted = items[0]
                         calls.append((f"path_patch into L{late} q {n_words}w {where}", lambda c=clean, k=corrupted:

@@ -307,8 +307,9 @@ def test_dry_run_estimates_the_work_without_computing(
     result = path_patch(tc, KEY_CLEAN, KEY_CORRUPTED, ANSWER, " w99", None, [[1, 2]], "k", dry_run=True)
     assert result.dry_run and result.grid is None and result.cost is not None and result.method == "dry_run"
     # Hand count: the clean and corrupted runs (2 x 10 tokens x 2 blocks), then 3 senders of layer 0, each a row
-    # through block 1 only, over the 6 positions from the first differing token (position 4) on.
-    assert abs(result.cost.work_units - (2 * 10 * 2 + 3 * 1 * 6)) <= 1
+    # through block 1 only, over the 6 positions from the first differing token (position 4) on, plus the control
+    # row of the same depth.
+    assert abs(result.cost.work_units - (2 * 10 * 2 + 3 * 1 * 6 + 1 * 6)) <= 1
     assert result.cost.seconds == pytest.approx(result.cost.work_units / 1000.0, rel=0.05)
     assert result.cost.cells == 3 and result.n_paths == 3
     small = ToolContext(tc.model, Limits(max_work_units=40))

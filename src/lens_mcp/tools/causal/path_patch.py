@@ -45,7 +45,7 @@ from lens_mcp.tools.core.arguments import (
 )
 from lens_mcp.tools.core.batching import ProgressCounter
 from lens_mcp.tools.core.context import ToolContext
-from lens_mcp.tools.core.cost import Work, enforce, estimate, grid_chars
+from lens_mcp.tools.core.cost import enforce, grid_chars, planned_cost, row_memory
 from lens_mcp.tools.core.forward import final_norm, unembed
 from lens_mcp.tools.core.hook_names import hook_name
 from lens_mcp.tools.core.metrics import AnswerMetric, MetricName, resolve_metric
@@ -350,28 +350,39 @@ def _first_changed(tokens: torch.Tensor, positions: list[int] | None) -> int:
 def estimate_cost(
     tc: ToolContext, plan: PathPlan, encoded: Sequence[torch.Tensor], positions: Sequence[list[int] | None]
 ) -> Cost:
-    """Work, passes, seconds and result size of the call, from the plan and the token ids alone."""
+    """Work, passes, block calls, seconds and result size of the call, from the plan and the token ids alone. Per
+    pair: the clean and corrupted runs (one batch of two through every block), then the patched rows from the
+    earliest sender's layer on, over the positions from the first difference, with one control row (or a
+    validation pass) of the same depth."""
     n_layers = tc.view.n_layers
     starts = plan.start_layers()
     units = 0.0
-    rows = 0
+    block_calls = passes = 0
     longest = max(int(tokens.shape[-1]) for tokens in encoded)
     for tokens, position_list in zip(encoded, positions, strict=True):
         n_tokens = int(tokens.shape[-1])
         units += 2 * n_tokens * n_layers  # the clean and corrupted runs
-        rows += 2
+        block_calls += n_layers
+        passes += 1
         suffix = max(0, n_tokens - _first_changed(tokens, position_list))
-        if plan.form_name != "logits" and suffix:
-            active = [start for start in starts if start is not None]
-            units += sum((n_layers - start) * suffix for start in active)
-            rows += len(active)
+        active = [start for start in starts if start is not None]
+        if plan.form_name != "logits" and suffix and active:
+            depth = n_layers - min(active)
+            units += sum((n_layers - start) * suffix for start in active) + depth * suffix
+            block_calls += 2 * depth
+            passes += 1
     n_cells = len(plan.paths)
     grid_cells = n_cells if plan.form_name == "all_heads" else len({s[0] for s in plan.senders}) * tc.view.n_heads
     statistics = 4 if len(encoded) > 1 else 1  # the mean grid, plus std / min / max over pairs
     chars = grid_chars(grid_cells * statistics, 1500 + 24 * longest + 90 * TOP_EDGES + 80 * len(encoded))
-    fraction = units / max(1, rows * longest * n_layers)
-    return estimate(
-        tc, Work(rows=rows, tokens_per_row=longest, layer_fraction=fraction, cells=n_cells, result_chars=chars)
+    return planned_cost(
+        tc,
+        cells=n_cells,
+        passes=passes,
+        token_layers=units,
+        block_calls=block_calls,
+        result_chars=chars,
+        memory_bytes=row_memory(tc, longest),
     )
 
 
