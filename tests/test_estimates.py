@@ -102,6 +102,10 @@ def test_throughput_follows_what_batches_measure(toy: ToolContext) -> None:
         for _ in range(20):  # the machine became 4x slower: 1000 token-layers now take 4 s (+ 10 calls)
             observe(toy, 1000, 10, 4.0 + 10 * 0.001)
         assert toy.model.throughput == pytest.approx(250.0, rel=0.01)
+        # a batch of a few late positions through many blocks (expected: 0.01 s of arithmetic, 0.1 s of calls) took
+        # 1 s: its time is the calls' overhead, not the arithmetic, and leaves the throughput alone
+        observe(toy, 2.5, 100, 1.0)
+        assert toy.model.throughput == pytest.approx(250.0, rel=0.01)
     finally:
         toy.model.throughput, toy.model.block_call_seconds = saved
 

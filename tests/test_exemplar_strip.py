@@ -54,10 +54,9 @@ async def test_feature_exemplars_image_is_a_text_strip_beside_the_unchanged_resu
     assert isinstance(strip, TextStrip)
     assert len(strip.lines) == len(data["top"]) == 5
     assert strip.marked == [e["marked"] for e in data["top"]]
-    assert [[token for token, _ in line] for line in strip.lines] == [
-        [t["token"] for t in e["tokens"]] for e in data["top"]
-    ]
-    peak = max(t["activation"] for e in data["top"] for t in e["tokens"])
+    assert [[token for token, _ in line] for line in strip.lines] == [e["tokens"] for e in data["top"]]
+    assert [[value for _, value in line] for line in strip.lines] == [e["activations"] for e in data["top"]]
+    peak = max(v for e in data["top"] for v in e["activations"])
     assert strip.value_range == (0.0, pytest.approx(max(peak, data["max_activation"])))
     rendered = images.render_figure(strip)
     assert rendered.png == pngs[0]

@@ -88,7 +88,8 @@ def check_top(result: Any, acts: torch.Tensor, rows: np.ndarray, top_k: int) -> 
     assert [(e.row, e.position) for e in result.top] == expected
     for exemplar in result.top:
         row = int(np.flatnonzero(rows == exemplar.row)[0])
-        shown = [t.activation for t in exemplar.tokens]
+        shown = exemplar.activations
+        assert len(shown) == len(exemplar.tokens)
         lo = exemplar.position - exemplar.marked
         assert shown == pytest.approx(acts[row, lo : lo + len(shown)].tolist(), rel=1e-3, abs=1e-4)
 

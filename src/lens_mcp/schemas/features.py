@@ -192,11 +192,6 @@ class GenerateResult(Result):
 # ---- feature_exemplars ---------------------------------------------------------------------------------------------
 
 
-class ExemplarToken(BaseModel):
-    token: str
-    activation: Rounded = Field(description="The unit's activation at this token (heads: attention from the query)")
-
-
 class TokenEffectLite(BaseModel):
     token: str
     logit: Rounded = Field(description="Logit change per unit of activation (direct path: final norm + unembed)")
@@ -212,7 +207,10 @@ class Exemplar(BaseModel):
         None, description="Heads: position (in its context, like `position`) of the token the query attends to most"
     )
     attends_to_token: str | None = Field(None, description="Heads: that token")
-    tokens: list[ExemplarToken] = Field(description="A window of tokens around the marked one")
+    tokens: list[str] = Field(description="A window of tokens around the marked one")
+    activations: list[Rounded] = Field(
+        description="The unit's activation at each of `tokens` (heads: the attention the marked query pays it)"
+    )
 
 
 class Histogram(BaseModel):
@@ -246,7 +244,7 @@ class FeatureExemplarsResult(Result):
         shown = [exemplar for exemplar in self.top[:MAX_STRIP_CONTEXTS] if exemplar.tokens]
         if not shown:
             return []
-        peak = max([self.max_activation or 0.0, *(t.activation for e in shown for t in e.tokens)])
+        peak = max([self.max_activation or 0.0, *(v for e in shown for v in e.activations)])
         notes = [f"corpus {self.corpus} ({self.source}, {self.tokens_read:,} tokens read); label: rank, activation"]
         if len(self.top) > len(shown):
             notes.append(f"drawn: the top {len(shown)} of {len(self.top)} contexts")
@@ -256,7 +254,7 @@ class FeatureExemplarsResult(Result):
             TextStrip(
                 name="exemplars",
                 title=f"Top activating contexts of {self.unit}",
-                lines=[[(t.token, t.activation) for t in exemplar.tokens] for exemplar in shown],
+                lines=[list(zip(exemplar.tokens, exemplar.activations, strict=True)) for exemplar in shown],
                 marked=[exemplar.marked for exemplar in shown],
                 labels=[f"#{rank} {exemplar.activation:.3g}" for rank, exemplar in enumerate(shown, start=1)],
                 units="activation" if self.top[0].attends_to is None else "attention weight",

@@ -109,8 +109,12 @@ estimates follow the machine's load (another process starting, thermal throttlin
 
 def observe(tc: ToolContext, token_layers: float, block_calls: int, seconds: float) -> None:
     """Fold one finished batch's measured speed into `tc.model.throughput` (arithmetic only: the block calls'
-    fixed cost is taken out first)."""
+    fixed cost is taken out first). A batch whose block calls were expected to cost more than its arithmetic (a
+    few late positions through many blocks) is left out: its time says more about the per-call overhead than about
+    the arithmetic speed, and folding it in would make every later estimate too high."""
     if tc.model.throughput is None or token_layers <= 0 or seconds <= 0:
+        return
+    if token_layers / tc.model.throughput < block_calls * (tc.model.block_call_seconds or 0.0):
         return
     arithmetic = max(seconds - block_calls * (tc.model.block_call_seconds or 0.0), 0.1 * seconds)
     seen = token_layers / arithmetic

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lens_mcp.errors import LensError
-from lens_mcp.schemas.features import Exemplar, ExemplarToken, Histogram
+from lens_mcp.schemas.features import Exemplar, Histogram
 from lens_mcp.tools.core.context import ToolContext
 from lens_mcp.tools.core.cost import rows_for_time
 from lens_mcp.tools.core.tokens import token_strings
@@ -312,7 +312,8 @@ def read_contexts(
                 marked=position - lo,
                 attends_to=attends_to,
                 attends_to_token=source_token,
-                tokens=[ExemplarToken(token=s, activation=v) for s, v in zip(strings, values, strict=True)],
+                tokens=list(strings),
+                activations=list(values),
             )
         )
     return exemplars

@@ -35,7 +35,8 @@ DEFAULT_CONTEXT = 64
 MAX_TOP_K = 50
 N_SAMPLES = 256
 N_EFFECTS = 8
-_CHARS_PER_TOKEN = 40
+_CHARS_PER_TOKEN = 20
+"""A context token in the JSON: its string in `tokens` and its rounded value in `activations`."""
 
 
 def resolve_unit(
