@@ -70,6 +70,11 @@ arithmetic, fewer block calls. True: always merge; False: one batch group per po
 merge where the estimated cost is lower (`_CALL_COST_FLOPS`)."""
 
 _CALL_COST_FLOPS = {"cpu": 1.5e9, "other": 1e12}
+_PREFIX_ELEMENT_FLOPS = 220.0
+"""What a suffix row pays per element of the recorded prefix keys and values it attends over (expanded to every
+query head, per row and block), in floating-point operations of the same time: memory traffic, not arithmetic.
+Measured on SmolLM2-135M on a 2-core CPU with rows of the last one or two positions of a 260-token pair, where
+it is most of a row's time (without it those rows ran 2.2x their estimate)."""
 """What one block call costs beyond its arithmetic (Python, hooks, kernel launches, small-matrix
 inefficiency), in floating-point operations of the same time: on a 2-core CPU about 200 token-blocks of
 SmolLM2-135M (one group per position and one group for all were timed against each other on the 30 x 10
@@ -277,6 +282,9 @@ class PlannedWork:
 
     token_layers: int
     """Tokens x blocks the patched rows (and control rows) run."""
+    prefix_token_layers: float
+    """The time those rows spend attending over the recorded prefix positions, in token-blocks (beyond
+    `token_layers`; see _PREFIX_ELEMENT_FLOPS)."""
     block_calls: int
     """Block calls (one per layer per batch), each costing `cost.block_call_seconds` beyond its arithmetic."""
     rows: int
@@ -546,7 +554,8 @@ class PatchEngine:
                     values = self._driven_batch([patches[i] for i in batch], offset, control)
                     depth = self.n_layers - patches[batch[0]].layer
                     rows = sum(self.n_layers - patches[i].layer for i in batch) + int(control) * depth
-                    observe(self.tc, rows * (self.n_tokens - offset), depth, time.perf_counter() - started)
+                    per_row = self.n_tokens - offset + self._prefix_tokens(offset)
+                    observe(self.tc, rows * per_row, depth, time.perf_counter() - started)
                     return values
                 except EngineMismatch:
                     raise
@@ -600,8 +609,9 @@ class PatchEngine:
         """The work `run(patches)` will do, batch by batch as it will batch them (call after prepare())."""
         active = [i for i, patch in enumerate(patches) if patch.first_diff is not None]
         if not active:
-            return PlannedWork(0, 0, 0, 0)
+            return PlannedWork(0, 0.0, 0, 0, 0)
         token_layers = block_calls = batches = 0
+        prefix = 0.0
         if self.driven_ok:
             for offset, members in self._position_groups(patches, active).items():
                 layers = sorted(patches[i].layer for i in members)
@@ -612,7 +622,9 @@ class PatchEngine:
                 for start in range(0, len(layers), per_batch):
                     batch = layers[start : start + per_batch]
                     depth = self.n_layers - batch[0]
-                    token_layers += length * (sum(self.n_layers - layer for layer in batch) + control * depth)
+                    row_layers = sum(self.n_layers - layer for layer in batch) + control * depth
+                    token_layers += length * row_layers
+                    prefix += self._prefix_tokens(offset) * row_layers
                     block_calls += depth
                     batches += 1
                 if not control:  # validated by one whole driven pass instead
@@ -623,7 +635,16 @@ class PatchEngine:
             batches = -(-len(active) // plan.rows)
             token_layers = len(active) * self.n_tokens * self.n_layers
             block_calls = batches * self.n_layers
-        return PlannedWork(token_layers, block_calls, len(active), batches)
+        return PlannedWork(token_layers, prefix, block_calls, len(active), batches)
+
+    def _prefix_tokens(self, offset: int) -> float:
+        """What one suffix row starting at `offset` spends per block attending over the `offset` recorded prefix
+        positions, in token-blocks (see _PREFIX_ELEMENT_FLOPS)."""
+        view = self.view
+        d_model = view.d_model
+        d_mlp = view.d_mlp or 4 * d_model
+        flops_per_token_block = 2 * (4 * d_model * d_model + 3 * d_model * d_mlp)
+        return offset * _PREFIX_ELEMENT_FLOPS * 2 * view.n_heads * view.d_head / flops_per_token_block
 
     def _call_token_layers(self) -> float:
         """What one block call costs beyond its arithmetic, in token-blocks (see _CALL_COST_FLOPS)."""

@@ -197,6 +197,7 @@ def prepared_cost(
         cells=plan.n_cells * n_pairs,
         passes=len(works) + sum(work.batches for work in works),
         token_layers=sum(work.token_layers for work in works),
+        extra_token_layers=sum(work.prefix_token_layers for work in works),
         block_calls=sum(work.block_calls for work in works),
         result_chars=chars,
         memory_bytes=sum(group.engine.stored_bytes() for group in groups) + row_memory(tc, tokens),

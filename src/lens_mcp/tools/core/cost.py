@@ -236,17 +236,19 @@ def planned_cost(
     result_chars: int,
     memory_bytes: int,
     spent_seconds: float = 0.0,
+    extra_token_layers: float = 0.0,
 ) -> Cost:
     """The cost of work already planned in detail (the engine knows which rows and positions it will run, and
     how many block calls, each of which costs `block_call_seconds` beyond its arithmetic). `memory_bytes`: what it
     holds (its reference runs' caches) plus one row. `spent_seconds`: what the call already spent finding that out
-    (its reference runs)."""
+    (its reference runs). `extra_token_layers`: time beyond the work, in token-layers of the same speed (rows
+    attending over a recorded prefix), counted in the seconds and not in the work units."""
     throughput = measured_throughput(tc)
     return Cost(
         cells=cells,
         forward_passes=passes,
         work_units=int(math.ceil(token_layers)),
-        seconds=spent_seconds + token_layers / throughput + block_calls * block_call_seconds(tc),
+        seconds=spent_seconds + (token_layers + extra_token_layers) / throughput + block_calls * block_call_seconds(tc),
         result_chars=result_chars,
         throughput=throughput,
         memory_mb=memory_bytes / 2**20,
