@@ -207,6 +207,8 @@ def worker(args: argparse.Namespace) -> None:
 
         warm = make_pair(tc, 16)
         patch_sweep(tc, warm[0], warm[1], ANSWER, WRONG, component="resid_pre", layers=[0], positions=[-1])
+        # once per model: edge attribution's slowdown probes and its fused-pass check, not part of any length's cost
+        edge_attribution(tc, warm[0], warm[1], ANSWER, WRONG, verify_top=0, top_k=1)
 
         def one_length(n: int) -> None:
             clean, corrupted, tokens, changed = make_pair(tc, n)
@@ -285,11 +287,16 @@ def worker(args: argparse.Namespace) -> None:
                 ours_s, ours_mb, result = measure(
                     lambda: attribution_patch(tc, **common, component="heads_by_pos", verify_top=0)
                 )
-                tl_s, tl_mb, _ = measure(
-                    lambda tokens=tokens: tl_attribution_patch(
-                        bridge, tokens[:1], tokens[1:], metric, EdgeAttributionConfig(granularity="node")
+                baseline = "TL attribution_patch (node)"
+                if n <= args.tl_attribution_max:
+                    tl_s, tl_mb, _ = measure(
+                        lambda tokens=tokens: tl_attribution_patch(
+                            bridge, tokens[:1], tokens[1:], metric, EdgeAttributionConfig(granularity="node")
+                        )
                     )
-                )
+                else:  # its per-node loop multiplies the whole cached tensor once per node: quadratic in length
+                    tl_s, tl_mb = math.nan, math.nan
+                    baseline += f" not run above {args.tl_attribution_max} tokens"
                 emit(
                     row(
                         base,
@@ -300,7 +307,7 @@ def worker(args: argparse.Namespace) -> None:
                         tl_s,
                         tl_mb,
                         None,
-                        "TL attribution_patch (node)",
+                        baseline,
                     )
                 )
 
@@ -341,9 +348,14 @@ def worker(args: argparse.Namespace) -> None:
 
             if TOOLS[4] in args.tools:
                 # edge_attribution: eap, component edges
-                ours_s, ours_mb, result = measure(
-                    lambda: edge_attribution(tc, **common, method="eap", edges="component", verify_top=0)
-                )
+                try:
+                    ours_s, ours_mb, result = measure(
+                        lambda: edge_attribution(tc, **common, method="eap", edges="component", verify_top=0)
+                    )
+                except LensError as exc:  # refused before computing (e.g. more memory than is free): say so, go on
+                    reason = str(exc).split(". Narrow it")[0][:300]
+                    emit(row(base, TOOLS[4], 0, math.nan, math.nan, math.nan, math.nan, None, f"lens-mcp {reason}"))
+                    return
                 refusal = None
                 try:
                     tl_attribution_patch(
@@ -469,7 +481,8 @@ def run_worker(
     """Run one model's worker, appending its records as they come (and saving them, so a cut-off run keeps them)."""
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", label, "--model-dir", str(args.model_dir)]
     command += ["--lengths", *map(str, lengths), "--ceiling-lengths", *map(str, ceiling)]
-    command += ["--tl-budget", str(args.tl_budget), "--tools", *args.tools]
+    command += ["--tl-budget", str(args.tl_budget), "--tl-attribution-max", str(args.tl_attribution_max)]
+    command += ["--tools", *args.tools]
     started = time.perf_counter()
     # A fixed mmap threshold: every large tensor is its own mapping, returned to the system when freed, so the
     # resident set falls back after each call and the next call's peak is not hidden in freed heap.
@@ -680,6 +693,12 @@ def main() -> None:
     parser.add_argument("--tools", nargs="+", default=TOOLS, choices=TOOLS, help="default: all five")
     parser.add_argument("--skip-ceiling", action="store_true", help="no dry runs for the ceiling")
     parser.add_argument("--tl-budget", type=float, default=20.0, help="seconds of TL cells before it is sampled")
+    parser.add_argument(
+        "--tl-attribution-max",
+        type=int,
+        default=256,
+        help="longest prompt TL's attribution_patch runs at (its per-node loop took over 10 minutes at 1,024)",
+    )
     parser.add_argument("--model-dir", type=Path, default=Path("/tmp/lens-mcp-bench-llama-1b-random"))
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "scaling.json")
     parser.add_argument("--plots", type=Path, default=ROOT / "bench")
