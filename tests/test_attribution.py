@@ -6,6 +6,7 @@ on top, rank agreement against pandas, bad input through a real MCP client, and 
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, cast
 
 import anyio
@@ -371,8 +372,12 @@ def test_dry_run_returns_the_cost_and_computes_nothing(toy: ToolContext, monkeyp
     assert calls == [] and result.dry_run and result.grid == [] and result.verified == []
     n_layers, n_heads, n_tokens = toy.model.cfg.n_layers, toy.model.cfg.n_heads, 10
     assert result.cost.cells == result.n_cells == n_layers * n_heads * n_tokens
-    # forward of both prompts + their backward (twice a forward) + the engine's 2 runs and 4 / 2 patched rows
-    units = (2 + 2 * 2 + 2 + 2) * n_tokens * n_layers
+    # forward of both prompts + their backward (twice a forward) + the engine's 2 runs and 4 / 2 patched rows, these
+    # only over the positions from the first differing token on
+    tokens = toy.model.bridge.to_tokens([CLEAN, CORRUPTED])
+    first = int(torch.nonzero(tokens[0] != tokens[1])[0, 0])
+    units = (2 + 2 * 2 + 2 + math.ceil(2 * (n_tokens - first) / n_tokens)) * n_tokens * n_layers
+    assert 0 < first < n_tokens - 1  # the patched rows are counted from it
     assert result.cost.work_units == units and result.cost.seconds == pytest.approx(units / 1000.0, rel=1e-3)
     assert result.cost.result_chars >= 9 * result.n_cells
 
