@@ -637,21 +637,22 @@ class PatchEngine:
             block_calls = batches * self.n_layers
         return PlannedWork(token_layers, prefix, block_calls, len(active), batches)
 
+    def _flops_per_token_block(self) -> float:
+        """The arithmetic of one token through one block (projections and MLP, attention scores left out)."""
+        d_model = self.view.d_model
+        d_mlp = self.view.d_mlp or 4 * d_model
+        return 2 * (4 * d_model * d_model + 3 * d_model * d_mlp)
+
     def _prefix_tokens(self, offset: int) -> float:
         """What one suffix row starting at `offset` spends per block attending over the `offset` recorded prefix
         positions, in token-blocks (see _PREFIX_ELEMENT_FLOPS)."""
-        view = self.view
-        d_model = view.d_model
-        d_mlp = view.d_mlp or 4 * d_model
-        flops_per_token_block = 2 * (4 * d_model * d_model + 3 * d_model * d_mlp)
-        return offset * _PREFIX_ELEMENT_FLOPS * 2 * view.n_heads * view.d_head / flops_per_token_block
+        kv_elements = 2 * self.view.n_heads * self.view.d_head
+        return offset * _PREFIX_ELEMENT_FLOPS * kv_elements / self._flops_per_token_block()
 
     def _call_token_layers(self) -> float:
         """What one block call costs beyond its arithmetic, in token-blocks (see _CALL_COST_FLOPS)."""
-        d_model = self.view.d_model
-        d_mlp = self.view.d_mlp or 4 * d_model
-        flops_per_token_block = 2 * (4 * d_model * d_model + 3 * d_model * d_mlp)
-        return _CALL_COST_FLOPS["cpu" if self.tokens.device.type == "cpu" else "other"] / flops_per_token_block
+        device = "cpu" if self.tokens.device.type == "cpu" else "other"
+        return _CALL_COST_FLOPS[device] / self._flops_per_token_block()
 
     def _merge_groups(self, groups: dict[int, list[int]], patches: Sequence[Patch]) -> dict[int, list[int]]:
         """Merge each position group into the one before it when the arithmetic that adds (its rows computing

@@ -201,7 +201,6 @@ def _gradient_pass(
         fused = fused_hooks(graph, layers, store)
         hooks = [(name, hook) for name, hook in _capture_writers(graph, store) if not name.endswith("attn.hook_result")]
         hooks += fused.hooks
-        reader_names = [f"blocks.{graph.n_layers - 1}.hook_resid_post"]
     if embed is not None:
         replacement = embed
 
